@@ -1,0 +1,24 @@
+//! # swarm-model
+//!
+//! Llama-family language models for swarm: everything between a file on disk and generated
+//! text.
+//!
+//! - [`LlamaConfig`]: the resolved architecture (from `config.json` or GGUF metadata).
+//! - [`TensorSource`]: named tensors in HF layout, streamed one at a time from memory-mapped
+//!   safetensors ([`SafetensorsFiles`]), GGUF, or memory ([`Weights`]).
+//! - [`Tokenizer`]: the `tokenizers` crate with the model's special tokens.
+//!
+//! Every loader yields the same tensor names and layout (see [`LlamaConfig::tensor_shapes`]),
+//! so weights from a GGUF file and from an HF dir can be merged with each other.
+
+mod config;
+mod error;
+mod fsutil;
+mod tokenizer;
+mod weights;
+
+pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
+pub use error::{ModelError, Result};
+pub use fsutil::write_atomic;
+pub use tokenizer::Tokenizer;
+pub use weights::{write_safetensors, SafetensorsFiles, TensorSource, Weights};
