@@ -11,14 +11,18 @@
 //! Every loader yields the same tensor names and layout (see [`LlamaConfig::tensor_shapes`]),
 //! so weights from a GGUF file and from an HF dir can be merged with each other.
 
+mod chat_template;
 mod config;
 mod error;
 mod fsutil;
+mod hub;
 mod tokenizer;
 mod weights;
 
+pub use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
+pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
 pub use tokenizer::Tokenizer;
 pub use weights::{write_safetensors, SafetensorsFiles, TensorSource, Weights};
