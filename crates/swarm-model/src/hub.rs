@@ -141,7 +141,10 @@ fn fetch_default_model(dir: &Path, target: &Path) -> Result<()> {
         message,
     };
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let work = dir.join(format!(".download-{}", std::process::id()));
+    // Unique per call: tests in one process may fetch concurrently.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = dir.join(format!(".download-{}-{call}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| ModelError::io(&work, e))?;
     let cleanup = |work: &Path| {
         let _ = std::fs::remove_dir_all(work);
