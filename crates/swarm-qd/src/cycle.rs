@@ -155,7 +155,7 @@ impl<G> Child<G> {
 /// any order and inserts them against the archives as they are when the result arrives.
 ///
 /// The whole scheduler, random number generator and outstanding tickets included, serialises;
-/// see [`CycleQd::save`](Self::save) and [`CycleQd::load`](Self::load).
+/// see [`QdState::save`](crate::QdState::save) and [`QdState::load`](crate::QdState::load).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(bound(
     serialize = "G: Serialize",
@@ -168,6 +168,7 @@ pub struct CycleQd<G> {
     next_id: u64,
     asked: u64,
     told: u64,
+    cancelled: u64,
     initial: u64,
     outstanding: BTreeMap<u64, Ticket<G>>,
     history: MetricsHistory,
@@ -189,6 +190,7 @@ impl<G: Clone> CycleQd<G> {
             next_id: 0,
             asked: 0,
             told: 0,
+            cancelled: 0,
             initial: 0,
             outstanding: BTreeMap::new(),
         })
@@ -343,6 +345,17 @@ impl<G: Clone> CycleQd<G> {
         Ok(outcomes)
     }
 
+    /// Withdraws ticket `id` (its evaluation failed or was lost) and returns it. A cancelled
+    /// ticket counts toward no generation; its generation completes with later children.
+    pub fn cancel(&mut self, id: u64) -> Result<Ticket<G>> {
+        let ticket = self
+            .outstanding
+            .remove(&id)
+            .ok_or(QdError::UnknownTicket { id })?;
+        self.cancelled += 1;
+        Ok(ticket)
+    }
+
     fn check_scores(&self, scores: &[f64]) -> Result<()> {
         same_len("skill scores", self.num_skills(), scores.len())?;
         for &s in scores {
@@ -405,14 +418,15 @@ impl<G: Clone> CycleQd<G> {
                 ));
             }
         }
-        if self.outstanding.len() as u64 != self.asked.saturating_sub(self.told)
-            || self.told > self.asked
+        let closed = self.told.checked_add(self.cancelled);
+        if closed.is_none_or(|c| c > self.asked || self.asked - c != self.outstanding.len() as u64)
         {
             return bad(format!(
-                "{} tickets outstanding, but {} asked and {} told",
+                "{} tickets outstanding, but {} asked, {} told and {} cancelled",
                 self.outstanding.len(),
                 self.asked,
-                self.told
+                self.told,
+                self.cancelled
             ));
         }
         if self
@@ -569,6 +583,26 @@ mod tests {
         assert!(qd.tell(t[1].id, Child::new(20, vec![0.5, 0.5])).is_ok());
         assert_eq!(qd.outstanding().count(), 0);
         assert_eq!(qd.children_told(), 3);
+    }
+
+    #[test]
+    fn cancelled_tickets_leave_the_flight_and_count_for_nothing() {
+        let mut qd = seeded(2, |_| {});
+        let t = qd.ask(2).unwrap();
+        assert_eq!(qd.cancel(t[0].id).unwrap().id, t[0].id);
+        assert!(matches!(
+            qd.cancel(t[0].id),
+            Err(QdError::UnknownTicket { .. })
+        ));
+        assert!(matches!(
+            qd.tell(t[0].id, Child::new(1, vec![0.5, 0.5])),
+            Err(QdError::UnknownTicket { .. })
+        ));
+        assert_eq!(qd.outstanding().count(), 1);
+        assert_eq!(qd.generations_done(), 0);
+        qd.tell(t[1].id, Child::new(1, vec![0.5, 0.5])).unwrap();
+        assert_eq!(qd.generations_done(), 1);
+        qd.check().unwrap();
     }
 
     #[test]
