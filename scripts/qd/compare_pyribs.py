@@ -106,18 +106,21 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--skip-pyribs", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
+    p.add_argument("--ours-exe", help="an already built `sphere` example binary (skips cargo build)")
     args = p.parse_args()
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     results = []
 
     if not args.skip_ours:
-        # Build first so that compiling is not timed.
-        target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
-        subprocess.run(
-            ["cargo", "build", "--release", "-p", "swarm-qd", "--example", "sphere"],
-            cwd=REPO, check=True,
-        )
-        exe = os.path.join(target, "release", "examples", "sphere")
+        exe = args.ours_exe
+        if exe is None:
+            # Build first so that compiling is not timed.
+            target = os.environ.get("CARGO_TARGET_DIR", os.path.join(REPO, "target"))
+            subprocess.run(
+                ["cargo", "build", "--release", "-p", "swarm-qd", "--example", "sphere"],
+                cwd=REPO, check=True,
+            )
+            exe = os.path.join(target, "release", "examples", "sphere")
         out = subprocess.run(
             [exe, "--json", "--threads", "1", "--seeds", str(args.seeds),
              "--first-seed", str(args.first_seed), "--iterations", str(args.iterations),

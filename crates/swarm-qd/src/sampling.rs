@@ -39,7 +39,7 @@ impl Default for ParentSampler {
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "version", rename_all = "snake_case")]
 pub enum EliteFormula {
-    /// The paper (Kuroki et al., ICLR 2025, Sec. 3, "elite sampling"): every skill score `f_j`
+    /// The paper (Kuroki et al., ICLR 2025, "elite sampling"): every skill score `f_j`
     /// of the elite, the quality and each behaviour value, is mapped linearly from the
     /// archive's `[min_j, max_j]` onto `[alpha_low, alpha_high]` and the factors multiply:
     /// `w = prod_j (alpha_low + (f_j - min_j) / (max_j - min_j) * (alpha_high - alpha_low))`,
