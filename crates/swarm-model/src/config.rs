@@ -71,6 +71,9 @@ pub struct HfConfig {
     pub rms_norm_eps: Option<f64>,
     pub rope_theta: Option<f64>,
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 writes RoPE settings here (`rope_theta`, `rope_type`, scaling keys)
+    /// instead of `rope_theta` / `rope_scaling`.
+    pub rope_parameters: Option<serde_json::Value>,
     pub max_position_embeddings: Option<usize>,
     pub tie_word_embeddings: Option<bool>,
     pub attention_bias: Option<bool>,
@@ -78,6 +81,8 @@ pub struct HfConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<OneOrMany>,
     pub torch_dtype: Option<String>,
+    /// transformers ≥ 5 spells `torch_dtype` as `dtype`.
+    pub dtype: Option<String>,
     pub hidden_act: Option<String>,
 }
 
@@ -140,10 +145,20 @@ impl HfConfig {
                 format!("head dimension {head_dim} must be even and non-zero"),
             ));
         }
-        let rope_scaling = match &self.rope_scaling {
-            None | Some(serde_json::Value::Null) => None,
-            Some(value) => Some(parse_rope_scaling(value, path)?),
+        // Old-style keys win when both are present: files written for both generations of
+        // transformers carry the same values in each.
+        let rope_parameters = self.rope_parameters.as_ref().filter(|v| v.is_object());
+        let rope_scaling = match (&self.rope_scaling, rope_parameters) {
+            (Some(value), _) if !value.is_null() => Some(parse_rope_scaling(value, path)?),
+            (_, Some(params)) => match rope_type(params) {
+                "" | "default" => None,
+                _ => Some(parse_rope_scaling(params, path)?),
+            },
+            _ => None,
         };
+        let rope_theta = self
+            .rope_theta
+            .or_else(|| rope_parameters.and_then(|p| p.get("rope_theta")?.as_f64()));
         let eos_token_ids = match &self.eos_token_id {
             None => Vec::new(),
             Some(OneOrMany::One(id)) => vec![*id],
@@ -162,7 +177,7 @@ impl HfConfig {
             num_key_value_heads,
             head_dim,
             rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: self.rope_theta.unwrap_or(10_000.0),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
             rope_scaling,
             max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
             tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
@@ -173,18 +188,23 @@ impl HfConfig {
             torch_dtype: self
                 .torch_dtype
                 .clone()
+                .or_else(|| self.dtype.clone())
                 .unwrap_or_else(|| "float32".to_string()),
         };
         Ok(config)
     }
 }
 
-fn parse_rope_scaling(value: &serde_json::Value, path: &Path) -> Result<Llama3RopeScaling> {
-    let kind = value
+fn rope_type(value: &serde_json::Value) -> &str {
+    value
         .get("rope_type")
         .or_else(|| value.get("type"))
         .and_then(|v| v.as_str())
-        .unwrap_or("");
+        .unwrap_or("")
+}
+
+fn parse_rope_scaling(value: &serde_json::Value, path: &Path) -> Result<Llama3RopeScaling> {
+    let kind = rope_type(value);
     if kind != "llama3" {
         return Err(ModelError::config(
             path,
@@ -357,6 +377,25 @@ mod tests {
         json["num_key_value_heads"] = 4.into();
         let raw: HfConfig = serde_json::from_value(json).unwrap();
         assert!(raw.resolve(Path::new("c")).is_err());
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_are_read() {
+        let mut json = smol_json();
+        let obj = json.as_object_mut().unwrap();
+        obj.remove("rope_theta");
+        obj.insert("dtype".into(), "bfloat16".into());
+        obj.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192}),
+        );
+        let raw: HfConfig = serde_json::from_value(json).unwrap();
+        let c = raw.resolve(Path::new("c")).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+        assert_eq!(c.torch_dtype, "bfloat16");
     }
 
     #[test]
