@@ -13,16 +13,30 @@
 
 mod chat_template;
 mod config;
+mod device;
 mod error;
 mod fsutil;
+mod generation;
+mod kv_cache;
+mod linear;
+mod llama;
+mod sampling;
 mod hub;
 mod tokenizer;
 mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
+pub use device::{default_dtype, device_name, parse_device};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
+pub use generation::{
+    generate, FinishReason, Generated, GenerationParams, StreamControl, TokenEvent,
+};
+pub use kv_cache::KvCache;
+pub use linear::Precision;
+pub use llama::{argmax_rows, rope_inv_freq, Llama};
+pub use sampling::{argmax, Sampler, SamplingParams};
 pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
 pub use tokenizer::Tokenizer;
 pub use weights::{write_safetensors, SafetensorsFiles, TensorSource, Weights};

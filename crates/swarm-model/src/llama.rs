@@ -1,0 +1,818 @@
+//! The Llama-family forward pass, in the order of the network: rotary embedding (with
+//! Llama-3.1 scaling), MLP, attention (grouped-query), decoder layer, model, causal-LM head.
+//!
+//! Field names equal the HF checkpoint tensor names (`model.layers.3.self_attn.q_proj` is
+//! `layers[3].self_attn.q_proj`). Weights are read through `&self` only and the
+//! [`KvCache`] lives outside, so one [`Llama`] serves any number of sequences. A `Llama` built
+//! from in-memory [`Weights`](crate::Weights) of the right dtype shares their storage (no copy),
+//! which is how merged elites are run.
+//!
+//! Inference only: the fused candle-nn kernels used here (`rms_norm`, `softmax_last_dim`,
+//! `rope`) have no backward pass.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::{rms_norm, softmax_last_dim};
+use candle_nn::rotary_emb::rope;
+
+use crate::config::{Llama3RopeScaling, LlamaConfig};
+use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
+use crate::linear::{Linear, Precision};
+use crate::weights::TensorSource;
+
+/// Loads one tensor, checks its shape and converts it to `dtype`.
+fn load(
+    source: &dyn TensorSource,
+    name: &str,
+    shape: &[usize],
+    device: &Device,
+    dtype: DType,
+) -> Result<Tensor> {
+    let actual = source.shape(name)?;
+    if actual != shape {
+        return Err(ModelError::tensor(
+            name,
+            format!(
+                "shape {actual:?} in {} but the config implies {shape:?}",
+                source.describe()
+            ),
+        ));
+    }
+    Ok(source.load(name, device)?.to_dtype(dtype)?)
+}
+
+/// What every layer constructor needs to read its weights.
+struct Loader<'a> {
+    source: &'a dyn TensorSource,
+    device: &'a Device,
+    precision: Precision,
+}
+
+impl Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        load(
+            self.source,
+            name,
+            shape,
+            self.device,
+            self.precision.activation_dtype(),
+        )
+    }
+
+    fn linear(&self, prefix: &str, out_dim: usize, in_dim: usize, bias: bool) -> Result<Linear> {
+        let weight = self.tensor(&format!("{prefix}.weight"), &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(self.tensor(&format!("{prefix}.bias"), &[out_dim])?)
+        } else {
+            None
+        };
+        Linear::new(weight, bias, self.precision)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary embedding
+
+/// The inverse frequencies of RoPE, with Llama-3.1's frequency-dependent scaling when
+/// configured (HF `_compute_llama3_parameters`): wavelengths longer than
+/// `original_max_position_embeddings / low_freq_factor` are stretched by `factor`, shorter than
+/// `... / high_freq_factor` are kept, and the band between is interpolated smoothly.
+pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeScaling>) -> Vec<f64> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let inv = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            match scaling {
+                None => inv,
+                Some(s) => {
+                    let old = s.original_max_position_embeddings as f64;
+                    let low_wavelen = old / s.low_freq_factor;
+                    let high_wavelen = old / s.high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / inv;
+                    if wavelen < high_wavelen {
+                        inv
+                    } else if wavelen > low_wavelen {
+                        inv / s.factor
+                    } else {
+                        let smooth = (old / wavelen - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * inv / s.factor + smooth * inv
+                    }
+                }
+            }
+        })
+        .collect()
+}
+
+/// Cosine and sine tables for every position, computed once; a forward pass gathers the
+/// rows of its positions (different per row of a left-padded batch).
+#[derive(Debug, Clone)]
+struct RotaryEmbedding {
+    /// (max_positions, head_dim / 2)
+    cos: Tensor,
+    sin: Tensor,
+    max_positions: usize,
+}
+
+impl RotaryEmbedding {
+    fn new(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let inv = rope_inv_freq(
+            config.head_dim,
+            config.rope_theta,
+            config.rope_scaling.as_ref(),
+        );
+        // HF computes in f32; f64 here then rounding is at least as accurate.
+        let inv: Vec<f32> = inv.iter().map(|&x| x as f32).collect();
+        let half = inv.len();
+        let n = config.max_position_embeddings;
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for p in 0..n {
+            for &f in &inv {
+                let angle = p as f32 * f;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
+            max_positions: n,
+        })
+    }
+
+    /// `positions`: (b * t) u32 -> cos, sin of shape (b, t, head_dim / 2).
+    fn at(&self, positions: &Tensor, b: usize, t: usize) -> Result<(Tensor, Tensor)> {
+        let half = self.cos.dim(1)?;
+        let cos = self.cos.index_select(positions, 0)?.reshape((b, t, half))?;
+        let sin = self.sin.index_select(positions, 0)?.reshape((b, t, half))?;
+        Ok((cos, sin))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// MLP
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(loader: &Loader, prefix: &str, config: &LlamaConfig) -> Result<Self> {
+        let (h, i, bias) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.mlp_bias,
+        );
+        Ok(Self {
+            gate_proj: loader.linear(&format!("{prefix}.gate_proj"), i, h, bias)?,
+            up_proj: loader.linear(&format!("{prefix}.up_proj"), i, h, bias)?,
+            down_proj: loader.linear(&format!("{prefix}.down_proj"), h, i, bias)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x)?.silu()?;
+        let up = self.up_proj.forward(x)?;
+        self.down_proj.forward(&(gate * up)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+#[derive(Debug, Clone)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(loader: &Loader, prefix: &str, config: &LlamaConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        let bias = config.attention_bias;
+        Ok(Self {
+            q_proj: loader.linear(&format!("{prefix}.q_proj"), q, h, bias)?,
+            k_proj: loader.linear(&format!("{prefix}.k_proj"), kv, h, bias)?,
+            v_proj: loader.linear(&format!("{prefix}.v_proj"), kv, h, bias)?,
+            o_proj: loader.linear(&format!("{prefix}.o_proj"), h, q, false)?,
+            num_heads: config.num_attention_heads,
+            num_kv_heads: config.num_key_value_heads,
+            head_dim: config.head_dim,
+        })
+    }
+
+    /// `x`: (b, t, hidden); `mask`: additive, (b, 1, 1, t, len + t) or none when every key
+    /// may be seen.
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope_cs: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let group = h / kvh;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(self.q_proj.forward(x)?, h)?;
+        let k = heads(self.k_proj.forward(x)?, kvh)?;
+        let v = heads(self.v_proj.forward(x)?, kvh)?;
+        let (cos, sin) = rope_cs;
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
+        let (k, v) = cache.append(layer, &k, &v)?;
+        let len = k.dim(2)?;
+
+        // Grouped-query attention without repeating K and V: the `group` query heads that
+        // share a KV head are stacked into the rows of one matrix product per KV head.
+        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, kvh, group * t, d))?;
+        let scores = q.matmul(&k.t()?)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((b, kvh, group, t, len))?
+                .broadcast_add(mask)?
+                .reshape((b, kvh, group * t, len))?,
+            None => scores,
+        };
+        let probs = softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v)?; // (b, kvh, group * t, d) = (b, h, t, d)
+        let y = if t == 1 {
+            y.reshape((b, 1, h * d))?
+        } else {
+            y.reshape((b, h, t, d))?
+                .transpose(1, 2)?
+                .reshape((b, t, h * d))?
+        };
+        self.o_proj.forward(&y)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder layer
+
+#[derive(Debug, Clone)]
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    self_attn: Attention,
+    post_attention_layernorm: Tensor,
+    mlp: Mlp,
+    eps: f32,
+}
+
+impl DecoderLayer {
+    fn load(loader: &Loader, prefix: &str, config: &LlamaConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(Self {
+            input_layernorm: loader.tensor(&format!("{prefix}.input_layernorm.weight"), &[h])?,
+            self_attn: Attention::load(loader, &format!("{prefix}.self_attn"), config)?,
+            post_attention_layernorm: loader
+                .tensor(&format!("{prefix}.post_attention_layernorm.weight"), &[h])?,
+            mlp: Mlp::load(loader, &format!("{prefix}.mlp"), config)?,
+            eps: config.rms_norm_eps as f32,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope_cs: &(Tensor, Tensor),
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        layer: usize,
+    ) -> Result<Tensor> {
+        let normed = rms_norm(x, &self.input_layernorm, self.eps)?;
+        let x = (x + self
+            .self_attn
+            .forward(&normed, rope_cs, mask, cache, layer)?)?;
+        let normed = rms_norm(&x, &self.post_attention_layernorm, self.eps)?;
+        Ok((&x + self.mlp.forward(&normed)?)?)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model and causal-LM head
+
+/// A Llama-family causal language model, ready to run.
+#[derive(Debug, Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    precision: Precision,
+    device: Device,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Linear,
+    rotary: RotaryEmbedding,
+}
+
+impl Llama {
+    /// Builds the model from tensors in HF names and layout (safetensors, GGUF or in-memory
+    /// weights), converting them to `precision` on `device`.
+    pub fn load(
+        source: &dyn TensorSource,
+        config: &LlamaConfig,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        precision.check_device(device)?;
+        let loader = Loader {
+            source,
+            device,
+            precision,
+        };
+        let (h, v) = (config.hidden_size, config.vocab_size);
+        let embed_tokens = loader.tensor("model.embed_tokens.weight", &[v, h])?;
+        let layers = (0..config.num_hidden_layers)
+            .map(|l| DecoderLayer::load(&loader, &format!("model.layers.{l}"), config))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = loader.tensor("model.norm.weight", &[h])?;
+        let lm_head = if config.tie_word_embeddings {
+            Linear::new(embed_tokens.clone(), None, precision)?
+        } else {
+            loader.linear("lm_head", v, h, false)?
+        };
+        let rotary = RotaryEmbedding::new(config, precision.activation_dtype(), device)?;
+        Ok(Self {
+            config: config.clone(),
+            precision,
+            device: device.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            rotary,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// An empty cache for `batch` sequences, with room for `capacity` tokens before it grows.
+    pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
+        KvCache::new(self.config.num_hidden_layers, batch, capacity)
+    }
+
+    /// Runs `input_ids` (b, t) after what `cache` holds and returns the logits of every
+    /// position, (b, t, vocab). The rows continue at their own positions (left padding).
+    pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden(input_ids, cache)?;
+        self.lm_head.forward(&hidden)
+    }
+
+    /// Like [`Llama::forward`] but returns only the logits of the last position, (b, vocab):
+    /// the head (the largest matrix) runs once per row.
+    pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let hidden = self.hidden(input_ids, cache)?;
+        let t = hidden.dim(1)?;
+        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+        self.lm_head.forward(&last)
+    }
+
+    /// Prefills an empty `cache` with prompts of different lengths, left-padded into one
+    /// batch, and returns the logits of each prompt's last token, (b, vocab).
+    pub fn prefill(&self, prompts: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor> {
+        if prompts.is_empty() {
+            return Err(ModelError::Generation("no prompts given".to_string()));
+        }
+        if prompts.len() != cache.batch_size() {
+            return Err(ModelError::Generation(format!(
+                "{} prompts given to a cache of {} rows",
+                prompts.len(),
+                cache.batch_size()
+            )));
+        }
+        for (i, p) in prompts.iter().enumerate() {
+            if p.is_empty() {
+                return Err(ModelError::Generation(format!("prompt {i} is empty")));
+            }
+            self.check_ids(p)?;
+        }
+        let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        let padding: Vec<usize> = prompts.iter().map(|p| t - p.len()).collect();
+        let mut ids = Vec::with_capacity(prompts.len() * t);
+        for (p, &pad) in prompts.iter().zip(&padding) {
+            ids.extend(std::iter::repeat_n(0u32, pad));
+            ids.extend_from_slice(p);
+        }
+        cache.set_padding(padding)?;
+        let ids = Tensor::from_vec(ids, (prompts.len(), t), &self.device)?;
+        self.forward_last(&ids, cache)
+    }
+
+    /// One decode step: appends one token per row and returns the next-token logits,
+    /// (b, vocab).
+    pub fn decode(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        self.check_ids(tokens)?;
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device)?;
+        let logits = self.forward_last(&ids, cache)?;
+        Ok(logits)
+    }
+
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.config.vocab_size;
+        match ids.iter().find(|&&id| id as usize >= vocab) {
+            Some(bad) => Err(ModelError::Generation(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// The final hidden states (after the last norm), (b, t, hidden).
+    fn hidden(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t) = input_ids.dims2()?;
+        if t == 0 {
+            return Err(ModelError::Generation("no input tokens".to_string()));
+        }
+        if b != cache.batch_size() {
+            return Err(ModelError::Generation(format!(
+                "a batch of {b} rows given to a cache of {} rows",
+                cache.batch_size()
+            )));
+        }
+        let offset = cache.len();
+        let padding = cache.padding().to_vec();
+        let longest = offset + t - padding.iter().copied().min().unwrap_or(0);
+        if longest > self.rotary.max_positions {
+            return Err(ModelError::Generation(format!(
+                "sequence of {longest} tokens exceeds the model's {} positions \
+                 (max_position_embeddings)",
+                self.rotary.max_positions
+            )));
+        }
+
+        // Positions per row; padding slots get position 0 (their outputs are never seen).
+        let mut positions = Vec::with_capacity(b * t);
+        for &pad in &padding {
+            for j in 0..t {
+                positions.push((offset + j).saturating_sub(pad) as u32);
+            }
+        }
+        let positions = Tensor::from_vec(positions, b * t, &self.device)?;
+        let rope_cs = self.rotary.at(&positions, b, t)?;
+        let mask = self.mask(&padding, offset, t)?;
+
+        let dims = (b, t, self.config.hidden_size);
+        let mut x = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape(dims)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x, &rope_cs, mask.as_ref(), cache, l)?;
+        }
+        cache.advance(t);
+        Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?)
+    }
+
+    /// The additive attention mask (b, 1, 1, t, offset + t): query `i` (slot `offset + i`) of
+    /// row `r` sees key slot `j` when `padding[r] <= j <= offset + i`. A padding query sees only
+    /// itself, so no softmax row is all `-inf` (which would turn into NaN and leak through
+    /// `0 * NaN` into real rows). `None` when nothing needs masking.
+    fn mask(&self, padding: &[usize], offset: usize, t: usize) -> Result<Option<Tensor>> {
+        if t == 1 && padding.iter().all(|&p| p == 0) {
+            return Ok(None);
+        }
+        let len = offset + t;
+        let b = padding.len();
+        let mut mask = vec![0f32; b * t * len];
+        for (r, &pad) in padding.iter().enumerate() {
+            for i in 0..t {
+                let q = offset + i;
+                let row = &mut mask[(r * t + i) * len..(r * t + i + 1) * len];
+                for (j, m) in row.iter_mut().enumerate() {
+                    let visible = (j >= pad && j <= q) || j == q;
+                    if !visible {
+                        *m = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, len), &self.device)?
+            .to_dtype(self.precision.activation_dtype())?;
+        Ok(Some(mask))
+    }
+}
+
+/// Index of the largest value of each row of `logits` (b, vocab).
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::weights::Weights;
+    use rand::{Rng, SeedableRng};
+
+    /// A tiny random Llama: `kv_heads` < `heads` exercises GQA.
+    pub(crate) fn tiny_config(tied: bool, heads: usize, kv_heads: usize) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: 64,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            head_dim: 32 / heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: tied,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            torch_dtype: "float32".to_string(),
+        }
+    }
+
+    pub(crate) fn random_weights(config: &LlamaConfig, seed: u64) -> Weights {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let mut w = Weights::new();
+        for (name, shape) in config.tensor_shapes() {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with("norm.weight") {
+                (0..n).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect()
+            } else {
+                let scale = 1.0 / (shape[shape.len() - 1] as f32).sqrt();
+                (0..n)
+                    .map(|_| rng.gen_range(-1.0..1.0) * scale * 1.7)
+                    .collect()
+            };
+            w.insert(
+                name,
+                Tensor::from_vec(data, shape, &Device::Cpu).expect("shape"),
+            );
+        }
+        w
+    }
+
+    pub(crate) fn tiny_model(tied: bool, heads: usize, kv_heads: usize) -> Llama {
+        let config = tiny_config(tied, heads, kv_heads);
+        let w = random_weights(&config, 7);
+        Llama::load(&w, &config, &Device::Cpu, Precision::F32).expect("tiny model")
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    fn ids(tokens: &[u32]) -> Tensor {
+        Tensor::from_vec(tokens.to_vec(), (1, tokens.len()), &Device::Cpu).unwrap()
+    }
+
+    /// The one tester of paths that must agree: full sequence, prefill + incremental decode,
+    /// chunked prefill, and batched left-padded prefill + decode.
+    fn check_paths_agree(model: &Llama) {
+        let seqs: Vec<Vec<u32>> = vec![
+            vec![1, 5, 9, 33, 12, 40, 7, 8, 61, 3],
+            vec![1, 17, 4],
+            vec![1, 2, 3, 4, 5, 6, 7],
+        ];
+        let decode_steps = 4;
+        let mut singles = Vec::new();
+        for s in &seqs {
+            // Full forward over prompt + continuation.
+            let mut c = model.new_cache(1, 0);
+            let full = model.forward(&ids(s), &mut c).unwrap().squeeze(0).unwrap();
+            // Prefill 3 tokens, then one token at a time.
+            let split = 3.min(s.len());
+            let mut c = model.new_cache(1, 4);
+            let mut parts = vec![model.forward(&ids(&s[..split]), &mut c).unwrap()];
+            for &tok in &s[split..] {
+                parts.push(model.forward(&ids(&[tok]), &mut c).unwrap());
+            }
+            let incremental = Tensor::cat(&parts, 1).unwrap().squeeze(0).unwrap();
+            let diff = max_abs_diff(&full, &incremental);
+            assert!(diff < 1e-5, "full vs incremental differ by {diff}");
+            singles.push(full);
+        }
+
+        // Batched, left-padded prefill vs each sequence alone.
+        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s[..s.len() - 1].to_vec()).collect();
+        let mut cache = model.new_cache(prompts.len(), 0);
+        let last = model.prefill(&prompts, &mut cache).unwrap();
+        for (r, p) in prompts.iter().enumerate() {
+            let alone = singles[r].get(p.len() - 1).unwrap();
+            let diff = max_abs_diff(&last.get(r).unwrap(), &alone);
+            assert!(diff < 1e-5, "row {r}: batched prefill differs by {diff}");
+        }
+        // Batched decode vs single decode, feeding greedy tokens.
+        let mut tokens: Vec<u32> = seqs.iter().map(|s| s[s.len() - 1]).collect();
+        let mut single_caches: Vec<KvCache> = Vec::new();
+        for s in &seqs {
+            let mut c = model.new_cache(1, 0);
+            model.forward(&ids(&s[..s.len() - 1]), &mut c).unwrap();
+            single_caches.push(c);
+        }
+        for step in 0..decode_steps {
+            let batched = model.decode(&tokens, &mut cache).unwrap();
+            for (r, c) in single_caches.iter_mut().enumerate() {
+                let alone = model.decode(&[tokens[r]], c).unwrap();
+                let diff = max_abs_diff(&batched.get(r).unwrap(), &alone.get(0).unwrap());
+                assert!(
+                    diff < 1e-5,
+                    "step {step} row {r}: batched decode differs by {diff}"
+                );
+            }
+            tokens = argmax_rows(&batched).unwrap();
+        }
+    }
+
+    #[test]
+    fn paths_agree_multi_head() {
+        check_paths_agree(&tiny_model(false, 4, 4));
+    }
+
+    #[test]
+    fn paths_agree_gqa_tied() {
+        check_paths_agree(&tiny_model(true, 4, 2));
+    }
+
+    #[test]
+    fn paths_agree_multi_query() {
+        check_paths_agree(&tiny_model(false, 4, 1));
+    }
+
+    #[test]
+    fn paths_agree_with_rope_scaling() {
+        let mut config = tiny_config(false, 4, 2);
+        config.rope_scaling = Some(Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 16,
+        });
+        let w = random_weights(&config, 3);
+        check_paths_agree(&Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap());
+    }
+
+    #[test]
+    fn tied_head_equals_untied_head_with_the_same_matrix() {
+        let tied_cfg = tiny_config(true, 4, 2);
+        let untied_cfg = tiny_config(false, 4, 2);
+        let mut w = random_weights(&tied_cfg, 11);
+        let tied = Llama::load(&w, &tied_cfg, &Device::Cpu, Precision::F32).unwrap();
+        let embed = w.get("model.embed_tokens.weight").unwrap().clone();
+        w.insert("lm_head.weight", embed.clone());
+        let untied = Llama::load(&w, &untied_cfg, &Device::Cpu, Precision::F32).unwrap();
+        let x = ids(&[1, 4, 9, 16]);
+        let a = tied.forward(&x, &mut tied.new_cache(1, 0)).unwrap();
+        let b = untied.forward(&x, &mut untied.new_cache(1, 0)).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-6);
+        // And a different head changes the logits.
+        w.insert("lm_head.weight", (embed * 0.5).unwrap());
+        let half = Llama::load(&w, &untied_cfg, &Device::Cpu, Precision::F32).unwrap();
+        let c = half.forward(&x, &mut half.new_cache(1, 0)).unwrap();
+        assert!(max_abs_diff(&a, &c) > 1e-3);
+        // An untied config without `lm_head.weight` is a named error.
+        w.remove("lm_head.weight");
+        let err = Llama::load(&w, &untied_cfg, &Device::Cpu, Precision::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lm_head.weight"), "{err}");
+    }
+
+    #[test]
+    fn gqa_equals_mha_with_repeated_kv_heads() {
+        // A GQA model equals the MHA model whose K/V projections repeat each KV head.
+        let gqa_cfg = tiny_config(false, 4, 2);
+        let mha_cfg = tiny_config(false, 4, 4);
+        let w = random_weights(&gqa_cfg, 5);
+        let mut m = w.clone();
+        for l in 0..gqa_cfg.num_hidden_layers {
+            for p in ["k_proj", "v_proj"] {
+                let name = format!("model.layers.{l}.self_attn.{p}.weight");
+                let t = w.get(&name).unwrap();
+                let d = gqa_cfg.head_dim;
+                let heads: Vec<Tensor> = (0..gqa_cfg.num_key_value_heads)
+                    .flat_map(|kv| {
+                        let head = t.narrow(0, kv * d, d).unwrap();
+                        [head.clone(), head]
+                    })
+                    .collect();
+                m.insert(name, Tensor::cat(&heads, 0).unwrap());
+            }
+        }
+        let gqa = Llama::load(&w, &gqa_cfg, &Device::Cpu, Precision::F32).unwrap();
+        let mha = Llama::load(&m, &mha_cfg, &Device::Cpu, Precision::F32).unwrap();
+        let x = ids(&[1, 3, 5, 7, 11]);
+        let a = gqa.forward(&x, &mut gqa.new_cache(1, 0)).unwrap();
+        let b = mha.forward(&x, &mut mha.new_cache(1, 0)).unwrap();
+        assert!(max_abs_diff(&a, &b) < 1e-5);
+    }
+
+    #[test]
+    fn llama3_scaling_keeps_high_frequencies_and_stretches_low_ones() {
+        let s = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let plain = rope_inv_freq(128, 500_000.0, None);
+        let scaled = rope_inv_freq(128, 500_000.0, Some(&s));
+        // Short wavelengths (high frequencies) are untouched.
+        assert_eq!(plain[0], scaled[0]);
+        assert_eq!(plain[10], scaled[10]);
+        // The longest wavelengths are stretched by exactly `factor`.
+        let last = plain.len() - 1;
+        assert!((plain[last] / scaled[last] - 8.0).abs() < 1e-9);
+        // The band between is interpolated monotonically.
+        for (p, s) in plain.iter().zip(&scaled) {
+            assert!(s <= p && *s >= p / 8.0 - 1e-15);
+        }
+    }
+
+    #[test]
+    fn q8_0_is_close_to_f32() {
+        // Widths are multiples of 32 so every matrix is quantised.
+        let config = tiny_config(false, 4, 2);
+        let w = random_weights(&config, 9);
+        let f = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
+        let q = Llama::load(&w, &config, &Device::Cpu, Precision::Q8_0).unwrap();
+        let x = ids(&[1, 8, 27, 63]);
+        let a = f.forward(&x, &mut f.new_cache(1, 0)).unwrap();
+        let b = q.forward(&x, &mut q.new_cache(1, 0)).unwrap();
+        let diff = max_abs_diff(&a, &b);
+        assert!(diff < 0.1, "q8_0 differs by {diff}");
+    }
+
+    #[test]
+    fn f16_runs_and_is_close() {
+        let config = tiny_config(true, 4, 2);
+        let w = random_weights(&config, 9);
+        let f = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
+        let h = Llama::load(&w, &config, &Device::Cpu, Precision::F16).unwrap();
+        let x = ids(&[1, 8, 27, 63]);
+        let a = f.forward(&x, &mut f.new_cache(1, 0)).unwrap();
+        let b = h
+            .forward(&x, &mut h.new_cache(1, 0))
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert!(max_abs_diff(&a, &b) < 0.05);
+        // bf16 weights load into f32 exactly.
+        let wb = w.to_dtype(DType::BF16).unwrap();
+        assert!(Llama::load(&wb, &config, &Device::Cpu, Precision::F32).is_ok());
+        assert!(Llama::load(&w, &config, &Device::Cpu, Precision::BF16).is_err());
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let model = tiny_model(false, 4, 2);
+        let mut c = model.new_cache(2, 0);
+        assert!(model.prefill(&[vec![1, 2], vec![]], &mut c).is_err());
+        let mut c = model.new_cache(1, 0);
+        assert!(model.prefill(&[vec![1, 999]], &mut c).is_err());
+        let mut c = model.new_cache(1, 0);
+        let long: Vec<u32> = (0..129).map(|i| i % 64).collect();
+        let err = model.prefill(&[long], &mut c).unwrap_err().to_string();
+        assert!(err.contains("positions"), "{err}");
+        let mut c = model.new_cache(1, 0);
+        assert!(model.prefill(&[vec![1], vec![2]], &mut c).is_err());
+        // A wrong shape in the weights is named.
+        let config = tiny_config(false, 4, 2);
+        let mut w = random_weights(&config, 1);
+        w.insert(
+            "model.norm.weight",
+            Tensor::ones(7, DType::F32, &Device::Cpu).unwrap(),
+        );
+        let err = Llama::load(&w, &config, &Device::Cpu, Precision::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("model.norm.weight"), "{err}");
+    }
+}

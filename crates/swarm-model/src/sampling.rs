@@ -1,0 +1,222 @@
+//! Choosing the next token from logits: greedy, temperature, top-k, top-p, seeded.
+//!
+//! A [`Sampler`] belongs to one sequence and owns its random generator (ChaCha8, seeded from
+//! the request's seed), so a sequence samples the same tokens whether it runs alone or in a
+//! batch, and the same seed gives the same output.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{ModelError, Result};
+
+/// Temperatures at or below this are greedy decoding.
+const GREEDY_TEMPERATURE: f64 = 1e-5;
+
+/// How to pick tokens: `temperature <= 1e-5` is greedy; `top_k = 0` and `top_p = 1` turn
+/// those filters off.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f64,
+    pub top_k: usize,
+    pub top_p: f64,
+    pub seed: u64,
+}
+
+impl SamplingParams {
+    /// Checks ranges: temperature finite and >= 0, top-p in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return Err(ModelError::Generation(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(ModelError::Generation(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= GREEDY_TEMPERATURE || self.top_k == 1
+    }
+}
+
+/// The sampler of one sequence.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: ChaCha8Rng,
+    /// Scratch space reused across steps: (token, probability).
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Result<Self> {
+        params.validate()?;
+        Ok(Self {
+            params,
+            rng: ChaCha8Rng::seed_from_u64(params.seed),
+            candidates: Vec::new(),
+        })
+    }
+
+    /// Picks the next token from one row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32> {
+        if logits.is_empty() {
+            return Err(ModelError::Generation("empty logits".to_string()));
+        }
+        if self.params.is_greedy() {
+            return Ok(argmax(logits));
+        }
+        let inv_t = 1.0 / self.params.temperature as f32;
+        let c = &mut self.candidates;
+        c.clear();
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        // NaN logits (a broken model) must not poison the sort.
+        c.retain(|(_, l)| !l.is_nan());
+        if c.is_empty() {
+            return Err(ModelError::Generation("all logits are NaN".to_string()));
+        }
+        let desc = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let k = self.params.top_k;
+        if k > 0 && k < c.len() {
+            c.select_nth_unstable_by(k - 1, desc);
+            c.truncate(k);
+        }
+        c.sort_unstable_by(desc);
+        // Softmax over the survivors.
+        let max = c[0].1;
+        let mut total = 0f32;
+        for (_, l) in c.iter_mut() {
+            *l = (*l - max).exp();
+            total += *l;
+        }
+        for (_, p) in c.iter_mut() {
+            *p /= total;
+        }
+        // Nucleus: the smallest prefix whose mass reaches top_p (at least one token).
+        if self.params.top_p < 1.0 {
+            let mut mass = 0f32;
+            let mut keep = c.len();
+            for (i, (_, p)) in c.iter().enumerate() {
+                mass += *p;
+                if mass >= self.params.top_p as f32 {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep);
+            total = c.iter().map(|(_, p)| p).sum();
+        } else {
+            total = 1.0;
+        }
+        let mut u = self.rng.gen::<f32>() * total;
+        for &(id, p) in c.iter() {
+            if u < p {
+                return Ok(id);
+            }
+            u -= p;
+        }
+        Ok(c[c.len() - 1].0)
+    }
+}
+
+/// Index of the largest logit (the first one on ties), ignoring NaN.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    let mut best_value = f32::NEG_INFINITY;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > best_value {
+            best = i;
+            best_value = l;
+        }
+    }
+    best as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(temperature: f64, top_k: usize, top_p: f64, seed: u64) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        }
+    }
+
+    fn logits() -> Vec<f32> {
+        (0..100).map(|i| ((i * 37) % 101) as f32 / 25.0).collect()
+    }
+
+    #[test]
+    fn greedy_is_argmax() {
+        let l = logits();
+        let best = argmax(&l);
+        assert_eq!(l[best as usize], l.iter().cloned().fold(f32::MIN, f32::max));
+        let mut s = Sampler::new(params(0.0, 0, 1.0, 1)).unwrap();
+        assert_eq!(s.sample(&l).unwrap(), best);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let l = logits();
+        let mut s = Sampler::new(params(5.0, 1, 1.0, 3)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&l).unwrap(), argmax(&l));
+        }
+    }
+
+    #[test]
+    fn tiny_top_p_is_greedy() {
+        let l = logits();
+        let mut s = Sampler::new(params(1.0, 0, 1e-6, 3)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(s.sample(&l).unwrap(), argmax(&l));
+        }
+    }
+
+    #[test]
+    fn top_k_restricts_to_the_k_best() {
+        let l = logits();
+        let mut sorted: Vec<u32> = (0..l.len() as u32).collect();
+        sorted.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        let best3 = &sorted[..3];
+        let mut s = Sampler::new(params(100.0, 3, 1.0, 9)).unwrap();
+        for _ in 0..100 {
+            assert!(best3.contains(&s.sample(&l).unwrap()));
+        }
+    }
+
+    #[test]
+    fn same_seed_same_tokens_different_seeds_differ() {
+        let l = logits();
+        let run = |seed| {
+            let mut s = Sampler::new(params(2.0, 0, 0.95, seed)).unwrap();
+            (0..50).map(|_| s.sample(&l).unwrap()).collect::<Vec<_>>()
+        };
+        assert_eq!(run(42), run(42));
+        assert_ne!(run(42), run(43));
+    }
+
+    #[test]
+    fn bad_params_are_refused() {
+        assert!(Sampler::new(params(-1.0, 0, 1.0, 0)).is_err());
+        assert!(Sampler::new(params(f64::NAN, 0, 1.0, 0)).is_err());
+        assert!(Sampler::new(params(1.0, 0, 0.0, 0)).is_err());
+        assert!(Sampler::new(params(1.0, 0, 1.5, 0)).is_err());
+        let mut s = Sampler::new(params(1.0, 0, 1.0, 0)).unwrap();
+        assert!(s.sample(&[]).is_err());
+    }
+}
