@@ -1,0 +1,106 @@
+//! The seam between HTTP and inference: the [`Engine`] trait.
+//!
+//! The HTTP layer validates, routes and admits a request, then hands the engine one
+//! [`GenerateJob`] per choice and reads [`Event`]s back from a channel. Dropping the receiver
+//! cancels the job: the engine notices at its next step and frees the sequence. The real
+//! engine is [`crate::ModelEngine`]; HTTP tests run in-process against small engines written
+//! in the tests.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+
+use crate::validation::{Prompt, SamplingParams};
+
+/// One sequence to generate (one choice of one request).
+#[derive(Debug, Clone)]
+pub struct GenerateJob {
+    /// Echoed in the engine's logs.
+    pub request_id: String,
+    /// The elite that serves it (already chosen by the router).
+    pub elite: String,
+    pub prompt: Prompt,
+    /// `seed` is this choice's own seed.
+    pub params: SamplingParams,
+    /// The job is stopped with [`Failure::Timeout`] past this instant.
+    pub deadline: Option<Instant>,
+}
+
+/// Why a sequence ended normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the model's context.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// The prompt does not fit (tokens, limit).
+    PromptTooLong { tokens: usize, limit: usize },
+    /// A token id out of the vocabulary (completions with token prompts).
+    InvalidToken(u32),
+    /// The per-request deadline passed.
+    Timeout,
+    /// Loading, draining or stopped.
+    Unavailable(String),
+    /// Anything else; the detail is logged, not sent.
+    Internal(String),
+}
+
+/// What the engine reports about one job, in order: `Started`, any number of `Text`, then
+/// `Done` or `Failed` (a `Failed` may also come first).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The prompt was tokenised and admitted.
+    Started {
+        prompt_tokens: usize,
+    },
+    /// New text (already cut before any stop string) and the tokens it came from.
+    Text {
+        text: String,
+        tokens: usize,
+    },
+    Done {
+        finish: FinishReason,
+        completion_tokens: usize,
+    },
+    Failed(Failure),
+}
+
+/// What `/metrics` and `/ready` read from the engine.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStatus {
+    /// Loaded and accepting jobs.
+    pub ready: bool,
+    /// Sequences in the running batch(es).
+    pub batch_size: usize,
+    /// Jobs received, not yet in the batch.
+    pub waiting: usize,
+    /// Elites with dense weights in memory.
+    pub elites_resident: usize,
+    /// Bytes of those weights.
+    pub resident_bytes: usize,
+}
+
+/// Runs generation jobs. Implementations must not block the caller: `submit` queues the job
+/// and returns at once.
+pub trait Engine: Send + Sync + 'static {
+    /// Queues a job; its events arrive on the returned channel.
+    fn submit(&self, job: GenerateJob) -> Result<mpsc::UnboundedReceiver<Event>, Failure>;
+    /// For `/ready` and `/metrics`.
+    fn status(&self) -> EngineStatus;
+    /// Stops taking jobs and lets the running ones finish (graceful drain).
+    fn begin_drain(&self) {}
+}

@@ -1,0 +1,42 @@
+//! # swarm-serve
+//!
+//! The swarm behind one OpenAI-compatible endpoint, in layers (TGI's router is the model):
+//! routes -> [`openai`] wire types -> validation ([`ValidatedRequest`]) -> [`Router`] (skill
+//! mix -> elite) -> bounded queue -> [`Engine`].
+//!
+//! - [`AppState`] / [`app`] / [`serve`]: the axum application over any [`Engine`].
+//! - [`Router`] with [`SkillClassifier`]: `model: "swarm"` classifies the request into a skill
+//!   mix and picks the elite with the best expected score; `swarm/<skill>` and elite ids too.
+//! - [`Engine`]: jobs in, [`Event`]s out over a channel; dropping the receiver cancels.
+//! - [`Metrics`]: Prometheus text exposition at `/metrics`.
+//!
+//! ```no_run
+//! # async fn f(engine: std::sync::Arc<dyn swarm_serve::Engine>, swarm: swarm_serve::SwarmInfo) -> std::io::Result<()> {
+//! use swarm_serve::{AppState, Router, ServerConfig};
+//! let state = AppState::new(engine, Router::new(swarm, None), ServerConfig::default());
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! swarm_serve::serve(listener, state, std::future::pending()).await
+//! # }
+//! ```
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod classifier;
+mod engine;
+mod error;
+mod metrics;
+pub mod openai;
+mod router;
+mod server;
+mod stream;
+mod validation;
+
+pub use classifier::SkillClassifier;
+pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
+pub use error::{ApiError, Result, ServeError};
+pub use metrics::Metrics;
+pub use router::{EliteInfo, Route, Router, SwarmInfo};
+pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};
+pub use validation::{
+    validate_chat, validate_completion, Endpoint, Limits, Prompt, SamplingParams, ValidatedRequest,
+    ROUTER_MODEL,
+};

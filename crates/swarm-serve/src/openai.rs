@@ -1,0 +1,297 @@
+//! OpenAI wire types, named as in the OpenAI API reference.
+//!
+//! Requests keep every field the official clients send; fields we do not implement land in
+//! `extra` and are judged by [`crate::validation`] (ignored with a warning, or a 400 when they
+//! would change the meaning of the answer). Responses skip absent optional fields.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// `stop`: one string or a list of them.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum StopSequences {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with empty `choices` and the request's `usage`.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One message of a chat. `content` is a string or a list of parts (`{"type":"text",...}`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatMessageIn {
+    /// `system`, `developer`, `user`, `assistant` (`tool` and `function` are refused).
+    pub role: String,
+    /// A string, an array of content parts, or null (assistant turns with tool calls).
+    #[serde(default)]
+    pub content: Option<Value>,
+    /// Participant name (accepted, not used by the template).
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// `swarm` (the router, default), `swarm/<skill>`, or an elite id.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// The conversation; every turn is classified by the router.
+    pub messages: Vec<ChatMessageIn>,
+    /// Upper bound on generated tokens (legacy name).
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Upper bound on generated tokens (current name; wins over `max_tokens`).
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    /// 0 is greedy; up to 2.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling mass in (0, 1].
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Up to 4 stop strings; the answer ends before the first one.
+    #[serde(default)]
+    pub stop: Option<StopSequences>,
+    /// Number of choices.
+    #[serde(default)]
+    pub n: Option<u64>,
+    /// Seed of the sampler: the same seed and request give the same answer.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Stream chunks as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// End-user id (logged).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Everything else, judged by validation.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `prompt` of `/v1/completions`: a string, a list of strings, or token ids.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PromptIn {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CompletionRequest {
+    #[serde(default)]
+    pub model: Option<String>,
+    pub prompt: PromptIn,
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    #[serde(default)]
+    pub stop: Option<StopSequences>,
+    #[serde(default)]
+    pub n: Option<u64>,
+    #[serde(default)]
+    pub seed: Option<i64>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `usage`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    pub fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// The assistant's message in a chat answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatMessageOut {
+    pub role: &'static str,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChoice {
+    pub index: u32,
+    pub message: ChatMessageOut,
+    /// Always null: log-probabilities are not implemented (requests for them get a 400).
+    pub logprobs: Option<Value>,
+    /// `stop` or `length`.
+    pub finish_reason: &'static str,
+}
+
+/// A non-streamed chat answer (`object: "chat.completion"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    /// The elite that served.
+    pub model: String,
+    pub choices: Vec<ChatChoice>,
+    pub usage: Usage,
+    pub system_fingerprint: String,
+}
+
+/// What a streamed chunk adds to the message.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChatDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatChunkChoice {
+    pub index: u32,
+    pub delta: ChatDelta,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A streamed chat chunk (`object: "chat.completion.chunk"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ChatCompletionChunk {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<ChatChunkChoice>,
+    /// Present (null) on every chunk when usage was asked for, set on the last one only,
+    /// as OpenAI does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionChoice {
+    pub index: u32,
+    pub text: String,
+    pub logprobs: Option<Value>,
+    pub finish_reason: Option<&'static str>,
+}
+
+/// A completion answer or streamed chunk (`object: "text_completion"` for both, as OpenAI).
+#[derive(Debug, Clone, Serialize)]
+pub struct CompletionResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub system_fingerprint: String,
+    pub choices: Vec<CompletionChoice>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+/// One entry of `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub id: String,
+    pub object: String,
+    pub created: u64,
+    pub owned_by: String,
+    /// The model this one derives from (the base, for elites).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// swarm's extra: what the entry is, and per-skill scores for elites.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<Value>,
+}
+
+/// `GET /v1/models`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<ModelCard>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// As sent by `openai` 1.x: `client.chat.completions.create(model=..., messages=[...],
+    /// stream=True, stream_options={"include_usage": True}, seed=1)`.
+    #[test]
+    fn parses_a_request_from_the_official_client() {
+        let body = r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":[{"type":"text","text":"hi"}]}],"model":"swarm","seed":1,"stream":true,"stream_options":{"include_usage":true},"max_completion_tokens":8,"frequency_penalty":0}"#;
+        let r: ChatCompletionRequest = serde_json::from_str(body).unwrap();
+        assert_eq!(r.messages.len(), 2);
+        assert_eq!(r.seed, Some(1));
+        assert_eq!(r.max_completion_tokens, Some(8));
+        assert!(r.extra.contains_key("frequency_penalty"));
+        assert_eq!(r.stream_options.and_then(|o| o.include_usage), Some(true));
+    }
+
+    #[test]
+    fn prompt_forms() {
+        for (body, ok) in [
+            (r#"{"prompt":"a"}"#, true),
+            (r#"{"prompt":["a","b"]}"#, true),
+            (r#"{"prompt":[1,2]}"#, true),
+            (r#"{"prompt":[[1],[2]]}"#, true),
+            (r#"{"prompt":{"x":1}}"#, false),
+        ] {
+            assert_eq!(
+                serde_json::from_str::<CompletionRequest>(body).is_ok(),
+                ok,
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_usage_is_null_until_the_last() {
+        let mut c = ChatCompletionChunk {
+            id: "x".into(),
+            object: "chat.completion.chunk",
+            created: 0,
+            model: "m".into(),
+            system_fingerprint: "fp".into(),
+            choices: vec![],
+            usage: Some(None),
+        };
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(v["usage"].is_null() && v.as_object().unwrap().contains_key("usage"));
+        c.usage = None;
+        let v = serde_json::to_value(&c).unwrap();
+        assert!(!v.as_object().unwrap().contains_key("usage"));
+    }
+}

@@ -1,0 +1,273 @@
+//! Streamed answers: the engine's per-choice events merged into OpenAI's server-sent events
+//! (`data: {chunk}` lines, an optional usage chunk with empty `choices`, then
+//! `data: [DONE]`). An engine failure mid-stream becomes one final error event.
+//!
+//! The stream owns the request's queue permit and its receivers: when the client goes away,
+//! axum drops the stream, the receivers close, and the engine stops those sequences.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use crate::engine::Event;
+use crate::metrics::Metrics;
+use crate::openai::{
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse, Usage,
+};
+use crate::server::{failure_to_api, CancelGuard};
+use crate::validation::Endpoint;
+
+/// What every chunk of one answer shares.
+#[derive(Debug, Clone)]
+pub struct StreamContext {
+    pub id: String,
+    pub created: u64,
+    pub elite: String,
+    pub endpoint: Endpoint,
+    pub fingerprint: String,
+    pub prompt_tokens: usize,
+    pub include_usage: bool,
+    pub metrics: Arc<Metrics>,
+    pub start: Instant,
+    pub timeout: Option<Duration>,
+}
+
+impl StreamContext {
+    fn chat_chunk(&self, choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>) -> String {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.elite.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_string(&chunk).unwrap_or_default()
+    }
+
+    fn completion_chunk(&self, choices: Vec<CompletionChoice>, usage: Option<Usage>) -> String {
+        let chunk = CompletionResponse {
+            id: self.id.clone(),
+            object: "text_completion",
+            created: self.created,
+            model: self.elite.clone(),
+            system_fingerprint: self.fingerprint.clone(),
+            choices,
+            usage,
+        };
+        serde_json::to_string(&chunk).unwrap_or_default()
+    }
+
+    /// `usage: null` on every chunk when usage was asked for (OpenAI does so).
+    fn null_usage(&self) -> Option<Option<Usage>> {
+        self.include_usage.then_some(None)
+    }
+
+    fn delta(&self, index: usize, text: Option<String>, finish: Option<&'static str>) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(
+                vec![ChatChunkChoice {
+                    index: index as u32,
+                    delta: ChatDelta {
+                        role: None,
+                        content: text,
+                    },
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                self.null_usage(),
+            ),
+            Endpoint::Completion => self.completion_chunk(
+                vec![CompletionChoice {
+                    index: index as u32,
+                    text: text.unwrap_or_default(),
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                None,
+            ),
+        }
+    }
+
+    fn usage_chunk(&self, usage: Usage) -> String {
+        match self.endpoint {
+            Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
+            Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
+        }
+    }
+}
+
+struct State {
+    ctx: StreamContext,
+    merged: SelectAll<BoxStream<'static, (usize, Event)>>,
+    pending: VecDeque<SseEvent>,
+    remaining: usize,
+    completion_tokens: usize,
+    first_text: bool,
+    ended: bool,
+    guard: CancelGuard,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl State {
+    fn finish(&mut self, status: u16) {
+        self.ended = true;
+        self.guard.finished = true;
+        let m = &self.ctx.metrics;
+        m.tokens(
+            &self.ctx.elite,
+            self.ctx.prompt_tokens as u64,
+            self.completion_tokens as u64,
+        );
+        if status != 200 {
+            // Counted once more under the failing status: the 200 went out with the headers.
+            m.request(self.ctx.endpoint.route(), status, &self.ctx.elite, 0.0);
+        }
+        tracing::info!(
+            elite = %self.ctx.elite, completion_tokens = self.completion_tokens,
+            seconds = self.ctx.start.elapsed().as_secs_f64(), "stream finished"
+        );
+    }
+
+    /// Turns one engine event into zero or more SSE events.
+    fn on_event(&mut self, index: usize, event: Option<Event>) {
+        match event {
+            Some(Event::Text { text, tokens }) => {
+                self.completion_tokens += tokens;
+                if self.first_text {
+                    self.first_text = false;
+                    self.ctx.metrics.first_token(
+                        self.ctx.endpoint.route(),
+                        self.ctx.start.elapsed().as_secs_f64(),
+                    );
+                }
+                if !text.is_empty() {
+                    self.pending
+                        .push_back(SseEvent::default().data(self.ctx.delta(
+                            index,
+                            Some(text),
+                            None,
+                        )));
+                }
+            }
+            Some(Event::Done { finish, .. }) => {
+                let text = match self.ctx.endpoint {
+                    Endpoint::Chat => None,
+                    Endpoint::Completion => Some(String::new()),
+                };
+                self.pending
+                    .push_back(SseEvent::default().data(self.ctx.delta(
+                        index,
+                        text,
+                        Some(finish.as_str()),
+                    )));
+                self.remaining -= 1;
+            }
+            Some(Event::Started { .. }) => {}
+            Some(Event::Failed(f)) => {
+                let e = failure_to_api(f, self.ctx.endpoint, self.ctx.timeout);
+                self.pending
+                    .push_back(SseEvent::default().data(e.body_json()));
+                self.finish(e.status.as_u16());
+            }
+            None => {
+                let e = failure_to_api(
+                    crate::engine::Failure::Internal("engine dropped a running job".into()),
+                    self.ctx.endpoint,
+                    None,
+                );
+                self.pending
+                    .push_back(SseEvent::default().data(e.body_json()));
+                self.finish(500);
+            }
+        }
+    }
+}
+
+/// The SSE response for a request whose jobs have all started.
+pub fn sse_response(
+    ctx: StreamContext,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+    permit: OwnedSemaphorePermit,
+    request_id: String,
+) -> Response {
+    let n = receivers.len();
+    let mut merged = SelectAll::new();
+    for (index, rx) in receivers.into_iter().enumerate() {
+        // Each receiver yields its events and ends when the engine drops the sender; if all
+        // end while a choice has not finished, the engine lost a job (an error event).
+        let s = stream::unfold(rx, move |mut rx| async move {
+            rx.recv().await.map(|e| ((index, e), rx))
+        })
+        .boxed();
+        merged.push(s);
+    }
+    let mut pending = VecDeque::new();
+    if ctx.endpoint == Endpoint::Chat {
+        for i in 0..n {
+            let chunk = ctx.chat_chunk(
+                vec![ChatChunkChoice {
+                    index: i as u32,
+                    delta: ChatDelta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                ctx.null_usage(),
+            );
+            pending.push_back(SseEvent::default().data(chunk));
+        }
+    }
+    let state = State {
+        guard: CancelGuard {
+            metrics: ctx.metrics.clone(),
+            finished: false,
+            request_id,
+        },
+        ctx,
+        merged,
+        pending,
+        remaining: n,
+        completion_tokens: 0,
+        first_text: true,
+        ended: false,
+        _permit: permit,
+    };
+    let events = stream::unfold(state, |mut st| async move {
+        loop {
+            if let Some(ev) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(ev), st));
+            }
+            if st.ended {
+                return None;
+            }
+            if st.remaining == 0 {
+                if st.ctx.include_usage {
+                    let usage =
+                        Usage::new(st.ctx.prompt_tokens as u64, st.completion_tokens as u64);
+                    st.pending
+                        .push_back(SseEvent::default().data(st.ctx.usage_chunk(usage)));
+                }
+                st.pending.push_back(SseEvent::default().data("[DONE]"));
+                st.finish(200);
+                continue;
+            }
+            match st.merged.next().await {
+                Some((index, event)) => st.on_event(index, Some(event)),
+                None => st.on_event(0, None),
+            }
+        }
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

@@ -1,0 +1,573 @@
+//! OpenAI requests resolved into [`ValidatedRequest`]: every default applied, every limit
+//! checked, every field we do not implement either ignored with a logged warning or refused
+//! with a 400 when it would change the meaning of the answer.
+
+use serde_json::{Map, Value};
+use swarm_model::ChatMessage;
+
+use crate::error::ApiError;
+use crate::openai::{
+    ChatCompletionRequest, ChatMessageIn, CompletionRequest, PromptIn, StopSequences,
+};
+
+/// The router's name, and the default when `model` is omitted.
+pub const ROUTER_MODEL: &str = "swarm";
+
+/// Which endpoint a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat,
+    Completion,
+}
+
+impl Endpoint {
+    pub fn route(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "/v1/chat/completions",
+            Endpoint::Completion => "/v1/completions",
+        }
+    }
+}
+
+/// What the model continues.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Rendered with the model's chat template, generation prompt added.
+    Chat(Vec<ChatMessage>),
+    /// Raw text, tokenised as is.
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+}
+
+impl Prompt {
+    /// All the text the router classifies (every turn, not only the last).
+    pub fn text_for_routing(&self) -> String {
+        match self {
+            Prompt::Chat(messages) => messages
+                .iter()
+                .filter(|m| m.role != "system" && m.role != "developer")
+                .map(|m| m.content.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            Prompt::Text(text) => text.clone(),
+            Prompt::Tokens(_) => String::new(),
+        }
+    }
+}
+
+/// Sampling settings with nothing left to default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_tokens: usize,
+    /// 0 is greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub stop: Vec<String>,
+    /// The seed of choice 0; choice `i` uses `seed + i`.
+    pub seed: u64,
+}
+
+/// A request ready for the router and the engine.
+#[derive(Debug, Clone)]
+pub struct ValidatedRequest {
+    pub endpoint: Endpoint,
+    /// As asked (`swarm` when omitted).
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+    pub n: usize,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub user: Option<String>,
+    /// Fields accepted and ignored (already logged).
+    pub ignored: Vec<String>,
+}
+
+/// The limits validation enforces (from the server's configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `max_tokens` when the request gives none.
+    pub default_max_tokens: usize,
+    /// The largest `max_tokens` accepted.
+    pub max_tokens_limit: usize,
+    /// The largest `n`.
+    pub max_n: usize,
+    /// The most characters of prompt text (tokens are checked by the engine).
+    pub max_prompt_chars: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            default_max_tokens: 256,
+            max_tokens_limit: 4096,
+            max_n: 8,
+            max_prompt_chars: 200_000,
+        }
+    }
+}
+
+/// Fields that would change what the answer means: refused until implemented.
+/// (The second item says which values are harmless and accepted.)
+/// Whether a value of a refused field is harmless (absent, empty, or the default).
+type Harmless = fn(&Value) -> bool;
+
+const REFUSED: &[(&str, Harmless)] = &[
+    ("tools", is_empty_list),
+    ("tool_choice", |v| v.is_null() || v == "none"),
+    ("functions", is_empty_list),
+    ("function_call", |v| v.is_null() || v == "none"),
+    ("response_format", |v| v.is_null() || v["type"] == "text"),
+    ("logprobs", |v| v.is_null() || v == false || v == 0),
+    ("top_logprobs", |v| v.is_null() || v == 0),
+    ("logit_bias", |v| {
+        v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
+    }),
+    ("echo", |v| v.is_null() || v == false),
+    ("best_of", |v| v.is_null() || v == 1),
+    ("suffix", |v| v.is_null() || v == ""),
+    ("audio", Value::is_null),
+    ("modalities", |v| {
+        v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|m| m == "text"))
+    }),
+    ("prediction", Value::is_null),
+];
+
+fn is_empty_list(v: &Value) -> bool {
+    v.is_null() || v.as_array().is_some_and(|a| a.is_empty())
+}
+
+/// Refuses meaning-changing extras, returns the names of the others (logged as ignored).
+fn judge_extra(extra: &Map<String, Value>, prefix: &str) -> Result<Vec<String>, ApiError> {
+    let mut ignored = Vec::new();
+    for (key, value) in extra {
+        if let Some((_, harmless)) = REFUSED.iter().find(|(name, _)| name == key) {
+            if !harmless(value) {
+                return Err(ApiError::unsupported(&format!("{prefix}{key}")));
+            }
+        } else if !value.is_null() {
+            ignored.push(format!("{prefix}{key}"));
+        }
+    }
+    Ok(ignored)
+}
+
+fn resolve_model(model: Option<String>) -> Result<String, ApiError> {
+    match model {
+        None => Ok(ROUTER_MODEL.to_string()),
+        Some(m) if m.trim().is_empty() => Ok(ROUTER_MODEL.to_string()),
+        Some(m) if m.len() > 256 => Err(ApiError::invalid("model", "`model` is too long")),
+        Some(m) => Ok(m),
+    }
+}
+
+fn resolve_max_tokens(value: Option<u64>, param: &str, limits: &Limits) -> Result<usize, ApiError> {
+    match value {
+        None => Ok(limits.default_max_tokens),
+        Some(0) => Err(ApiError::invalid(
+            param,
+            format!("`{param}` must be at least 1"),
+        )),
+        Some(v) if v > limits.max_tokens_limit as u64 => Err(ApiError::invalid(
+            param,
+            format!(
+                "`{param}` is {v}, above this server's limit of {}",
+                limits.max_tokens_limit
+            ),
+        )),
+        Some(v) => Ok(v as usize),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn resolve_common(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    stop: Option<StopSequences>,
+    n: Option<u64>,
+    seed: Option<i64>,
+    max_tokens: usize,
+    limits: &Limits,
+) -> Result<(SamplingParams, usize), ApiError> {
+    let temperature = temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            "temperature",
+            format!("`temperature` is {temperature}; it must be between 0 and 2"),
+        ));
+    }
+    let top_p = top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            "top_p",
+            format!("`top_p` is {top_p}; it must be in (0, 1]"),
+        ));
+    }
+    let stop = match stop {
+        None => Vec::new(),
+        Some(StopSequences::One(s)) => vec![s],
+        Some(StopSequences::Many(v)) => v,
+    };
+    if stop.len() > 4 {
+        return Err(ApiError::invalid(
+            "stop",
+            format!("`stop` has {} sequences; at most 4 are allowed", stop.len()),
+        ));
+    }
+    if stop.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::invalid(
+            "stop",
+            "`stop` sequences must not be empty",
+        ));
+    }
+    let n = n.unwrap_or(1);
+    if n == 0 || n > limits.max_n as u64 {
+        return Err(ApiError::invalid(
+            "n",
+            format!("`n` is {n}; it must be between 1 and {}", limits.max_n),
+        ));
+    }
+    let seed = match seed {
+        // Negative seeds are valid in OpenAI's API: keep their bits.
+        Some(s) => s as u64,
+        None => random_seed(),
+    };
+    Ok((
+        SamplingParams {
+            max_tokens,
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            stop,
+            seed,
+        },
+        n as usize,
+    ))
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// The text of a message's `content` (a string or text parts).
+fn message_text(index: usize, content: &Option<Value>) -> Result<String, ApiError> {
+    let param = format!("messages[{index}].content");
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                match part["type"].as_str() {
+                    Some("text") => match part["text"].as_str() {
+                        Some(t) => text.push_str(t),
+                        None => {
+                            return Err(ApiError::invalid(
+                                format!("{param}[{j}].text"),
+                                "a text part needs a string `text`",
+                            ))
+                        }
+                    },
+                    Some(other) => {
+                        return Err(ApiError::invalid(
+                            format!("{param}[{j}].type"),
+                            format!(
+                                "content parts of type `{other}` are not supported; only `text` is"
+                            ),
+                        ))
+                    }
+                    None => {
+                        return Err(ApiError::invalid(
+                            format!("{param}[{j}]"),
+                            "a content part needs a `type`",
+                        ))
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Some(_) => Err(ApiError::invalid(
+            param,
+            "`content` must be a string or an array of text parts",
+        )),
+    }
+}
+
+fn resolve_messages(
+    messages: Vec<ChatMessageIn>,
+) -> Result<(Vec<ChatMessage>, Vec<String>), ApiError> {
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+    }
+    let mut out = Vec::with_capacity(messages.len());
+    let mut ignored = Vec::new();
+    for (i, m) in messages.into_iter().enumerate() {
+        let role = match m.role.as_str() {
+            "system" | "user" | "assistant" => m.role.clone(),
+            // `developer` is the newer name of `system`; templates know only the latter.
+            "developer" => "system".to_string(),
+            "tool" | "function" => {
+                return Err(ApiError::unsupported(&format!(
+                    "messages[{i}].role={}",
+                    m.role
+                )))
+            }
+            other => {
+                return Err(ApiError::invalid(
+                    format!("messages[{i}].role"),
+                    format!(
+                        "unknown role `{other}`; expected system, developer, user or assistant"
+                    ),
+                ))
+            }
+        };
+        for (key, value) in &m.extra {
+            if key == "tool_calls" || key == "function_call" || key == "audio" {
+                if !is_empty_list(value) {
+                    return Err(ApiError::unsupported(&format!("messages[{i}].{key}")));
+                }
+            } else if !value.is_null() {
+                ignored.push(format!("messages[{i}].{key}"));
+            }
+        }
+        out.push(ChatMessage::new(role, message_text(i, &m.content)?));
+    }
+    Ok((out, ignored))
+}
+
+fn include_usage(
+    stream: bool,
+    options: Option<crate::openai::StreamOptions>,
+) -> Result<bool, ApiError> {
+    match options {
+        None => Ok(false),
+        Some(o) => {
+            if !stream && o.include_usage.is_some() {
+                return Err(ApiError::invalid(
+                    "stream_options",
+                    "`stream_options` is only allowed when `stream` is true",
+                ));
+            }
+            Ok(o.include_usage.unwrap_or(false))
+        }
+    }
+}
+
+fn log_ignored(endpoint: Endpoint, ignored: &[String]) {
+    if !ignored.is_empty() {
+        tracing::warn!(route = endpoint.route(), fields = ?ignored, "request fields accepted and ignored");
+    }
+}
+
+/// Resolves a chat request.
+pub fn validate_chat(
+    r: ChatCompletionRequest,
+    limits: &Limits,
+) -> Result<ValidatedRequest, ApiError> {
+    let mut ignored = judge_extra(&r.extra, "")?;
+    let (messages, more) = resolve_messages(r.messages)?;
+    ignored.extend(more);
+    let chars: usize = messages.iter().map(|m| m.content.len()).sum();
+    if chars > limits.max_prompt_chars {
+        return Err(ApiError::too_large(
+            Some("messages"),
+            format!(
+                "the messages hold {chars} characters, above this server's limit of {}",
+                limits.max_prompt_chars
+            ),
+        ));
+    }
+    let max_tokens = match r.max_completion_tokens {
+        Some(v) => resolve_max_tokens(Some(v), "max_completion_tokens", limits)?,
+        None => resolve_max_tokens(r.max_tokens, "max_tokens", limits)?,
+    };
+    let (params, n) = resolve_common(
+        r.temperature,
+        r.top_p,
+        r.stop,
+        r.n,
+        r.seed,
+        max_tokens,
+        limits,
+    )?;
+    let stream = r.stream.unwrap_or(false);
+    let include_usage = include_usage(stream, r.stream_options)?;
+    log_ignored(Endpoint::Chat, &ignored);
+    Ok(ValidatedRequest {
+        endpoint: Endpoint::Chat,
+        model: resolve_model(r.model)?,
+        prompt: Prompt::Chat(messages),
+        params,
+        n,
+        stream,
+        include_usage,
+        user: r.user,
+        ignored,
+    })
+}
+
+/// Resolves a completion request.
+pub fn validate_completion(
+    r: CompletionRequest,
+    limits: &Limits,
+) -> Result<ValidatedRequest, ApiError> {
+    let ignored = judge_extra(&r.extra, "")?;
+    let one = "a list of prompts is not supported: send one prompt per request";
+    let prompt = match r.prompt {
+        PromptIn::Text(t) => Prompt::Text(t),
+        PromptIn::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
+        PromptIn::Tokens(t) => Prompt::Tokens(t),
+        PromptIn::TokenLists(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
+        _ => return Err(ApiError::invalid("prompt", one)),
+    };
+    match &prompt {
+        Prompt::Text(t) if t.len() > limits.max_prompt_chars => {
+            return Err(ApiError::too_large(
+                Some("prompt"),
+                format!(
+                    "the prompt holds {} characters, above this server's limit of {}",
+                    t.len(),
+                    limits.max_prompt_chars
+                ),
+            ))
+        }
+        Prompt::Tokens(t) if t.is_empty() => {
+            return Err(ApiError::invalid(
+                "prompt",
+                "`prompt` must not be an empty token list",
+            ))
+        }
+        _ => {}
+    }
+    let max_tokens = resolve_max_tokens(r.max_tokens, "max_tokens", limits)?;
+    let (params, n) = resolve_common(
+        r.temperature,
+        r.top_p,
+        r.stop,
+        r.n,
+        r.seed,
+        max_tokens,
+        limits,
+    )?;
+    let stream = r.stream.unwrap_or(false);
+    let include_usage = include_usage(stream, r.stream_options)?;
+    log_ignored(Endpoint::Completion, &ignored);
+    Ok(ValidatedRequest {
+        endpoint: Endpoint::Completion,
+        model: resolve_model(r.model)?,
+        prompt,
+        params,
+        n,
+        stream,
+        include_usage,
+        user: r.user,
+        ignored,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ValidatedRequest, ApiError> {
+        validate_chat(serde_json::from_str(body).unwrap(), &Limits::default())
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}]}"#).unwrap();
+        assert_eq!(r.model, "swarm");
+        assert_eq!(r.n, 1);
+        assert_eq!(r.params.max_tokens, 256);
+        assert_eq!(r.params.temperature, 1.0);
+        assert!(!r.stream && !r.include_usage);
+    }
+
+    #[test]
+    fn max_completion_tokens_wins() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":5,"max_completion_tokens":7}"#).unwrap();
+        assert_eq!(r.params.max_tokens, 7);
+    }
+
+    #[test]
+    fn meaning_changing_fields_are_refused() {
+        for extra in [
+            r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
+            r#""response_format":{"type":"json_object"}"#,
+            r#""logprobs":true"#,
+            r#""logit_bias":{"1":5}"#,
+        ] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+            let e = chat(&body).unwrap_err();
+            assert_eq!(e.status.as_u16(), 400, "{extra}");
+            assert_eq!(e.code, Some("unsupported_parameter"));
+        }
+    }
+
+    #[test]
+    fn harmless_fields_are_ignored() {
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"frequency_penalty":0.5,"tools":[],"response_format":{"type":"text"},"logprobs":false,"metadata":null}"#).unwrap();
+        assert_eq!(r.ignored, vec!["frequency_penalty".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        for (extra, param) in [
+            (r#""temperature":3"#, "temperature"),
+            (r#""top_p":0"#, "top_p"),
+            (r#""n":0"#, "n"),
+            (r#""n":100"#, "n"),
+            (r#""max_tokens":0"#, "max_tokens"),
+            (r#""max_tokens":100000"#, "max_tokens"),
+            (r#""stop":["a","b","c","d","e"]"#, "stop"),
+        ] {
+            let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+            let e = chat(&body).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+        }
+        let e = chat(r#"{"messages":[]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        let e = chat(r#"{"messages":[{"role":"robot","content":"x"}]}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        let e = chat(
+            r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+
+    #[test]
+    fn routing_text_holds_every_turn() {
+        let r = chat(r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"first"},{"role":"assistant","content":"reply"},{"role":"user","content":[{"type":"text","text":"second"}]}]}"#).unwrap();
+        assert_eq!(r.prompt.text_for_routing(), "first\nreply\nsecond");
+    }
+
+    #[test]
+    fn completion_prompts() {
+        let l = Limits::default();
+        let ok = |b: &str| validate_completion(serde_json::from_str(b).unwrap(), &l);
+        assert_eq!(
+            ok(r#"{"prompt":["x"]}"#).unwrap().prompt,
+            Prompt::Text("x".into())
+        );
+        assert!(ok(r#"{"prompt":["x","y"]}"#).is_err());
+        assert!(ok(r#"{"prompt":"x","echo":true}"#).is_err());
+        assert!(ok(r#"{"prompt":"x","stream_options":{"include_usage":true}}"#).is_err());
+        assert!(
+            ok(r#"{"prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#)
+                .unwrap()
+                .include_usage
+        );
+    }
+}

@@ -1,0 +1,639 @@
+//! The HTTP layer in-process (`tower::ServiceExt::oneshot`) over a small scripted engine: the
+//! engine trait is the seam, so routes, validation, errors, auth, the queue, streaming and
+//! cancellation are tested without a model. The real engine is tested in `engine.rs` and
+//! against the official `openai` client in `scripts/serve/`.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use swarm_serve::{
+    app, AppState, EliteInfo, Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob,
+    Prompt, Router, ServerConfig, SkillClassifier, SwarmInfo,
+};
+use tokio::sync::mpsc;
+use tower::ServiceExt;
+
+/// Emits `max_tokens` words derived from the seed, one every `delay`, and counts the jobs
+/// whose receiver went away (cancellations).
+#[derive(Default)]
+struct ScriptedEngine {
+    delay_ms: u64,
+    not_ready: AtomicBool,
+    cancelled: Arc<AtomicUsize>,
+    finished: Arc<AtomicUsize>,
+}
+
+impl Engine for ScriptedEngine {
+    fn submit(&self, job: GenerateJob) -> Result<mpsc::UnboundedReceiver<Event>, Failure> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prompt_tokens = match &job.prompt {
+            Prompt::Chat(m) => m.iter().map(|m| m.content.split_whitespace().count()).sum(),
+            Prompt::Text(t) => t.split_whitespace().count(),
+            Prompt::Tokens(t) => t.len(),
+        };
+        if prompt_tokens > 1000 {
+            let _ = tx.send(Event::Failed(Failure::PromptTooLong {
+                tokens: prompt_tokens,
+                limit: 1000,
+            }));
+            return Ok(rx);
+        }
+        let delay = Duration::from_millis(self.delay_ms);
+        let cancelled = self.cancelled.clone();
+        let finished = self.finished.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(Event::Started { prompt_tokens });
+            let mut state = job.params.seed ^ 0x9e37_79b9_7f4a_7c15;
+            let mut text = String::new();
+            for i in 0..job.params.max_tokens {
+                tokio::time::sleep(delay).await;
+                if tx.is_closed() {
+                    cancelled.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1);
+                let word = format!("w{} ", (state >> 33) % 100);
+                text.push_str(&word);
+                if job.params.stop.iter().any(|s| text.contains(s.as_str())) {
+                    let _ = tx.send(Event::Done {
+                        finish: FinishReason::Stop,
+                        completion_tokens: i + 1,
+                    });
+                    finished.fetch_add(1, Ordering::SeqCst);
+                    return;
+                }
+                let _ = tx.send(Event::Text {
+                    text: word,
+                    tokens: 1,
+                });
+            }
+            let _ = tx.send(Event::Done {
+                finish: FinishReason::Length,
+                completion_tokens: job.params.max_tokens,
+            });
+            finished.fetch_add(1, Ordering::SeqCst);
+        });
+        Ok(rx)
+    }
+
+    fn status(&self) -> EngineStatus {
+        EngineStatus {
+            ready: !self.not_ready.load(Ordering::SeqCst),
+            elites_resident: 1,
+            ..Default::default()
+        }
+    }
+}
+
+fn swarm() -> SwarmInfo {
+    let elite = |id: &str, c: f64, d: f64| EliteInfo {
+        id: id.into(),
+        scores: [("coding".to_string(), c), ("database".to_string(), d)].into(),
+    };
+    SwarmInfo {
+        name: "toy".into(),
+        base: "toy-base".into(),
+        skills: vec!["coding".into(), "database".into()],
+        elites: vec![elite("elite-code", 0.9, 0.2), elite("elite-sql", 0.3, 0.8)],
+        created: 1,
+    }
+}
+
+fn classifier() -> SkillClassifier {
+    let mut ex = Vec::new();
+    for i in 0..30 {
+        ex.push((
+            "coding",
+            format!("Write a Python function f{i}(xs): def f{i}(xs): return xs[{i}]"),
+        ));
+        ex.push((
+            "database",
+            format!("SQL: SELECT name FROM t{i} WHERE id = {i} ORDER BY name;"),
+        ));
+    }
+    SkillClassifier::train(ex.iter().map(|(s, t)| (*s, t.as_str())), 0.1).unwrap()
+}
+
+fn state_with(engine: ScriptedEngine, config: ServerConfig) -> (AppState, Arc<ScriptedEngine>) {
+    let engine = Arc::new(engine);
+    let state = AppState::new(
+        engine.clone(),
+        Router::new(swarm(), Some(classifier())),
+        config,
+    );
+    (state, engine)
+}
+
+fn state() -> AppState {
+    state_with(ScriptedEngine::default(), ServerConfig::default()).0
+}
+
+fn post(path: &str, body: Value) -> Request<Body> {
+    Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn send(
+    state: &AppState,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let response = app(state.clone()).oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 24)
+        .await
+        .unwrap();
+    (status, headers, body.to_vec())
+}
+
+async fn send_json(
+    state: &AppState,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let (s, h, b) = send(state, req).await;
+    let v = serde_json::from_slice(&b)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&b)));
+    (s, h, v)
+}
+
+fn assert_envelope(v: &Value, kind: &str) {
+    let e = &v["error"];
+    assert!(e["message"].is_string(), "{v}");
+    assert_eq!(e["type"], kind, "{v}");
+    assert!(e.as_object().unwrap().contains_key("param"));
+    assert!(e.as_object().unwrap().contains_key("code"));
+}
+
+/// `data:` payloads of an SSE body.
+fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
+        .collect()
+}
+
+#[tokio::test]
+async fn lists_router_skills_and_elites() {
+    let (s, _, v) = send_json(
+        &state(),
+        Request::get("/v1/models").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "swarm",
+            "swarm/coding",
+            "swarm/database",
+            "elite-code",
+            "elite-sql"
+        ]
+    );
+    assert_eq!(v["data"][3]["parent"], "toy-base");
+    assert_eq!(v["data"][3]["owned_by"], "toy");
+    assert_eq!(v["data"][3]["swarm"]["scores"]["coding"], 0.9);
+    let (s, _, v) = send_json(
+        &state(),
+        Request::get("/v1/models/swarm/coding")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v["id"].as_str()),
+        (StatusCode::OK, Some("swarm/coding"))
+    );
+}
+
+#[tokio::test]
+async fn chat_answers_with_usage_and_the_serving_elite() {
+    let body = json!({"model": "swarm/database", "messages": [{"role": "user", "content": "hi there"}], "max_tokens": 3});
+    let req = Request::post("/v1/chat/completions")
+        .header("x-request-id", "abc-123")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (s, h, v) = send_json(&state(), req).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-swarm-elite"], "elite-sql");
+    assert_eq!(h["x-request-id"], "abc-123");
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "elite-sql");
+    assert_eq!(v["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        v["usage"],
+        json!({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5})
+    );
+    assert_eq!(
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .split_whitespace()
+            .count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_router_classifies_every_turn() {
+    let st = state();
+    for (text, elite) in [
+        (
+            "SELECT name FROM users WHERE id = 3 ORDER BY name;",
+            "elite-sql",
+        ),
+        (
+            "def add(a, b): return a + b  # a Python function",
+            "elite-code",
+        ),
+    ] {
+        let body = json!({"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "and?"}], "max_tokens": 1});
+        let (s, h, _) = send_json(&st, post("/v1/chat/completions", body)).await;
+        assert_eq!(s, 200);
+        assert_eq!(h["x-swarm-elite"], elite, "{text}");
+    }
+}
+
+#[tokio::test]
+async fn completions_and_n_choices() {
+    let body = json!({"model": "elite-code", "prompt": "one two three", "max_tokens": 2, "n": 3, "seed": 5});
+    let (s, _, v) = send_json(&state(), post("/v1/completions", body)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(v["usage"]["prompt_tokens"], 3);
+    assert_eq!(v["usage"]["completion_tokens"], 6);
+    // Choices use seeds 5, 6, 7: not all equal.
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.iter().any(|t| *t != texts[0]), "{texts:?}");
+}
+
+#[tokio::test]
+async fn seeds_reproduce() {
+    let st = state();
+    let ask = |seed: u64| json!({"messages": [{"role": "user", "content": "x"}], "seed": seed, "max_tokens": 8, "temperature": 1.0});
+    let text = |v: &Value| {
+        v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = send_json(&st, post("/v1/chat/completions", ask(7))).await.2;
+    let b = send_json(&st, post("/v1/chat/completions", ask(7))).await.2;
+    let c = send_json(&st, post("/v1/chat/completions", ask(8))).await.2;
+    assert_eq!(text(&a), text(&b));
+    assert_ne!(text(&a), text(&c));
+}
+
+#[tokio::test]
+async fn streams_chunks_usage_and_done() {
+    let body = json!({"model": "elite-code", "messages": [{"role": "user", "content": "a b"}], "max_tokens": 4,
+                      "stream": true, "stream_options": {"include_usage": true}});
+    let (s, h, b) = send(&state(), post("/v1/chat/completions", body)).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["content-type"], "text/event-stream");
+    assert_eq!(h["x-swarm-elite"], "elite-code");
+    let data = sse_data(&b);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk" && c["model"] == "elite-code"));
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
+    assert_eq!(usage["usage"]["completion_tokens"], 4);
+    assert_eq!(usage["usage"]["prompt_tokens"], 2);
+    let finish = &chunks[chunks.len() - 2];
+    assert_eq!(finish["choices"][0]["finish_reason"], "length");
+    assert!(finish["usage"].is_null());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text.split_whitespace().count(), 4);
+}
+
+#[tokio::test]
+async fn streams_completions() {
+    let body = json!({"prompt": "a", "max_tokens": 2, "stream": true});
+    let (s, _, b) = send(&state(), post("/v1/completions", body)).await;
+    assert_eq!(s, 200);
+    let data = sse_data(&b);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+    let last: Value = serde_json::from_str(&data[data.len() - 2]).unwrap();
+    assert_eq!(last["object"], "text_completion");
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    assert!(last.get("usage").is_none());
+}
+
+#[tokio::test]
+async fn errors_use_the_envelope() {
+    let st = state();
+    let (s, _, v) = send_json(
+        &st,
+        post(
+            "/v1/chat/completions",
+            json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_envelope(&v, "invalid_request_error");
+    assert_eq!(v["error"]["code"], "model_not_found");
+
+    let (s, _, v) = send_json(&st, post("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}))).await;
+    assert_eq!(s, 400);
+    assert_eq!(v["error"]["param"], "tools");
+
+    let req = Request::post("/v1/chat/completions")
+        .body(Body::from("{not json"))
+        .unwrap();
+    let (s, _, v) = send_json(&st, req).await;
+    assert_eq!(s, 400);
+    assert_envelope(&v, "invalid_request_error");
+
+    let (s, _, v) = send_json(&st, post("/v1/chat/completions", json!({"messages": "hi"}))).await;
+    assert_eq!(s, 400);
+    assert_envelope(&v, "invalid_request_error");
+
+    let long = "w ".repeat(1500);
+    let (s, _, v) = send_json(&st, post("/v1/completions", json!({"prompt": long}))).await;
+    assert_eq!(s, 413);
+    assert_eq!(v["error"]["param"], "prompt");
+
+    let (s, _, v) = send_json(
+        &st,
+        Request::get("/v2/nothing").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_envelope(&v, "invalid_request_error");
+    let (s, _, v) = send_json(
+        &st,
+        Request::get("/v1/chat/completions")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 405);
+    assert_envelope(&v, "invalid_request_error");
+}
+
+#[tokio::test]
+async fn body_limit_gives_413() {
+    let config = ServerConfig {
+        body_limit: 1000,
+        ..Default::default()
+    };
+    let (st, _) = state_with(ScriptedEngine::default(), config);
+    let body = json!({"prompt": "x".repeat(5000)});
+    let (s, _, v) = send_json(&st, post("/v1/completions", body)).await;
+    assert_eq!(s, 413);
+    assert_envelope(&v, "invalid_request_error");
+}
+
+#[tokio::test]
+async fn api_keys() {
+    let config = ServerConfig {
+        api_keys: vec!["sk-good".into()],
+        ..Default::default()
+    };
+    let (st, _) = state_with(ScriptedEngine::default(), config);
+    let models = |auth: Option<&str>| {
+        let mut r = Request::get("/v1/models");
+        if let Some(a) = auth {
+            r = r.header("authorization", a);
+        }
+        r.body(Body::empty()).unwrap()
+    };
+    let (s, _, v) = send_json(&st, models(None)).await;
+    assert_eq!(s, 401);
+    assert_envelope(&v, "authentication_error");
+    assert_eq!(send_json(&st, models(Some("Bearer sk-bad"))).await.0, 401);
+    assert_eq!(send_json(&st, models(Some("Bearer sk-good"))).await.0, 200);
+    let (s, _, _) = send(&st, Request::get("/health").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn full_queue_gives_429_with_retry_after() {
+    let config = ServerConfig {
+        queue_capacity: 1,
+        ..Default::default()
+    };
+    let (st, _) = state_with(
+        ScriptedEngine {
+            delay_ms: 50,
+            ..Default::default()
+        },
+        config,
+    );
+    let body =
+        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 20, "stream": true});
+    // The first stream holds the only slot while its body is unread.
+    let first = app(st.clone())
+        .oneshot(post("/v1/chat/completions", body.clone()))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let (s, h, v) = send_json(&st, post("/v1/chat/completions", body.clone())).await;
+    assert_eq!(s, 429);
+    assert_eq!(h["retry-after"], "1");
+    assert_envelope(&v, "rate_limit_error");
+    drop(first);
+    // The slot comes back when the stream is dropped.
+    let (s, _, _) = send(
+        &st,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn loading_gives_503_and_ready_follows() {
+    let engine = ScriptedEngine::default();
+    engine.not_ready.store(true, Ordering::SeqCst);
+    let (st, engine) = state_with(engine, ServerConfig::default());
+    let (s, h, v) = send_json(&st, Request::get("/ready").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, 503);
+    assert!(h.contains_key("retry-after"));
+    assert_envelope(&v, "server_error");
+    let (s, _, _) = send_json(
+        &st,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}]}),
+        ),
+    )
+    .await;
+    assert_eq!(s, 503);
+    assert_eq!(
+        send(&st, Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .0,
+        200
+    );
+    engine.not_ready.store(false, Ordering::SeqCst);
+    assert_eq!(
+        send(&st, Request::get("/ready").body(Body::empty()).unwrap())
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_generation() {
+    let (st, engine) = state_with(
+        ScriptedEngine {
+            delay_ms: 10,
+            ..Default::default()
+        },
+        ServerConfig::default(),
+    );
+    let body =
+        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000, "stream": true});
+    let response = app(st.clone())
+        .oneshot(post("/v1/chat/completions", body))
+        .await
+        .unwrap();
+    let mut data = response.into_body().into_data_stream();
+    let first = data.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+    let _ = data.next().await;
+    drop(data);
+    for _ in 0..100 {
+        if engine.cancelled.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.finished.load(Ordering::SeqCst), 0);
+    assert_eq!(st.queue_depth(), 0);
+    let (_, _, metrics) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert!(String::from_utf8_lossy(&metrics).contains("swarm_cancelled_total 1"));
+}
+
+#[tokio::test]
+async fn dropping_a_plain_request_cancels_generation() {
+    let (st, engine) = state_with(
+        ScriptedEngine {
+            delay_ms: 10,
+            ..Default::default()
+        },
+        ServerConfig::default(),
+    );
+    let body = json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000});
+    let fut = app(st.clone()).oneshot(post("/v1/chat/completions", body));
+    // The client gives up after 100 ms: the handler future is dropped.
+    assert!(tokio::time::timeout(Duration::from_millis(100), fut)
+        .await
+        .is_err());
+    for _ in 0..100 {
+        if engine.cancelled.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_status_and_elite() {
+    let st = state();
+    let body = json!({"model": "elite-sql", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2});
+    send(&st, post("/v1/chat/completions", body)).await;
+    send(
+        &st,
+        post(
+            "/v1/chat/completions",
+            json!({"model": "zz", "messages": []}),
+        ),
+    )
+    .await;
+    let (s, h, b) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, 200);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8_lossy(&b);
+    assert!(
+        text.contains(
+            r#"swarm_requests_total{route="/v1/chat/completions",status="200",elite="elite-sql"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"swarm_requests_total{route="/v1/chat/completions",status="400",elite=""} 1"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains(r#"swarm_completion_tokens_total{elite="elite-sql"} 2"#));
+    assert!(text.contains("swarm_time_to_first_token_seconds_count"));
+    assert!(text.contains("swarm_elites_resident 1"));
+}
+
+#[tokio::test]
+async fn cors_preflight() {
+    let config = ServerConfig {
+        cors_origins: vec!["http://localhost:3000".into()],
+        api_keys: vec!["k".into()],
+        ..Default::default()
+    };
+    let (st, _) = state_with(ScriptedEngine::default(), config);
+    let req = Request::options("/v1/chat/completions")
+        .header("origin", "http://localhost:3000")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type",
+        )
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, _) = send(&st, req).await;
+    assert_eq!(s, 200);
+    assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
+}
+
+#[tokio::test]
+async fn request_ids_are_generated_when_absent() {
+    let (_, h, _) = send(
+        &state(),
+        Request::get("/health").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert!(h["x-request-id"].to_str().unwrap().starts_with("req-"));
+}
