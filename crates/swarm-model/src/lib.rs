@@ -16,6 +16,7 @@ mod config;
 mod device;
 mod error;
 mod fsutil;
+mod gguf;
 mod generation;
 mod kv_cache;
 mod linear;
@@ -30,6 +31,7 @@ pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
 pub use device::{default_dtype, device_name, parse_device};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
+pub use gguf::{GgmlType, GgufFile};
 pub use generation::{
     generate, FinishReason, Generated, GenerationParams, StreamControl, TokenEvent,
 };
