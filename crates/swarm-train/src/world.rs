@@ -1,0 +1,480 @@
+//! The toy world (`swarm bootstrap`): a tokenizer, a base trained on a broad mix, one expert
+//! per skill fine-tuned from it, four HF dirs, and their scores on each skill's test split.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use swarm_model::{
+    save_hf_dir, ChatTemplate, Llama, LlamaConfig, Precision, Pretrained, Tokenizer,
+    CHATML_TEMPLATE,
+};
+use swarm_tasks::{generate_synthetic, run_episodes, Checker, Limits, RunOptions, Skill, Split};
+
+use crate::agent::ModelAgent;
+use crate::corpus::{general_documents, shuffle, skill_documents, Document};
+use crate::data::{encode_all, Sequence};
+use crate::error::{Result, TrainError};
+use crate::model::TrainableLlama;
+use crate::tokenizer::{train_tokenizer, IM_END, IM_START};
+use crate::trainer::{train, TrainReport, TrainSettings};
+
+/// The names of the four models, in table order.
+pub const MODEL_NAMES: [&str; 4] = ["base", "coding", "database", "os"];
+
+/// A named size of the world.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Seconds: a pipeline check for CI (scores mean nothing).
+    Micro,
+    /// Minutes on 2 cores: the world the targets are measured on.
+    Full,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Micro => "micro",
+            Preset::Full => "full",
+        }
+    }
+}
+
+impl FromStr for Preset {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "micro" => Ok(Preset::Micro),
+            "full" => Ok(Preset::Full),
+            other => Err(TrainError::config(
+                "preset",
+                format!("unknown preset `{other}`; expected micro or full"),
+            )),
+        }
+    }
+}
+
+/// Everything that defines a world besides its seed.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorldSpec {
+    pub preset: Preset,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub max_positions: usize,
+    /// Training sequences longer than this are dropped.
+    pub max_seq_len: usize,
+    /// General documents in the base mix.
+    pub general_docs: usize,
+    /// Share of the general documents that are chats.
+    pub general_chat_share: f64,
+    /// Examples of each skill in the base mix (the first ones of the expert's data).
+    pub base_skill_examples: usize,
+    pub base: TrainSettings,
+    /// Examples of each skill for its expert.
+    pub expert_examples: usize,
+    pub expert: TrainSettings,
+    /// Test episodes per skill.
+    pub test_episodes: usize,
+    pub max_new_tokens: usize,
+    pub eval_batch: usize,
+}
+
+impl WorldSpec {
+    /// The settings of a preset.
+    pub fn preset(preset: Preset) -> Self {
+        match preset {
+            Preset::Micro => Self {
+                preset,
+                vocab_size: 400,
+                hidden_size: 32,
+                intermediate_size: 64,
+                num_layers: 2,
+                num_heads: 2,
+                num_kv_heads: 1,
+                max_positions: 256,
+                max_seq_len: 256,
+                general_docs: 200,
+                general_chat_share: 0.3,
+                base_skill_examples: 20,
+                base: TrainSettings {
+                    steps: 20,
+                    batch_size: 8,
+                    lr: 3e-3,
+                    warmup: 5,
+                    min_lr_ratio: 0.1,
+                    weight_decay: 0.0,
+                    grad_clip: 1.0,
+                    seed: 0,
+                },
+                expert_examples: 40,
+                expert: TrainSettings {
+                    steps: 5,
+                    batch_size: 8,
+                    lr: 1e-3,
+                    warmup: 2,
+                    min_lr_ratio: 0.1,
+                    weight_decay: 0.0,
+                    grad_clip: 1.0,
+                    seed: 0,
+                },
+                test_episodes: 4,
+                max_new_tokens: 16,
+                eval_batch: 16,
+            },
+            Preset::Full => Self {
+                preset,
+                vocab_size: 1024,
+                hidden_size: 128,
+                intermediate_size: 384,
+                num_layers: 4,
+                num_heads: 4,
+                num_kv_heads: 4,
+                max_positions: 256,
+                max_seq_len: 256,
+                general_docs: 4000,
+                general_chat_share: 0.3,
+                base_skill_examples: 300,
+                base: TrainSettings {
+                    steps: 800,
+                    batch_size: 16,
+                    lr: 3e-3,
+                    warmup: 50,
+                    min_lr_ratio: 0.1,
+                    weight_decay: 0.0,
+                    grad_clip: 1.0,
+                    seed: 0,
+                },
+                expert_examples: 3000,
+                expert: TrainSettings {
+                    steps: 300,
+                    batch_size: 16,
+                    lr: 1e-3,
+                    warmup: 20,
+                    min_lr_ratio: 0.1,
+                    weight_decay: 0.0,
+                    grad_clip: 1.0,
+                    seed: 0,
+                },
+                test_episodes: 100,
+                max_new_tokens: 64,
+                eval_batch: 50,
+            },
+        }
+    }
+
+    /// The model's configuration for a tokenizer.
+    pub fn llama_config(&self, tokenizer: &Tokenizer) -> LlamaConfig {
+        LlamaConfig {
+            vocab_size: tokenizer.vocab_size(),
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_hidden_layers: self.num_layers,
+            num_attention_heads: self.num_heads,
+            num_key_value_heads: self.num_kv_heads,
+            head_dim: self.hidden_size / self.num_heads,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            rope_scaling: None,
+            max_position_embeddings: self.max_positions,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: tokenizer.token_to_id(IM_START),
+            eos_token_ids: tokenizer.token_to_id(IM_END).into_iter().collect(),
+            torch_dtype: "float32".into(),
+        }
+    }
+}
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BootstrapOptions {
+    pub spec: WorldSpec,
+    pub seed: u64,
+    /// Gets `base/`, `coding/`, `database/`, `os/` (HF dirs) and `eval/`, `logits/`.
+    pub out: PathBuf,
+    pub progress: bool,
+    /// Score the four models on the test splits.
+    pub evaluate: bool,
+}
+
+/// One model's scores: pass rate per skill, in [`Skill::ALL`] order.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelScores {
+    pub model: String,
+    pub pass_rate: Vec<f64>,
+    pub passed: Vec<usize>,
+    pub episodes: Vec<usize>,
+}
+
+/// Wall times of the phases.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub data: Duration,
+    pub base: Duration,
+    pub experts: Duration,
+    pub save: Duration,
+    pub eval: Duration,
+    pub total: Duration,
+}
+
+/// What a bootstrap did.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorldReport {
+    pub preset: Preset,
+    pub seed: u64,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub out: PathBuf,
+    pub base_train: TrainReport,
+    pub expert_train: Vec<(String, TrainReport)>,
+    /// Training sequences dropped for length.
+    pub dropped: usize,
+    /// Empty when evaluation was skipped.
+    pub scores: Vec<ModelScores>,
+    pub timings: Timings,
+    /// Threads candle and the checkers could use.
+    pub threads: usize,
+}
+
+/// Builds the world: data and tokenizer, base, experts, HF dirs, evaluation.
+pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
+    let start = Instant::now();
+    let spec = &opts.spec;
+    let seed = opts.seed;
+    let device = Device::Cpu;
+    let mut timings = Timings::default();
+
+    // Data: the skills' training chats (the base gets the first few of each) and general text.
+    let t = Instant::now();
+    let skill_docs: Vec<Vec<Document>> = Skill::ALL
+        .iter()
+        .map(|&s| skill_documents(s, spec.expert_examples, seed))
+        .collect();
+    let mut base_docs = general_documents(spec.general_docs, spec.general_chat_share, seed);
+    for docs in &skill_docs {
+        base_docs.extend(docs.iter().take(spec.base_skill_examples).cloned());
+    }
+    shuffle(&mut base_docs, seed);
+    let texts = base_docs
+        .iter()
+        .chain(skill_docs.iter().flatten())
+        .flat_map(Document::texts);
+    let tokenizer = train_tokenizer(texts, spec.vocab_size)?;
+    let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer)?;
+    let config = spec.llama_config(&tokenizer);
+    let (base_data, mut dropped) =
+        encode_all(&base_docs, &tokenizer, &template, spec.max_seq_len)?;
+    let mut expert_data: Vec<Vec<Sequence>> = Vec::new();
+    for docs in &skill_docs {
+        let (data, d) = encode_all(docs, &tokenizer, &template, spec.max_seq_len)?;
+        dropped += d;
+        expert_data.push(data);
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, max = spec.max_seq_len, "training sequences dropped for length");
+    }
+    timings.data = t.elapsed();
+    tracing::info!(
+        parameters = config.num_parameters(),
+        vocab = config.vocab_size,
+        base_sequences = base_data.len(),
+        "toy world: data and tokenizer ready"
+    );
+
+    // The base.
+    let t = Instant::now();
+    let base = TrainableLlama::init(&config, &device, seed)?;
+    let base_settings = TrainSettings {
+        seed,
+        ..spec.base.clone()
+    };
+    let base_train = train(&base, &base_data, &base_settings, "base", opts.progress)?;
+    let base_weights = base.to_weights()?;
+    timings.base = t.elapsed();
+    tracing::info!(
+        first = base_train.first_loss,
+        last = base_train.final_loss,
+        secs = base_train.elapsed.as_secs_f64(),
+        "base trained"
+    );
+
+    // The experts, each from the base.
+    let t = Instant::now();
+    let mut expert_weights = Vec::new();
+    let mut expert_train = Vec::new();
+    for (k, skill) in Skill::ALL.iter().enumerate() {
+        let expert = TrainableLlama::from_source(&base_weights, &config, &device)?;
+        let settings = TrainSettings {
+            seed: seed.wrapping_add(1 + k as u64),
+            ..spec.expert.clone()
+        };
+        let report = train(&expert, &expert_data[k], &settings, skill.name(), opts.progress)?;
+        tracing::info!(
+            skill = skill.name(),
+            first = report.first_loss,
+            last = report.final_loss,
+            secs = report.elapsed.as_secs_f64(),
+            "expert trained"
+        );
+        expert_train.push((skill.name().to_string(), report));
+        expert_weights.push(expert.to_weights()?);
+    }
+    timings.experts = t.elapsed();
+
+    // Save.
+    let t = Instant::now();
+    let mut dirs = Vec::new();
+    for (name, weights) in MODEL_NAMES
+        .iter()
+        .zip(std::iter::once(&base_weights).chain(expert_weights.iter()))
+    {
+        let dir = opts.out.join(name);
+        save_hf_dir(&dir, &config, weights, &tokenizer, Some(CHATML_TEMPLATE))?;
+        dirs.push(dir);
+    }
+    write_reference_logits(&opts.out, &dirs, &tokenizer, &template)?;
+    timings.save = t.elapsed();
+
+    // Evaluate.
+    let t = Instant::now();
+    let scores = if opts.evaluate {
+        evaluate_models(&dirs, spec, seed, &opts.out, opts.progress)?
+    } else {
+        Vec::new()
+    };
+    timings.eval = t.elapsed();
+    timings.total = start.elapsed();
+    let report = WorldReport {
+        preset: spec.preset,
+        seed,
+        parameters: config.num_parameters(),
+        vocab_size: config.vocab_size,
+        out: opts.out.clone(),
+        base_train,
+        expert_train,
+        dropped,
+        scores,
+        timings,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    let path = opts.out.join("bootstrap.json");
+    swarm_model::write_atomic(&path, &json)?;
+    Ok(report)
+}
+
+/// Scores every model dir on every skill's test split with the real checkers.
+pub fn evaluate_models(
+    dirs: &[PathBuf],
+    spec: &WorldSpec,
+    seed: u64,
+    out: &Path,
+    progress: bool,
+) -> Result<Vec<ModelScores>> {
+    let checker = Checker::new(Limits::default())?;
+    let suites: Vec<_> = Skill::ALL
+        .iter()
+        .map(|&s| generate_synthetic(s, Split::Test, spec.test_episodes, seed))
+        .collect();
+    let eval_dir = out.join("eval");
+    std::fs::create_dir_all(&eval_dir).map_err(|e| TrainError::io(&eval_dir, e))?;
+    let mut scores = Vec::new();
+    for dir in dirs {
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let pretrained = Pretrained::from_hf_dir(dir)?;
+        let model = Llama::load(
+            pretrained.weights.as_ref(),
+            &pretrained.config,
+            &Device::Cpu,
+            Precision::F32,
+        )?;
+        let template = pretrained.chat_template()?;
+        let agent = ModelAgent::new(
+            model,
+            pretrained.tokenizer.clone(),
+            template,
+            spec.max_new_tokens,
+        );
+        let mut s = ModelScores {
+            model: name.clone(),
+            pass_rate: Vec::new(),
+            passed: Vec::new(),
+            episodes: Vec::new(),
+        };
+        for (skill, episodes) in Skill::ALL.iter().zip(&suites) {
+            let opts = RunOptions {
+                batch_size: spec.eval_batch,
+                threads: 0,
+                progress,
+                results_path: Some(eval_dir.join(format!("{name}-{}.jsonl", skill.name()))),
+            };
+            let report = run_episodes(&checker, &agent, episodes, &opts)?;
+            tracing::info!(
+                model = %name,
+                skill = skill.name(),
+                passed = report.passed,
+                episodes = report.episodes,
+                "evaluated"
+            );
+            s.pass_rate.push(report.pass_rate());
+            s.passed.push(report.passed);
+            s.episodes.push(report.episodes);
+        }
+        scores.push(s);
+    }
+    Ok(scores)
+}
+
+/// The prompt whose logits are written for the transformers check.
+pub const REFERENCE_PROMPT: &str = "Write a Python function `f(x)` that returns x * 3 + 7.";
+
+/// Writes `logits/<model>.json` (`input_ids` and the f32 logits of every position) from
+/// swarm-model's inference forward, for `scripts/toy/check_transformers.py`.
+fn write_reference_logits(
+    out: &Path,
+    dirs: &[PathBuf],
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<()> {
+    let messages = [
+        swarm_model::ChatMessage::system(swarm_tasks::CODING_SYSTEM),
+        swarm_model::ChatMessage::user(REFERENCE_PROMPT),
+    ];
+    let text = template.render(&messages, true)?;
+    let ids = tokenizer.encode(&text, false)?;
+    let logits_dir = out.join("logits");
+    std::fs::create_dir_all(&logits_dir).map_err(|e| TrainError::io(&logits_dir, e))?;
+    for dir in dirs {
+        let pretrained = Pretrained::from_hf_dir(dir)?;
+        let model = Llama::load(
+            pretrained.weights.as_ref(),
+            &pretrained.config,
+            &Device::Cpu,
+            Precision::F32,
+        )?;
+        let input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
+        let logits = model
+            .forward(&input, &mut model.new_cache(1, 0))?
+            .squeeze(0)?
+            .to_vec2::<f32>()?;
+        let json = serde_json::json!({ "input_ids": ids, "logits": logits });
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let path = logits_dir.join(format!("{name}.json"));
+        swarm_model::write_atomic(&path, json.to_string().as_bytes())?;
+    }
+    Ok(())
+}
