@@ -21,6 +21,7 @@ mod generation;
 mod kv_cache;
 mod linear;
 mod llama;
+mod pretrained;
 mod sampling;
 mod hub;
 mod tokenizer;
@@ -38,6 +39,9 @@ pub use generation::{
 pub use kv_cache::KvCache;
 pub use linear::Precision;
 pub use llama::{argmax_rows, rope_inv_freq, Llama};
+pub use pretrained::{
+    check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
+};
 pub use sampling::{argmax, Sampler, SamplingParams};
 pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
 pub use tokenizer::Tokenizer;

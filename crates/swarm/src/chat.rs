@@ -1,0 +1,197 @@
+//! `swarm chat` and `swarm generate`: talk to one model from the terminal.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use swarm_model::{generate, ChatMessage, GenerationParams, StreamControl, TokenEvent};
+
+use crate::model_args::{LoadedModel, ModelArgs};
+
+/// Sampling flags shared by `chat` and `generate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SamplingArgs {
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// 0 is greedy (deterministic) decoding.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f64,
+    /// Nucleus sampling mass in (0, 1].
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f64,
+    /// Sample among the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Seed of the sampler: the same seed gives the same answer.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop before this text (repeatable).
+    #[arg(long = "stop")]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    fn params(&self, loaded: &LoadedModel) -> GenerationParams {
+        GenerationParams {
+            max_new_tokens: self.max_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            stop_strings: self.stop.clone(),
+            stop_token_ids: loaded.template.stop_token_ids(&loaded.tokenizer),
+            ignore_eos: false,
+        }
+    }
+}
+
+/// Chat with a model: one user turn per line of standard input.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// A system prompt (default: the model's own template decides).
+    #[arg(long)]
+    pub system: Option<String>,
+}
+
+/// Generate one answer to a prompt and print it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+    /// The prompt, as a user message (see `--raw`).
+    #[arg(long, short = 'p', conflicts_with = "prompt_file")]
+    pub prompt: Option<String>,
+    /// Read the prompt from a UTF-8 text file.
+    #[arg(long)]
+    pub prompt_file: Option<PathBuf>,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Feed the prompt to the model as it is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// Streams one answer to `out`, returning its text.
+fn answer(
+    loaded: &LoadedModel,
+    prompt_ids: Vec<u32>,
+    params: &GenerationParams,
+    out: &mut impl Write,
+) -> Result<String> {
+    let mut write_error = None;
+    let results = generate(
+        &loaded.model,
+        &loaded.tokenizer,
+        &[prompt_ids],
+        std::slice::from_ref(params),
+        |event: &TokenEvent| {
+            if let Err(e) = out
+                .write_all(event.text.as_bytes())
+                .and_then(|_| out.flush())
+            {
+                write_error = Some(e);
+                return StreamControl::Stop;
+            }
+            StreamControl::Continue
+        },
+    )?;
+    if let Some(e) = write_error {
+        return Err(e).context("cannot write the answer");
+    }
+    writeln!(out)?;
+    Ok(results
+        .into_iter()
+        .next()
+        .map(|g| g.text)
+        .unwrap_or_default())
+}
+
+fn conversation_ids(loaded: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+    let text = loaded.template.render(messages, true)?;
+    Ok(loaded.tokenizer.encode(&text, false)?)
+}
+
+/// `swarm generate`.
+pub fn run_generate(args: &GenerateArgs) -> Result<()> {
+    let prompt = match (&args.prompt, &args.prompt_file) {
+        (Some(p), _) => p.clone(),
+        (None, Some(path)) => {
+            let bytes = std::fs::read(path)
+                .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+            String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "prompt file {} is not UTF-8 text (invalid byte at offset {})",
+                    path.display(),
+                    e.utf8_error().valid_up_to()
+                )
+            })?
+        }
+        (None, None) => bail!("give a prompt with --prompt TEXT or --prompt-file PATH"),
+    };
+    let loaded = args.model.load()?;
+    let ids = if args.raw {
+        loaded.tokenizer.encode(&prompt, true)?
+    } else {
+        let mut messages = Vec::new();
+        if let Some(system) = &args.system {
+            messages.push(ChatMessage::system(system.clone()));
+        }
+        messages.push(ChatMessage::user(prompt));
+        conversation_ids(&loaded, &messages)?
+    };
+    let params = args.sampling.params(&loaded);
+    answer(&loaded, ids, &params, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+/// `swarm chat`.
+pub fn run_chat(args: &ChatArgs) -> Result<()> {
+    let loaded = args.model.load()?;
+    let params = args.sampling.params(&loaded);
+    let interactive = std::io::stdin().is_terminal();
+    let mut messages = Vec::new();
+    if let Some(system) = &args.system {
+        messages.push(ChatMessage::system(system.clone()));
+    }
+    if interactive {
+        eprintln!(
+            "Chatting with {} — one message per line; /reset forgets the conversation, \
+             /exit or Ctrl-D quits.",
+            loaded.name
+        );
+    }
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        if interactive {
+            eprint!("> ");
+        }
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            break;
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                messages.retain(|m: &ChatMessage| m.role == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(ChatMessage::user(line));
+        let ids = conversation_ids(&loaded, &messages)?;
+        let reply = answer(&loaded, ids, &params, &mut stdout)?;
+        messages.push(ChatMessage::assistant(reply));
+    }
+    Ok(())
+}
