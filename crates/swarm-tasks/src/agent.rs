@@ -60,7 +60,19 @@ impl Agent for GoldAgent {
             .iter()
             .filter(|m| m.role == Role::Assistant)
             .count();
-        Ok(gold[round.min(gold.len() - 1)].clone())
+        let reply = gold[round.min(gold.len() - 1)].clone();
+        if reply.contains(crate::loaders::agentbench::OBSERVATION) {
+            // Multi-turn gold that answers with what its previous command printed.
+            let last = c
+                .messages
+                .iter()
+                .rev()
+                .find(|m| m.role == Role::User)
+                .map(|m| m.content.trim().to_string())
+                .unwrap_or_default();
+            return Ok(reply.replace(crate::loaders::agentbench::OBSERVATION, &last));
+        }
+        Ok(reply)
     }
 }
 

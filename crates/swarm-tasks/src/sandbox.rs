@@ -24,9 +24,9 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -436,6 +436,14 @@ impl Sandbox {
         let mut push = |s: &str| a.push(OsString::from(s));
         for s in [
             "--unshare-user",
+            // The same identity inside every run (outputs such as `ls -l` or `id` must not
+            // depend on which private uid a run got); no capabilities even so.
+            "--uid",
+            "0",
+            "--gid",
+            "0",
+            "--cap-drop",
+            "ALL",
             "--unshare-pid",
             "--unshare-net",
             "--unshare-ipc",
@@ -525,7 +533,7 @@ impl Sandbox {
         }
         let start = Instant::now();
         let mut child = command.spawn().map_err(io_err("starting bwrap"))?;
-        let over_limit = Arc::new(AtomicBool::new(false));
+        let (events_tx, events) = mpsc::channel::<Event>();
         let (tx, rx) = mpsc::channel::<(usize, Vec<u8>)>();
         let readers = [
             child
@@ -540,10 +548,13 @@ impl Sandbox {
         for (idx, reader) in readers.into_iter().enumerate() {
             if let Some(reader) = reader {
                 let tx = tx.clone();
-                let flag = over_limit.clone();
+                let ev = events_tx.clone();
                 let cap = limits.max_output_bytes;
                 thread::spawn(move || {
-                    let buf = read_capped(reader, cap, &flag);
+                    let (buf, over) = read_capped(reader, cap);
+                    if over {
+                        let _ = ev.send(Event::OutputLimit);
+                    }
                     let _ = tx.send((idx, buf));
                 });
             }
@@ -556,7 +567,25 @@ impl Sandbox {
                 let _ = stdin.write_all(&input);
             });
         }
-        let termination = supervise(&mut child, &limits, &over_limit, start)?;
+        // Waits for the exit without reaping, so that only this thread reaps (and kills).
+        let pid = child.id() as libc::id_t;
+        let ev = events_tx.clone();
+        thread::spawn(move || {
+            // SAFETY: `info` is a valid siginfo_t to write into; WNOWAIT leaves the child
+            // unreaped, so its pid stays ours until `Child::wait`.
+            unsafe {
+                let mut info: libc::siginfo_t = std::mem::zeroed();
+                while libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) != 0
+                {
+                    if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                        break;
+                    }
+                }
+            }
+            let _ = ev.send(Event::Exited);
+        });
+        drop(events_tx);
+        let termination = supervise(&mut child, &limits, &events, start)?;
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
         // The PID namespace is gone, so the pipes close; the bound only guards against surprises.
@@ -578,77 +607,90 @@ impl Sandbox {
     }
 }
 
+enum Event {
+    Exited,
+    OutputLimit,
+}
+
 /// Waits for the child, killing its process group on a limit. Only this thread kills or
 /// reaps, so a kill can never hit a recycled pid.
 fn supervise(
     child: &mut Child,
     limits: &Limits,
-    over_limit: &AtomicBool,
+    events: &mpsc::Receiver<Event>,
     start: Instant,
 ) -> Result<Termination, SandboxError> {
     let pgid = child.id() as libc::pid_t;
-    let mut pause = Duration::from_micros(500);
     let mut killed_for: Option<Termination> = None;
+    let mut output_over = false;
+    let kill = || {
+        // SAFETY: kill has no memory-safety preconditions; the group leader is our
+        // unreaped child, so the pgid cannot have been recycled.
+        unsafe {
+            libc::kill(-pgid, libc::SIGKILL);
+        }
+    };
     loop {
-        if let Some(status) = child.try_wait().map_err(io_err("waiting for bwrap"))? {
-            if let Some(t) = killed_for {
-                return Ok(t);
-            }
-            if over_limit.load(Ordering::Relaxed) {
-                // The reader stopped reading; the program may have died of SIGPIPE first.
-                return Ok(Termination::OutputLimit);
-            }
-            return Ok(match (status.code(), status.signal()) {
-                // bwrap reports a child killed by signal N as exit code 128 + N.
-                (Some(code), _) if code > 128 && code <= 128 + 64 => {
-                    Termination::Signaled(code - 128)
+        let left = limits.wall.saturating_sub(start.elapsed());
+        let wait = if killed_for.is_some() {
+            Duration::from_secs(5)
+        } else {
+            left
+        };
+        match events.recv_timeout(wait) {
+            Ok(Event::Exited) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Ok(Event::OutputLimit) => {
+                output_over = true;
+                if killed_for.is_none() {
+                    kill();
+                    killed_for = Some(Termination::OutputLimit);
                 }
-                (Some(code), _) => Termination::Exited(code),
-                (None, Some(sig)) => Termination::Signaled(sig),
-                (None, None) => Termination::Signaled(0),
-            });
-        }
-        if killed_for.is_none() {
-            let reason = if over_limit.load(Ordering::Relaxed) {
-                Some(Termination::OutputLimit)
-            } else if start.elapsed() >= limits.wall {
-                Some(Termination::WallTimeout)
-            } else {
-                None
-            };
-            if let Some(t) = reason {
-                // SAFETY: kill has no memory-safety preconditions; the group leader is our
-                // unreaped child, so the pgid cannot have been recycled.
-                unsafe {
-                    libc::kill(-pgid, libc::SIGKILL);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if killed_for.is_none() {
+                    kill();
+                    killed_for = Some(Termination::WallTimeout);
+                } else {
+                    break; // killed but no exit seen: fall through to a blocking wait
                 }
-                killed_for = Some(t);
             }
         }
-        thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(10));
     }
+    let status = child.wait().map_err(io_err("waiting for bwrap"))?;
+    if let Some(t) = killed_for {
+        return Ok(t);
+    }
+    if output_over {
+        // The reader stopped reading; the program may have died of SIGPIPE first.
+        return Ok(Termination::OutputLimit);
+    }
+    Ok(match (status.code(), status.signal()) {
+        // bwrap reports a child killed by signal N as exit code 128 + N.
+        (Some(code), _) if code > 128 && code <= 128 + 64 => Termination::Signaled(code - 128),
+        (Some(code), _) => Termination::Exited(code),
+        (None, Some(sig)) => Termination::Signaled(sig),
+        (None, None) => Termination::Signaled(0),
+    })
 }
 
-fn read_capped(mut reader: Box<dyn Read + Send>, cap: usize, flag: &AtomicBool) -> Vec<u8> {
+/// Reads at most `cap` bytes; returns them and whether there was more.
+fn read_capped(mut reader: Box<dyn Read + Send>, cap: usize) -> (Vec<u8>, bool) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match reader.read(&mut chunk) {
-            Ok(0) => break,
+            Ok(0) => return (buf, false),
             Ok(n) => {
                 let room = cap.saturating_sub(buf.len());
                 buf.extend_from_slice(&chunk[..n.min(room)]);
                 if n > room {
-                    flag.store(true, Ordering::Relaxed);
-                    break;
+                    return (buf, true);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+            Err(_) => return (buf, false),
         }
     }
-    buf
 }
 
 fn set_rlimits(l: &Limits) -> std::io::Result<()> {

@@ -11,7 +11,7 @@
 //! (mutations run on a private in-memory copy), statements are interrupted at a deadline,
 //! and the number of rows and the size of values read are capped.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
@@ -128,20 +128,6 @@ impl Cell {
 
 /// A result set.
 pub type Rows = Vec<Vec<Cell>>;
-
-/// Renders rows as a small text table (for observations and reasons).
-pub fn render_rows(rows: &Rows, max_rows: usize) -> String {
-    let mut s = String::new();
-    for r in rows.iter().take(max_rows) {
-        let line: Vec<String> = r.iter().map(Cell::render).collect();
-        s.push_str(&line.join(" | "));
-        s.push('\n');
-    }
-    if rows.len() > max_rows {
-        s.push_str(&format!("... ({} rows)\n", rows.len()));
-    }
-    s
-}
 
 fn lock_down(conn: &mut Connection) -> Result<(), rusqlite::Error> {
     conn.set_limit(Limit::SQLITE_LIMIT_ATTACHED, 0)?;
@@ -472,16 +458,6 @@ impl EpisodeEnv for DatabaseEnv<'_> {
     fn step(&mut self, action: &str, _last_round: bool) -> Result<Step, TaskError> {
         Ok(Step::Done(self.task.check(&self.id, action)?))
     }
-}
-
-/// True when `path` looks like an SQLite file (checked by its header).
-pub fn is_sqlite_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|()| &head == b"SQLite format 3\0")
-        .unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -4,7 +4,9 @@ pub mod coding;
 pub mod database;
 pub mod os;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use crate::episode::{Episode, Outcome, Step, Task};
 use crate::error::TaskError;
@@ -23,6 +25,15 @@ pub trait EpisodeEnv: Send {
 pub struct Checker {
     sandbox: Sandbox,
     python: Option<PathBuf>,
+    cache: Arc<Cache>,
+}
+
+/// What checks can reuse: prepared file systems (keyed by their setup) and the results of
+/// gold commands (keyed by the task).
+#[derive(Debug, Default)]
+pub(crate) struct Cache {
+    pub(crate) templates: Mutex<HashMap<String, Arc<tempfile::TempDir>>>,
+    pub(crate) gold: Mutex<HashMap<String, Arc<os::GoldRuns>>>,
 }
 
 impl Checker {
@@ -31,12 +42,17 @@ impl Checker {
         Ok(Self {
             sandbox: Sandbox::new(limits)?,
             python: find_python(),
+            cache: Arc::default(),
         })
     }
 
     /// The sandbox runs go through.
     pub fn sandbox(&self) -> &Sandbox {
         &self.sandbox
+    }
+
+    pub(crate) fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// The Python 3 interpreter visible inside the sandbox (under `/usr`), if any.

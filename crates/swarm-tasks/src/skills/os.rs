@@ -7,7 +7,9 @@
 //! Files persist across the rounds of a multi-turn episode; processes do not (each command
 //! runs in its own PID namespace).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -132,6 +134,8 @@ struct Prepared {
     scratch: Scratch,
     mounts: Vec<Mount>,
     dirs: Vec<(String, PathBuf)>,
+    /// The files right after setup (only for tasks judged by their files).
+    baseline: Snapshot,
 }
 
 impl OsTask {
@@ -152,8 +156,87 @@ impl OsTask {
             }
             dirs.push((d.clone(), host_dir_for(&scratch, d)?));
         }
+        // The working directory exists when it lies in a writable directory.
+        if let Some((dest, host)) = dirs
+            .iter()
+            .filter(|(d, _)| Path::new(&self.workdir).starts_with(d))
+            .max_by_key(|(d, _)| d.len())
+        {
+            if let Ok(rel) = Path::new(&self.workdir).strip_prefix(dest) {
+                let p = host.join(rel);
+                std::fs::create_dir_all(&p).map_err(TaskError::io(&p))?;
+            }
+        }
+        let mounts = dirs
+            .iter()
+            .map(|(d, h)| Mount {
+                host: h.clone(),
+                dest: PathBuf::from(d),
+                writable: true,
+            })
+            .collect();
+        let mut prepared = Prepared {
+            scratch,
+            mounts,
+            dirs,
+            baseline: Snapshot::new(),
+        };
+        // The same setup gives the same files: run it once per checker, then copy.
+        let key = self.setup_key();
+        let template = checker
+            .cache()
+            .templates
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&key).cloned());
+        match template {
+            Some(t) => copy_tree(&t.path().join("rw"), &prepared.scratch.path().join("rw"))
+                .map_err(TaskError::io(t.path()))?,
+            None => {
+                self.setup_from_scratch(checker, id, &prepared)?;
+                let t = tempfile::Builder::new()
+                    .prefix("swarm-template-")
+                    .tempdir()
+                    .map_err(TaskError::io("template directory"))?;
+                if copy_tree(&prepared.scratch.path().join("rw"), &t.path().join("rw")).is_ok() {
+                    if let Ok(mut map) = checker.cache().templates.lock() {
+                        map.entry(key).or_insert_with(|| Arc::new(t));
+                    }
+                }
+            }
+        }
+        if matches!(self.check, OsCheck::GoldOutput { .. }) {
+            prepared.baseline = OsTask::snapshot(&prepared);
+        }
+        Ok(prepared)
+    }
+
+    fn setup_key(&self) -> String {
+        let mut h = Sha256::new();
+        for w in &self.writable {
+            h.update(w.as_bytes());
+            h.update([0]);
+        }
         for f in &self.files {
-            let Some((dest, host)) = dirs
+            h.update(f.path.as_bytes());
+            h.update([0]);
+            h.update(f.contents.as_bytes());
+            h.update([u8::from(f.executable)]);
+        }
+        h.update(self.setup_script.as_deref().unwrap_or("").as_bytes());
+        hex::encode(h.finalize())
+    }
+
+    fn setup_from_scratch(
+        &self,
+        checker: &Checker,
+        id: &str,
+        env: &Prepared,
+    ) -> Result<(), TaskError> {
+        let scratch = &env.scratch;
+        for f in &self.files {
+            let Some((dest, host)) = env
+                .dirs
                 .iter()
                 .filter(|(d, _)| Path::new(&f.path).starts_with(d))
                 .max_by_key(|(d, _)| d.len())
@@ -183,21 +266,8 @@ impl OsTask {
                     .map_err(TaskError::io(&p))?;
             }
         }
-        let mounts = dirs
-            .iter()
-            .map(|(d, h)| Mount {
-                host: h.clone(),
-                dest: PathBuf::from(d),
-                writable: true,
-            })
-            .collect();
-        let prepared = Prepared {
-            scratch,
-            mounts,
-            dirs,
-        };
         if let Some(script) = &self.setup_script {
-            let out = self.run_in(checker, &prepared, script, &[])?;
+            let out = self.run_in(checker, env, script, &[])?;
             if let Some(reason) = out.limit_reason(checker.sandbox().limits()) {
                 return Err(TaskError::BrokenTask {
                     task: id.into(),
@@ -205,7 +275,44 @@ impl OsTask {
                 });
             }
         }
-        Ok(prepared)
+        Ok(())
+    }
+
+    /// Outputs and file changes of the gold commands, each run once per checker.
+    fn gold_runs(
+        &self,
+        checker: &Checker,
+        id: &str,
+        gold: &[String],
+    ) -> Result<Arc<GoldRuns>, TaskError> {
+        let key = serde_json::to_string(self).unwrap_or_default();
+        if let Some(g) = checker
+            .cache()
+            .gold
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(g);
+        }
+        let limits = checker.sandbox().limits();
+        let mut runs = Vec::new();
+        for g in gold {
+            let fresh = self.prepare(checker, id)?;
+            let out = self.run_in(checker, &fresh, g, &[])?;
+            runs.push(match out.limit_reason(limits) {
+                Some(reason) => Err(format!("gold command hit a limit: {reason}")),
+                None => Ok((
+                    normalize_output(&out.stdout_text()),
+                    changes(&fresh.baseline, &OsTask::snapshot(&fresh)),
+                )),
+            });
+        }
+        let runs = Arc::new(runs);
+        if let Ok(mut m) = checker.cache().gold.lock() {
+            m.insert(key, runs.clone());
+        }
+        Ok(runs)
     }
 
     fn run_in(
@@ -225,18 +332,15 @@ impl OsTask {
         Ok(checker.sandbox().run(&env.scratch, &cmd)?)
     }
 
-    /// Hash of the files under the writable directories (except `/tmp`): paths, kinds,
-    /// executable bits and contents.
-    fn state_hash(env: &Prepared) -> String {
-        let mut h = Sha256::new();
+    /// What the files under the writable directories (except `/tmp`) look like.
+    fn snapshot(env: &Prepared) -> Snapshot {
+        let mut snap = Snapshot::new();
         for (dest, host) in &env.dirs {
-            if dest == "/tmp" {
-                continue;
+            if dest != "/tmp" {
+                walk(&mut snap, host, Path::new(dest), Path::new(""));
             }
-            h.update(dest.as_bytes());
-            hash_tree(&mut h, host, Path::new(""));
         }
-        hex::encode(h.finalize())
+        snap
     }
 
     fn run_check_steps(
@@ -272,7 +376,11 @@ impl OsTask {
                     let path = check_dir.path().join(&file);
                     std::fs::write(&path, code).map_err(TaskError::io(&path))?;
                     let quoted: Vec<String> = params.iter().map(|p| shell_quote(p)).collect();
-                    let script = format!("{interp} {CHECK_DIR}/{file} {}", quoted.join(" "));
+                    // Commands the task asked to "expose" live in the home directory.
+                    let script = format!(
+                        "PATH=\"$HOME:$PATH\" {interp} {CHECK_DIR}/{file} {}",
+                        quoted.join(" ")
+                    );
                     let mount = Mount {
                         host: check_dir.path().to_path_buf(),
                         dest: PathBuf::from(CHECK_DIR),
@@ -295,44 +403,111 @@ impl OsTask {
     }
 }
 
-fn hash_tree(h: &mut Sha256, root: &Path, rel: &Path) {
-    let dir = root.join(rel);
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+/// One file's signature: kind, executable bit, size, and a content digest (except for
+/// compressed archives, whose bytes embed timestamps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FileSig {
+    kind: char,
+    exec: bool,
+    size: u64,
+    digest: Option<String>,
+}
+
+type Snapshot = BTreeMap<String, FileSig>;
+
+/// Per gold command: its normalised output and the file changes it made, or why it failed.
+pub(crate) type GoldRuns = Vec<Result<(String, Vec<(String, Option<FileSig>)>), String>>;
+
+/// Copies a directory tree, keeping modes, symlinks and modification times.
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&from)?;
+        if meta.file_type().is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            continue;
+        }
+        if meta.is_dir() {
+            copy_tree(&from, &to)?;
+            std::fs::set_permissions(&to, meta.permissions())?;
+        } else if meta.is_file() {
+            std::fs::copy(&from, &to)?;
+        } else {
+            continue; // sockets and fifos are not part of a task's files
+        }
+        if let Ok(mtime) = meta.modified() {
+            if let Ok(f) = std::fs::File::open(&to) {
+                let _ = f.set_modified(mtime);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn walk(snap: &mut Snapshot, root: &Path, dest: &Path, rel: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
         return;
     };
-    let mut names: Vec<_> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
-        let r = rel.join(&name);
+    for entry in entries.filter_map(|e| e.ok()) {
+        let r = rel.join(entry.file_name());
         let p = root.join(&r);
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
-        h.update(r.to_string_lossy().as_bytes());
-        if meta.file_type().is_symlink() {
-            h.update(b"L");
-            if let Ok(t) = std::fs::read_link(&p) {
-                h.update(t.to_string_lossy().as_bytes());
+        let key = dest.join(&r).to_string_lossy().into_owned();
+        let sig = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&p).map(|t| t.to_string_lossy().into_owned());
+            FileSig {
+                kind: 'L',
+                exec: false,
+                size: 0,
+                digest: target.ok(),
             }
         } else if meta.is_dir() {
-            h.update(b"D");
-            hash_tree(h, root, &r);
+            walk(snap, root, dest, &r);
+            FileSig {
+                kind: 'D',
+                exec: false,
+                size: 0,
+                digest: None,
+            }
         } else {
             use std::os::unix::fs::PermissionsExt;
-            h.update(if meta.permissions().mode() & 0o111 != 0 {
-                b"X"
-            } else {
-                b"F"
-            });
-            if let Ok(bytes) = std::fs::read(&p) {
-                h.update(Sha256::digest(&bytes));
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            let archive = bytes.starts_with(&[0x1f, 0x8b])
+                || bytes.starts_with(b"PK\x03\x04")
+                || bytes.starts_with(b"BZh")
+                || bytes.starts_with(&[0xfd, b'7', b'z', b'X', b'Z'])
+                || bytes.get(257..262) == Some(b"ustar");
+            FileSig {
+                kind: 'F',
+                exec: meta.permissions().mode() & 0o111 != 0,
+                size: meta.len(),
+                digest: (!archive).then(|| hex::encode(Sha256::digest(&bytes))),
             }
-        }
-        h.update([0]);
+        };
+        snap.insert(key, sig);
     }
+}
+
+/// What changed from `before` to `after`: (path, new signature or `None` if removed).
+fn changes(before: &Snapshot, after: &Snapshot) -> Vec<(String, Option<FileSig>)> {
+    let mut out: Vec<(String, Option<FileSig>)> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, v)| (k.clone(), Some(v.clone())))
+        .collect();
+    out.extend(
+        before
+            .keys()
+            .filter(|k| !after.contains_key(*k))
+            .map(|k| (k.clone(), None)),
+    );
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
 }
 
 /// Quotes a string for bash.
@@ -394,8 +569,7 @@ impl<'a> OsEnv<'a> {
         })
     }
 
-    fn judge(&self, answer: &str, command: Option<&str>) -> Result<Outcome, TaskError> {
-        let limits = self.checker.sandbox().limits();
+    fn judge(&self, answer: &str) -> Result<Outcome, TaskError> {
         Ok(match &self.task.check {
             OsCheck::ExactOutput { expected } => {
                 if normalize_output(answer) == normalize_output(expected) {
@@ -420,28 +594,24 @@ impl<'a> OsEnv<'a> {
                 }
             }
             OsCheck::GoldOutput { gold } => {
-                let got_state = OsTask::state_hash(&self.env);
+                let got_state = changes(&self.env.baseline, &OsTask::snapshot(&self.env));
                 let got = normalize_output(answer);
                 let mut last_why = String::from("no gold command");
-                for g in gold {
-                    let fresh = self.task.prepare(self.checker, &self.id)?;
-                    let out = self.task.run_in(self.checker, &fresh, g, &[])?;
-                    if let Some(reason) = out.limit_reason(limits) {
-                        last_why = format!("gold command hit a limit: {reason}");
-                        continue;
+                for run in self.task.gold_runs(self.checker, &self.id, gold)?.iter() {
+                    let (want, want_state) = match run {
+                        Ok(r) => r,
+                        Err(why) => {
+                            last_why = why.clone();
+                            continue;
+                        }
+                    };
+                    if *want == got && *want_state == got_state {
+                        return Ok(Outcome::pass("output and files match the gold command"));
                     }
-                    let want = normalize_output(&out.stdout_text());
-                    let want_state = OsTask::state_hash(&fresh);
-                    if want == got && want_state == got_state {
-                        return Ok(Outcome::pass(format!(
-                            "output and files match the gold command{}",
-                            command.map(|_| "").unwrap_or("")
-                        )));
-                    }
-                    last_why = if want != got {
+                    last_why = if *want != got {
                         format!(
                             "output differs from the gold command's: expected {:?}, got {:?}",
-                            tail_chars(&want, 120),
+                            tail_chars(want, 120),
                             tail_chars(&got, 120)
                         )
                     } else {
@@ -484,7 +654,7 @@ impl EpisodeEnv for OsEnv<'_> {
             if let Some(reason) = out.limit_reason(&limits) {
                 return Ok(Step::Done(Outcome::fail(reason)));
             }
-            return Ok(Step::Done(self.judge(&out.stdout_text(), Some(&cmd))?));
+            return Ok(Step::Done(self.judge(&out.stdout_text())?));
         }
         match parse_agent_action(action) {
             AgentAction::Run(cmd) => {
@@ -496,8 +666,8 @@ impl EpisodeEnv for OsEnv<'_> {
                 }
                 Ok(Step::Observe(observation(&out, self.checker)))
             }
-            AgentAction::Answer(a) => Ok(Step::Done(self.judge(&a, None)?)),
-            AgentAction::Finish => Ok(Step::Done(self.judge("", None)?)),
+            AgentAction::Answer(a) => Ok(Step::Done(self.judge(&a)?)),
+            AgentAction::Finish => Ok(Step::Done(self.judge("")?)),
             AgentAction::Invalid(why) => {
                 if last_round {
                     Ok(Step::Done(Outcome::fail(format!("invalid action: {why}"))))
