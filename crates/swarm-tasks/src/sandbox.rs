@@ -301,6 +301,12 @@ fn chown_tree(path: &Path, uid: u32) -> Result<(), SandboxError> {
     if meta.uid() != uid {
         std::os::unix::fs::lchown(path, Some(uid), Some(uid))
             .map_err(io_err(format!("chown {}", path.display())))?;
+        // chown clears the set-user/group-id bits; a task may depend on them.
+        if meta.mode() & 0o6000 != 0 && !meta.file_type().is_symlink() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+                .map_err(io_err(format!("chmod {}", path.display())))?;
+        }
     }
     if meta.is_dir() {
         let entries =

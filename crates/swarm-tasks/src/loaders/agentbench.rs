@@ -136,6 +136,11 @@ fn convert(
             "needs `{word}` (user accounts or root), which the sandbox does not have"
         )));
     }
+    if all_code.contains("/var/") || description.contains("/var/") {
+        return Err(fail(
+            "reads the container's /var (logs, caches), which the sandbox does not have".into(),
+        ));
+    }
     let eval = rec
         .get("evaluation")
         .ok_or_else(|| fail("no evaluation".into()))?;
@@ -214,6 +219,15 @@ fn convert(
         },
         Some(other) => return Err(fail(format!("unsupported check {other}"))),
     };
+    let scripts_text = serde_json::to_string(&check).unwrap_or_default();
+    // (Paths in scripts were moved to the home: /usr/include became /home/agent/include.)
+    if scripts_text.contains("/usr/include") || scripts_text.contains("/home/agent/include") {
+        return Err(fail(
+            "its check walks the host's /usr/include in bash, which is far bigger here than in \
+             the benchmark's container"
+                .into(),
+        ));
+    }
     // The home directories, plus top-level directories the task's scripts create.
     let mut writable = vec!["/home".to_string()];
     let mut scripts = setup.join("\n");

@@ -322,6 +322,16 @@ impl OsTask {
         script: &str,
         extra: &[Mount],
     ) -> Result<RunOutput, TaskError> {
+        self.run_in_sandbox(checker.sandbox(), env, script, extra)
+    }
+
+    fn run_in_sandbox(
+        &self,
+        sandbox: &crate::sandbox::Sandbox,
+        env: &Prepared,
+        script: &str,
+        extra: &[Mount],
+    ) -> Result<RunOutput, TaskError> {
         let cmd = SandboxCommand {
             argv: vec!["/bin/bash".into(), "-c".into(), script.to_string()],
             stdin: Vec::new(),
@@ -329,7 +339,7 @@ impl OsTask {
             env: vec![("HOME".into(), self.workdir.clone())],
             mounts: env.mounts.iter().chain(extra).cloned().collect(),
         };
-        Ok(checker.sandbox().run(&env.scratch, &cmd)?)
+        Ok(sandbox.run(&env.scratch, &cmd)?)
     }
 
     /// What the files under the writable directories (except `/tmp`) look like.
@@ -351,6 +361,14 @@ impl OsTask {
         steps: &[CheckStep],
     ) -> Result<Outcome, TaskError> {
         let check_dir = tempfile::tempdir().map_err(TaskError::io("check tempdir"))?;
+        // Check scripts may walk big trees (AgentBench's count checks walk /usr/include in
+        // bash): they get three times the agent's time.
+        let base = checker.sandbox().limits();
+        let check_sandbox = checker.sandbox().with_limits(crate::sandbox::Limits {
+            wall: base.wall * 3,
+            cpu_seconds: base.cpu_seconds * 3,
+            ..base.clone()
+        });
         let mut params: Vec<String> = vec![answer.to_string()];
         for (i, step) in steps.iter().enumerate() {
             let output = match step {
@@ -386,7 +404,7 @@ impl OsTask {
                         dest: PathBuf::from(CHECK_DIR),
                         writable: false,
                     };
-                    let out = self.run_in(checker, env, &script, &[mount])?;
+                    let out = self.run_in_sandbox(&check_sandbox, env, &script, &[mount])?;
                     if !out.success() {
                         return Ok(Outcome::fail(format!(
                             "check step {} failed ({})",
