@@ -123,17 +123,7 @@ fn conversation_ids(loaded: &LoadedModel, messages: &[ChatMessage]) -> Result<Ve
 pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     let prompt = match (&args.prompt, &args.prompt_file) {
         (Some(p), _) => p.clone(),
-        (None, Some(path)) => {
-            let bytes = std::fs::read(path)
-                .with_context(|| format!("cannot read prompt file {}", path.display()))?;
-            String::from_utf8(bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "prompt file {} is not UTF-8 text (invalid byte at offset {})",
-                    path.display(),
-                    e.utf8_error().valid_up_to()
-                )
-            })?
-        }
+        (None, Some(path)) => read_prompt_file(path)?,
         (None, None) => bail!("give a prompt with --prompt TEXT or --prompt-file PATH"),
     };
     let loaded = args.model.load()?;
@@ -150,6 +140,19 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
     let params = args.sampling.params(&loaded);
     answer(&loaded, ids, &params, &mut std::io::stdout().lock())?;
     Ok(())
+}
+
+/// Reads a prompt file, which must be UTF-8 text.
+fn read_prompt_file(path: &std::path::Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "prompt file {} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// `swarm chat`.
@@ -194,4 +197,41 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
         messages.push(ChatMessage::assistant(reply));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_utf8_prompt_file_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prompt.txt");
+        std::fs::write(&path, b"caf\xe9 au lait").unwrap();
+        let err = read_prompt_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("prompt.txt") && err.contains("not UTF-8"),
+            "{err}"
+        );
+        assert!(err.contains("offset 3"), "{err}");
+    }
+
+    #[test]
+    fn missing_prompt_file_is_an_error_naming_the_file() {
+        let err = read_prompt_file(std::path::Path::new("/no/such/prompt.txt"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/no/such/prompt.txt"), "{err}");
+    }
+
+    #[test]
+    fn utf8_prompt_file_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.txt");
+        std::fs::write(&path, "SELECT * FROM t; -- ünïcode").unwrap();
+        assert_eq!(
+            read_prompt_file(&path).unwrap(),
+            "SELECT * FROM t; -- ünïcode"
+        );
+    }
 }
