@@ -38,7 +38,7 @@ pub use generation::{
 };
 pub use kv_cache::KvCache;
 pub use linear::Precision;
-pub use llama::{argmax_rows, rope_inv_freq, Llama};
+pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama};
 pub use pretrained::{
     check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
 };

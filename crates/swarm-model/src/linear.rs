@@ -6,6 +6,7 @@
 //! compared with f32). Checkpoints of any stored dtype load into any precision.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
@@ -95,8 +96,14 @@ pub(crate) struct Linear {
 #[derive(Debug, Clone)]
 enum Weight {
     Dense(Tensor),
-    Quantized(QMatMul),
+    Quantized(Arc<QTensor>, QMatMul),
 }
+
+/// From this many input rows on, a Q8_0 product dequantises the weight and runs a dense
+/// f32 GEMM: candle's quantised kernel is a row-at-a-time dot product, fast for decode
+/// (1-8 rows, memory-bound) but ~10x slower than GEMM for prefill, where dequantising once
+/// per call costs a few percent.
+const DEQUANTIZE_FROM_ROWS: usize = 16;
 
 impl Linear {
     /// Builds from an (out, in) weight already in the activation dtype; quantises it when
@@ -104,8 +111,11 @@ impl Linear {
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, precision: Precision) -> Result<Self> {
         let in_dim = weight.dim(1)?;
         let weight = if precision == Precision::Q8_0 && in_dim % GgmlDType::Q8_0.block_size() == 0 {
-            let q = QTensor::quantize(&weight.to_dtype(DType::F32)?, GgmlDType::Q8_0)?;
-            Weight::Quantized(QMatMul::from_qtensor(q)?)
+            let q = Arc::new(QTensor::quantize(
+                &weight.to_dtype(DType::F32)?,
+                GgmlDType::Q8_0,
+            )?);
+            Weight::Quantized(q.clone(), QMatMul::from_arc(q)?)
         } else {
             Weight::Dense(weight.contiguous()?)
         };
@@ -120,7 +130,10 @@ impl Linear {
         let x2 = x.reshape((rows, in_dim))?;
         let y = match &self.weight {
             Weight::Dense(w) => x2.matmul(&w.t()?)?,
-            Weight::Quantized(q) => q.forward(&x2)?,
+            Weight::Quantized(q, _) if rows >= DEQUANTIZE_FROM_ROWS => {
+                x2.matmul(&q.dequantize(x.device())?.t()?)?
+            }
+            Weight::Quantized(_, q) => q.forward(&x2)?,
         };
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,

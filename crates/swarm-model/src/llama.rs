@@ -18,7 +18,7 @@ use crate::config::{Llama3RopeScaling, LlamaConfig};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::KvCache;
 use crate::linear::{Linear, Precision};
-use crate::weights::TensorSource;
+use crate::weights::{TensorSource, Weights};
 
 /// Loads one tensor, checks its shape and converts it to `dtype`.
 fn load(
@@ -515,6 +515,25 @@ impl Llama {
     }
 }
 
+/// Random weights of `config`'s shape (uniform, scaled by 1/sqrt(fan-in); norms near 1):
+/// for tests and for benchmarking a shape without its checkpoint.
+pub fn random_weights(config: &LlamaConfig, seed: u64, device: &Device) -> Result<Weights> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut weights = Weights::new();
+    for (name, shape) in config.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = if name.ends_with("norm.weight") {
+            (0..n).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect()
+        } else {
+            let scale = 1.7 / (shape[shape.len() - 1] as f32).sqrt();
+            (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect()
+        };
+        weights.insert(name, Tensor::from_vec(data, shape, device)?);
+    }
+    Ok(weights)
+}
+
 /// Index of the largest value of each row of `logits` (b, vocab).
 pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
     Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
@@ -523,8 +542,6 @@ pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::weights::Weights;
-    use rand::{Rng, SeedableRng};
 
     /// A tiny random Llama: `kv_heads` < `heads` exercises GQA.
     pub(crate) fn tiny_config(tied: bool, heads: usize, kv_heads: usize) -> LlamaConfig {
@@ -550,24 +567,7 @@ pub(crate) mod tests {
     }
 
     pub(crate) fn random_weights(config: &LlamaConfig, seed: u64) -> Weights {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let mut w = Weights::new();
-        for (name, shape) in config.tensor_shapes() {
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.ends_with("norm.weight") {
-                (0..n).map(|_| 1.0 + rng.gen_range(-0.1..0.1)).collect()
-            } else {
-                let scale = 1.0 / (shape[shape.len() - 1] as f32).sqrt();
-                (0..n)
-                    .map(|_| rng.gen_range(-1.0..1.0) * scale * 1.7)
-                    .collect()
-            };
-            w.insert(
-                name,
-                Tensor::from_vec(data, shape, &Device::Cpu).expect("shape"),
-            );
-        }
-        w
+        super::random_weights(config, seed, &Device::Cpu).expect("random weights")
     }
 
     pub(crate) fn tiny_model(tied: bool, heads: usize, kv_heads: usize) -> Llama {
