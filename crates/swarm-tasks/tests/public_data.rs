@@ -21,22 +21,30 @@ fn load(skill: Skill, suite: &str, split: Split) -> LoadedSuite {
     load_suite(&req, &DataDirs::from_env()).unwrap_or_else(|e| panic!("cannot load {req}: {e}"))
 }
 
-/// One checker for all tests, so that set-up templates and gold runs are shared.
-fn checker() -> &'static Checker {
-    static CHECKER: std::sync::OnceLock<Checker> = std::sync::OnceLock::new();
-    CHECKER.get_or_init(|| {
-        Checker::new(Limits::default()).unwrap_or_else(|e| panic!("sandbox required: {e}"))
-    })
+thread_local! {
+    /// One checker per test, shared by its gold and wrong-answer runs (set-up templates and
+    /// gold runs are cached in it) and dropped, with its templates, when the test ends.
+    static CHECKER: Checker =
+        Checker::new(Limits::default()).unwrap_or_else(|e| panic!("sandbox required: {e}"));
+}
+
+fn checker() -> Checker {
+    CHECKER.with(Checker::clone)
 }
 
 fn run_gold(eps: &[Episode]) -> SuiteReport {
-    run_episodes(checker(), &GoldAgent::new(eps), eps, &RunOptions::default())
-        .unwrap_or_else(|e| panic!("runner failed: {e}"))
+    run_episodes(
+        &checker(),
+        &GoldAgent::new(eps),
+        eps,
+        &RunOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("runner failed: {e}"))
 }
 
 fn run_wrong(eps: &[Episode], answer: &str) -> SuiteReport {
     run_episodes(
-        checker(),
+        &checker(),
         &ConstantAgent(answer.into()),
         eps,
         &RunOptions::default(),
