@@ -51,6 +51,8 @@ pub enum Failure {
     PromptTooLong { tokens: usize, limit: usize },
     /// A token id out of the vocabulary (completions with token prompts).
     InvalidToken(u32),
+    /// The prompt cannot be run as given (empty, template error, bad sampling values).
+    Invalid(String),
     /// The per-request deadline passed.
     Timeout,
     /// Loading, draining or stopped.

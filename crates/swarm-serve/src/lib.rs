@@ -8,7 +8,10 @@
 //! - [`Router`] with [`SkillClassifier`]: `model: "swarm"` classifies the request into a skill
 //!   mix and picks the elite with the best expected score; `swarm/<skill>` and elite ids too.
 //! - [`Engine`]: jobs in, [`Event`]s out over a channel; dropping the receiver cancels.
+//! - [`ModelEngine`]: the real engine, continuous batching on swarm-model's `Llama`, elites
+//!   from an [`EliteCache`] (LRU of dense models within a memory budget).
 //! - [`Metrics`]: Prometheus text exposition at `/metrics`.
+//! - [`run`]: `swarm serve` end to end ([`ServeOptions`]).
 //!
 //! ```no_run
 //! # async fn f(engine: std::sync::Arc<dyn swarm_serve::Engine>, swarm: swarm_serve::SwarmInfo) -> std::io::Result<()> {
@@ -23,17 +26,26 @@
 mod classifier;
 mod engine;
 mod error;
+mod launch;
 mod metrics;
+mod model_engine;
 pub mod openai;
+mod registry;
 mod router;
 mod server;
 mod stream;
+mod text_stream;
 mod validation;
 
 pub use classifier::SkillClassifier;
 pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
 pub use error::{ApiError, Result, ServeError};
+pub use launch::{
+    load_single_model, model_elite_id, read_router_data, run, ServeOptions, DEFAULT_ELITE,
+};
 pub use metrics::Metrics;
+pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
+pub use registry::{model_bytes, single_model_swarm, EliteCache, EliteSource, SingleModel};
 pub use router::{EliteInfo, Route, Router, SwarmInfo};
 pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};
 pub use validation::{

@@ -191,6 +191,19 @@ impl State {
     }
 }
 
+impl Drop for State {
+    fn drop(&mut self) {
+        // The client went away mid-stream: count the tokens generated for it all the same.
+        if !self.ended {
+            self.ctx.metrics.tokens(
+                &self.ctx.elite,
+                self.ctx.prompt_tokens as u64,
+                self.completion_tokens as u64,
+            );
+        }
+    }
+}
+
 /// The SSE response for a request whose jobs have all started.
 pub fn sse_response(
     ctx: StreamContext,

@@ -1,0 +1,186 @@
+//! The elites the engine can run: a [`EliteSource`] says how to build one elite's weights,
+//! and [`EliteCache`] keeps the hot ones as ready models in an LRU bounded by a memory
+//! budget.
+//!
+//! An elite is a genome (design §1); its dense weights are materialised on first use and
+//! dropped when the budget is needed for another elite and no running sequence uses them
+//! (a running batch holds an `Arc` of its model, so an elite in use is never freed under it).
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use swarm_model::{Llama, LlamaConfig, Precision, TensorSource};
+
+use crate::error::{Result, ServeError};
+use crate::router::SwarmInfo;
+
+/// How to build each elite's weights. Implementations: [`SingleModel`] (one model as a
+/// one-elite swarm) and, with genomes, a source that materialises `W_base + Σ U c Vᵀ`.
+pub trait EliteSource: Send + Sync {
+    /// The architecture every elite shares.
+    fn config(&self) -> &LlamaConfig;
+    /// Builds `elite`'s model on `device` in `precision`.
+    fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama>;
+}
+
+/// One model served as a swarm of one elite.
+pub struct SingleModel {
+    pub elite: String,
+    pub config: LlamaConfig,
+    pub weights: Box<dyn TensorSource>,
+}
+
+impl EliteSource for SingleModel {
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama> {
+        if elite != self.elite {
+            return Err(ServeError::Swarm(format!(
+                "no elite `{elite}` in this swarm"
+            )));
+        }
+        Ok(Llama::load(
+            self.weights.as_ref(),
+            &self.config,
+            device,
+            precision,
+        )?)
+    }
+}
+
+/// Bytes a dense copy of a model takes in `precision` (parameters × element size).
+pub fn model_bytes(config: &LlamaConfig, precision: Precision) -> usize {
+    let params: usize = config
+        .tensor_shapes()
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum();
+    match precision {
+        // 32 int8 weights and one f16 scale per block.
+        Precision::Q8_0 => params * 34 / 32,
+        p => params * p.activation_dtype().size_in_bytes(),
+    }
+}
+
+struct Resident {
+    elite: String,
+    model: Arc<Llama>,
+    last_used: u64,
+}
+
+/// Hot elites as ready models, least recently used evicted first, within `budget_bytes`.
+pub struct EliteCache {
+    source: Box<dyn EliteSource>,
+    device: Device,
+    precision: Precision,
+    budget_bytes: usize,
+    elite_bytes: usize,
+    resident: Vec<Resident>,
+    clock: u64,
+    /// Materialisations so far (for metrics and tests).
+    pub loads: u64,
+}
+
+impl EliteCache {
+    pub fn new(
+        source: Box<dyn EliteSource>,
+        device: Device,
+        precision: Precision,
+        budget_bytes: usize,
+    ) -> Self {
+        let elite_bytes = model_bytes(source.config(), precision);
+        Self {
+            source,
+            device,
+            precision,
+            budget_bytes,
+            elite_bytes,
+            resident: Vec::new(),
+            clock: 0,
+            loads: 0,
+        }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        self.source.config()
+    }
+
+    /// Elites resident now.
+    pub fn resident(&self) -> usize {
+        self.resident.len()
+    }
+
+    /// Bytes of resident weights.
+    pub fn resident_bytes(&self) -> usize {
+        self.resident.len() * self.elite_bytes
+    }
+
+    /// The model of `elite`, materialised if it is not resident.
+    pub fn get(&mut self, elite: &str) -> Result<Arc<Llama>> {
+        self.clock += 1;
+        if let Some(r) = self.resident.iter_mut().find(|r| r.elite == elite) {
+            r.last_used = self.clock;
+            return Ok(r.model.clone());
+        }
+        self.make_room();
+        let started = std::time::Instant::now();
+        let model = Arc::new(self.source.load(elite, &self.device, self.precision)?);
+        self.loads += 1;
+        tracing::info!(
+            elite,
+            seconds = started.elapsed().as_secs_f64(),
+            resident = self.resident.len() + 1,
+            "elite materialised"
+        );
+        self.resident.push(Resident {
+            elite: elite.to_string(),
+            model: model.clone(),
+            last_used: self.clock,
+        });
+        Ok(model)
+    }
+
+    /// Evicts least recently used elites not in use until one more fits the budget.
+    fn make_room(&mut self) {
+        while !self.resident.is_empty()
+            && (self.resident.len() + 1) * self.elite_bytes > self.budget_bytes
+        {
+            let victim = self
+                .resident
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| Arc::strong_count(&r.model) == 1)
+                .min_by_key(|(_, r)| r.last_used)
+                .map(|(i, _)| i);
+            match victim {
+                Some(i) => {
+                    let r = self.resident.swap_remove(i);
+                    tracing::info!(elite = %r.elite, "elite evicted");
+                }
+                None => {
+                    tracing::warn!(
+                        budget = self.budget_bytes,
+                        "every resident elite is in use: over the memory budget"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The one-elite swarm of a plain model: its single elite is the model itself.
+pub fn single_model_swarm(name: &str, base: &str) -> SwarmInfo {
+    SwarmInfo {
+        name: "swarm".to_string(),
+        base: base.to_string(),
+        skills: Vec::new(),
+        elites: vec![crate::router::EliteInfo {
+            id: name.to_string(),
+            scores: Default::default(),
+        }],
+        created: crate::server::unix_now(),
+    }
+}

@@ -1,0 +1,288 @@
+//! The real engine ([`ModelEngine`]) on a tiny random Llama: continuous batching must give
+//! every sequence exactly what `swarm_model::generate` gives it alone (greedy), whatever joins
+//! or leaves the batch meanwhile; dropping a receiver frees its row; deadlines and limits hold.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, Tensor};
+use swarm_model::{
+    generate, ChatTemplate, GenerationParams, Llama, LlamaConfig, Precision, StreamControl,
+    Tokenizer, Weights, CHATML_TEMPLATE,
+};
+use swarm_serve::{
+    EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, LoadedSwarm, ModelEngine,
+    ModelEngineConfig, Prompt, SamplingParams, SingleModel,
+};
+use tokio::sync::mpsc;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 96,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        torch_dtype: "float32".to_string(),
+    }
+}
+
+fn weights(config: &LlamaConfig) -> Weights {
+    let mut w = Weights::new();
+    let mut state = 0x1234_5678_u64;
+    for (name, shape) in config.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        let scale = 2.5 / (shape[shape.len() - 1] as f32).sqrt();
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let u = ((state >> 40) as f32) / ((1u64 << 24) as f32) * 2.0 - 1.0;
+                if name.ends_with("norm.weight") {
+                    1.0 + 0.1 * u
+                } else {
+                    u * scale
+                }
+            })
+            .collect();
+        w.insert(name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap());
+    }
+    w
+}
+
+/// Word-level tokenizer: `<pad>` `<s>` `</s>` then `t3` .. `t63`.
+fn tokenizer() -> Tokenizer {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<pad>", "<s>", "</s>"].iter().enumerate() {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for i in 3..64 {
+        vocab.insert(format!("t{i}"), i.into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let json = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
+    });
+    let inner: tokenizers::Tokenizer = json.to_string().parse().unwrap();
+    Tokenizer::new(inner, Some("<s>".into()), Some("</s>".into()))
+}
+
+fn engine(max_batch: usize) -> ModelEngine {
+    ModelEngine::start(
+        ModelEngineConfig {
+            max_batch,
+            max_prefill_tokens: 64,
+        },
+        || {
+            let config = config();
+            let tokenizer = tokenizer();
+            let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer)?;
+            let source = SingleModel {
+                elite: "e".into(),
+                config: config.clone(),
+                weights: Box::new(weights(&config)),
+            };
+            Ok(LoadedSwarm {
+                elites: EliteCache::new(Box::new(source), Device::Cpu, Precision::F32, 1 << 30),
+                tokenizer,
+                template,
+                stop_ids: vec![],
+                warm: vec!["e".into()],
+            })
+        },
+    )
+    .unwrap()
+}
+
+fn reference(prompt: &[u32], max_tokens: usize) -> (String, usize) {
+    let config = config();
+    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let out = generate(
+        &model,
+        &tokenizer(),
+        &[prompt.to_vec()],
+        &[GenerationParams::greedy(max_tokens)],
+        |_| StreamControl::Continue,
+    )
+    .unwrap();
+    (out[0].text.clone(), out[0].token_ids.len())
+}
+
+fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> GenerateJob {
+    GenerateJob {
+        request_id: "t".into(),
+        elite: "e".into(),
+        prompt: Prompt::Tokens(prompt),
+        params: SamplingParams {
+            max_tokens,
+            temperature,
+            top_p: 1.0,
+            stop: vec![],
+            seed,
+        },
+        deadline: None,
+    }
+}
+
+async fn wait_ready(e: &ModelEngine) {
+    for _ in 0..500 {
+        if e.status().ready {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("engine not ready");
+}
+
+/// Reads a job to its end: (text, completion tokens, finish).
+async fn collect(
+    mut rx: mpsc::UnboundedReceiver<Event>,
+) -> Result<(String, usize, FinishReason), Failure> {
+    let mut text = String::new();
+    let mut tokens = 0;
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Started { .. } => {}
+            Event::Text { text: t, tokens: n } => {
+                text.push_str(&t);
+                tokens += n;
+            }
+            Event::Done {
+                finish,
+                completion_tokens,
+            } => {
+                assert_eq!(tokens, completion_tokens);
+                return Ok((text, completion_tokens, finish));
+            }
+            Event::Failed(f) => return Err(f),
+        }
+    }
+    Err(Failure::Internal("channel closed".into()))
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    (0..10u32)
+        .map(|i| {
+            (0..(3 + 4 * i % 17))
+                .map(|j| 3 + (i * 7 + j * 5) % 61)
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuous_batching_matches_generation_alone() {
+    let e = engine(4);
+    wait_ready(&e).await;
+    let mut handles = Vec::new();
+    // Staggered arrivals with a batch of 4: jobs join and leave a running batch.
+    for (i, p) in prompts().into_iter().enumerate() {
+        let max_tokens = 5 + (i * 3) % 11;
+        let rx = e.submit(job(p.clone(), max_tokens, 0.0, 0)).unwrap();
+        handles.push((p, max_tokens, tokio::spawn(collect(rx))));
+        if i % 3 == 0 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    for (p, max_tokens, h) in handles {
+        let (text, n, _) = h.await.unwrap().unwrap();
+        let (want, want_n) = reference(&p, max_tokens);
+        assert_eq!((text.as_str(), n), (want.as_str(), want_n), "prompt {p:?}");
+    }
+    assert_eq!(e.status().batch_size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_reproduce_and_differ() {
+    let e = engine(8);
+    wait_ready(&e).await;
+    let run = |seed| collect(e.submit(job(vec![5, 6, 7], 20, 1.0, seed)).unwrap());
+    let (a, b, c) = (
+        run(1).await.unwrap(),
+        run(1).await.unwrap(),
+        run(2).await.unwrap(),
+    );
+    assert_eq!(a.0, b.0);
+    assert_ne!(a.0, c.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_receiver_frees_the_row() {
+    let e = engine(8);
+    wait_ready(&e).await;
+    let mut rx = e.submit(job(vec![5, 6, 7], 80, 1.0, 3)).unwrap();
+    let other = e.submit(job(vec![9, 10], 30, 1.0, 4)).unwrap();
+    // Wait until the first job produced text, then go away.
+    loop {
+        if let Some(Event::Text { .. }) = rx.recv().await {
+            break;
+        }
+    }
+    drop(rx);
+    let (_, n, _) = collect(other).await.unwrap();
+    assert!(n > 0);
+    let start = Instant::now();
+    while e.status().batch_size > 0 && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(e.status().batch_size, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_deadlines() {
+    let e = engine(8);
+    wait_ready(&e).await;
+    let too_long = job((0..96).map(|i| 3 + i % 60).collect(), 4, 0.0, 0);
+    assert!(matches!(
+        collect(e.submit(too_long).unwrap()).await,
+        Err(Failure::PromptTooLong {
+            tokens: 96,
+            limit: 95
+        })
+    ));
+    assert!(matches!(
+        collect(e.submit(job(vec![3, 99], 4, 0.0, 0)).unwrap()).await,
+        Err(Failure::InvalidToken(99))
+    ));
+    let mut late = job(vec![3, 4], 50, 1.0, 0);
+    late.deadline = Some(Instant::now());
+    assert!(matches!(
+        collect(e.submit(late).unwrap()).await,
+        Err(Failure::Timeout)
+    ));
+    // max_tokens beyond the context: cut at the context, finish `length`.
+    let (_, n, finish) = collect(
+        e.submit(job((0..90).map(|i| 3 + i % 60).collect(), 50, 1.0, 5))
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(n <= 6);
+    if n == 6 {
+        assert_eq!(finish, FinishReason::Length);
+    }
+    // Chat prompts go through the template.
+    let mut chat = job(vec![], 3, 0.0, 0);
+    chat.prompt = Prompt::Chat(vec![swarm_model::ChatMessage::user("t5 t6")]);
+    let rx = e.submit(chat).unwrap();
+    assert!(collect(rx).await.is_ok());
+}

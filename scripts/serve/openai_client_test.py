@@ -1,0 +1,226 @@
+"""The server against the official `openai` Python client.
+
+Usage: python openai_client_test.py BASE_URL KEYED_URL TINY_QUEUE_URL
+  BASE_URL        a server with no API key (e.g. http://127.0.0.1:8080/v1)
+  KEYED_URL       the same engine behind the API key `sk-test`
+  TINY_QUEUE_URL  the same engine with a queue of one request
+
+Prints one line per check and ends with "N passed, M failed"; exits 1 on any failure.
+"""
+
+import json
+import sys
+import threading
+import time
+import traceback
+import urllib.request
+
+import openai
+
+BASE, KEYED, TINY = sys.argv[1:4]
+client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=120)
+results = []
+
+
+def check(fn):
+    try:
+        fn()
+        results.append((fn.__name__, None))
+        print(f"ok   {fn.__name__}", flush=True)
+    except Exception as e:  # noqa: BLE001 - report every failure and go on
+        results.append((fn.__name__, e))
+        print(f"FAIL {fn.__name__}: {e!r}", flush=True)
+        traceback.print_exc()
+    return fn
+
+
+def metrics():
+    root = BASE.rsplit("/v1", 1)[0]
+    with urllib.request.urlopen(root + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+ELITES = [m.id for m in client.models.list().data]
+ELITE = ELITES[-1]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@check
+def list_models():
+    ids = [m.id for m in client.models.list().data]
+    assert ids[0] == "swarm", ids
+    m = client.models.list().data[-1]
+    assert m.object == "model" and m.owned_by, m
+
+
+@check
+def chat_greedy_says_paris():
+    raw = client.chat.completions.with_raw_response.create(
+        model="swarm", messages=QUESTION, max_tokens=16, temperature=0)
+    r = raw.parse()
+    assert raw.headers["x-swarm-elite"] == ELITE, raw.headers
+    assert r.model == ELITE, r.model
+    assert "Paris" in r.choices[0].message.content, r.choices[0].message.content
+    u = r.usage
+    assert u.prompt_tokens > 5 and u.completion_tokens > 0, u
+    assert u.total_tokens == u.prompt_tokens + u.completion_tokens, u
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@check
+def completions():
+    r = client.completions.create(model=ELITE, prompt="The capital of France is",
+                                  max_tokens=6, temperature=0)
+    assert r.object == "text_completion"
+    assert r.choices[0].text, r
+    assert r.usage.completion_tokens <= 6, r.usage
+
+
+@check
+def streaming_with_usage_matches_plain():
+    plain = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=12,
+                                           temperature=0).choices[0].message.content
+    chunks = list(client.chat.completions.create(
+        model="swarm", messages=QUESTION, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain, (text, plain)
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None, last
+    assert last.usage.completion_tokens > 0
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishes) == 1, finishes
+
+
+@check
+def completion_stream():
+    chunks = list(client.completions.create(model="swarm", prompt="Once upon a time",
+                                            max_tokens=5, stream=True, seed=1))
+    assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+
+
+@check
+def seed_reproducibility():
+    ask = lambda seed: client.chat.completions.create(  # noqa: E731
+        model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],
+        max_tokens=24, temperature=1.0, seed=seed).choices[0].message.content
+    a, b, c = ask(42), ask(42), ask(43)
+    assert a == b, (a, b)
+    assert a != c, (a, c)
+
+
+@check
+def n_choices():
+    r = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=4, n=2,
+                                       temperature=1.0, seed=3)
+    assert [c.index for c in r.choices] == [0, 1]
+
+
+@check
+def unknown_model_is_404():
+    try:
+        client.chat.completions.create(model="no-such-elite", messages=QUESTION)
+    except openai.NotFoundError as e:
+        assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+    else:
+        raise AssertionError("no error")
+
+
+@check
+def unsupported_field_is_400():
+    try:
+        client.chat.completions.create(model="swarm", messages=QUESTION, response_format={"type": "json_object"})
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "response_format", e.body
+    else:
+        raise AssertionError("no error")
+
+
+@check
+def bad_key_is_401():
+    bad = openai.OpenAI(base_url=KEYED, api_key="sk-wrong", max_retries=0)
+    try:
+        bad.models.list()
+    except openai.AuthenticationError as e:
+        assert e.status_code == 401
+    else:
+        raise AssertionError("no error")
+    good = openai.OpenAI(base_url=KEYED, api_key="sk-test", max_retries=0)
+    assert good.models.list().data
+
+
+@check
+def full_queue_is_429():
+    tiny = openai.OpenAI(base_url=TINY, api_key="x", max_retries=0, timeout=120)
+    held = tiny.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=200,
+                                        stream=True)
+    try:
+        next(iter(held))  # the stream is running and holds the only slot
+        try:
+            tiny.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=2)
+        except openai.RateLimitError as e:
+            assert e.status_code == 429 and e.response.headers.get("retry-after"), e.response.headers
+        else:
+            raise AssertionError("no error")
+    finally:
+        held.close()
+
+
+@check
+def thirty_two_concurrent_streams():
+    done, errors = [], []
+
+    def one(i):
+        try:
+            text, finish = "", None
+            for c in client.chat.completions.create(
+                    model="swarm", messages=[{"role": "user", "content": f"Count to {i}."}],
+                    max_tokens=8, temperature=0.7, seed=i, stream=True):
+                if c.choices:
+                    text += c.choices[0].delta.content or ""
+                    finish = c.choices[0].finish_reason or finish
+            assert finish in ("stop", "length"), finish
+            done.append(i)
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors[:3]
+    assert sorted(done) == list(range(32)), len(done)
+
+
+@check
+def disconnect_stops_generation():
+    before = metrics().get("swarm_cancelled_total", 0)
+    s = client.chat.completions.create(model="swarm", messages=[{"role": "user", "content": "Write a very long essay about the sea."}],
+                                       max_tokens=2000, temperature=1.0, seed=9, stream=True)
+    it = iter(s)
+    for _ in range(3):
+        next(it)
+    s.close()  # the client goes away mid-stream
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        m = metrics()
+        if m.get("swarm_cancelled_total", 0) > before and m.get("swarm_batch_size", 1) == 0:
+            break
+        time.sleep(0.2)
+    m = metrics()
+    assert m.get("swarm_cancelled_total", 0) > before, m.get("swarm_cancelled_total")
+    assert m.get("swarm_batch_size") == 0, m.get("swarm_batch_size")
+    tokens = sum(v for k, v in m.items() if k.startswith("swarm_completion_tokens_total"))
+    assert tokens < 2000, tokens  # it stopped long before max_tokens
+
+
+failed = [n for n, e in results if e is not None]
+print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+sys.exit(1 if failed else 0)
