@@ -33,7 +33,7 @@ pub struct Checker {
 #[derive(Debug, Default)]
 pub(crate) struct Cache {
     pub(crate) templates: Mutex<HashMap<String, Arc<tempfile::TempDir>>>,
-    pub(crate) gold: Mutex<HashMap<String, Arc<os::GoldRuns>>>,
+    pub(crate) gold: Mutex<HashMap<String, Arc<os::GoldRun>>>,
 }
 
 impl Checker {

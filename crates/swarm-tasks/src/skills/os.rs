@@ -278,14 +278,16 @@ impl OsTask {
         Ok(())
     }
 
-    /// Outputs and file changes of the gold commands, each run once per checker.
-    fn gold_runs(
+    /// Output and file changes of gold command `i`, run once per checker (on demand: later
+    /// alternatives only run when the earlier ones do not match).
+    fn gold_run(
         &self,
         checker: &Checker,
         id: &str,
-        gold: &[String],
-    ) -> Result<Arc<GoldRuns>, TaskError> {
-        let key = serde_json::to_string(self).unwrap_or_default();
+        gold: &str,
+        i: usize,
+    ) -> Result<Arc<GoldRun>, TaskError> {
+        let key = format!("{i}:{}", serde_json::to_string(self).unwrap_or_default());
         if let Some(g) = checker
             .cache()
             .gold
@@ -295,24 +297,19 @@ impl OsTask {
         {
             return Ok(g);
         }
-        let limits = checker.sandbox().limits();
-        let mut runs = Vec::new();
-        for g in gold {
-            let fresh = self.prepare(checker, id)?;
-            let out = self.run_in(checker, &fresh, g, &[])?;
-            runs.push(match out.limit_reason(limits) {
-                Some(reason) => Err(format!("gold command hit a limit: {reason}")),
-                None => Ok((
-                    normalize_output(&out.stdout_text()),
-                    changes(&fresh.baseline, &OsTask::snapshot(&fresh)),
-                )),
-            });
-        }
-        let runs = Arc::new(runs);
+        let fresh = self.prepare(checker, id)?;
+        let out = self.run_in(checker, &fresh, gold, &[])?;
+        let run = Arc::new(match out.limit_reason(checker.sandbox().limits()) {
+            Some(reason) => Err(format!("gold command hit a limit: {reason}")),
+            None => Ok((
+                normalize_output(&out.stdout_text()),
+                changes(&fresh.baseline, &OsTask::snapshot(&fresh)),
+            )),
+        });
         if let Ok(mut m) = checker.cache().gold.lock() {
-            m.insert(key, runs.clone());
+            m.insert(key, run.clone());
         }
-        Ok(runs)
+        Ok(run)
     }
 
     fn run_in(
@@ -433,8 +430,8 @@ pub(crate) struct FileSig {
 
 type Snapshot = BTreeMap<String, FileSig>;
 
-/// Per gold command: its normalised output and the file changes it made, or why it failed.
-pub(crate) type GoldRuns = Vec<Result<(String, Vec<(String, Option<FileSig>)>), String>>;
+/// A gold command's normalised output and the file changes it made, or why it failed.
+pub(crate) type GoldRun = Result<(String, Vec<(String, Option<FileSig>)>), String>;
 
 /// Copies a directory tree, keeping modes, symlinks and modification times.
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
@@ -615,8 +612,9 @@ impl<'a> OsEnv<'a> {
                 let got_state = changes(&self.env.baseline, &OsTask::snapshot(&self.env));
                 let got = normalize_output(answer);
                 let mut last_why = String::from("no gold command");
-                for run in self.task.gold_runs(self.checker, &self.id, gold)?.iter() {
-                    let (want, want_state) = match run {
+                for (i, g) in gold.iter().enumerate() {
+                    let run = self.task.gold_run(self.checker, &self.id, g, i)?;
+                    let (want, want_state) = match run.as_ref() {
                         Ok(r) => r,
                         Err(why) => {
                             last_why = why.clone();
