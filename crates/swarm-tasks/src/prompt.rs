@@ -26,6 +26,25 @@ will see its output.\n\
 3. When the task needs no answer and you are done: write \"Act: finish\".\n\
 Commands run non-interactively; each one starts in the home directory.";
 
+/// The system message of multi-turn (InterCode-style) database tasks.
+pub const DATABASE_AGENT_SYSTEM: &str = "You are an assistant that answers requests about a \
+SQLite database by querying it. In each turn, think, then take exactly one action:\n\
+1. To run a query and see its rows: write \"Act: sql\" followed by the query in a ```sql \
+code block.\n\
+2. When you have the final query: write \"Act: submit\" followed by it in a ```sql code block.";
+
+/// A multi-turn database prompt.
+pub fn database_agent_prompt(schema_sql: &str, question: &str) -> Vec<ChatMessage> {
+    vec![
+        ChatMessage::system(DATABASE_AGENT_SYSTEM),
+        ChatMessage::user(format!(
+            "Database schema:\n{}\n\nRequest: {}",
+            schema_sql.trim(),
+            question.trim()
+        )),
+    ]
+}
+
 /// The system message for a skill (single-turn form).
 pub fn system_prompt(skill: Skill) -> &'static str {
     match skill {

@@ -58,7 +58,7 @@ pub const SUITES: &[SuiteInfo] = &[
         skill: Skill::Database,
         name: "intercode-sql",
         splits: &[Split::Test],
-        description: "InterCode's 23 Spider questions",
+        description: "InterCode's 23 Spider questions, multi-turn (query, then submit)",
     },
     SuiteInfo {
         skill: Skill::Os,

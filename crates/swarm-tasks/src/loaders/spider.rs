@@ -86,8 +86,24 @@ pub fn load_intercode(dirs: &DataDirs) -> Result<LoadedSuite, TaskError> {
             gold: gold.clone(),
         });
     }
-    build(&ensure_databases(dirs)?, questions, "intercode-sql")
+    // InterCode is interactive: the agent may query the database before submitting.
+    let mut suite = build(&ensure_databases(dirs)?, questions, "intercode-sql")?;
+    for ep in &mut suite.episodes {
+        ep.max_rounds = INTERCODE_ROUNDS;
+        if let (Some(user), Some(gold)) = (ep.prompt.get(1).cloned(), ep.gold.first().cloned()) {
+            let body = user.content.clone();
+            ep.prompt = vec![
+                crate::episode::ChatMessage::system(crate::prompt::DATABASE_AGENT_SYSTEM),
+                crate::episode::ChatMessage::user(body),
+            ];
+            ep.gold = vec![format!("Act: submit\n{gold}")];
+        }
+    }
+    Ok(suite)
 }
+
+/// Rounds of an InterCode SQL episode (InterCode's own default is 10 turns).
+pub const INTERCODE_ROUNDS: u32 = 10;
 
 fn build(db_dir: &Path, questions: Vec<Question>, suite: &str) -> Result<LoadedSuite, TaskError> {
     let mut out = LoadedSuite::default();

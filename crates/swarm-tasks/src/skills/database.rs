@@ -439,24 +439,91 @@ pub fn schema_sql(db: &DbSource) -> Result<String, TaskError> {
         .join("\n"))
 }
 
-/// A single-turn database episode.
+/// A database episode. Single-turn: the answer is the SQL. Multi-turn (InterCode-style):
+/// `Act: sql` + a ```sql block runs a query on the database and shows the rows; `Act: submit`
+/// + a ```sql block is the answer.
 pub(crate) struct DatabaseEnv<'a> {
     id: String,
     task: &'a DatabaseTask,
+    multi_turn: bool,
 }
 
 impl<'a> DatabaseEnv<'a> {
-    pub(crate) fn new(id: &str, task: &'a DatabaseTask) -> Self {
+    pub(crate) fn new(id: &str, task: &'a DatabaseTask, max_rounds: u32) -> Self {
         Self {
             id: id.to_string(),
             task,
+            multi_turn: max_rounds > 1,
         }
+    }
+
+    fn explore(&self, sql: &str) -> Result<String, TaskError> {
+        // Exploration never changes anything: a private copy for data-changing tasks.
+        let writable = matches!(self.task.check, SqlCheck::Mutation { .. });
+        let mut conn = open_db(&self.task.db, writable)?;
+        Ok(match run_query(&mut conn, sql) {
+            Ok(rows) if rows.is_empty() => "[no rows]".to_string(),
+            Ok(rows) => render_rows(&rows, OBSERVATION_ROWS),
+            Err(e) => format!("Error: {e}"),
+        })
     }
 }
 
+/// Rows of a query result shown to the agent.
+const OBSERVATION_ROWS: usize = 20;
+
+/// Renders rows as text, one per line, `|` between values.
+fn render_rows(rows: &Rows, max_rows: usize) -> String {
+    let mut s = String::new();
+    for r in rows.iter().take(max_rows) {
+        let line: Vec<String> = r.iter().map(Cell::render).collect();
+        s.push_str(&line.join(" | "));
+        s.push('\n');
+    }
+    if rows.len() > max_rows {
+        s.push_str(&format!("... ({} rows in all)\n", rows.len()));
+    }
+    s
+}
+
 impl EpisodeEnv for DatabaseEnv<'_> {
-    fn step(&mut self, action: &str, _last_round: bool) -> Result<Step, TaskError> {
-        Ok(Step::Done(self.task.check(&self.id, action)?))
+    fn step(&mut self, action: &str, last_round: bool) -> Result<Step, TaskError> {
+        if !self.multi_turn {
+            return Ok(Step::Done(self.task.check(&self.id, action)?));
+        }
+        let Some(pos) = action.rfind("Act:") else {
+            return Ok(if last_round {
+                Step::Done(Outcome::fail("no \"Act:\" line"))
+            } else {
+                Step::Observe(
+                    "Invalid action: use \"Act: sql\" or \"Act: submit\" with a ```sql block."
+                        .into(),
+                )
+            });
+        };
+        let act = action[pos + 4..].trim_start();
+        let lower = act.to_ascii_lowercase();
+        if lower.starts_with("submit") {
+            return Ok(Step::Done(
+                self.task.check(&self.id, &act["submit".len()..])?,
+            ));
+        }
+        if lower.starts_with("sql") {
+            if last_round {
+                return Ok(Step::Done(Outcome::fail(
+                    "round limit reached without a submission",
+                )));
+            }
+            let sql = extract_code(&act[3..], &["sql", "sqlite"]);
+            return Ok(Step::Observe(self.explore(&sql)?));
+        }
+        Ok(if last_round {
+            Step::Done(Outcome::fail("invalid action"))
+        } else {
+            Step::Observe(
+                "Invalid action: use \"Act: sql\" or \"Act: submit\" with a ```sql block.".into(),
+            )
+        })
     }
 }
 
@@ -544,6 +611,25 @@ mod tests {
             assert!(start.elapsed() < Duration::from_secs(5), "{evil} took too long");
         }
         assert!(!target.exists(), "hostile SQL wrote a file");
+        Ok(())
+    }
+
+    #[test]
+    fn multi_turn_explores_then_submits() -> Result<(), TaskError> {
+        let t = task("SELECT count(*) FROM emp WHERE dept = 'eng'");
+        let mut env = DatabaseEnv::new("t", &t, 3);
+        match env.step("Act: sql\n```sql\nSELECT dept FROM emp\n```", false)? {
+            Step::Observe(o) => assert_eq!(o, "eng\neng\nops\n"),
+            other => panic!("{other:?}"),
+        }
+        match env.step("Act: sql\n```sql\nSELECT nope FROM emp\n```", false)? {
+            Step::Observe(o) => assert!(o.starts_with("Error:"), "{o}"),
+            other => panic!("{other:?}"),
+        }
+        match env.step("Act: submit\n```sql\nSELECT 2\n```", true)? {
+            Step::Done(o) => assert!(o.passed, "{o:?}"),
+            other => panic!("{other:?}"),
+        }
         Ok(())
     }
 

@@ -67,7 +67,11 @@ impl Checker {
     ) -> Result<Box<dyn EpisodeEnv + 'a>, TaskError> {
         Ok(match &episode.task {
             Task::Coding(t) => Box::new(coding::CodingEnv::new(self, &episode.id, t)),
-            Task::Database(t) => Box::new(database::DatabaseEnv::new(&episode.id, t)),
+            Task::Database(t) => Box::new(database::DatabaseEnv::new(
+                &episode.id,
+                t,
+                episode.max_rounds,
+            )),
             Task::Os(t) => Box::new(os::OsEnv::new(self, &episode.id, t, episode.max_rounds)?),
         })
     }
