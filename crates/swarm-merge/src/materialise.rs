@@ -1,0 +1,303 @@
+//! Materialisation: a genome to dense weights, one tensor at a time.
+//!
+//! `W = W_base + Σ_k (U_k · diag(c_k)) · V_kᵀ` is one matmul per expert with non-zero
+//! coefficients (done by candle, on the CPU or a CUDA device); dense tensors add
+//! `Σ_k a_k · τ_k`. Only the base tensor, the factors of that tensor and the output exist at
+//! a time, beyond what the caller keeps.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use swarm_model::{TensorSource, Weights};
+
+use crate::error::{MergeError, Result};
+use crate::factor::{FactorSet, TensorFactors};
+use crate::genome::Genome;
+use crate::writer::{HfDirWriter, TensorSpec};
+
+fn check(factors: &FactorSet, base: &dyn TensorSource, genome: &Genome) -> Result<()> {
+    if genome.layout().factor_set_id() != factors.id() {
+        return Err(MergeError::Genome(format!(
+            "this genome belongs to factor set {}, not to {} (the factors given)",
+            genome.layout().factor_set_id(),
+            factors.id()
+        )));
+    }
+    for t in factors.tensors() {
+        let shape = base.shape(&t.name).map_err(|_| {
+            MergeError::tensor(
+                &t.name,
+                format!("missing from the base ({})", base.describe()),
+            )
+        })?;
+        if shape != t.shape {
+            return Err(MergeError::tensor(
+                &t.name,
+                format!(
+                    "has shape {shape:?} in the base, {:?} in the factors",
+                    t.shape
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Computes one tensor of the genome's model on `device`, in f32.
+pub fn materialise_tensor(
+    base: &dyn TensorSource,
+    factors: &FactorSet,
+    genome: &Genome,
+    name: &str,
+    device: &Device,
+) -> Result<Tensor> {
+    let t = factors
+        .tensor(name)
+        .ok_or_else(|| MergeError::tensor(name, "not in the factor set"))?;
+    let mut w = base.load(name, device)?.to_dtype(DType::F32)?;
+    match &t.factors {
+        TensorFactors::Svd(experts) => {
+            for (k, f) in experts.iter().enumerate() {
+                let c = genome
+                    .coefficients(name, k)
+                    .ok_or_else(|| MergeError::Genome(format!("no coefficients for `{name}`")))?;
+                if c.iter().all(|v| *v == 0.0) {
+                    continue;
+                }
+                let c = Tensor::from_slice(c, (1, c.len()), device)?;
+                let u = f.u.to_device(device)?.broadcast_mul(&c)?;
+                let delta = u.matmul(&f.vt.to_device(device)?)?;
+                w = (w + delta)?;
+            }
+        }
+        TensorFactors::Dense(taus) => {
+            for (k, tau) in taus.iter().enumerate() {
+                let a = genome
+                    .coefficients(name, k)
+                    .and_then(|c| c.first().copied())
+                    .ok_or_else(|| MergeError::Genome(format!("no coefficient for `{name}`")))?;
+                if a == 0.0 {
+                    continue;
+                }
+                w = (w + tau.to_device(device)?.affine(a as f64, 0.0)?)?;
+            }
+        }
+    }
+    Ok(w)
+}
+
+/// Materialises every tensor (in factor-set order) and hands each to `sink` as soon as it
+/// is computed.
+pub fn materialise(
+    base: &dyn TensorSource,
+    factors: &FactorSet,
+    genome: &Genome,
+    device: &Device,
+    mut sink: impl FnMut(&str, Tensor) -> Result<()>,
+) -> Result<()> {
+    check(factors, base, genome)?;
+    for t in factors.tensors() {
+        let w = materialise_tensor(base, factors, genome, &t.name, device)?;
+        sink(&t.name, w)?;
+    }
+    Ok(())
+}
+
+/// Materialises into memory (f32, on `device`).
+pub fn materialise_to_weights(
+    base: &dyn TensorSource,
+    factors: &FactorSet,
+    genome: &Genome,
+    device: &Device,
+) -> Result<Weights> {
+    let mut out = Weights::new();
+    materialise(base, factors, genome, device, |name, t| {
+        out.insert(name, t);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Where and how [`materialise_to_dir`] writes.
+#[derive(Debug, Clone)]
+pub struct DirOutput {
+    pub dir: PathBuf,
+    /// dtype of `model.safetensors`.
+    pub dtype: DType,
+    /// Replace an existing dir (once the new one is complete).
+    pub overwrite: bool,
+}
+
+impl DirOutput {
+    /// f32 output into `dir`, which must not exist yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            dtype: DType::F32,
+            overwrite: false,
+        }
+    }
+}
+
+/// Materialises straight into an HF dir (`model.safetensors`), streaming. The dir is built
+/// beside `out.dir` and renamed into place; `metadata` writes the other files (config.json,
+/// tokenizer files) into the staging dir it is given.
+pub fn materialise_to_dir(
+    base: &dyn TensorSource,
+    factors: &FactorSet,
+    genome: &Genome,
+    device: &Device,
+    out: &DirOutput,
+    metadata: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
+    check(factors, base, genome)?;
+    let specs = factors
+        .tensors()
+        .iter()
+        .map(|t| TensorSpec::new(&t.name, t.shape.clone(), out.dtype))
+        .collect();
+    let mut writer = HfDirWriter::create(&out.dir, specs, out.overwrite)?;
+    for t in factors.tensors() {
+        let w = materialise_tensor(base, factors, genome, &t.name, device)?;
+        writer.write_tensor(&t.name, &w)?;
+    }
+    metadata(writer.staging_dir())?;
+    writer.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::factor::{FactoriseOptions, Rank};
+    use crate::genome::CrossoverParams;
+    use crate::testing::{perturbed, random_model, rel_diff, tiny_config};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    fn setup(rank: Rank) -> (Weights, Weights, Weights, FactorSet) {
+        let cfg = tiny_config();
+        let base = random_model(&cfg, 1);
+        let e1 = perturbed(&base, 2, 0.1);
+        let e2 = perturbed(&base, 3, 0.1);
+        let opts = FactoriseOptions {
+            rank,
+            ..FactoriseOptions::default()
+        };
+        let f = FactorSet::factorise(&base, &[("a", &e1 as &dyn TensorSource), ("b", &e2)], &opts)
+            .unwrap();
+        (base, e1, e2, f)
+    }
+
+    /// Relative error of `got` against `want` over the whole model (Frobenius, f64).
+    fn model_rel_err(got: &Weights, want: &Weights) -> f64 {
+        got.iter()
+            .map(|(n, t)| rel_diff(t, want.get(n).unwrap()))
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn full_rank_expert_genome_materialises_to_the_expert() {
+        let (base, e1, e2, f) = setup(Rank::Full);
+        let cpu = Device::Cpu;
+        for (k, e) in [&e1, &e2].into_iter().enumerate() {
+            let g = Genome::expert(f.layout(), k).unwrap();
+            let w = materialise_to_weights(&base, &f, &g, &cpu).unwrap();
+            let err = model_rel_err(&w, e);
+            assert!(err <= 1e-5, "expert {k}: {err}");
+        }
+        let b = materialise_to_weights(&base, &f, &Genome::base(f.layout()), &cpu).unwrap();
+        assert_eq!(model_rel_err(&b, &base), 0.0);
+    }
+
+    #[test]
+    fn genome_crossover_equals_dense_crossover() {
+        let (base, e1, e2, f) = setup(Rank::Full);
+        let l = f.layout();
+        let (g1, g2) = (Genome::expert(l, 0).unwrap(), Genome::expert(l, 1).unwrap());
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let params = CrossoverParams {
+            mean: 1.0,
+            std: 0.3,
+        };
+        let child = g1.crossover(&g2, params, &mut rng).unwrap();
+        // Draw the same ω pair again and do the crossover on dense weights.
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let normal = Normal::new(params.mean, params.std).unwrap();
+        let (w1, w2) = (normal.sample(&mut rng), normal.sample(&mut rng));
+        let got = materialise_to_weights(&base, &f, &child, &Device::Cpu).unwrap();
+        let mut want = Weights::new();
+        for (name, b) in base.iter() {
+            let t1 = (e1.get(name).unwrap() - b).unwrap();
+            let t2 = (e2.get(name).unwrap() - b).unwrap();
+            let mix = ((t1 * w1).unwrap() + (t2 * w2).unwrap()).unwrap();
+            want.insert(name, (b + (mix / (w1 + w2)).unwrap()).unwrap());
+        }
+        let err = model_rel_err(&got, &want);
+        assert!(err <= 1e-5, "{err}");
+    }
+    use rand_distr::{Distribution, Normal};
+
+    #[test]
+    fn rank_r_error_matches_the_discarded_singular_values() {
+        let (base, e1, _, f) = setup(Rank::Top(4));
+        let full = setup(Rank::Full).3;
+        let g = Genome::expert(f.layout(), 0).unwrap();
+        let got = materialise_to_weights(&base, &f, &g, &Device::Cpu).unwrap();
+        let gfull = Genome::expert(full.layout(), 0).unwrap();
+        for t in f.tensors() {
+            if t.shape.len() != 2 {
+                continue;
+            }
+            let name = &t.name;
+            let tau = (e1.get(name).unwrap() - base.get(name).unwrap()).unwrap();
+            let diff = (got.get(name).unwrap() - e1.get(name).unwrap()).unwrap();
+            let sq = |x: &Tensor| -> f64 {
+                x.flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| (*v as f64).powi(2))
+                    .sum()
+            };
+            let s_all = gfull.coefficients(name, 0).unwrap();
+            let discarded: f64 = s_all[4..].iter().map(|s| (*s as f64).powi(2)).sum();
+            let (err, want) = (sq(&diff).sqrt(), discarded.sqrt());
+            assert!(
+                (err - want).abs() <= 1e-4 * sq(&tau).sqrt() + 1e-3 * want,
+                "{name}: error {err}, discarded singular values {want}"
+            );
+            let reported = f.meta().tensors.iter().find(|r| &r.name == name).unwrap();
+            let rel = want / sq(&tau).sqrt();
+            assert!((reported.rel_errors[0] - rel).abs() < 1e-4, "{name}");
+        }
+    }
+
+    #[test]
+    fn hf_dir_output_matches_memory_output() {
+        let (base, _, _, f) = setup(Rank::Full);
+        let l = f.layout();
+        let mut g = Genome::expert(l, 0).unwrap();
+        g.mutate(1, 0.1, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("elite");
+        materialise_to_dir(&base, &f, &g, &Device::Cpu, &DirOutput::new(&out), |d| {
+            std::fs::write(d.join("config.json"), "{}").map_err(|e| MergeError::io(d, e))
+        })
+        .unwrap();
+        assert!(out.join("config.json").exists());
+        let files = crate::reader::SafetensorsReader::open_dir(&out).unwrap();
+        let mem = materialise_to_weights(&base, &f, &g, &Device::Cpu).unwrap();
+        for (name, t) in mem.iter() {
+            let back = files.load(name, &Device::Cpu).unwrap();
+            assert_eq!(rel_diff(&back, t), 0.0, "{name}");
+        }
+        // A failing metadata writer leaves nothing behind.
+        let out2 = dir.path().join("elite2");
+        let r = materialise_to_dir(&base, &f, &g, &Device::Cpu, &DirOutput::new(&out2), |_| {
+            Err(MergeError::invalid("test", "boom"))
+        });
+        assert!(r.is_err());
+        assert!(!out2.exists());
+    }
+}

@@ -1,0 +1,10 @@
+//! The classic merge methods, as mergekit defines them, streamed one tensor at a time.
+//!
+//! One file per method family; [`plan`] reads mergekit YAML, [`run`] executes a plan.
+
+pub mod linear;
+pub mod plan;
+pub mod run;
+pub mod slerp;
+pub mod sparsify;
+pub mod task_arithmetic;

@@ -1,0 +1,421 @@
+//! Runs a [`MergePlan`]: opens the inputs, checks that they fit together before writing
+//! anything, then streams one tensor at a time from every input through the method into an
+//! HF dir that appears only when complete.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use sha2::{Digest, Sha256};
+use swarm_model::{LlamaConfig, TensorSource};
+
+use crate::error::{MergeError, Result};
+use crate::factor::check_same_tensors;
+use crate::merge::plan::{MergePlan, PlanKind};
+use crate::merge::task_arithmetic::{mix, TaskVector};
+use crate::merge::{linear::linear, slerp::slerp};
+use crate::reader::SafetensorsReader;
+use crate::writer::{parse_dtype, torch_dtype_name, HfDirWriter, TensorSpec};
+
+/// An input model opened for streaming.
+pub struct InputModel {
+    pub reference: String,
+    pub config: LlamaConfig,
+    pub weights: Box<dyn TensorSource>,
+    /// The HF dir it came from, whose tokenizer files an output can copy.
+    pub dir: Option<PathBuf>,
+}
+
+impl InputModel {
+    /// Opens an HF dir (`config.json` and safetensors weights).
+    pub fn open(reference: &str) -> Result<InputModel> {
+        let dir = PathBuf::from(reference);
+        if !dir.is_dir() {
+            return Err(MergeError::file(
+                &dir,
+                "not a model dir (swarm merge reads HF dirs with config.json and safetensors)",
+            ));
+        }
+        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+        let weights = Box::new(SafetensorsReader::open_dir(&dir)?);
+        Ok(InputModel {
+            reference: reference.to_string(),
+            config,
+            weights,
+            dir: Some(dir),
+        })
+    }
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Replace an existing output dir (only once the new one is complete).
+    pub overwrite: bool,
+}
+
+/// What a merge did.
+#[derive(Debug, Clone)]
+pub struct MergeReport {
+    pub out_dir: PathBuf,
+    pub tensors: usize,
+    pub bytes_written: usize,
+    pub seconds: f64,
+}
+
+/// Progress of a merge: tensors done, total, the tensor just written.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize, &str);
+
+/// The architecture fields that must agree between merged models.
+fn check_configs(reference: &InputModel, other: &InputModel) -> Result<()> {
+    let (a, b) = (&reference.config, &other.config);
+    let fields: [(&str, usize, usize); 7] = [
+        ("vocab_size", a.vocab_size, b.vocab_size),
+        ("hidden_size", a.hidden_size, b.hidden_size),
+        (
+            "intermediate_size",
+            a.intermediate_size,
+            b.intermediate_size,
+        ),
+        (
+            "num_hidden_layers",
+            a.num_hidden_layers,
+            b.num_hidden_layers,
+        ),
+        (
+            "num_attention_heads",
+            a.num_attention_heads,
+            b.num_attention_heads,
+        ),
+        (
+            "num_key_value_heads",
+            a.num_key_value_heads,
+            b.num_key_value_heads,
+        ),
+        ("head_dim", a.head_dim, b.head_dim),
+    ];
+    for (field, x, y) in fields {
+        if x != y {
+            return Err(MergeError::Architecture(format!(
+                "{field} is {y} in {} but {x} in {}",
+                other.reference, reference.reference
+            )));
+        }
+    }
+    if a.tie_word_embeddings != b.tie_word_embeddings {
+        return Err(MergeError::Architecture(format!(
+            "tie_word_embeddings is {} in {} but {} in {}",
+            b.tie_word_embeddings, other.reference, a.tie_word_embeddings, reference.reference
+        )));
+    }
+    Ok(())
+}
+
+fn load_f32(model: &InputModel, name: &str, round_to: Option<DType>) -> Result<Vec<f32>> {
+    let mut t = model.weights.load(name, &Device::Cpu)?;
+    if let Some(d) = round_to {
+        t = t.to_dtype(d)?;
+    }
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// A seed per (plan seed, tensor, model), so DARE's drops do not depend on tensor order.
+fn tensor_rng(seed: u64, name: &str) -> ChaCha8Rng {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update(name.as_bytes());
+    let d: [u8; 32] = h.finalize().into();
+    ChaCha8Rng::from_seed(d)
+}
+
+/// Files copied from the base's HF dir next to the merged weights.
+const COPIED_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+];
+
+fn write_metadata(staging: &Path, reference: &InputModel, out_dtype: DType) -> Result<()> {
+    let mut config = reference.config.to_hf_json();
+    if let Some(dir) = &reference.dir {
+        // Keep every field of the original config.json, only the dtype changes.
+        let path = dir.join("config.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                config = v;
+            }
+        }
+        for name in COPIED_FILES {
+            let src = dir.join(name);
+            if src.is_file() {
+                let dst = staging.join(name);
+                std::fs::copy(&src, &dst).map_err(|e| MergeError::io(&src, e))?;
+            }
+        }
+    }
+    config["torch_dtype"] = torch_dtype_name(out_dtype).into();
+    let text = serde_json::to_string_pretty(&config)
+        .map_err(|e| MergeError::file(staging, e.to_string()))?;
+    let path = staging.join("config.json");
+    std::fs::write(&path, text).map_err(|e| MergeError::io(&path, e))
+}
+
+/// Runs `plan` on models opened by `open` (pass [`InputModel::open`] for HF dirs), writing an
+/// HF dir at `out_dir`.
+pub fn run_with(
+    plan: &MergePlan,
+    out_dir: &Path,
+    options: &RunOptions,
+    open: &dyn Fn(&str) -> Result<InputModel>,
+    progress: Progress<'_>,
+) -> Result<MergeReport> {
+    let started = Instant::now();
+    let base = plan.base_model.as_deref().map(open).transpose()?;
+    let models: Vec<InputModel> = plan
+        .models
+        .iter()
+        .map(|m| open(&m.reference))
+        .collect::<Result<_>>()?;
+    let reference = base
+        .as_ref()
+        .or(models.first())
+        .ok_or_else(|| MergeError::Config("nothing to merge".to_string()))?;
+    for m in &models {
+        if std::ptr::eq(m, reference) {
+            continue;
+        }
+        check_same_tensors(reference.weights.as_ref(), m.weights.as_ref(), &m.reference)?;
+        check_configs(reference, m)?;
+    }
+    let out_dtype = plan
+        .out_dtype
+        .or(plan.dtype)
+        .or_else(|| parse_dtype(&reference.config.torch_dtype))
+        .unwrap_or(DType::F32);
+    let names = reference.weights.names();
+    let specs: Vec<TensorSpec> = names
+        .iter()
+        .map(|n| Ok(TensorSpec::new(n, reference.weights.shape(n)?, out_dtype)))
+        .collect::<Result<_>>()?;
+    let total = specs.len();
+    let mut bytes_written = 0usize;
+    let mut writer = HfDirWriter::create(out_dir, specs.clone(), options.overwrite)?;
+    for (i, spec) in specs.iter().enumerate() {
+        let name = &spec.name;
+        let inputs: Vec<Vec<f32>> = models
+            .iter()
+            .map(|m| load_f32(m, name, plan.dtype))
+            .collect::<Result<_>>()?;
+        let merged = match &plan.kind {
+            PlanKind::Linear { normalize } => {
+                let weights: Vec<f64> = plan.models.iter().map(|m| m.weight).collect();
+                linear(name, &inputs, &weights, *normalize)?
+            }
+            PlanKind::TaskArithmetic(params) => {
+                let base_m = base.as_ref().ok_or_else(|| {
+                    MergeError::Config("task arithmetic needs a base model".to_string())
+                })?;
+                let base_v = load_f32(base_m, name, plan.dtype)?;
+                let tvs = inputs
+                    .into_iter()
+                    .zip(&plan.models)
+                    .map(|(mut x, m)| {
+                        x.iter_mut().zip(&base_v).for_each(|(a, b)| *a -= b);
+                        TaskVector {
+                            delta: x,
+                            weight: m.weight,
+                            density: m.density,
+                        }
+                    })
+                    .collect();
+                let mut rng = tensor_rng(plan.seed, name);
+                mix(name, base_v, tvs, params, &mut rng)?
+            }
+            PlanKind::Slerp { t } => {
+                let base_m = base
+                    .as_ref()
+                    .ok_or_else(|| MergeError::Config("slerp needs a base model".to_string()))?;
+                let base_v = load_f32(base_m, name, plan.dtype)?;
+                let other = inputs
+                    .first()
+                    .ok_or_else(|| MergeError::Config("slerp needs a second model".to_string()))?;
+                slerp(*t, &base_v, other)
+            }
+        };
+        let t = Tensor::from_vec(merged, spec.shape.as_slice(), &Device::Cpu)?;
+        writer.write_tensor(name, &t)?;
+        bytes_written += t.elem_count() * out_dtype.size_in_bytes();
+        progress(i + 1, total, name);
+    }
+    write_metadata(writer.staging_dir(), reference, out_dtype)?;
+    writer.finish()?;
+    Ok(MergeReport {
+        out_dir: out_dir.to_path_buf(),
+        tensors: total,
+        bytes_written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Runs `plan` on HF dirs, writing an HF dir at `out_dir`.
+pub fn run(
+    plan: &MergePlan,
+    out_dir: &Path,
+    options: &RunOptions,
+    progress: Progress<'_>,
+) -> Result<MergeReport> {
+    run_with(plan, out_dir, options, &InputModel::open, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{perturbed, random_model, rel_diff, save_hf_dir, tiny_config};
+    use swarm_model::Weights;
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        base: Weights,
+        a: Weights,
+        b: Weights,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = tiny_config();
+        let base = random_model(&cfg, 1);
+        let a = perturbed(&base, 2, 0.1);
+        let b = perturbed(&base, 3, 0.1);
+        for (name, w) in [("base", &base), ("a", &a), ("b", &b)] {
+            save_hf_dir(&dir.path().join(name), &cfg, w).unwrap();
+        }
+        std::fs::write(dir.path().join("base/tokenizer.json"), "{}").unwrap();
+        Fixture { dir, base, a, b }
+    }
+
+    fn yaml(f: &Fixture, body: &str) -> String {
+        body.replace("$D", &f.dir.path().display().to_string())
+    }
+
+    fn merge(f: &Fixture, body: &str, out: &str) -> Result<SafetensorsReader> {
+        let plan = MergePlan::from_yaml(&yaml(f, body))?;
+        let out = f.dir.path().join(out);
+        run(&plan, &out, &RunOptions::default(), &mut |_, _, _| {})?;
+        SafetensorsReader::open_dir(&out)
+    }
+
+    #[test]
+    fn linear_and_task_arithmetic_match_hand_computation() {
+        let f = fixture();
+        let out = merge(
+            &f,
+            "merge_method: linear\nmodels:\n  - model: $D/a\n    parameters: {weight: 1}\n  - model: $D/b\n    parameters: {weight: 3}\n",
+            "lin",
+        )
+        .unwrap();
+        let out_ta = merge(
+            &f,
+            "merge_method: task_arithmetic\nbase_model: $D/base\nmodels:\n  - model: $D/a\n    parameters: {weight: 0.5}\n  - model: $D/b\n    parameters: {weight: 0.25}\nparameters: {lambda: 2}\n",
+            "ta",
+        )
+        .unwrap();
+        for (name, base) in f.base.iter() {
+            let (a, b) = (f.a.get(name).unwrap(), f.b.get(name).unwrap());
+            let want = ((a + (b * 3.0).unwrap()).unwrap() / 4.0).unwrap();
+            let got = out.load(name, &Device::Cpu).unwrap();
+            assert!(rel_diff(&got, &want) < 1e-6, "{name}");
+            let ta = (((a - base).unwrap() * 0.5).unwrap() + ((b - base).unwrap() * 0.25).unwrap())
+                .unwrap();
+            let want = (base + (ta * 2.0).unwrap()).unwrap();
+            let got = out_ta.load(name, &Device::Cpu).unwrap();
+            assert!(rel_diff(&got, &want) < 1e-6, "{name}");
+        }
+        let out_dir = f.dir.path().join("lin");
+        assert!(out_dir.join("config.json").exists());
+        // The base of linear is the first model: tokenizer copied from the base dir only when
+        // one is named.
+        let ta_dir = f.dir.path().join("ta");
+        assert!(ta_dir.join("tokenizer.json").exists());
+        LlamaConfig::from_file(&ta_dir.join("config.json")).unwrap();
+    }
+
+    #[test]
+    fn slerp_endpoints_and_dare_statistics() {
+        let f = fixture();
+        let s0 = merge(
+            &f,
+            "merge_method: slerp\nbase_model: $D/base\nmodels:\n  - model: $D/base\n  - model: $D/a\nparameters: {t: 0}\n",
+            "s0",
+        )
+        .unwrap();
+        let name = "model.layers.0.mlp.up_proj.weight";
+        let got = s0.load(name, &Device::Cpu).unwrap();
+        assert!(rel_diff(&got, f.base.get(name).unwrap()) < 1e-6);
+
+        let dare = merge(
+            &f,
+            "merge_method: dare_linear\nbase_model: $D/base\nmodels:\n  - model: $D/a\n    parameters: {weight: 1, density: 0.3}\n",
+            "dare",
+        )
+        .unwrap();
+        let (mut kept, mut total) = (0usize, 0usize);
+        for (name, base) in f.base.iter() {
+            let got = dare.load(name, &Device::Cpu).unwrap();
+            let d = (got - base)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let tau = (f.a.get(name).unwrap() - base)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            kept += d.iter().filter(|v| v.abs() > 1e-9).count();
+            total += d.len();
+            let l1 = |x: &[f32]| x.iter().map(|v| v.abs() as f64).sum::<f64>();
+            // rescale keeps each tensor's L1 norm of the task vector
+            assert!((l1(&d) / l1(&tau) - 1.0).abs() < 1e-3, "{name}");
+        }
+        let frac = kept as f64 / total as f64;
+        assert!((frac - 0.3).abs() < 0.01, "kept {frac}");
+    }
+
+    #[test]
+    fn mismatched_inputs_are_refused_naming_the_tensor_and_leave_nothing() {
+        let f = fixture();
+        // A model with a different vocabulary.
+        let mut cfg = tiny_config();
+        cfg.vocab_size = 72;
+        save_hf_dir(&f.dir.path().join("big"), &cfg, &random_model(&cfg, 4)).unwrap();
+        // A model with a tensor missing.
+        let cfg = tiny_config();
+        let mut missing = perturbed(&f.base, 5, 0.1);
+        missing.remove("model.layers.1.mlp.down_proj.weight");
+        save_hf_dir(&f.dir.path().join("missing"), &cfg, &missing).unwrap();
+        for (model, needle) in [
+            ("big", "`lm_head.weight`: has shape [72, 32]"),
+            ("missing", "model.layers.1.mlp.down_proj.weight"),
+            ("nowhere", "nowhere"),
+        ] {
+            let body = format!(
+                "merge_method: ties\nbase_model: $D/base\nmodels:\n  - model: $D/{model}\n    parameters: {{weight: 1, density: 0.5}}\n"
+            );
+            let err = merge(&f, &body, "out").err().unwrap().to_string();
+            assert!(err.contains(needle), "{model}: {err}");
+            assert!(!f.dir.path().join("out").exists());
+        }
+        let names: Vec<String> = std::fs::read_dir(f.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+}

@@ -1,0 +1,259 @@
+//! A safetensors [`TensorSource`] that reads each tensor's bytes with a positioned read.
+//!
+//! Memory-mapped reading (swarm-model's `SafetensorsFiles`) is fastest for a forward pass, but
+//! every page it touches counts towards the process's resident memory until the kernel reclaims
+//! it, so a merge that streams three models through a mmap looks (and, under pressure, is) as
+//! big as the three models. Reading tensor by tensor keeps the resident set at the tensors in
+//! flight; the kernel's page cache still makes repeated reads fast.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor};
+use swarm_model::{ModelError, TensorSource};
+
+use crate::error::{MergeError, Result};
+
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    /// Absolute byte range in the file.
+    start: u64,
+    end: u64,
+}
+
+/// One or more safetensors files (an HF dir's shards) read tensor by tensor.
+pub struct SafetensorsReader {
+    description: String,
+    files: Vec<(PathBuf, Mutex<File>)>,
+    entries: BTreeMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
+}
+
+fn parse_dtype_code(code: &str) -> Option<DType> {
+    Some(match code {
+        "F32" => DType::F32,
+        "F16" => DType::F16,
+        "BF16" => DType::BF16,
+        "F64" => DType::F64,
+        "I64" => DType::I64,
+        "U8" => DType::U8,
+        "U32" => DType::U32,
+        _ => return None,
+    })
+}
+
+impl SafetensorsReader {
+    /// Opens one or more safetensors files (their tensor names must be disjoint).
+    pub fn open(paths: &[PathBuf]) -> Result<Self> {
+        let description = match paths {
+            [one] => one.display().to_string(),
+            many => format!("{} safetensors shards", many.len()),
+        };
+        let mut files = Vec::new();
+        let mut entries = BTreeMap::new();
+        let mut metadata = BTreeMap::new();
+        for (index, path) in paths.iter().enumerate() {
+            let mut file = File::open(path).map_err(|e| MergeError::io(path, e))?;
+            let file_len = file.metadata().map_err(|e| MergeError::io(path, e))?.len();
+            let bad = |m: String| MergeError::file(path, format!("invalid safetensors file: {m}"));
+            let mut len_bytes = [0u8; 8];
+            file.read_exact(&mut len_bytes)
+                .map_err(|e| bad(format!("cannot read header length: {e}")))?;
+            let header_len = u64::from_le_bytes(len_bytes);
+            if header_len > 100_000_000 || 8 + header_len > file_len {
+                return Err(bad(format!("header length {header_len} is out of range")));
+            }
+            let mut header = vec![0u8; header_len as usize];
+            file.read_exact(&mut header)
+                .map_err(|e| bad(format!("cannot read header: {e}")))?;
+            let header: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_slice(&header).map_err(|e| bad(format!("header: {e}")))?;
+            let data_start = 8 + header_len;
+            for (name, value) in header {
+                if name == "__metadata__" {
+                    if let Some(map) = value.as_object() {
+                        for (k, v) in map {
+                            if let Some(s) = v.as_str() {
+                                metadata.insert(k.clone(), s.to_string());
+                            }
+                        }
+                    }
+                    continue;
+                }
+                let code = value.get("dtype").and_then(|v| v.as_str()).unwrap_or("");
+                let dtype = parse_dtype_code(code)
+                    .ok_or_else(|| bad(format!("tensor `{name}`: unsupported dtype {code:?}")))?;
+                let shape: Vec<usize> = value
+                    .get("shape")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .ok_or_else(|| bad(format!("tensor `{name}`: bad shape")))?;
+                let offsets: [u64; 2] = value
+                    .get("data_offsets")
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .ok_or_else(|| bad(format!("tensor `{name}`: bad data_offsets")))?;
+                let expected = shape.iter().product::<usize>() * dtype.size_in_bytes();
+                let (start, end) = (data_start + offsets[0], data_start + offsets[1]);
+                if offsets[1] < offsets[0] || end - start != expected as u64 || end > file_len {
+                    return Err(bad(format!(
+                        "tensor `{name}`: byte range {offsets:?} does not fit shape {shape:?} \
+                         {dtype:?} in a file of {file_len} bytes"
+                    )));
+                }
+                let entry = Entry {
+                    file: index,
+                    dtype,
+                    shape,
+                    start,
+                    end,
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(bad(format!(
+                        "tensor `{name}` appears in more than one shard"
+                    )));
+                }
+            }
+            files.push((path.clone(), Mutex::new(file)));
+        }
+        Ok(Self {
+            description,
+            files,
+            entries,
+            metadata,
+        })
+    }
+
+    /// Opens an HF dir's weights: `model.safetensors` or the shards named by
+    /// `model.safetensors.index.json`.
+    pub fn open_dir(dir: &Path) -> Result<Self> {
+        let index = dir.join("model.safetensors.index.json");
+        if index.exists() {
+            let text = std::fs::read_to_string(&index).map_err(|e| MergeError::io(&index, e))?;
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| MergeError::file(&index, format!("invalid JSON: {e}")))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| MergeError::file(&index, "missing object `weight_map`"))?;
+            let mut shards: Vec<PathBuf> = Vec::new();
+            for file in map.values() {
+                let file = file
+                    .as_str()
+                    .ok_or_else(|| MergeError::file(&index, "`weight_map` values must be names"))?;
+                let p = dir.join(file);
+                if !shards.contains(&p) {
+                    shards.push(p);
+                }
+            }
+            shards.sort();
+            let mut reader = Self::open(&shards)?;
+            reader.description = dir.display().to_string();
+            return Ok(reader);
+        }
+        let single = dir.join("model.safetensors");
+        if !single.exists() {
+            return Err(MergeError::file(
+                dir,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
+        }
+        let mut reader = Self::open(&[single])?;
+        reader.description = dir.display().to_string();
+        Ok(reader)
+    }
+
+    /// The header's `__metadata__` (all files merged).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// The stored dtype of a tensor.
+    pub fn dtype(&self, name: &str) -> Option<DType> {
+        self.entries.get(name).map(|e| e.dtype)
+    }
+
+    fn read(&self, name: &str) -> Result<(Vec<u8>, &Entry)> {
+        let entry = self.entries.get(name).ok_or_else(|| {
+            MergeError::tensor(name, format!("not found in {}", self.description))
+        })?;
+        let (path, file) = &self.files[entry.file];
+        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+        let mut file = file
+            .lock()
+            .map_err(|_| MergeError::file(path, "file lock poisoned"))?;
+        file.seek(SeekFrom::Start(entry.start))
+            .and_then(|_| file.read_exact(&mut bytes))
+            .map_err(|e| MergeError::io(path, e))?;
+        Ok((bytes, entry))
+    }
+}
+
+impl TensorSource for SafetensorsReader {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+    fn names(&self) -> Vec<String> {
+        self.entries.keys().cloned().collect()
+    }
+    fn shape(&self, name: &str) -> swarm_model::Result<Vec<usize>> {
+        self.entries
+            .get(name)
+            .map(|e| e.shape.clone())
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_string(),
+                source_desc: self.description.clone(),
+            })
+    }
+    fn load(&self, name: &str, device: &Device) -> swarm_model::Result<Tensor> {
+        let (bytes, entry) = self.read(name).map_err(|e| ModelError::Tensor {
+            name: name.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Tensor::from_raw_buffer(
+            &bytes,
+            entry.dtype,
+            &entry.shape,
+            device,
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_model::Weights;
+
+    #[test]
+    fn reads_what_swarm_model_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Weights::new();
+        let a = Tensor::arange(0f32, 12., &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap();
+        w.insert("a", a);
+        w.insert("b", Tensor::ones(3, DType::BF16, &Device::Cpu).unwrap());
+        w.save_safetensors(&dir.path().join("model.safetensors"))
+            .unwrap();
+        let r = SafetensorsReader::open_dir(dir.path()).unwrap();
+        assert_eq!(r.names(), vec!["a", "b"]);
+        assert_eq!(r.metadata().get("format").map(|s| s.as_str()), Some("pt"));
+        let a = r.load("a", &Device::Cpu).unwrap();
+        assert_eq!(a.to_vec2::<f32>().unwrap()[2], vec![8., 9., 10., 11.]);
+        assert_eq!(r.dtype("b"), Some(DType::BF16));
+        assert!(r.load("zzz", &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn garbage_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("model.safetensors");
+        std::fs::write(&p, b"\x10\0\0\0\0\0\0\0{not json}      ").unwrap();
+        let err = SafetensorsReader::open_dir(dir.path()).err().unwrap();
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+}

@@ -1,0 +1,118 @@
+//! Tiny random models for tests, examples and the mergekit fixtures.
+//!
+//! Built in memory from [`LlamaConfig::tensor_shapes`], so they have exactly the names and
+//! shapes of a real checkpoint of that architecture.
+
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use swarm_model::{LlamaConfig, Weights};
+
+use crate::error::{MergeError, Result};
+
+/// A small Llama config: hidden 32, 2 layers, vocab 64, untied head.
+pub fn tiny_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 64,
+        hidden_size: 32,
+        intermediate_size: 48,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 128,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        torch_dtype: "float32".to_string(),
+    }
+}
+
+fn normal_vec(rng: &mut ChaCha8Rng, n: usize, mean: f32, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let z: f32 = StandardNormal.sample(rng);
+            mean + std * z
+        })
+        .collect()
+}
+
+/// Random weights of `config`'s shapes: matrices ~ N(0, 0.02²), norms ~ 1 + N(0, 0.01²).
+pub fn random_model(config: &LlamaConfig, seed: u64) -> Weights {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut w = Weights::new();
+    for (name, shape) in config.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        let values = if shape.len() == 1 {
+            normal_vec(&mut rng, n, 1.0, 0.01)
+        } else {
+            normal_vec(&mut rng, n, 0.0, 0.02)
+        };
+        // The shape and the value count agree by construction.
+        if let Ok(t) = Tensor::from_vec(values, shape, &Device::Cpu) {
+            w.insert(name, t);
+        }
+    }
+    w
+}
+
+/// An "expert": `base` plus Gaussian noise of `rel` times each tensor's RMS.
+pub fn perturbed(base: &Weights, seed: u64, rel: f32) -> Weights {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut out = Weights::new();
+    for (name, t) in base.iter() {
+        let Ok(values) = t.flatten_all().and_then(|x| x.to_vec1::<f32>()) else {
+            continue;
+        };
+        let rms = (values.iter().map(|v| v * v).sum::<f32>() / values.len().max(1) as f32).sqrt();
+        let noise = normal_vec(&mut rng, values.len(), 0.0, rel * rms);
+        let values: Vec<f32> = values.iter().zip(&noise).map(|(a, b)| a + b).collect();
+        if let Ok(t) = Tensor::from_vec(values, t.dims(), &Device::Cpu) {
+            out.insert(name.clone(), t);
+        }
+    }
+    out
+}
+
+/// `‖a − b‖_F / ‖b‖_F` in f64 (0 when both are zero).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let v = |t: &Tensor| -> Vec<f32> {
+        t.flatten_all()
+            .and_then(|x| x.to_dtype(candle_core::DType::F32))
+            .and_then(|x| x.to_vec1::<f32>())
+            .unwrap_or_default()
+    };
+    let (a, b) = (v(a), v(b));
+    if a.len() != b.len() {
+        return f64::INFINITY;
+    }
+    let num: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+        .sum();
+    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Saves weights as an HF dir: `model.safetensors` and `config.json`.
+pub fn save_hf_dir(dir: &Path, config: &LlamaConfig, weights: &Weights) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| MergeError::io(dir, e))?;
+    weights.save_safetensors(&dir.join("model.safetensors"))?;
+    let json = serde_json::to_string_pretty(&config.to_hf_json())
+        .map_err(|e| MergeError::file(dir, e.to_string()))?;
+    swarm_model::write_atomic(&dir.join("config.json"), json.as_bytes())?;
+    Ok(())
+}
