@@ -336,16 +336,29 @@ impl RawConfig {
         let mut skills = Vec::with_capacity(self.skills.len());
         for (i, s) in self.skills.iter().enumerate() {
             let key = |k: &str| format!("skills[{i}].{k}");
-            let skill = Skill::from_str(&s.name)
-                .map_err(|_| bad(&key("name"), format!("{:?}", s.name), "expected coding, database or os"))?;
+            let skill = Skill::from_str(&s.name).map_err(|_| {
+                bad(
+                    &key("name"),
+                    format!("{:?}", s.name),
+                    "expected coding, database or os",
+                )
+            })?;
             if skills.iter().any(|x: &SkillSpec| x.skill == skill) {
-                return Err(bad(&key("name"), format!("{:?}", s.name), "skill listed twice"));
+                return Err(bad(
+                    &key("name"),
+                    format!("{:?}", s.name),
+                    "skill listed twice",
+                ));
             }
             let split = |k: &str, v: &Option<String>, default: Split| -> Result<Split> {
                 match v {
                     None => Ok(default),
                     Some(text) => Split::from_str(text).map_err(|_| {
-                        bad(&key(k), format!("{text:?}"), "expected train, validation or test")
+                        bad(
+                            &key(k),
+                            format!("{text:?}"),
+                            "expected train, validation or test",
+                        )
                     }),
                 }
             };
@@ -360,7 +373,10 @@ impl RawConfig {
             }
             let suite = s.suite.clone().unwrap_or_else(|| "synthetic".into());
             let test_suite = s.test_suite.clone().unwrap_or_else(|| suite.clone());
-            for (k, name, sp) in [("suite", &suite, fitness_split), ("test_suite", &test_suite, test_split)] {
+            for (k, name, sp) in [
+                ("suite", &suite, fitness_split),
+                ("test_suite", &test_suite, test_split),
+            ] {
                 let info = swarm_tasks::SUITES
                     .iter()
                     .find(|x| x.skill == skill && x.name == name.as_str())
@@ -400,7 +416,11 @@ impl RawConfig {
                 None => None,
                 Some([lo, hi]) if lo.is_finite() && hi.is_finite() && lo < hi => Some((lo, hi)),
                 Some([lo, hi]) => {
-                    return Err(bad(&key("range"), format!("[{lo}, {hi}]"), "need finite lo < hi"))
+                    return Err(bad(
+                        &key("range"),
+                        format!("[{lo}, {hi}]"),
+                        "need finite lo < hi",
+                    ))
                 }
             };
             let seed = s.suite_seed.unwrap_or(self.seed);
@@ -433,13 +453,24 @@ impl RawConfig {
         if let Some(name) = &q.fixed_quality {
             let skill = Skill::from_str(name)
                 .map_err(|_| bad("qd.fixed_quality", format!("{name:?}"), "not a skill"))?;
-            let pos = skills.iter().position(|s| s.skill == skill).ok_or_else(|| {
-                bad("qd.fixed_quality", format!("{name:?}"), "not one of the run's skills")
-            })?;
+            let pos = skills
+                .iter()
+                .position(|s| s.skill == skill)
+                .ok_or_else(|| {
+                    bad(
+                        "qd.fixed_quality",
+                        format!("{name:?}"),
+                        "not one of the run's skills",
+                    )
+                })?;
             skills[..=pos].rotate_right(1);
             fixed_quality = true;
         }
-        let quality_interval = if fixed_quality { u64::MAX / 4 } else { quality_interval };
+        let quality_interval = if fixed_quality {
+            u64::MAX / 4
+        } else {
+            quality_interval
+        };
         let sampler_name = q.sampler.clone().unwrap_or_else(|| "elite".into());
         let sampler = match sampler_name.as_str() {
             "elite" => ParentSampler::Elite {
@@ -460,10 +491,18 @@ impl RawConfig {
         let crossover_mean = q.crossover_mean.unwrap_or(1.0);
         let crossover_std = q.crossover_std.unwrap_or(0.01);
         if !crossover_mean.is_finite() || crossover_mean <= 0.0 {
-            return Err(bad("qd.crossover_mean", crossover_mean.to_string(), "must be > 0"));
+            return Err(bad(
+                "qd.crossover_mean",
+                crossover_mean.to_string(),
+                "must be > 0",
+            ));
         }
         if !crossover_std.is_finite() || crossover_std < 0.0 {
-            return Err(bad("qd.crossover_std", crossover_std.to_string(), "must be >= 0"));
+            return Err(bad(
+                "qd.crossover_std",
+                crossover_std.to_string(),
+                "must be >= 0",
+            ));
         }
         let w_max = q.w_max.unwrap_or(0.1);
         let mutation = match q.mutation.as_deref().unwrap_or("svd") {
@@ -474,7 +513,13 @@ impl RawConfig {
                 Mutation::Svd { w_max }
             }
             "none" => Mutation::None,
-            other => return Err(bad("qd.mutation", format!("{other:?}"), "expected svd or none")),
+            other => {
+                return Err(bad(
+                    "qd.mutation",
+                    format!("{other:?}"),
+                    "expected svd or none",
+                ))
+            }
         };
         let workers = q.workers.unwrap_or(1);
         if workers == 0 || workers > 64 {
@@ -486,11 +531,22 @@ impl RawConfig {
             let key = |k: &str| format!("experts[{i}].{k}");
             let skill = Skill::from_str(&e.skill)
                 .map_err(|_| bad(&key("skill"), format!("{:?}", e.skill), "not a skill"))?;
-            let s = skills.iter().position(|x| x.skill == skill).ok_or_else(|| {
-                bad(&key("skill"), format!("{:?}", e.skill), "not one of the run's [[skills]]")
-            })?;
+            let s = skills
+                .iter()
+                .position(|x| x.skill == skill)
+                .ok_or_else(|| {
+                    bad(
+                        &key("skill"),
+                        format!("{:?}", e.skill),
+                        "not one of the run's [[skills]]",
+                    )
+                })?;
             if experts.iter().any(|x| x.skill == s) {
-                return Err(bad(&key("skill"), format!("{:?}", e.skill), "two experts for one skill"));
+                return Err(bad(
+                    &key("skill"),
+                    format!("{:?}", e.skill),
+                    "two experts for one skill",
+                ));
             }
             let name = e.name.clone().unwrap_or_else(|| skill.name().to_string());
             if experts.iter().any(|x| x.name == name) {
@@ -517,7 +573,11 @@ impl RawConfig {
         }
         if let Some(a) = &self.base.architecture {
             if crate::plan::builtin_architecture(a).is_none() {
-                return Err(bad("base.architecture", format!("{a:?}"), "unknown; known: llama3-8b"));
+                return Err(bad(
+                    "base.architecture",
+                    format!("{a:?}"),
+                    "unknown; known: llama3-8b",
+                ));
             }
         }
         // Model settings.
@@ -526,15 +586,30 @@ impl RawConfig {
         let precision = match &m.precision {
             None => None,
             Some(p) => Some(Precision::from_str(p).map_err(|_| {
-                bad("model.precision", format!("{p:?}"), "expected f32, f16, bf16 or q8_0")
+                bad(
+                    "model.precision",
+                    format!("{p:?}"),
+                    "expected f32, f16, bf16 or q8_0",
+                )
             })?),
         };
         let rank = match &m.rank {
             None => Rank::Full,
-            Some(toml::Value::String(s)) => Rank::from_str(s)
-                .map_err(|_| bad("model.rank", format!("{s:?}"), "expected \"full\" or a positive integer"))?,
+            Some(toml::Value::String(s)) => Rank::from_str(s).map_err(|_| {
+                bad(
+                    "model.rank",
+                    format!("{s:?}"),
+                    "expected \"full\" or a positive integer",
+                )
+            })?,
             Some(toml::Value::Integer(r)) if *r > 0 => Rank::Top(*r as usize),
-            Some(v) => return Err(bad("model.rank", v.to_string(), "expected \"full\" or a positive integer")),
+            Some(v) => {
+                return Err(bad(
+                    "model.rank",
+                    v.to_string(),
+                    "expected \"full\" or a positive integer",
+                ))
+            }
         };
         let batch_size = m.batch_size.unwrap_or(32);
         if batch_size == 0 {
@@ -542,7 +617,11 @@ impl RawConfig {
         }
         let max_new_tokens = m.max_new_tokens.unwrap_or(128);
         if max_new_tokens == 0 {
-            return Err(bad("model.max_new_tokens", "0".into(), "must be at least 1"));
+            return Err(bad(
+                "model.max_new_tokens",
+                "0".into(),
+                "must be at least 1",
+            ));
         }
         // Baselines.
         let b = &self.baselines;
@@ -550,16 +629,31 @@ impl RawConfig {
             .task_arithmetic_lambdas
             .clone()
             .unwrap_or_else(|| vec![0.3, 0.5, 0.7, 1.0]);
-        let densities = b.ties_densities.clone().unwrap_or_else(|| vec![0.2, 0.5, 0.8]);
+        let densities = b
+            .ties_densities
+            .clone()
+            .unwrap_or_else(|| vec![0.2, 0.5, 0.8]);
         if lambdas.is_empty() || lambdas.iter().any(|l| !l.is_finite() || *l <= 0.0) {
-            return Err(bad("baselines.task_arithmetic_lambdas", format!("{lambdas:?}"), "need positive values"));
+            return Err(bad(
+                "baselines.task_arithmetic_lambdas",
+                format!("{lambdas:?}"),
+                "need positive values",
+            ));
         }
         if densities.is_empty() || densities.iter().any(|d| !(*d > 0.0 && *d <= 1.0)) {
-            return Err(bad("baselines.ties_densities", format!("{densities:?}"), "need values in (0, 1]"));
+            return Err(bad(
+                "baselines.ties_densities",
+                format!("{densities:?}"),
+                "need values in (0, 1]",
+            ));
         }
         let ties_lambda = b.ties_lambda.unwrap_or(1.0);
         if !ties_lambda.is_finite() || ties_lambda <= 0.0 {
-            return Err(bad("baselines.ties_lambda", ties_lambda.to_string(), "must be > 0"));
+            return Err(bad(
+                "baselines.ties_lambda",
+                ties_lambda.to_string(),
+                "must be > 0",
+            ));
         }
         Ok(RunPlan {
             name: self.name.clone(),
@@ -666,11 +760,23 @@ episodes = 5
     #[test]
     fn bad_values_name_the_key() {
         for (needle, text) in [
-            ("skills[0].split", MINIMAL.replace("name = \"coding\"", "name = \"coding\"\nsplit = \"test\"")),
-            ("qd.sampler", format!("{MINIMAL}\n[qd]\nsampler = \"best\"\n")),
+            (
+                "skills[0].split",
+                MINIMAL.replace("name = \"coding\"", "name = \"coding\"\nsplit = \"test\""),
+            ),
+            (
+                "qd.sampler",
+                format!("{MINIMAL}\n[qd]\nsampler = \"best\"\n"),
+            ),
             ("model.rank", format!("{MINIMAL}\n[model]\nrank = 0\n")),
-            ("skills[1].range", MINIMAL.replace("episodes = 5", "range = [1.0, 0.5]")),
-            ("experts", MINIMAL.replace("skill = \"database\"", "skill = \"coding\"")),
+            (
+                "skills[1].range",
+                MINIMAL.replace("episodes = 5", "range = [1.0, 0.5]"),
+            ),
+            (
+                "experts",
+                MINIMAL.replace("skill = \"database\"", "skill = \"coding\""),
+            ),
         ] {
             let e = plan(&text).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(needle), "{needle}: {e}");

@@ -57,7 +57,10 @@ fn read_config(reference: &str) -> std::result::Result<(LlamaConfig, String), St
         }
         ModelFiles::Gguf(path) => {
             let g = swarm_model::GgufFile::open(&path).map_err(|e| e.to_string())?;
-            Ok((g.config().map_err(|e| e.to_string())?, path.display().to_string()))
+            Ok((
+                g.config().map_err(|e| e.to_string())?,
+                path.display().to_string(),
+            ))
         }
     }
 }
@@ -67,9 +70,12 @@ impl DryRun {
     pub fn new(plan: RunPlan) -> Result<DryRun> {
         let (arch, config) = match read_config(&plan.base.reference) {
             Ok((c, from)) => (ArchSource::Files(from), Some(c)),
-            Err(why) => match plan.base.architecture.as_deref().and_then(|a| {
-                builtin_architecture(a).map(|json| (a, json))
-            }) {
+            Err(why) => match plan
+                .base
+                .architecture
+                .as_deref()
+                .and_then(|a| builtin_architecture(a).map(|json| (a, json)))
+            {
                 Some((name, json)) => {
                     let hf: HfConfig = serde_json::from_str(json)?;
                     let c = hf.resolve(Path::new(name))?;
@@ -106,7 +112,8 @@ pub struct Sizes {
 /// Sizes of a run of `plan` on architecture `c`.
 pub fn sizes(plan: &RunPlan, c: &LlamaConfig, prompt_tokens: usize) -> Sizes {
     let experts = plan.experts.len();
-    let (mut params, mut matrices, mut vectors, mut per_expert, mut factor_floats) = (0, 0, 0, 0, 0);
+    let (mut params, mut matrices, mut vectors, mut per_expert, mut factor_floats) =
+        (0, 0, 0, 0, 0);
     for (_, shape) in c.tensor_shapes() {
         let n: usize = shape.iter().product();
         params += n;
@@ -121,18 +128,25 @@ pub fn sizes(plan: &RunPlan, c: &LlamaConfig, prompt_tokens: usize) -> Sizes {
             factor_floats += n;
         }
     }
-    let precision = plan.model.precision.unwrap_or(if plan.model.device.starts_with("cuda") {
-        Precision::BF16
-    } else {
-        Precision::F32
-    });
+    let precision = plan
+        .model
+        .precision
+        .unwrap_or(if plan.model.device.starts_with("cuda") {
+            Precision::BF16
+        } else {
+            Precision::F32
+        });
     let bytes_per = match precision {
         Precision::F32 => 4.0,
         Precision::F16 | Precision::BF16 => 2.0,
         Precision::Q8_0 => 34.0 / 32.0,
     };
     let model_bytes = (params as f64 * bytes_per) as usize;
-    let act = if matches!(precision, Precision::F16 | Precision::BF16) { 2 } else { 4 };
+    let act = if matches!(precision, Precision::F16 | Precision::BF16) {
+        2
+    } else {
+        4
+    };
     let kv_bytes = plan.model.batch_size
         * (prompt_tokens + plan.model.max_new_tokens)
         * c.num_hidden_layers
@@ -167,18 +181,33 @@ impl fmt::Display for DryRun {
         let p = &self.plan;
         let mut s = String::new();
         let _ = writeln!(s, "run `{}` from {}", p.name, p.source.display());
-        let _ = writeln!(s, "  run dir {}, swarm exported to {}", p.run_dir.display(), p.output.display());
+        let _ = writeln!(
+            s,
+            "  run dir {}, swarm exported to {}",
+            p.run_dir.display(),
+            p.output.display()
+        );
         let _ = writeln!(s, "models");
         let _ = writeln!(s, "  base      {}", p.base.reference);
         for e in &p.experts {
-            let _ = writeln!(s, "  expert    {:<10} {} (skill {})", e.name, e.reference, p.skills[e.skill].name());
+            let _ = writeln!(
+                s,
+                "  expert    {:<10} {} (skill {})",
+                e.name,
+                e.reference,
+                p.skills[e.skill].name()
+            );
         }
-        let _ = writeln!(s, "skills (fitness on the first suite, final report on the second)");
+        let _ = writeln!(
+            s,
+            "skills (fitness on the first suite, final report on the second)"
+        );
         for sk in &p.skills {
             let lim = |l: Option<usize>| l.map_or("all".to_string(), |n| n.to_string());
-            let range = sk.range.map_or("85% of weakest expert .. 115% of strongest (measured)".to_string(), |(a, b)| {
-                format!("[{a}, {b}]")
-            });
+            let range = sk.range.map_or(
+                "85% of weakest expert .. 115% of strongest (measured)".to_string(),
+                |(a, b)| format!("[{a}, {b}]"),
+            );
             let _ = writeln!(
                 s,
                 "  {:<9} fitness {}/{} ({} episodes, seed {}), test {}/{} ({} episodes); axis {} bins over {}",
@@ -204,8 +233,20 @@ impl fmt::Display for DryRun {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, d)| format!("{}[{}]", d.name(), d.bins))
                 .collect();
-            let cells: usize = p.skills.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, d)| d.bins).product();
-            let _ = writeln!(s, "  quality {:<9} cells {} = {} cells", sk.name(), dims.join(" x "), cells);
+            let cells: usize = p
+                .skills
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, d)| d.bins)
+                .product();
+            let _ = writeln!(
+                s,
+                "  quality {:<9} cells {} = {} cells",
+                sk.name(),
+                dims.join(" x "),
+                cells
+            );
         }
         let q = &p.qd;
         let _ = writeln!(
@@ -231,7 +272,9 @@ impl fmt::Display for DryRun {
             s,
             "model: device {}, precision {}, factor rank {}, batch {}, {} new tokens (greedy)",
             p.model.device,
-            p.model.precision.map_or("device default".to_string(), |x| x.to_string()),
+            p.model
+                .precision
+                .map_or("device default".to_string(), |x| x.to_string()),
             p.model.rank_name,
             p.model.batch_size,
             p.model.max_new_tokens
@@ -240,14 +283,21 @@ impl fmt::Display for DryRun {
             (src, Some(c)) => {
                 let from = match src {
                     ArchSource::Files(f) => format!("from {f}"),
-                    ArchSource::Builtin(n) => format!("built-in `{n}` (weights not on this machine)"),
+                    ArchSource::Builtin(n) => {
+                        format!("built-in `{n}` (weights not on this machine)")
+                    }
                     ArchSource::Missing(_) => String::new(),
                 };
                 let z = sizes(p, c, 512);
                 let _ = writeln!(
                     s,
                     "architecture {from}: {} layers, hidden {}, ffn {}, heads {}/{} (kv), vocab {}",
-                    c.num_hidden_layers, c.hidden_size, c.intermediate_size, c.num_attention_heads, c.num_key_value_heads, c.vocab_size
+                    c.num_hidden_layers,
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.num_attention_heads,
+                    c.num_key_value_heads,
+                    c.vocab_size
                 );
                 let _ = writeln!(
                     s,
@@ -270,7 +320,10 @@ impl fmt::Display for DryRun {
                 );
             }
             (ArchSource::Missing(why), None) => {
-                let _ = writeln!(s, "architecture: unknown ({why}); set base.architecture for an estimate");
+                let _ = writeln!(
+                    s,
+                    "architecture: unknown ({why}); set base.architecture for an estimate"
+                );
             }
             _ => {}
         }

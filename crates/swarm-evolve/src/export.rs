@@ -1,0 +1,284 @@
+//! Export of a run as a swarm: `agents/<name>/{swarm.json, factors.safetensors,
+//! genomes.safetensors}` (see `agents/README.md`). Every file is written atomically.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use swarm_merge::{save_genomes, FactorSet, Genome};
+
+use crate::config::RunPlan;
+use crate::error::{EvolveError, Result};
+use crate::run::RunState;
+
+/// Format tag of `swarm.json`.
+pub const SWARM_FORMAT: &str = "swarm/1";
+
+/// A model reference in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub name: String,
+    /// As given in the run config (path, GGUF, hub id with revision).
+    pub reference: String,
+    /// swarm-merge's content hash of its tensors.
+    pub hash: String,
+    /// The skill an expert was trained for (experts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skill: Option<String>,
+}
+
+/// A skill in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SkillEntry {
+    pub name: String,
+    pub suite: String,
+    pub split: String,
+    pub episodes: Option<usize>,
+    pub bins: usize,
+    pub range: (f64, f64),
+    /// Metric the score is (mean episode score in [0, 1]).
+    pub metric: String,
+}
+
+/// Where an elite sits in one archive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CellEntry {
+    /// The archive's quality skill.
+    pub archive: String,
+    pub cell: usize,
+    /// Bin per behaviour axis (the other skills, in skill order).
+    pub coords: Vec<usize>,
+}
+
+/// One elite.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EliteEntry {
+    /// Unique in the swarm; also the genome's tensor name in `genomes.safetensors`.
+    pub id: String,
+    /// Fitness-split score per skill.
+    pub scores: BTreeMap<String, f64>,
+    pub cells: Vec<CellEntry>,
+    /// `expert:<name>`, `best:<skill>`, `aggregated`.
+    pub tags: Vec<String>,
+    pub generation: u64,
+    pub parents: Vec<String>,
+}
+
+/// `swarm.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwarmManifest {
+    pub format: String,
+    pub name: String,
+    pub base: ModelEntry,
+    pub experts: Vec<ModelEntry>,
+    pub skills: Vec<SkillEntry>,
+    pub factors: FactorEntry,
+    pub elites: Vec<EliteEntry>,
+    /// Id of the best elite per skill.
+    pub best: BTreeMap<String, String>,
+    /// Id of the paper's aggregated model.
+    pub aggregated: Option<String>,
+    pub generations: u64,
+    pub seed: u64,
+}
+
+/// The factor set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactorEntry {
+    pub file: String,
+    pub id: String,
+    pub rank: String,
+    pub max_rel_error: f64,
+    pub genome_len: usize,
+}
+
+/// The aggregated model of the paper: `Σ_i softmax(q)_i · g_i` over each archive's best elite,
+/// `q_i` its quality. Returns the genome and the ids it merged.
+pub fn aggregate(state: &RunState) -> Result<Option<(Genome, Vec<u64>)>> {
+    let mut genomes = Vec::new();
+    let mut fitness = Vec::new();
+    let mut ids = Vec::new();
+    for a in state.qd.archives() {
+        if let Some(e) = a.best() {
+            let g = state
+                .genomes
+                .get(&e.genome)
+                .ok_or_else(|| EvolveError::Eval(format!("genome {} missing", e.genome)))?;
+            genomes.push(g);
+            fitness.push(e.quality);
+            ids.push(e.genome);
+        }
+    }
+    if genomes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some((Genome::aggregate(&genomes, &fitness)?, ids)))
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp-copy");
+    std::fs::copy(from, &tmp).map_err(EvolveError::io(&tmp))?;
+    std::fs::rename(&tmp, to).map_err(EvolveError::io(to))?;
+    Ok(())
+}
+
+/// Writes the swarm. `aggregated` is the aggregated genome with its fitness scores.
+pub fn export_swarm(
+    plan: &RunPlan,
+    state: &RunState,
+    factors: &FactorSet,
+    factors_file: &Path,
+    aggregated: Option<(&Genome, &[f64], &[u64])>,
+    out: &Path,
+) -> Result<SwarmManifest> {
+    std::fs::create_dir_all(out).map_err(EvolveError::io(out))?;
+    let names = plan.skill_names();
+    let k = names.len();
+    let name_of = |id: u64| {
+        if (id as usize) < plan.experts.len() {
+            format!("expert-{}", plan.experts[id as usize].name)
+        } else {
+            format!("e{id}")
+        }
+    };
+    let mut elites: BTreeMap<u64, EliteEntry> = BTreeMap::new();
+    for (i, a) in state.qd.archives().iter().enumerate() {
+        for (cell, e) in a.iter() {
+            let entry = elites.entry(e.genome).or_insert_with(|| {
+                let mut scores = BTreeMap::new();
+                let mut b = e.behaviour.iter();
+                for (j, n) in names.iter().enumerate() {
+                    let v = if j == i {
+                        e.quality
+                    } else {
+                        b.next().copied().unwrap_or(0.0)
+                    };
+                    scores.insert(n.clone(), v);
+                }
+                let mut tags = Vec::new();
+                if (e.genome as usize) < plan.experts.len() {
+                    tags.push(format!("expert:{}", plan.experts[e.genome as usize].name));
+                }
+                EliteEntry {
+                    id: name_of(e.genome),
+                    scores,
+                    cells: Vec::new(),
+                    tags,
+                    generation: e.meta.generation,
+                    parents: e.meta.parents.iter().map(|p| name_of(*p)).collect(),
+                }
+            });
+            entry.cells.push(CellEntry {
+                archive: names[i].clone(),
+                cell,
+                coords: a.cell_coords(cell),
+            });
+        }
+    }
+    let mut best = BTreeMap::new();
+    for (i, a) in state.qd.archives().iter().enumerate() {
+        if let Some(e) = a.best() {
+            best.insert(names[i].clone(), name_of(e.genome));
+            if let Some(entry) = elites.get_mut(&e.genome) {
+                entry.tags.push(format!("best:{}", names[i]));
+            }
+        }
+    }
+    let mut list: Vec<EliteEntry> = elites.into_values().collect();
+    let mut genome_list: Vec<(String, &Genome)> = Vec::new();
+    for a in state.qd.archives() {
+        for e in a.elites() {
+            let id = name_of(e.genome);
+            if !genome_list.iter().any(|(n, _)| *n == id) {
+                let g = state
+                    .genomes
+                    .get(&e.genome)
+                    .ok_or_else(|| EvolveError::Eval(format!("genome {} missing", e.genome)))?;
+                genome_list.push((id, g));
+            }
+        }
+    }
+    let mut aggregated_id = None;
+    if let Some((g, scores, from)) = aggregated {
+        let id = "aggregated".to_string();
+        list.push(EliteEntry {
+            id: id.clone(),
+            scores: names.iter().cloned().zip(scores.iter().copied()).collect(),
+            cells: Vec::new(),
+            tags: vec!["aggregated".into()],
+            generation: state.qd.generations_done(),
+            parents: from.iter().map(|p| name_of(*p)).collect(),
+        });
+        genome_list.push((id.clone(), g));
+        aggregated_id = Some(id);
+    }
+    let refs: Vec<(&str, &Genome)> = genome_list.iter().map(|(n, g)| (n.as_str(), *g)).collect();
+    save_genomes(&out.join("genomes.safetensors"), &refs)?;
+    copy_atomic(factors_file, &out.join("factors.safetensors"))?;
+    let meta = factors.meta();
+    let manifest = SwarmManifest {
+        format: SWARM_FORMAT.into(),
+        name: plan.name.clone(),
+        base: ModelEntry {
+            name: "base".into(),
+            reference: plan.base.reference.clone(),
+            hash: meta.base_hash.clone(),
+            skill: None,
+        },
+        experts: plan
+            .experts
+            .iter()
+            .zip(&meta.experts)
+            .map(|(e, info)| ModelEntry {
+                name: e.name.clone(),
+                reference: e.reference.clone(),
+                hash: info.hash.clone(),
+                skill: Some(names[e.skill].clone()),
+            })
+            .collect(),
+        skills: plan
+            .skills
+            .iter()
+            .zip(&state.progress.ranges)
+            .map(|(s, r)| SkillEntry {
+                name: s.name().into(),
+                suite: s.fitness.suite.clone(),
+                split: s.fitness.split.to_string(),
+                episodes: s.fitness.limit,
+                bins: s.bins,
+                range: *r,
+                metric: "mean episode score".into(),
+            })
+            .collect(),
+        factors: FactorEntry {
+            file: "factors.safetensors".into(),
+            id: factors.id().into(),
+            rank: meta.rank.clone(),
+            max_rel_error: factors.max_rel_error(),
+            genome_len: factors.layout().len(),
+        },
+        elites: list,
+        best,
+        aggregated: aggregated_id,
+        generations: state.qd.generations_done(),
+        seed: plan.seed,
+    };
+    debug_assert_eq!(manifest.skills.len(), k);
+    let text = serde_json::to_vec_pretty(&manifest)?;
+    swarm_model::write_atomic(&out.join("swarm.json"), &text)?;
+    Ok(manifest)
+}
+
+/// Reads a swarm's manifest.
+pub fn load_manifest(dir: &Path) -> Result<SwarmManifest> {
+    let p = dir.join("swarm.json");
+    let text = std::fs::read(&p).map_err(EvolveError::io(&p))?;
+    let m: SwarmManifest = serde_json::from_slice(&text)?;
+    if m.format != SWARM_FORMAT {
+        return Err(EvolveError::RunDir {
+            path: p,
+            reason: format!("format {:?}, expected {SWARM_FORMAT:?}", m.format),
+        });
+    }
+    Ok(m)
+}
