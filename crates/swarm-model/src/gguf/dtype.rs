@@ -31,7 +31,7 @@ pub enum GgmlType {
 const QK_K: usize = 256;
 
 impl GgmlType {
-    const ALL: [GgmlType; 13] = [
+    pub(crate) const ALL: [GgmlType; 13] = [
         GgmlType::F32,
         GgmlType::F16,
         GgmlType::Q4_0,

@@ -145,7 +145,9 @@ impl GgufFile {
     /// A floating-point (or integer) metadata value.
     pub fn metadata_f64(&self, key: &str) -> Option<f64> {
         match self.container.metadata.get(key)? {
-            Value::F32(v) => Some(*v as f64),
+            // GGUF stores most floats as f32: take the shortest decimal that rounds to the
+            // same f32 (1e-5, not 9.999999747378752e-6), which is what the HF config said.
+            Value::F32(v) => v.to_string().parse().ok(),
             Value::F64(v) => Some(*v),
             v => value_as_i64(v).map(|i| i as f64),
         }

@@ -108,7 +108,8 @@ impl<'a> Cursor<'a> {
             .is_some_and(|bytes| bytes <= self.remaining());
         if !fits {
             return Err(format!(
-                "{what} is {n}, more than the {} bytes left in the file can hold",
+                "{what} is {n}, more than the {} bytes left in the file can hold \
+                 (truncated or corrupt file?)",
                 self.remaining()
             ));
         }
