@@ -3,8 +3,11 @@
 //! A thin binary: each subcommand parses its flags and calls one library entry point.
 
 mod bench;
+mod bootstrap;
 mod chat;
+mod eval;
 mod model_args;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +33,12 @@ enum Command {
     Generate(chat::GenerateArgs),
     /// Measure prefill and decode speed and peak memory of a model.
     Bench(bench::BenchArgs),
+    /// Train the toy world: a small base model and one expert per skill (coding, database, os).
+    Bootstrap(bootstrap::BootstrapArgs),
+    /// Score a model on a skill's suite with the real, sandboxed checkers.
+    Eval(eval::EvalArgs),
+    /// Serve a swarm (or one model) behind an OpenAI-compatible HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 fn main() {
@@ -46,6 +55,9 @@ fn main() {
         Command::Chat(args) => chat::run_chat(args),
         Command::Generate(args) => chat::run_generate(args),
         Command::Bench(args) => bench::run(args),
+        Command::Bootstrap(args) => bootstrap::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Serve(args) => serve::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");

@@ -1,0 +1,89 @@
+//! `swarm eval`: score one model on one suite with the real checkers.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use swarm_tasks::{evaluate, EvalRequest, Skill, Split, SuiteRequest, SUITES};
+use swarm_train::ModelAgent;
+
+use crate::model_args::ModelArgs;
+
+/// Score a model on a skill's suite: generate answers in batches (greedy), run the checkers,
+/// print the score and write per-episode results as JSONL.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The skill: coding, database or os.
+    #[arg(long)]
+    pub skill: Skill,
+    /// The suite (e.g. synthetic, humaneval, mbpp, spider, intercode-sql, agentbench,
+    /// nl2bash); `--list` prints them all.
+    #[arg(long, default_value = "synthetic")]
+    pub suite: String,
+    /// train, validation or test.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// At most this many episodes.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Seed of synthetic suites.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Most new tokens per answer.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Conversations generated together in one batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Where the per-episode JSONL goes (default: `eval-<skill>-<suite>-<split>.jsonl`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `swarm eval`.
+pub fn run(args: &EvalArgs) -> Result<()> {
+    let known = SUITES
+        .iter()
+        .any(|s| s.skill == args.skill && s.name == args.suite);
+    if !known {
+        let names: Vec<_> = SUITES
+            .iter()
+            .filter(|s| s.skill == args.skill)
+            .map(|s| s.name)
+            .collect();
+        anyhow::bail!(
+            "no suite `{}` for skill {}; available: {}",
+            args.suite,
+            args.skill,
+            names.join(", ")
+        );
+    }
+    let loaded = args.model.load()?;
+    let agent = ModelAgent::new(
+        loaded.model,
+        loaded.tokenizer,
+        loaded.template,
+        args.max_tokens,
+    );
+    let suite = SuiteRequest {
+        skill: args.skill,
+        suite: args.suite.clone(),
+        split: args.split,
+        limit: args.limit,
+        seed: args.seed,
+    };
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "eval-{}-{}-{}.jsonl",
+            args.skill, args.suite, args.split
+        ))
+    });
+    let mut request = EvalRequest::new(suite);
+    request.batch_size = args.batch_size.max(1);
+    request.results_path = Some(out.clone());
+    let summary = evaluate(&agent, &request).context("evaluation failed")?;
+    println!("{summary}");
+    eprintln!("per-episode results: {}", out.display());
+    Ok(())
+}
