@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
-use swarm_model::{LlamaConfig, TensorSource};
+use swarm_model::{write_model_metadata, LlamaConfig, Pretrained, TensorSource, Tokenizer};
 
 use crate::error::{MergeError, Result};
 use crate::factor::check_same_tensors;
@@ -26,26 +26,50 @@ pub struct InputModel {
     pub weights: Box<dyn TensorSource>,
     /// The HF dir it came from, whose tokenizer files an output can copy.
     pub dir: Option<PathBuf>,
+    /// Tokenizer and chat template of a model that is not an HF dir (GGUF, hub id), written
+    /// next to an output that takes its metadata from this model.
+    pub tokenizer: Option<(Tokenizer, Option<String>)>,
 }
 
 impl InputModel {
-    /// Opens an HF dir (`config.json` and safetensors weights).
+    /// Opens an HF dir (`config.json` and safetensors weights, read tensor by tensor), or
+    /// anything else `swarm_model::Pretrained::open` takes (a GGUF file, a hub id).
     pub fn open(reference: &str) -> Result<InputModel> {
         let dir = PathBuf::from(reference);
-        if !dir.is_dir() {
-            return Err(MergeError::file(
-                &dir,
-                "not a model dir (swarm merge reads HF dirs with config.json and safetensors)",
-            ));
+        if dir.is_dir() && dir.join("config.json").is_file() {
+            let config = LlamaConfig::from_file(&dir.join("config.json"))?;
+            let weights = Box::new(SafetensorsReader::open_dir(&dir)?);
+            return Ok(InputModel {
+                reference: reference.to_string(),
+                config,
+                weights,
+                dir: Some(dir),
+                tokenizer: None,
+            });
         }
-        let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-        let weights = Box::new(SafetensorsReader::open_dir(&dir)?);
+        let p = Pretrained::open(reference)?;
         Ok(InputModel {
+            reference: reference.to_string(),
+            config: p.config,
+            weights: p.weights,
+            dir: None,
+            tokenizer: Some((p.tokenizer, p.chat_template)),
+        })
+    }
+
+    /// An in-memory model (tests, benchmarks).
+    pub fn from_source(
+        reference: &str,
+        config: LlamaConfig,
+        weights: Box<dyn TensorSource>,
+    ) -> InputModel {
+        InputModel {
             reference: reference.to_string(),
             config,
             weights,
-            dir: Some(dir),
-        })
+            dir: None,
+            tokenizer: None,
+        }
     }
 }
 
@@ -141,6 +165,12 @@ const COPIED_FILES: &[&str] = &[
 ];
 
 fn write_metadata(staging: &Path, reference: &InputModel, out_dtype: DType) -> Result<()> {
+    if let (None, Some((tokenizer, template))) = (&reference.dir, &reference.tokenizer) {
+        let mut config = reference.config.clone();
+        config.torch_dtype = torch_dtype_name(out_dtype).to_string();
+        write_model_metadata(staging, &config, tokenizer, template.as_deref())?;
+        return Ok(());
+    }
     let mut config = reference.config.to_hf_json();
     if let Some(dir) = &reference.dir {
         // Keep every field of the original config.json, only the dtype changes.

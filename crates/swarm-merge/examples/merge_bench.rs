@@ -1,0 +1,323 @@
+//! Speed and memory of swarm-merge on SmolLM2-135M-sized inputs.
+//!
+//! `cargo run --release -p swarm-merge --example merge_bench [-- --rank-only 64]`
+//!
+//! The base is SmolLM2-135M-Instruct dequantised from the default GGUF
+//! (`SWARM_SMOLLM2_GGUF`, else /tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf); three synthetic
+//! "experts" are the base plus Gaussian noise of 1% of each tensor's RMS. Prints:
+//! factorisation time (full rank and r = 64), genome crossover + mutation time,
+//! materialisation time (memory and HF dir), and linear / TIES merge time and peak RSS (each
+//! merge runs in a child process so its peak memory is its own), next to the time it takes
+//! just to read the input bytes and write the output bytes.
+//!
+//! `--keep DIR` keeps the four HF dirs (base, e1, e2, e3) for mergekit's timing:
+//! `.venv-merge/bin/python scripts/merge/make_mergekit_fixtures.py --bench DIR/base DIR/e1 DIR/e2`.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::{DType, Device};
+use rand::SeedableRng;
+use swarm_merge::testing::{perturbed, save_hf_dir};
+use swarm_merge::{
+    materialise_to_dir, materialise_to_weights, CrossoverParams, DirOutput, FactorSet,
+    FactoriseOptions, Genome, MergePlan, Rank, RunOptions,
+};
+use swarm_model::{GgufFile, TensorSource, Weights};
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Child mode: `merge_bench --merge CONFIG OUT`, prints `seconds peak_rss_mib`.
+fn child_merge(config: &Path, out: &Path) -> anyhow::Result<()> {
+    let plan = MergePlan::from_yaml(&std::fs::read_to_string(config)?)?;
+    let start = Instant::now();
+    swarm_merge::run(
+        &plan,
+        out,
+        &RunOptions { overwrite: true },
+        &mut |_, _, _| {},
+    )?;
+    println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_mib());
+    Ok(())
+}
+
+/// Time to read every input file and write (and sync) `out_bytes` bytes.
+fn io_floor(inputs: &[PathBuf], out_bytes: usize, scratch: &Path) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut buf = vec![0u8; 1 << 22];
+    for p in inputs {
+        let mut f = std::fs::File::open(p.join("model.safetensors"))?;
+        while f.read(&mut buf)? > 0 {}
+    }
+    let path = scratch.join("io-floor.bin");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path)?);
+    let chunk = vec![1u8; 1 << 22];
+    let mut left = out_bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        f.write_all(&chunk[..n])?;
+        left -= n;
+    }
+    f.into_inner()?.sync_all()?;
+    let t = start.elapsed().as_secs_f64();
+    std::fs::remove_file(&path)?;
+    Ok(t)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() == 4 && args[1] == "--merge" {
+        return child_merge(Path::new(&args[2]), Path::new(&args[3]));
+    }
+    let keep = args
+        .iter()
+        .position(|a| a == "--keep")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from);
+    let gguf = std::env::var("SWARM_SMOLLM2_GGUF")
+        .unwrap_or_else(|_| "/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
+    let cpu = Device::Cpu;
+    let t = Instant::now();
+    let file = GgufFile::open(Path::new(&gguf)).with_context(|| gguf.clone())?;
+    let config = file.config()?;
+    let base = Weights::from_source(&file, &cpu, DType::F32)?;
+    println!(
+        "base: {} ({} tensors, {:.0} MB f32) dequantised in {:.1} s; {} rayon threads",
+        gguf,
+        base.len(),
+        base.size_in_bytes() as f64 / 1e6,
+        t.elapsed().as_secs_f64(),
+        rayon::current_num_threads()
+    );
+    let experts: Vec<Weights> = (0..3).map(|k| perturbed(&base, 10 + k, 0.01)).collect();
+    let named: Vec<(String, &Weights)> = experts
+        .iter()
+        .enumerate()
+        .map(|(k, w)| (format!("e{}", k + 1), w))
+        .collect();
+    let refs: Vec<(&str, &dyn TensorSource)> = named
+        .iter()
+        .map(|(n, w)| (n.as_str(), *w as &dyn TensorSource))
+        .collect();
+
+    // Factorisation.
+    let embed = "model.embed_tokens.weight".to_string();
+    let mut factor_sets = Vec::new();
+    for (label, opts) in [
+        (
+            "full rank, 3 experts",
+            FactoriseOptions {
+                rank: Rank::Full,
+                ..FactoriseOptions::default()
+            },
+        ),
+        (
+            "r = 64, 3 experts",
+            FactoriseOptions {
+                rank: Rank::Top(64),
+                measure_error: false,
+                ..FactoriseOptions::default()
+            },
+        ),
+        (
+            "r = 64, 3 experts, embedding dense",
+            FactoriseOptions {
+                rank: Rank::Top(64),
+                measure_error: false,
+                dense: vec![embed.clone()],
+                ..FactoriseOptions::default()
+            },
+        ),
+    ] {
+        let t = Instant::now();
+        let f = FactorSet::factorise(&base, &refs, &opts)?;
+        println!(
+            "factorise {label}: {:.1} s, factors {:.0} MB, genome {} coefficients, max rel error {:.2e}",
+            t.elapsed().as_secs_f64(),
+            f.size_in_bytes() as f64 / 1e6,
+            f.layout().len(),
+            f.max_rel_error()
+        );
+        factor_sets.push((label, f));
+    }
+    // The embedding's SVD on its own.
+    let tau = (experts[0].get(&embed)? - base.get(&embed)?)?;
+    let mut one = Weights::new();
+    one.insert(embed.clone(), base.get(&embed)?.clone());
+    let mut one_e = Weights::new();
+    one_e.insert(embed.clone(), (base.get(&embed)? + tau)?);
+    let t = Instant::now();
+    FactorSet::factorise(
+        &one,
+        &[("e1", &one_e as &dyn TensorSource)],
+        &FactoriseOptions {
+            measure_error: false,
+            ..FactoriseOptions::default()
+        },
+    )?;
+    println!(
+        "  of which one 49152x576 embedding SVD: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // Genome operators.
+    for (label, f) in &factor_sets {
+        let l = f.layout();
+        let (a, b) = (Genome::expert(l, 0)?, Genome::expert(l, 1)?);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let times: Vec<f64> = (0..20)
+            .map(|_| {
+                let t = Instant::now();
+                let mut c = a.crossover(&b, CrossoverParams::default(), &mut rng)?;
+                c.mutate(2, 0.1, &mut rng)?;
+                Ok(t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        println!(
+            "crossover + mutation ({label}): {:.2} ms (median of 20)",
+            median(times)
+        );
+    }
+
+    // Materialisation.
+    let scratch = tempfile::tempdir_in(keep.as_deref().unwrap_or(Path::new("/tmp")))
+        .or_else(|_| tempfile::tempdir())?;
+    let dirs = keep.clone().unwrap_or_else(|| scratch.path().to_path_buf());
+    let base_dir = dirs.join("base");
+    save_hf_dir(&base_dir, &config, &base)?;
+    let mut input_dirs = vec![base_dir.clone()];
+    for (name, w) in &named {
+        let d = dirs.join(name);
+        save_hf_dir(&d, &config, w)?;
+        input_dirs.push(d);
+    }
+    let base_files = swarm_merge::SafetensorsReader::open_dir(&base_dir)?;
+    let model_bytes = base.size_in_bytes();
+    let floor_1 = median(
+        (0..3)
+            .map(|_| io_floor(&input_dirs[..1], model_bytes, scratch.path()))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    println!("read 1 model + write 1 model: {floor_1:.2} s");
+    for (label, f) in &factor_sets {
+        let l = f.layout();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let mut child = Genome::expert(l, 0)?.crossover(
+            &Genome::expert(l, 1)?,
+            CrossoverParams::default(),
+            &mut rng,
+        )?;
+        child.mutate(2, 0.1, &mut rng)?;
+        let t = Instant::now();
+        let w = materialise_to_weights(&base_files, f, &child, &cpu)?;
+        let mem = t.elapsed().as_secs_f64();
+        drop(w);
+        let out = scratch.path().join("elite");
+        let t = Instant::now();
+        materialise_to_dir(
+            &base_files,
+            f,
+            &child,
+            &cpu,
+            &DirOutput {
+                overwrite: true,
+                ..DirOutput::new(&out)
+            },
+            |_| Ok(()),
+        )?;
+        let dir = t.elapsed().as_secs_f64();
+        let expert = Genome::expert(l, 0)?;
+        let t = Instant::now();
+        materialise_to_weights(&base_files, f, &expert, &cpu)?;
+        let single = t.elapsed().as_secs_f64();
+        println!(
+            "materialise ({label}): child of 3 experts {mem:.2} s to memory, {dir:.2} s to an HF dir; one expert {single:.2} s"
+        );
+    }
+
+    // Merges, each in its own process.
+    let exe = std::env::current_exe()?;
+    let floor_4 = median(
+        (0..3)
+            .map(|_| io_floor(&input_dirs, model_bytes, scratch.path()))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let floor_3 = median(
+        (0..3)
+            .map(|_| io_floor(&input_dirs[..3], model_bytes, scratch.path()))
+            .collect::<anyhow::Result<_>>()?,
+    );
+    println!("read 4 models + write 1: {floor_4:.2} s; read 3 + write 1: {floor_3:.2} s");
+    let d = |i: usize| input_dirs[i].display().to_string();
+    let configs = [
+        (
+            "linear (base + 3 experts)",
+            format!(
+                "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.4}}\n  - model: {}\n    parameters: {{weight: 0.2}}\n  - model: {}\n    parameters: {{weight: 0.2}}\n  - model: {}\n    parameters: {{weight: 0.2}}\ndtype: float32\n",
+                d(0), d(1), d(2), d(3)
+            ),
+            floor_4,
+        ),
+        (
+            "ties (base + 2 experts, density 0.5)",
+            format!(
+                "merge_method: ties\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\ndtype: float32\n",
+                d(0), d(1), d(2)
+            ),
+            floor_3,
+        ),
+    ];
+    println!(
+        "one model: {:.0} MiB; largest tensor: {:.0} MiB",
+        model_bytes as f64 / (1 << 20) as f64,
+        (config.vocab_size * config.hidden_size * 4) as f64 / (1 << 20) as f64
+    );
+    for (label, yaml, floor) in configs {
+        let cfg = scratch.path().join("merge.yaml");
+        std::fs::write(&cfg, yaml)?;
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let out = std::process::Command::new(&exe)
+                .args(["--merge"])
+                .arg(&cfg)
+                .arg(scratch.path().join("merged"))
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout).to_string();
+            let mut it = text.split_whitespace().map(|x| x.parse::<f64>());
+            let (secs, rss) = (it.next(), it.next());
+            if let (Some(Ok(s)), Some(Ok(r))) = (secs, rss) {
+                runs.push((s, r));
+            }
+        }
+        let secs = median(runs.iter().map(|r| r.0).collect());
+        let rss = runs.iter().map(|r| r.1).fold(0.0, f64::max);
+        println!(
+            "merge {label}: {secs:.2} s (median of 3; {:.2}x the I/O floor), peak RSS {rss:.0} MiB",
+            secs / floor
+        );
+    }
+    if let Some(k) = keep {
+        println!("kept the input dirs in {}", k.display());
+    }
+    Ok(())
+}
