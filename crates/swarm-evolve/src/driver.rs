@@ -14,7 +14,7 @@ use crate::config::RunPlan;
 use crate::error::{EvolveError, Result};
 use crate::evaluator::{EvalSet, Evaluator, LlmEvaluator};
 use crate::export::{aggregate, export_swarm};
-use crate::report::{test_table, write_report};
+use crate::report::{test_table, write_report, Row};
 use crate::run::{
     run_generations, start, LoopOptions, RunState, CONFIG_FILE, FACTORS_FILE, LOG_FILE,
 };
@@ -43,6 +43,12 @@ pub struct EvolveOutcome {
     pub finished: bool,
     pub swarm_dir: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    /// The test table, when the run finished and was reported.
+    pub rows: Vec<Row>,
+    /// Final QD-score, coverage and best quality per archive.
+    pub archives: Vec<swarm_qd::ArchiveMetrics>,
+    /// Wall time of the whole run (all invocations, export and report included).
+    pub run_seconds: f64,
     pub wall_seconds: f64,
 }
 
@@ -166,12 +172,22 @@ fn evolve_inner(plan: &RunPlan, opts: &EvolveOptions) -> Result<EvolveOutcome> {
         finished: done >= plan.qd.generations,
         swarm_dir: None,
         report: None,
+        rows: Vec::new(),
+        archives: state
+            .qd
+            .history()
+            .last()
+            .map(|r| r.archives.clone())
+            .unwrap_or_default(),
+        run_seconds: 0.0,
         wall_seconds: 0.0,
     };
     if outcome.finished && !opts.no_finish {
-        let (swarm, report) = finish(plan, &state, &ev, opts)?;
+        let (swarm, report, rows, secs) = finish(plan, &state, &ev, opts)?;
         outcome.swarm_dir = Some(swarm);
         outcome.report = Some(report);
+        outcome.rows = rows;
+        outcome.run_seconds = secs;
     }
     outcome.wall_seconds = t.elapsed().as_secs_f64();
     Ok(outcome)
@@ -183,7 +199,7 @@ pub fn finish(
     state: &RunState,
     ev: &LlmEvaluator,
     opts: &EvolveOptions,
-) -> Result<(PathBuf, PathBuf)> {
+) -> Result<(PathBuf, PathBuf, Vec<Row>, f64)> {
     let t = Instant::now();
     let agg = aggregate(state)?;
     let agg_scores = match &agg {
@@ -215,5 +231,10 @@ pub fn finish(
             .sum::<f64>()
         + t.elapsed().as_secs_f64();
     write_report(plan, state, &rows, &report_dir, &opts.command, wall)?;
-    Ok((plan.output.clone(), report_dir.join("report.md")))
+    Ok((
+        plan.output.clone(),
+        report_dir.join("report.md"),
+        rows,
+        wall,
+    ))
 }
