@@ -29,19 +29,23 @@ def main() -> int:
     ap.add_argument("--models", default="base,coding,database,os")
     args = ap.parse_args()
     ok = True
-    print("| model | max abs logit diff | argmax agrees | tokenizer agrees |")
+    print("| model | max abs logit diff | argmax agrees | tokenizer and chat template agree |")
     print("|---|---:|---|---|")
     for name in args.models.split(","):
         d = args.world / name
         ref = json.loads((args.world / "logits" / f"{name}.json").read_text())
         ids = ref["input_ids"]
         theirs = torch.tensor(ref["logits"], dtype=torch.float32)
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
         model.eval()
         tok = AutoTokenizer.from_pretrained(d)
         text = tok.decode(ids, skip_special_tokens=False)
         tok_ok = tok(text, add_special_tokens=False)["input_ids"] == ids
-        # The chat template transformers renders gives the same prompt text.
+        if "messages" in ref:
+            # transformers renders the saved chat template to the same prompt ids.
+            rendered = tok.apply_chat_template(ref["messages"], add_generation_prompt=True,
+                                               tokenize=False)
+            tok_ok &= tok(rendered, add_special_tokens=False)["input_ids"] == ids
         with torch.no_grad():
             logits = model(torch.tensor([ids])).logits[0].float()
         diff = (logits - theirs).abs().max().item()

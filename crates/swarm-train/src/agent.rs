@@ -63,7 +63,11 @@ impl Agent for ModelAgent {
     }
 
     fn respond_batch(&self, conversations: &[Conversation<'_>]) -> Vec<Result<String, TaskError>> {
-        let max_prompt = self.model.config().max_position_embeddings.saturating_sub(1);
+        let max_prompt = self
+            .model
+            .config()
+            .max_position_embeddings
+            .saturating_sub(1);
         let mut out: Vec<Result<String, TaskError>> = Vec::with_capacity(conversations.len());
         let mut prompts = Vec::new();
         let mut slots = Vec::new();

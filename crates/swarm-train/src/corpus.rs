@@ -48,8 +48,8 @@ pub const GENERAL_SYSTEM: &str = "You are a helpful assistant.";
 
 const NOUNS: &[&str] = &[
     "cat", "dog", "river", "table", "garden", "teacher", "city", "window", "song", "letter",
-    "machine", "program", "file", "number", "list", "word", "computer", "friend", "market",
-    "road", "book", "question", "answer", "table", "server", "student", "product", "line",
+    "machine", "program", "file", "number", "list", "word", "computer", "friend", "market", "road",
+    "book", "question", "answer", "table", "server", "student", "product", "line",
 ];
 const ADJECTIVES: &[&str] = &[
     "small", "large", "quiet", "bright", "old", "new", "green", "simple", "careful", "quick",
@@ -59,7 +59,9 @@ const VERBS: &[&str] = &[
     "sees", "finds", "opens", "writes", "reads", "counts", "moves", "likes", "builds", "checks",
     "sorts", "prints", "keeps", "changes", "follows", "lists",
 ];
-const ADVERBS: &[&str] = &["slowly", "often", "today", "again", "quickly", "never", "always"];
+const ADVERBS: &[&str] = &[
+    "slowly", "often", "today", "again", "quickly", "never", "always",
+];
 const NAMES: &[&str] = &[
     "Anna", "Ben", "Clara", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jack",
 ];

@@ -111,7 +111,12 @@ pub struct Batcher<'a> {
 }
 
 impl<'a> Batcher<'a> {
-    pub fn new(data: &'a [Sequence], batch_size: usize, seed: u64, device: &Device) -> Result<Self> {
+    pub fn new(
+        data: &'a [Sequence],
+        batch_size: usize,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
         if data.is_empty() {
             return Err(TrainError::NoData("no sequences to batch".into()));
         }

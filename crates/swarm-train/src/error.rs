@@ -19,7 +19,10 @@ pub enum TrainError {
         source: std::io::Error,
     },
     #[error("invalid setting `{field}`: {message}")]
-    Config { field: &'static str, message: String },
+    Config {
+        field: &'static str,
+        message: String,
+    },
     #[error("training diverged at step {step}: loss is {loss}")]
     Diverged { step: usize, loss: f32 },
     #[error("no training data: {0}")]

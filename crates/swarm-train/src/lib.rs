@@ -48,7 +48,9 @@ pub use corpus::{
 pub use data::{encode, encode_all, Batch, Batcher, Sequence};
 pub use error::{Result, TrainError};
 pub use model::{masked_cross_entropy, TrainableLlama};
-pub use report::{check_targets, markdown_mean, markdown_section, score_table, summary};
+pub use report::{
+    check_targets, markdown_mean, markdown_report, markdown_section, score_table, summary,
+};
 pub use tokenizer::{train_tokenizer, IM_END, IM_START, PAD_TOKEN};
 pub use trainer::{train, TrainReport, TrainSettings};
 pub use world::{

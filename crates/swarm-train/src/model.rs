@@ -221,25 +221,33 @@ impl TrainableLlama {
         let heads = |y: Tensor, n: usize| -> candle_core::Result<Tensor> {
             y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()
         };
-        let q = heads(self.proj(x, &format!("{prefix}.self_attn.q_proj"), bias)?, nh)?;
-        let k = heads(self.proj(x, &format!("{prefix}.self_attn.k_proj"), bias)?, nkv)?;
-        let v = heads(self.proj(x, &format!("{prefix}.self_attn.v_proj"), bias)?, nkv)?;
+        let q = heads(
+            self.proj(x, &format!("{prefix}.self_attn.q_proj"), bias)?,
+            nh,
+        )?;
+        let k = heads(
+            self.proj(x, &format!("{prefix}.self_attn.k_proj"), bias)?,
+            nkv,
+        )?;
+        let v = heads(
+            self.proj(x, &format!("{prefix}.self_attn.v_proj"), bias)?,
+            nkv,
+        )?;
         let q = rope_slow(&q, cos, sin)?;
         let k = rope_slow(&k, cos, sin)?;
         let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
         let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
         let scores = scores.broadcast_add(mask)?;
         let probs = softmax(&scores, D::Minus1)?;
-        let y = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, nh * d))?;
+        let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         self.proj(&y, &format!("{prefix}.self_attn.o_proj"), false)
     }
 
     fn mlp(&self, x: &Tensor, prefix: &str) -> Result<Tensor> {
         let bias = self.config.mlp_bias;
-        let gate = self.proj(x, &format!("{prefix}.mlp.gate_proj"), bias)?.silu()?;
+        let gate = self
+            .proj(x, &format!("{prefix}.mlp.gate_proj"), bias)?
+            .silu()?;
         let up = self.proj(x, &format!("{prefix}.mlp.up_proj"), bias)?;
         self.proj(&(gate * up)?, &format!("{prefix}.mlp.down_proj"), bias)
     }
@@ -268,13 +276,18 @@ pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor)
 }
 
 fn check_config(config: &LlamaConfig) -> Result<()> {
-    if config.rope_scaling.is_some() {
-        // rope_inv_freq handles it; nothing else differs. Kept explicit for clarity.
-    }
-    if config.num_attention_heads % config.num_key_value_heads != 0 {
+    // `checked_rem` also refuses zero KV heads.
+    if config
+        .num_attention_heads
+        .checked_rem(config.num_key_value_heads)
+        != Some(0)
+    {
         return Err(TrainError::config(
             "num_key_value_heads",
-            "must divide num_attention_heads",
+            format!(
+                "{} must divide num_attention_heads = {}",
+                config.num_key_value_heads, config.num_attention_heads
+            ),
         ));
     }
     Ok(())
@@ -391,7 +404,10 @@ mod tests {
                     .unwrap()
                     .to_scalar::<f32>()
                     .unwrap();
-                assert!(norm > 0.0 && norm.is_finite(), "{name}: gradient norm {norm}");
+                assert!(
+                    norm > 0.0 && norm.is_finite(),
+                    "{name}: gradient norm {norm}"
+                );
             }
         }
     }
@@ -431,18 +447,34 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(diff < 1e-4, "tied={tied} heads={heads}/{kv}: logits differ by {diff}");
+            assert!(
+                diff < 1e-4,
+                "tied={tied} heads={heads}/{kv}: logits differ by {diff}"
+            );
         }
     }
 
     #[test]
     fn init_is_deterministic() {
         let c = tiny(true, 4, 2);
-        let a = TrainableLlama::init(&c, &Device::Cpu, 9).unwrap().to_weights().unwrap();
-        let b = TrainableLlama::init(&c, &Device::Cpu, 9).unwrap().to_weights().unwrap();
+        let a = TrainableLlama::init(&c, &Device::Cpu, 9)
+            .unwrap()
+            .to_weights()
+            .unwrap();
+        let b = TrainableLlama::init(&c, &Device::Cpu, 9)
+            .unwrap()
+            .to_weights()
+            .unwrap();
         for (name, t) in a.iter() {
             let u = b.get(name).unwrap();
-            let d = (t - u).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let d = (t - u)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert_eq!(d, 0.0, "{name}");
         }
     }

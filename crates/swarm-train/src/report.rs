@@ -5,7 +5,7 @@ use std::fmt::Write;
 
 use swarm_tasks::Skill;
 
-use crate::world::WorldReport;
+use crate::world::{WorldReport, WorldSpec};
 
 /// Rows models, columns skills, pass rates in percent.
 pub fn score_table(report: &WorldReport) -> String {
@@ -185,6 +185,57 @@ pub fn markdown_mean(reports: &[WorldReport]) -> String {
             );
         }
         s.push('\n');
+    }
+    s
+}
+
+/// The results document of several seeds: setup, mean table, one section per seed.
+/// `command` is what produced it (written into the text).
+pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) -> String {
+    let Some(first) = reports.first() else {
+        return String::new();
+    };
+    let spec = WorldSpec::preset(first.preset);
+    let mut s = String::new();
+    s.push_str("# The toy world: base and experts\n\n");
+    s.push_str(&format!(
+        "Written by `{command}` (see `scripts/toy/toy-world.sh`), {} threads, {:.0} s for all \
+         seeds. Scores are pass rates \
+         on each skill's synthetic **test** split ({} episodes per skill, greedy decoding, \
+         checked by swarm-tasks' real checkers: Python tests, SQLite, bubblewrap shell).\n\n",
+        first.threads, total_secs, spec.test_episodes
+    ));
+    s.push_str(&format!(
+        "Model: Llama architecture, {} layers, hidden {}, MLP {}, {} heads ({} KV), tied \
+         embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus; {} \
+         parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
+         training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
+         of their skill. Loss only on the assistant's answers in chats.\n\n",
+        spec.num_layers,
+        spec.hidden_size,
+        spec.intermediate_size,
+        spec.num_heads,
+        spec.num_kv_heads,
+        first.vocab_size,
+        first.parameters,
+        spec.base.steps,
+        spec.base.batch_size,
+        spec.base.lr,
+        spec.general_docs,
+        spec.base_skill_examples,
+        spec.expert.steps,
+        spec.expert.batch_size,
+        spec.expert.lr,
+        spec.expert_examples
+    ));
+    if !first.scores.is_empty() {
+        s.push_str("## Mean over seeds (min–max)\n\n");
+        s.push_str(&markdown_mean(reports));
+        s.push('\n');
+    }
+    s.push_str("## Per seed\n\n");
+    for r in reports {
+        s.push_str(&markdown_section(r));
     }
     s
 }

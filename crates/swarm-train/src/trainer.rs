@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::data::{Batcher, Sequence};
 use crate::error::{Result, TrainError};
@@ -43,7 +43,7 @@ impl TrainSettings {
 }
 
 /// What a training run did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainReport {
     pub steps: usize,
     /// Mean loss of the first 10 steps.

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use swarm_model::{
     save_hf_dir, ChatTemplate, Llama, LlamaConfig, Precision, Pretrained, Tokenizer,
     CHATML_TEMPLATE,
@@ -25,7 +25,7 @@ use crate::trainer::{train, TrainReport, TrainSettings};
 pub const MODEL_NAMES: [&str; 4] = ["base", "coding", "database", "os"];
 
 /// A named size of the world.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// Seconds: a pipeline check for CI (scores mean nothing).
@@ -131,21 +131,21 @@ impl WorldSpec {
             Preset::Full => Self {
                 preset,
                 vocab_size: 1024,
-                hidden_size: 128,
-                intermediate_size: 384,
+                hidden_size: 64,
+                intermediate_size: 256,
                 num_layers: 4,
                 num_heads: 4,
                 num_kv_heads: 4,
                 max_positions: 256,
                 max_seq_len: 256,
-                general_docs: 4000,
+                general_docs: 1500,
                 general_chat_share: 0.3,
                 base_skill_examples: 300,
                 base: TrainSettings {
-                    steps: 800,
+                    steps: 300,
                     batch_size: 16,
                     lr: 3e-3,
-                    warmup: 50,
+                    warmup: 30,
                     min_lr_ratio: 0.1,
                     weight_decay: 0.0,
                     grad_clip: 1.0,
@@ -162,7 +162,7 @@ impl WorldSpec {
                     grad_clip: 1.0,
                     seed: 0,
                 },
-                test_episodes: 100,
+                test_episodes: 60,
                 max_new_tokens: 64,
                 eval_batch: 50,
             },
@@ -206,7 +206,7 @@ pub struct BootstrapOptions {
 }
 
 /// One model's scores: pass rate per skill, in [`Skill::ALL`] order.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelScores {
     pub model: String,
     pub pass_rate: Vec<f64>,
@@ -215,7 +215,7 @@ pub struct ModelScores {
 }
 
 /// Wall times of the phases.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Timings {
     pub data: Duration,
     pub base: Duration,
@@ -226,7 +226,7 @@ pub struct Timings {
 }
 
 /// What a bootstrap did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorldReport {
     pub preset: Preset,
     pub seed: u64,
@@ -263,15 +263,17 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
         base_docs.extend(docs.iter().take(spec.base_skill_examples).cloned());
     }
     shuffle(&mut base_docs, seed);
+    // The role names the chat template writes are part of the corpus too.
+    let roles = ["system\n", "user\n", "assistant\n"];
     let texts = base_docs
         .iter()
         .chain(skill_docs.iter().flatten())
-        .flat_map(Document::texts);
+        .flat_map(Document::texts)
+        .chain(roles.iter().copied().cycle().take(3 * 64));
     let tokenizer = train_tokenizer(texts, spec.vocab_size)?;
     let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer)?;
     let config = spec.llama_config(&tokenizer);
-    let (base_data, mut dropped) =
-        encode_all(&base_docs, &tokenizer, &template, spec.max_seq_len)?;
+    let (base_data, mut dropped) = encode_all(&base_docs, &tokenizer, &template, spec.max_seq_len)?;
     let mut expert_data: Vec<Vec<Sequence>> = Vec::new();
     for docs in &skill_docs {
         let (data, d) = encode_all(docs, &tokenizer, &template, spec.max_seq_len)?;
@@ -279,7 +281,11 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
         expert_data.push(data);
     }
     if dropped > 0 {
-        tracing::warn!(dropped, max = spec.max_seq_len, "training sequences dropped for length");
+        tracing::warn!(
+            dropped,
+            max = spec.max_seq_len,
+            "training sequences dropped for length"
+        );
     }
     timings.data = t.elapsed();
     tracing::info!(
@@ -316,7 +322,13 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
             seed: seed.wrapping_add(1 + k as u64),
             ..spec.expert.clone()
         };
-        let report = train(&expert, &expert_data[k], &settings, skill.name(), opts.progress)?;
+        let report = train(
+            &expert,
+            &expert_data[k],
+            &settings,
+            skill.name(),
+            opts.progress,
+        )?;
         tracing::info!(
             skill = skill.name(),
             first = report.first_loss,
@@ -468,7 +480,7 @@ fn write_reference_logits(
             .forward(&input, &mut model.new_cache(1, 0))?
             .squeeze(0)?
             .to_vec2::<f32>()?;
-        let json = serde_json::json!({ "input_ids": ids, "logits": logits });
+        let json = serde_json::json!({ "messages": messages, "input_ids": ids, "logits": logits });
         let name = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())

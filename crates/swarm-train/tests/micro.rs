@@ -21,7 +21,11 @@ fn micro_pipeline_end_to_end() -> anyhow::Result<()> {
         assert_eq!(model.config.vocab_size, report.vocab_size);
         assert!(model.chat_template.is_some(), "{name} has no chat template");
         assert_eq!(model.tokenizer.eos_token(), Some("<|im_end|>"));
-        assert!(dir.path().join("logits").join(format!("{name}.json")).exists());
+        assert!(dir
+            .path()
+            .join("logits")
+            .join(format!("{name}.json"))
+            .exists());
     }
     assert_eq!(report.scores.len(), 4);
     for m in &report.scores {
@@ -29,7 +33,10 @@ fn micro_pipeline_end_to_end() -> anyhow::Result<()> {
         assert!(m.episodes.iter().all(|&n| n > 0));
     }
     let table = score_table(&report);
-    assert!(table.contains("database") && table.contains("base"), "{table}");
+    assert!(
+        table.contains("database") && table.contains("base"),
+        "{table}"
+    );
     assert!(report.base_train.final_loss.is_finite());
     // The experts moved away from the base (they were trained), but not far.
     let base = Pretrained::open(&dir.path().join("base").display().to_string())?;

@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use swarm_train::{
-    bootstrap, markdown_mean, markdown_section, score_table, summary, BootstrapOptions, Preset,
-    WorldReport, WorldSpec,
+    bootstrap, markdown_report, score_table, summary, BootstrapOptions, Preset, WorldSpec,
 };
 
 /// The size of the world.
@@ -72,7 +71,11 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<()> {
             progress: !args.quiet,
             evaluate: !args.no_eval,
         };
-        eprintln!("building the toy world ({} preset, seed {seed}) in {}", preset.name(), dir.display());
+        eprintln!(
+            "building the toy world ({} preset, seed {seed}) in {}",
+            preset.name(),
+            dir.display()
+        );
         let report = bootstrap(&opts)
             .with_context(|| format!("bootstrap with seed {seed} into {}", dir.display()))?;
         print!("{}", summary(&report));
@@ -83,7 +86,14 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<()> {
         reports.push(report);
     }
     if let Some(path) = &args.report {
-        let text = markdown_report(&reports, start.elapsed().as_secs_f64());
+        let seeds: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        let command = format!(
+            "swarm bootstrap --preset {} --seeds {} --report {}",
+            preset.name(),
+            seeds.join(","),
+            path.display()
+        );
+        let text = markdown_report(&reports, &command, start.elapsed().as_secs_f64());
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)
                 .with_context(|| format!("creating {}", parent.display()))?;
@@ -92,58 +102,4 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<()> {
         eprintln!("report written to {}", path.display());
     }
     Ok(())
-}
-
-fn markdown_report(reports: &[WorldReport], total_secs: f64) -> String {
-    let Some(first) = reports.first() else {
-        return String::new();
-    };
-    let spec = WorldSpec::preset(first.preset);
-    let seeds: Vec<String> = reports.iter().map(|r| r.seed.to_string()).collect();
-    let mut s = String::new();
-    s.push_str("# The toy world: base and experts\n\n");
-    s.push_str(&format!(
-        "Written by `swarm bootstrap --preset {} --seeds {} --report ...` (see \
-         `scripts/toy/toy-world.sh`), {} threads, {:.0} s for all seeds. Scores are pass rates \
-         on each skill's synthetic **test** split ({} episodes per skill, greedy decoding, \
-         checked by swarm-tasks' real checkers: Python tests, SQLite, bubblewrap shell).\n\n",
-        first.preset.name(),
-        seeds.join(","),
-        first.threads,
-        total_secs,
-        spec.test_episodes
-    ));
-    s.push_str(&format!(
-        "Model: Llama architecture, {} layers, hidden {}, MLP {}, {} heads ({} KV), tied \
-         embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus; {} \
-         parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
-         training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
-         of their skill. Loss only on the assistant's answers in chats.\n\n",
-        spec.num_layers,
-        spec.hidden_size,
-        spec.intermediate_size,
-        spec.num_heads,
-        spec.num_kv_heads,
-        first.vocab_size,
-        first.parameters,
-        spec.base.steps,
-        spec.base.batch_size,
-        spec.base.lr,
-        spec.general_docs,
-        spec.base_skill_examples,
-        spec.expert.steps,
-        spec.expert.batch_size,
-        spec.expert.lr,
-        spec.expert_examples
-    ));
-    if !first.scores.is_empty() {
-        s.push_str("## Mean over seeds (min–max)\n\n");
-        s.push_str(&markdown_mean(reports));
-        s.push('\n');
-    }
-    s.push_str("## Per seed\n\n");
-    for r in reports {
-        s.push_str(&markdown_section(r));
-    }
-    s
 }

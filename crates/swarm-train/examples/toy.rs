@@ -1,0 +1,112 @@
+//! Builds one toy world with a preset, optionally overridden from the environment (for tuning):
+//! `TOY_PRESET`, `TOY_SEED`, `TOY_OUT`, `TOY_BASE_STEPS`, `TOY_EXPERT_STEPS`, `TOY_BASE_LR`,
+//! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`.
+//!
+//! `cargo run --release -p swarm-train --example toy`
+
+use swarm_train::{
+    bootstrap, markdown_report, score_table, summary, BootstrapOptions, Preset, WorldSpec,
+};
+
+fn env<T: std::str::FromStr>(key: &str) -> Option<T> {
+    std::env::var(key).ok()?.parse().ok()
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::stderr)
+        .init();
+    let preset: Preset = std::env::var("TOY_PRESET")
+        .unwrap_or_else(|_| "full".into())
+        .parse()?;
+    let mut spec = WorldSpec::preset(preset);
+    if let Some(v) = env("TOY_BASE_STEPS") {
+        spec.base.steps = v;
+    }
+    if let Some(v) = env("TOY_EXPERT_STEPS") {
+        spec.expert.steps = v;
+    }
+    if let Some(v) = env("TOY_BASE_LR") {
+        spec.base.lr = v;
+    }
+    if let Some(v) = env("TOY_EXPERT_LR") {
+        spec.expert.lr = v;
+    }
+    if let Some(v) = env("TOY_BASE_SKILL") {
+        spec.base_skill_examples = v;
+    }
+    if let Some(v) = env("TOY_GENERAL") {
+        spec.general_docs = v;
+    }
+    if let Some(v) = env("TOY_TEST") {
+        spec.test_episodes = v;
+    }
+    if let Some(v) = env("TOY_HIDDEN") {
+        spec.hidden_size = v;
+        spec.intermediate_size = 3 * v;
+    }
+    if let Some(v) = env("TOY_LAYERS") {
+        spec.num_layers = v;
+    }
+    // TOY_REPORT_FROM=dir,dir,... renders TOY_REPORT from finished worlds' bootstrap.json.
+    if let (Ok(dirs), Ok(path)) = (
+        std::env::var("TOY_REPORT_FROM"),
+        std::env::var("TOY_REPORT"),
+    ) {
+        let mut reports = Vec::new();
+        for d in dirs.split(',') {
+            let text = std::fs::read_to_string(std::path::Path::new(d).join("bootstrap.json"))?;
+            reports.push(serde_json::from_str::<swarm_train::WorldReport>(&text)?);
+        }
+        let seeds: Vec<String> = reports.iter().map(|r| r.seed.to_string()).collect();
+        let total: f64 = reports.iter().map(|r| r.timings.total.as_secs_f64()).sum();
+        let command = format!(
+            "TOY_SEED=<s> cargo run --release -p swarm-train --example toy, once per seed ({}), \
+             then TOY_REPORT_FROM",
+            seeds.join(", ")
+        );
+        std::fs::write(&path, markdown_report(&reports, &command, total))?;
+        return Ok(());
+    }
+    // TOY_SEEDS=0,1,2 builds one world per seed in OUT/seed-N; TOY_REPORT=path writes markdown.
+    let seeds: Vec<u64> = match std::env::var("TOY_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .map(|s| s.trim().parse())
+            .collect::<Result<_, _>>()?,
+        Err(_) => vec![env("TOY_SEED").unwrap_or(0)],
+    };
+    let out = std::path::PathBuf::from(
+        std::env::var("TOY_OUT").unwrap_or_else(|_| "/tmp/toy-world".into()),
+    );
+    let start = std::time::Instant::now();
+    let mut reports = Vec::new();
+    for &seed in &seeds {
+        let dir = if seeds.len() == 1 {
+            out.clone()
+        } else {
+            out.join(format!("seed-{seed}"))
+        };
+        let report = bootstrap(&BootstrapOptions {
+            spec: spec.clone(),
+            seed,
+            out: dir,
+            progress: false,
+            evaluate: env::<u8>("TOY_NO_EVAL").is_none(),
+        })?;
+        print!("{}", summary(&report));
+        print!("{}", score_table(&report));
+        reports.push(report);
+    }
+    if let Ok(path) = std::env::var("TOY_REPORT") {
+        let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+        let command = format!(
+            "TOY_SEEDS={} TOY_REPORT={path} cargo run --release -p swarm-train --example toy",
+            list.join(",")
+        );
+        let text = markdown_report(&reports, &command, start.elapsed().as_secs_f64());
+        std::fs::write(&path, text)?;
+    }
+    Ok(())
+}
