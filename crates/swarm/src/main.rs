@@ -6,6 +6,7 @@ mod bench;
 mod bootstrap;
 mod chat;
 mod eval;
+mod evolve;
 mod model_args;
 mod serve;
 
@@ -35,6 +36,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train the toy world: a small base model and one expert per skill (coding, database, os).
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Evolve a swarm with CycleQD (default: configs/toy.toml on the toy world).
+    Evolve(evolve::EvolveArgs),
     /// Score a model on a skill's suite with the real, sandboxed checkers.
     Eval(eval::EvalArgs),
     /// Serve a swarm (or one model) behind an OpenAI-compatible HTTP API.
@@ -57,6 +60,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Evolve(args) => evolve::run(args),
         Command::Serve(args) => serve::run(args),
     };
     if let Err(error) = result {
