@@ -168,6 +168,39 @@ impl SkillClassifier {
     }
 }
 
+/// What the router reads of a task prompt: every non-system turn (as for requests).
+pub fn routing_text(messages: &[swarm_tasks::ChatMessage]) -> String {
+    messages
+        .iter()
+        .filter(|m| m.role != swarm_tasks::Role::System)
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `(skill, text)` examples from the skills' synthetic suites, `per_skill` of each.
+pub fn synthetic_examples(
+    split: swarm_tasks::Split,
+    per_skill: usize,
+    seed: u64,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for skill in swarm_tasks::Skill::ALL {
+        for e in swarm_tasks::generate_synthetic(skill, split, per_skill, seed) {
+            out.push((skill.name().to_string(), routing_text(&e.prompt)));
+        }
+    }
+    out
+}
+
+impl SkillClassifier {
+    /// Trains on the training split of every skill's synthetic suite.
+    pub fn train_on_skills(per_skill: usize, seed: u64) -> Result<Self> {
+        let data = synthetic_examples(swarm_tasks::Split::Train, per_skill, seed);
+        Self::train(data.iter().map(|(s, t)| (s.as_str(), t.as_str())), 0.1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

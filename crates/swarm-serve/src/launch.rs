@@ -11,7 +11,7 @@ use swarm_model::{parse_device, Precision, Pretrained};
 use crate::classifier::SkillClassifier;
 use crate::error::{Result, ServeError};
 use crate::model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
-use crate::registry::{single_model_swarm, EliteCache, SingleModel};
+use crate::registry::{copies_swarm, copy_ids, EliteCache, SingleModel};
 use crate::router::Router;
 use crate::server::{serve, AppState, ServerConfig};
 use crate::validation::Limits;
@@ -34,6 +34,8 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// Labelled prompts (`{"skill": ..., "text": ...}` JSON lines) to train the router on.
     pub router_data: Option<PathBuf>,
+    /// Serve the model as this many elites (copies; load tests of multi-elite serving).
+    pub copies: usize,
     /// Longest graceful drain before giving up.
     pub drain_timeout: Duration,
 }
@@ -53,6 +55,7 @@ impl Default for ServeOptions {
                 ..ServerConfig::default()
             },
             router_data: None,
+            copies: 1,
             drain_timeout: Duration::from_secs(60),
         }
     }
@@ -109,11 +112,11 @@ pub fn read_router_data(path: &std::path::Path) -> Result<Vec<(String, String)>>
         .collect()
 }
 
-/// Opens one model (any `--model` reference; empty: the default model) as a one-elite swarm
-/// whose elite is `elite`, materialised on `device` in `precision`.
+/// Opens one model (any `--model` reference; empty: the default model) as a swarm whose
+/// elites `elites` are that model (one, or copies for load tests), on `device` in `precision`.
 pub fn load_single_model(
     reference: &str,
-    elite: &str,
+    elites: &[String],
     device: candle_core::Device,
     precision: Precision,
     memory_budget: usize,
@@ -124,10 +127,11 @@ pub fn load_single_model(
     let stop_ids = template.stop_token_ids(&pretrained.tokenizer);
     tracing::info!(model = %pretrained.name, %precision, "model opened");
     let source = SingleModel {
-        elite: elite.to_string(),
+        elites: elites.to_vec(),
         config: pretrained.config.clone(),
         weights: pretrained.weights,
     };
+    let warm = elites.iter().take(1).cloned().collect();
     let elites = EliteCache::new(Box::new(source), device, precision, memory_budget);
     tracing::info!(seconds = started.elapsed().as_secs_f64(), "swarm opened");
     Ok(LoadedSwarm {
@@ -135,7 +139,7 @@ pub fn load_single_model(
         tokenizer: pretrained.tokenizer,
         template,
         stop_ids,
-        warm: vec![elite.to_string()],
+        warm,
     })
 }
 
@@ -175,7 +179,8 @@ async fn run_async(options: ServeOptions) -> Result<()> {
     } else {
         reference.clone()
     };
-    let swarm = single_model_swarm(&elite, &base);
+    let ids = copy_ids(&elite, options.copies);
+    let swarm = copies_swarm(&ids, &base);
     let classifier = match &options.router_data {
         Some(path) => {
             let data = read_router_data(path)?;
@@ -187,9 +192,8 @@ async fn run_async(options: ServeOptions) -> Result<()> {
         None => None,
     };
     let budget = options.memory_budget;
-    let load_elite = elite.clone();
     let engine = ModelEngine::start(options.engine.clone(), move || {
-        load_single_model(&reference, &load_elite, device, precision, budget)
+        load_single_model(&reference, &ids, device, precision, budget)
     })?;
     let state = AppState::new(
         Arc::new(engine),

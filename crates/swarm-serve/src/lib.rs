@@ -37,7 +37,7 @@ mod stream;
 mod text_stream;
 mod validation;
 
-pub use classifier::SkillClassifier;
+pub use classifier::{routing_text, synthetic_examples, SkillClassifier};
 pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
 pub use error::{ApiError, Result, ServeError};
 pub use launch::{
@@ -45,7 +45,9 @@ pub use launch::{
 };
 pub use metrics::Metrics;
 pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
-pub use registry::{model_bytes, single_model_swarm, EliteCache, EliteSource, SingleModel};
+pub use registry::{
+    copies_swarm, copy_ids, model_bytes, single_model_swarm, EliteCache, EliteSource, SingleModel,
+};
 pub use router::{EliteInfo, Route, Router, SwarmInfo};
 pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};
 pub use validation::{

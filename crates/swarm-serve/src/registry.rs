@@ -23,9 +23,11 @@ pub trait EliteSource: Send + Sync {
     fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama>;
 }
 
-/// One model served as a swarm of one elite.
+/// One model served as a swarm of one elite, or, for load tests of multi-elite serving, as
+/// several elites that are copies of it (each materialised separately, grouped separately
+/// in batches: the serving costs of distinct elites with the numbers of one).
 pub struct SingleModel {
-    pub elite: String,
+    pub elites: Vec<String>,
     pub config: LlamaConfig,
     pub weights: Box<dyn TensorSource>,
 }
@@ -36,7 +38,7 @@ impl EliteSource for SingleModel {
     }
 
     fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama> {
-        if elite != self.elite {
+        if !self.elites.iter().any(|e| e == elite) {
             return Err(ServeError::Swarm(format!(
                 "no elite `{elite}` in this swarm"
             )));
@@ -117,6 +119,31 @@ impl EliteCache {
         self.resident.len() * self.elite_bytes
     }
 
+    /// Whether `elite` is resident.
+    pub fn is_resident(&self, elite: &str) -> bool {
+        self.resident.iter().any(|r| r.elite == elite)
+    }
+
+    /// How many more elites can be materialised now without going over the budget: free
+    /// room plus resident elites that no running sequence uses (evictable).
+    pub fn room_for_new(&self) -> usize {
+        let fit = self
+            .budget_bytes
+            .checked_div(self.elite_bytes)
+            .unwrap_or(usize::MAX);
+        let free = fit.saturating_sub(self.resident.len());
+        let idle = self
+            .resident
+            .iter()
+            .filter(|r| Arc::strong_count(&r.model) == 1)
+            .count();
+        // At least one elite may always be resident, whatever the budget.
+        if self.resident.is_empty() {
+            return free.max(1);
+        }
+        free + idle
+    }
+
     /// The model of `elite`, materialised if it is not resident.
     pub fn get(&mut self, elite: &str) -> Result<Arc<Llama>> {
         self.clock += 1;
@@ -173,14 +200,35 @@ impl EliteCache {
 
 /// The one-elite swarm of a plain model: its single elite is the model itself.
 pub fn single_model_swarm(name: &str, base: &str) -> SwarmInfo {
+    copies_swarm(&[name.to_string()], base)
+}
+
+/// Elite ids of `n` copies of a model: `name`, `name~1`, ... `name~{n-1}`.
+pub fn copy_ids(name: &str, n: usize) -> Vec<String> {
+    (0..n.max(1))
+        .map(|i| {
+            if i == 0 {
+                name.to_string()
+            } else {
+                format!("{name}~{i}")
+            }
+        })
+        .collect()
+}
+
+/// A swarm whose elites are copies of one model (no scores: the router takes the first).
+pub fn copies_swarm(ids: &[String], base: &str) -> SwarmInfo {
     SwarmInfo {
         name: "swarm".to_string(),
         base: base.to_string(),
         skills: Vec::new(),
-        elites: vec![crate::router::EliteInfo {
-            id: name.to_string(),
-            scores: Default::default(),
-        }],
+        elites: ids
+            .iter()
+            .map(|id| crate::router::EliteInfo {
+                id: id.clone(),
+                scores: Default::default(),
+            })
+            .collect(),
         created: crate::server::unix_now(),
     }
 }

@@ -87,22 +87,26 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn engine(max_batch: usize) -> ModelEngine {
+    engine_with_budget(max_batch, 1 << 30)
+}
+
+fn engine_with_budget(max_batch: usize, budget: usize) -> ModelEngine {
     ModelEngine::start(
         ModelEngineConfig {
             max_batch,
             max_prefill_tokens: 64,
         },
-        || {
+        move || {
             let config = config();
             let tokenizer = tokenizer();
             let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer)?;
             let source = SingleModel {
-                elite: "e".into(),
+                elites: vec!["e".into(), "f".into()],
                 config: config.clone(),
                 weights: Box::new(weights(&config)),
             };
             Ok(LoadedSwarm {
-                elites: EliteCache::new(Box::new(source), Device::Cpu, Precision::F32, 1 << 30),
+                elites: EliteCache::new(Box::new(source), Device::Cpu, Precision::F32, budget),
                 tokenizer,
                 template,
                 stop_ids: vec![],
@@ -285,4 +289,33 @@ async fn limits_and_deadlines() {
     chat.prompt = Prompt::Chat(vec![swarm_model::ChatMessage::user("t5 t6")]);
     let rx = e.submit(chat).unwrap();
     assert!(collect(rx).await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elites_beyond_the_budget_are_evicted_and_rematerialised() {
+    let one = swarm_serve::model_bytes(&config(), Precision::F32);
+    let e = engine_with_budget(4, one);
+    wait_ready(&e).await;
+    let (want, _) = reference(&[5, 6, 7], 6);
+    for elite in ["e", "f", "e", "f"] {
+        let mut j = job(vec![5, 6, 7], 6, 0.0, 0);
+        j.elite = elite.into();
+        let (text, _, _) = collect(e.submit(j).unwrap()).await.unwrap();
+        assert_eq!(text, want, "{elite}");
+        assert_eq!(e.status().elites_resident, 1);
+    }
+    // Mixed elites in flight at once: one batch per elite, both answers right.
+    let mut a = job(vec![5, 6, 7], 6, 0.0, 0);
+    a.elite = "e".into();
+    let mut b = a.clone();
+    b.elite = "f".into();
+    let (ra, rb) = (e.submit(a).unwrap(), e.submit(b).unwrap());
+    assert_eq!(collect(ra).await.unwrap().0, want);
+    assert_eq!(collect(rb).await.unwrap().0, want);
+    let mut unknown = job(vec![5], 2, 0.0, 0);
+    unknown.elite = "zz".into();
+    assert!(matches!(
+        collect(e.submit(unknown).unwrap()).await,
+        Err(Failure::Internal(_))
+    ));
 }

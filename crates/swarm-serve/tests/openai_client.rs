@@ -51,7 +51,7 @@ async fn official_openai_client() {
         move || {
             load_single_model(
                 &reference,
-                DEFAULT_ELITE,
+                &[DEFAULT_ELITE.to_string()],
                 candle_core::Device::Cpu,
                 swarm_model::Precision::F32,
                 1 << 30,

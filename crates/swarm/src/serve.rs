@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// Router training data: JSON lines `{"skill": ..., "text": ...}`.
     #[arg(long, env = "SWARM_ROUTER_DATA")]
     pub router_data: Option<PathBuf>,
+    /// Serve the model as N elites that are copies of it, each materialised and batched
+    /// separately (load tests of multi-elite serving; ids `<model>~1`, `<model>~2`, ...).
+    #[arg(long, env = "SWARM_COPIES", default_value_t = 1)]
+    pub copies: usize,
     /// Seconds to let running requests finish after SIGTERM.
     #[arg(long, env = "SWARM_DRAIN_TIMEOUT", default_value_t = 60.0)]
     pub drain_timeout: f64,
@@ -211,6 +215,7 @@ impl ServeArgs {
                 },
             },
             router_data: a.router_data.clone(),
+            copies: a.copies,
             drain_timeout: seconds(a.drain_timeout, "--drain-timeout")?
                 .unwrap_or(Duration::from_secs(0)),
         })
