@@ -768,6 +768,18 @@ pub(crate) mod tests {
         let b = q.forward(&x, &mut q.new_cache(1, 0)).unwrap();
         let diff = max_abs_diff(&a, &b);
         assert!(diff < 0.1, "q8_0 differs by {diff}");
+        // 20 rows take the dequantise + GEMM path, one row the quantised kernel: they agree
+        // up to the kernel's 8-bit activations.
+        let tokens: Vec<u32> = (0..20).map(|i| (i * 7 + 1) % 64).collect();
+        let full = q.forward(&ids(&tokens), &mut q.new_cache(1, 0)).unwrap();
+        let mut cache = q.new_cache(1, 0);
+        let mut steps = Vec::new();
+        for &t in &tokens {
+            steps.push(q.forward(&ids(&[t]), &mut cache).unwrap());
+        }
+        let steps = Tensor::cat(&steps, 1).unwrap();
+        let diff = max_abs_diff(&full, &steps);
+        assert!(diff < 0.1, "q8_0 prefill vs decode differ by {diff}");
     }
 
     #[test]
