@@ -7,6 +7,7 @@ mod bootstrap;
 mod chat;
 mod eval;
 mod evolve;
+mod merge;
 mod model_args;
 mod serve;
 
@@ -38,6 +39,8 @@ enum Command {
     Bootstrap(bootstrap::BootstrapArgs),
     /// Evolve a swarm with CycleQD (default: configs/toy.toml on the toy world).
     Evolve(evolve::EvolveArgs),
+    /// Merge models as a mergekit YAML config says (linear, task_arithmetic, ties, dare, slerp).
+    Merge(merge::MergeArgs),
     /// Score a model on a skill's suite with the real, sandboxed checkers.
     Eval(eval::EvalArgs),
     /// Serve a swarm (or one model) behind an OpenAI-compatible HTTP API.
@@ -61,6 +64,7 @@ fn main() {
         Command::Bootstrap(args) => bootstrap::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Evolve(args) => evolve::run(args),
+        Command::Merge(args) => merge::run(args),
         Command::Serve(args) => serve::run(args),
     };
     if let Err(error) = result {
