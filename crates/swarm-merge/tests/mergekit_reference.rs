@@ -5,6 +5,8 @@
 //! Every tensor: shape, sum, L2 norm and 16 sampled values; three tensors: every value.
 //! Tolerance 1e-6 (absolute, on values of order 0.02-1).
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] functions
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
