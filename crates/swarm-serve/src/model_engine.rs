@@ -335,19 +335,45 @@ impl Scheduler {
         let mut free = self.config.max_batch.saturating_sub(self.running());
         let mut budget = self.config.max_prefill_tokens;
         let mut admitted: Vec<(String, Seq)> = Vec::new();
+        // Elites that are neither resident nor running wait while the memory budget is
+        // taken by elites in use: the budget bounds memory; jobs of hot elites go first.
+        let mut room = self.elites.room_for_new();
+        let mut new_elites: Vec<String> = Vec::new();
+        let mut pinned: Vec<String> = Vec::new();
+        let mut passed_over = VecDeque::new();
         while free > 0 {
-            let Some((_, front)) = self.waiting.front() else {
+            let Some((elite, seq)) = self.waiting.pop_front() else {
                 break;
             };
-            if !admitted.is_empty() && front.prompt.len() > budget {
+            if !admitted.is_empty() && seq.prompt.len() > budget {
+                self.waiting.push_front((elite, seq));
                 break;
             }
-            budget = budget.saturating_sub(front.prompt.len());
-            free -= 1;
-            if let Some(job) = self.waiting.pop_front() {
-                admitted.push(job);
+            let running = self.batches.iter().any(|b| b.elite == elite);
+            let resident = self.elites.is_resident(&elite);
+            if resident && !running && !pinned.contains(&elite) {
+                // An idle resident elite counted as evictable is about to be used.
+                pinned.push(elite.clone());
+                room = room.saturating_sub(1);
             }
+            if !(resident || running || new_elites.contains(&elite)) {
+                if room == 0 {
+                    passed_over.push_back((elite, seq));
+                    continue;
+                }
+                room -= 1;
+                new_elites.push(elite.clone());
+            }
+            budget = budget.saturating_sub(seq.prompt.len());
+            free -= 1;
+            admitted.push((elite, seq));
         }
+        // Jobs passed over keep their place at the front.
+        while let Some(job) = passed_over.pop_back() {
+            self.waiting.push_front(job);
+        }
+        // Resident elites first, so that no new elite evicts one just admitted.
+        admitted.sort_by_key(|(e, _)| !self.elites.is_resident(e));
         // Group by elite, keeping arrival order within each group.
         while !admitted.is_empty() {
             let elite = admitted[0].0.clone();
