@@ -3,7 +3,11 @@
 //!
 //! ```text
 //! cargo run --release -p swarm-evolve --example batch_speedup -- configs/toy.toml 1 8 32
+//! SWARM_FIXED_LENGTH=1 cargo run ... # every answer runs to max_new_tokens (pure throughput)
 //! ```
+//!
+//! With the model's own stops, a batch runs as long as its longest answer, so the speed-up
+//! depends on how answer lengths vary; with fixed lengths it is the throughput gain alone.
 
 use std::path::Path;
 use std::time::Instant;

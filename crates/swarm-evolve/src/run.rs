@@ -373,15 +373,21 @@ pub fn run_generations(
                 wall: Duration::ZERO,
             });
         }
+        // Wall time before the checkpoint is recorded with it; the checkpoint's own time is
+        // added in memory and reaches disk with the next checkpoint.
+        let len = state.progress.records.len();
+        let before = wall.elapsed();
+        for r in &mut state.progress.records[len - n..] {
+            r.wall = before / n as u32;
+        }
         let t = Instant::now();
         state.checkpoint()?;
         let ckpt = t.elapsed();
-        let wall = wall.elapsed();
-        let len = state.progress.records.len();
         for r in &mut state.progress.records[len - n..] {
             r.times.checkpoint = ckpt / n as u32;
-            r.wall = wall / n as u32;
+            r.wall += ckpt / n as u32;
         }
+        let wall = wall.elapsed();
         if let Some(r) = state.progress.records.last() {
             let tm = &r.times;
             let line = format!(
