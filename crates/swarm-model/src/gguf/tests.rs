@@ -596,7 +596,7 @@ fn gguf_quantized_types_round_trip_within_bounds() {
         let raw = &g.mmap[info.start..info.start + info.len];
         let q = candle_core::quantized::ggml_file::qtensor_from_ggml(
             ty.to_candle(),
-            &raw.to_vec(),
+            raw,
             info.shape.clone(),
             &Device::Cpu,
         )
@@ -957,4 +957,174 @@ fn gguf_corrupted_files_never_panic() {
         }
     }
     assert!(errors > 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// End to end: a plain f32 forward with HF's half-split RoPE over our HF-layout weights
+// reproduces transformers' logits and llama.cpp's greedy tokens for SmolLM2. A wrong Q/K
+// row order would not (llama.cpp rotates interleaved pairs of the permuted rows).
+// ---------------------------------------------------------------------------------------
+
+/// A deliberately plain Llama forward (no cache, whole sequence), for this check only; the
+/// production forward lives in `llama.rs`. Returns the logits of every position.
+fn reference_forward(
+    weights: &crate::weights::Weights,
+    c: &LlamaConfig,
+    ids: &[u32],
+) -> candle_core::Result<Tensor> {
+    use candle_core::{DType, D};
+    let dev = Device::Cpu;
+    let w = |n: &str| {
+        weights
+            .get(n)
+            .cloned()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    };
+    let t = ids.len();
+    let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+    let rms = |x: &Tensor, weight: &Tensor| -> candle_core::Result<Tensor> {
+        let var = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(var + c.rms_norm_eps)?.sqrt()?)?
+            .broadcast_mul(weight)
+    };
+    // Half-split RoPE: dimension i pairs with i + hd/2.
+    let inv: Vec<f32> = (0..hd / 2)
+        .map(|i| 1.0 / (c.rope_theta as f32).powf(2.0 * i as f32 / hd as f32))
+        .collect();
+    let inv = Tensor::from_vec(inv, (1, hd / 2), &dev)?;
+    let pos = Tensor::arange(0u32, t as u32, &dev)?
+        .to_dtype(DType::F32)?
+        .reshape((t, 1))?;
+    let angles = pos.broadcast_mul(&inv)?;
+    let (cos, sin) = (angles.cos()?, angles.sin()?);
+    let rope = |x: &Tensor| -> candle_core::Result<Tensor> {
+        // x: (heads, t, hd)
+        let x1 = x.narrow(D::Minus1, 0, hd / 2)?;
+        let x2 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+        let a = (x1.broadcast_mul(&cos)? - x2.broadcast_mul(&sin)?)?;
+        let b = (x2.broadcast_mul(&cos)? + x1.broadcast_mul(&sin)?)?;
+        Tensor::cat(&[a, b], D::Minus1)
+    };
+    let mask: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), &dev)?;
+    let embed = w("model.embed_tokens.weight")?;
+    let ids_t = Tensor::new(ids, &dev)?;
+    let mut x = embed.index_select(&ids_t, 0)?;
+    for l in 0..c.num_hidden_layers {
+        let p = format!("model.layers.{l}");
+        let h = rms(&x, &w(&format!("{p}.input_layernorm.weight"))?)?;
+        let proj = |name: &str, heads: usize| -> candle_core::Result<Tensor> {
+            h.matmul(&w(&format!("{p}.self_attn.{name}.weight"))?.t()?)?
+                .reshape((t, heads, hd))?
+                .transpose(0, 1)?
+                .contiguous()
+        };
+        let q = rope(&proj("q_proj", nh)?)?;
+        let k = rope(&proj("k_proj", nkv)?)?;
+        let v = proj("v_proj", nkv)?;
+        let mut heads = Vec::with_capacity(nh);
+        for head in 0..nh {
+            let kv = head / (nh / nkv);
+            let (qh, kh, vh) = (q.get(head)?, k.get(kv)?, v.get(kv)?);
+            let scores = (qh.matmul(&kh.t()?)? / (hd as f64).sqrt())?.broadcast_add(&mask)?;
+            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+            heads.push(probs.matmul(&vh)?);
+        }
+        let attn = Tensor::cat(&heads, D::Minus1)?;
+        x = (x + attn.matmul(&w(&format!("{p}.self_attn.o_proj.weight"))?.t()?)?)?;
+        let h = rms(&x, &w(&format!("{p}.post_attention_layernorm.weight"))?)?;
+        let gate = h
+            .matmul(&w(&format!("{p}.mlp.gate_proj.weight"))?.t()?)?
+            .silu()?;
+        let up = h.matmul(&w(&format!("{p}.mlp.up_proj.weight"))?.t()?)?;
+        let down = (gate * up)?.matmul(&w(&format!("{p}.mlp.down_proj.weight"))?.t()?)?;
+        x = (x + down)?;
+    }
+    let x = rms(&x, &w("model.norm.weight")?)?;
+    x.matmul(&embed.t()?)
+}
+
+#[derive(serde::Deserialize)]
+struct HfLogits {
+    position: usize,
+    top_ids: Vec<u32>,
+    top_values: Vec<f32>,
+    logsumexp: f32,
+    argmax: u32,
+}
+
+#[derive(serde::Deserialize)]
+struct HfPrompt {
+    prompt_ids: Vec<u32>,
+    logits: Vec<HfLogits>,
+    llamacpp_greedy_ids: Vec<u32>,
+}
+
+#[derive(serde::Deserialize)]
+struct HfFixture {
+    prompts: Vec<HfPrompt>,
+}
+
+#[test]
+fn gguf_smollm2_forward_matches_transformers_and_llamacpp() {
+    let g = smollm2();
+    let c = g.config().unwrap();
+    let path = reference_dir().join("../fixtures/smollm2.json");
+    let fixture: HfFixture = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let prompt = &fixture.prompts[0];
+    // Token ids from our tokenizer equal those both references were run on.
+    let tok = g.tokenizer().unwrap();
+    let text = tok.decode(&prompt.prompt_ids, false).unwrap();
+    assert_eq!(tok.encode(&text, false).unwrap(), prompt.prompt_ids);
+
+    let weights =
+        crate::weights::Weights::from_source(&g, &Device::Cpu, candle_core::DType::F32).unwrap();
+    let logits = reference_forward(&weights, &c, &prompt.prompt_ids).unwrap();
+    let mut worst = 0f32;
+    for r in &prompt.logits {
+        let row = logits.get(r.position).unwrap().to_vec1::<f32>().unwrap();
+        let argmax = (0..row.len())
+            .max_by(|&a, &b| row[a].total_cmp(&row[b]))
+            .unwrap();
+        assert_eq!(argmax as u32, r.argmax, "position {}", r.position);
+        let max = row.iter().fold(f32::MIN, |m, &x| m.max(x));
+        let lse = max + row.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+        worst = worst.max((lse - r.logsumexp).abs());
+        for (&id, &v) in r.top_ids.iter().zip(&r.top_values) {
+            worst = worst.max((row[id as usize] - v).abs());
+        }
+    }
+    eprintln!("max |logit - transformers| over the top-50 of 3 positions: {worst:e}");
+    assert!(worst < 2e-3, "{worst}");
+
+    // Greedy, as llama.cpp ran it on the f32 weights (stops at <|im_end|> = 2).
+    let mut ids = prompt.prompt_ids.clone();
+    let mut generated = Vec::new();
+    while generated.len() < 8 {
+        let logits = reference_forward(&weights, &c, &ids).unwrap();
+        let last = logits.get(ids.len() - 1).unwrap().to_vec1::<f32>().unwrap();
+        let next = (0..last.len())
+            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+            .unwrap() as u32;
+        generated.push(next);
+        ids.push(next);
+        if next == 2 {
+            break;
+        }
+    }
+    let n = generated.len();
+    assert_eq!(
+        generated,
+        prompt.llamacpp_greedy_ids[..n],
+        "{:?}",
+        tok.decode(&generated, false)
+    );
 }
