@@ -129,7 +129,7 @@ impl HfConfig {
             return Err(ModelError::config(path, "`num_attention_heads` is 0"));
         }
         let num_key_value_heads = self.num_key_value_heads.unwrap_or(num_attention_heads);
-        if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        if num_key_value_heads == 0 || !num_attention_heads.is_multiple_of(num_key_value_heads) {
             return Err(ModelError::config(
                 path,
                 format!(
@@ -139,7 +139,7 @@ impl HfConfig {
             ));
         }
         let head_dim = self.head_dim.unwrap_or(hidden_size / num_attention_heads);
-        if head_dim == 0 || head_dim % 2 != 0 {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(ModelError::config(
                 path,
                 format!("head dimension {head_dim} must be even and non-zero"),
@@ -394,7 +394,10 @@ mod tests {
         let raw: HfConfig = serde_json::from_value(json).unwrap();
         let c = raw.resolve(Path::new("c")).unwrap();
         assert_eq!(c.rope_theta, 500000.0);
-        assert_eq!(c.rope_scaling.unwrap().original_max_position_embeddings, 8192);
+        assert_eq!(
+            c.rope_scaling.unwrap().original_max_position_embeddings,
+            8192
+        );
         assert_eq!(c.torch_dtype, "bfloat16");
     }
 
