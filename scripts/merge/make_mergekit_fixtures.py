@@ -222,12 +222,13 @@ dtype: float32
             cfg = Path(tmp) / "c.yaml"
             cfg.write_text(text)
             times = []
-            for _ in range(2):
+            runs = int(os.environ.get("MERGEKIT_BENCH_RUNS", "2"))
+            for _ in range(runs):
                 out = Path(tmp) / "out"
                 shutil.rmtree(out, ignore_errors=True)
                 times.append(run_mergekit(cfg, out, Path(tmp)))
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-            print(f"mergekit {name}: {min(times):.2f} s (best of 2), children's peak RSS so far {peak:.0f} MiB")
+            print(f"mergekit {name}: {min(times):.2f} s (best of {runs}), children's peak RSS so far {peak:.0f} MiB")
 
 
 def main() -> None:
