@@ -1,6 +1,8 @@
 //! Linear merge (model soups, arXiv:2203.05482): `Σ w_i θ_i`, divided by `Σ w_i` when
 //! `normalize` (mergekit's default). Every listed model counts, the base too if listed.
 
+use rayon::prelude::*;
+
 use crate::error::{MergeError, Result};
 
 /// `Σ w_i x_i (/ Σ w_i)` elementwise, accumulated in f64.
@@ -24,13 +26,13 @@ pub fn linear(
     };
     let n = tensors.first().map_or(0, |t| t.len());
     let mut out = vec![0.0f32; n];
-    for (i, o) in out.iter_mut().enumerate() {
+    out.par_iter_mut().enumerate().for_each(|(i, o)| {
         let mut acc = 0.0f64;
         for (t, w) in tensors.iter().zip(weights) {
             acc += *w * t[i] as f64;
         }
         *o = (acc * scale) as f32;
-    }
+    });
     Ok(out)
 }
 

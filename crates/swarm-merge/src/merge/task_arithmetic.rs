@@ -8,6 +8,7 @@
 //! `lambda`, and added to the base.
 
 use rand::Rng;
+use rayon::prelude::*;
 
 use crate::error::Result;
 use crate::merge::sparsify;
@@ -75,7 +76,7 @@ pub fn mix(
     } else {
         weight_sum
     };
-    for (i, out) in base.iter_mut().enumerate() {
+    base.par_iter_mut().enumerate().for_each(|(i, out)| {
         let (mut mixed, mut divisor) = (0.0f64, 0.0f64);
         match p.consensus {
             None => {
@@ -118,7 +119,7 @@ pub fn mix(
         }
         mixed *= p.lambda;
         *out = (*out as f64 + mixed) as f32;
-    }
+    });
     Ok(base)
 }
 
