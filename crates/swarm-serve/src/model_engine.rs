@@ -381,6 +381,14 @@ impl Scheduler {
                 admitted.into_iter().partition(|(e, _)| *e == elite);
             admitted = rest;
             let seqs: Vec<Seq> = group.into_iter().map(|(_, s)| s).collect();
+            // The exact check, now that the elites prefilled before this one are in use:
+            // an elite that would exceed the budget waits (at the front of the queue).
+            if !self.elites.is_resident(&elite) && self.elites.room_for_new() == 0 {
+                for s in seqs.into_iter().rev() {
+                    self.waiting.push_front((elite.clone(), s));
+                }
+                continue;
+            }
             if let Err(e) = self.prefill(&elite, seqs) {
                 tracing::error!(elite, error = %e, "prefill failed");
             }
