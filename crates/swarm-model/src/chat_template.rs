@@ -70,9 +70,12 @@ impl ChatTemplate {
     fn environment(&self) -> Result<Environment<'_>> {
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |message: String| -> Result<String, JinjaError> {
-            Err(JinjaError::new(ErrorKind::InvalidOperation, message))
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<String, JinjaError> {
+                Err(JinjaError::new(ErrorKind::InvalidOperation, message))
+            },
+        );
         // Llama-3.1 templates print today's date in the system prompt.
         env.add_function("strftime_now", |format: String| -> String {
             // A fixed date keeps prompts (and so generations) reproducible.
@@ -127,10 +130,15 @@ mod tests {
 
     fn tokenizer() -> Tokenizer {
         use tokenizers::models::wordlevel::WordLevel;
-        let vocab = [("<|im_start|>", 0), ("<|im_end|>", 1), ("<unk>", 2), ("<|eot_id|>", 3)]
-            .into_iter()
-            .map(|(t, i)| (t.to_string(), i))
-            .collect();
+        let vocab = [
+            ("<|im_start|>", 0),
+            ("<|im_end|>", 1),
+            ("<unk>", 2),
+            ("<|eot_id|>", 3),
+        ]
+        .into_iter()
+        .map(|(t, i)| (t.to_string(), i))
+        .collect();
         let model = WordLevel::builder()
             .vocab(vocab)
             .unk_token("<unk>".into())
@@ -161,7 +169,10 @@ mod tests {
         let src = "{{- bos_token }}{%- for message in messages %}{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{%- endif %}";
         let t = ChatTemplate::new(src, &tokenizer()).unwrap();
         let text = t
-            .render(&[ChatMessage::system("Be brief. "), ChatMessage::user("Hi")], true)
+            .render(
+                &[ChatMessage::system("Be brief. "), ChatMessage::user("Hi")],
+                true,
+            )
             .unwrap();
         assert!(text.starts_with("<|im_start|><|start_header_id|>system"));
         assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
@@ -172,7 +183,10 @@ mod tests {
     fn python_string_methods_work() {
         let src = "{% for m in messages %}{{ m['content'].strip().upper() }}{% endfor %}";
         let t = ChatTemplate::new(src, &tokenizer()).unwrap();
-        assert_eq!(t.render(&[ChatMessage::user("  ab ")], false).unwrap(), "AB");
+        assert_eq!(
+            t.render(&[ChatMessage::user("  ab ")], false).unwrap(),
+            "AB"
+        );
     }
 
     #[test]

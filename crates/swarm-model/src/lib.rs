@@ -16,14 +16,14 @@ mod config;
 mod device;
 mod error;
 mod fsutil;
-mod gguf;
 mod generation;
+mod gguf;
+mod hub;
 mod kv_cache;
 mod linear;
 mod llama;
 mod pretrained;
 mod sampling;
-mod hub;
 mod tokenizer;
 mod weights;
 
@@ -32,10 +32,11 @@ pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
 pub use device::{default_dtype, device_name, parse_device};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
-pub use gguf::{GgmlType, GgufFile};
 pub use generation::{
     generate, FinishReason, Generated, GenerationParams, StreamControl, TokenEvent,
 };
+pub use gguf::{GgmlType, GgufFile};
+pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
 pub use kv_cache::KvCache;
 pub use linear::Precision;
 pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama};
@@ -43,6 +44,5 @@ pub use pretrained::{
     check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
 };
 pub use sampling::{argmax, Sampler, SamplingParams};
-pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
 pub use tokenizer::Tokenizer;
 pub use weights::{write_safetensors, SafetensorsFiles, TensorSource, Weights};
