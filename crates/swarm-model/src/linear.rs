@@ -110,7 +110,9 @@ impl Linear {
     /// `precision` is Q8_0 and the input width is a multiple of the block size.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, precision: Precision) -> Result<Self> {
         let in_dim = weight.dim(1)?;
-        let weight = if precision == Precision::Q8_0 && in_dim % GgmlDType::Q8_0.block_size() == 0 {
+        let weight = if precision == Precision::Q8_0
+            && in_dim.is_multiple_of(GgmlDType::Q8_0.block_size())
+        {
             let q = Arc::new(QTensor::quantize(
                 &weight.to_dtype(DType::F32)?,
                 GgmlDType::Q8_0,

@@ -338,7 +338,10 @@ impl<G: Clone> CycleQd<G> {
         };
         let outcomes = self.offer(&child.genome, &child.scores, &meta)?;
         self.told += 1;
-        if self.told % self.config.children_per_generation == 0 {
+        if self
+            .told
+            .is_multiple_of(self.config.children_per_generation)
+        {
             let record = self.snapshot(self.generations_done());
             self.history.push(record);
         }

@@ -191,7 +191,7 @@ impl MapElites {
         self.iteration += 1;
         self.batch.clear();
         self.batch_parents.clear();
-        if self.iteration % self.config.metrics_every == 0 {
+        if self.iteration.is_multiple_of(self.config.metrics_every) {
             self.history.push(GenerationMetrics {
                 generation: self.iteration,
                 evaluations: self.evaluations,

@@ -120,7 +120,7 @@ pub fn train(
         opt.set_learning_rate(settings.lr_at(step));
         opt.step(&grads)?;
         bar.inc(1);
-        if step % 10 == 0 || step + 1 == settings.steps {
+        if step.is_multiple_of(10) || step + 1 == settings.steps {
             let recent = &losses[losses.len().saturating_sub(10)..];
             let mean = recent.iter().sum::<f32>() / recent.len() as f32;
             bar.set_message(format!("loss {mean:.3}"));
