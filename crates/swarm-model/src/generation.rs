@@ -292,9 +292,12 @@ impl Sequence {
     }
 }
 
-/// The decoded text of one sequence and how much of it has been streamed.
+/// The decoded text of one sequence and how much of it has been streamed: incremental
+/// detokenisation with stop strings. Shared with the server's continuous-batching engine so
+/// both stream under one contract (no half characters, no possible stop-string prefix, pieces
+/// that concatenate to the final text).
 #[derive(Debug, Clone)]
-struct TextStream {
+pub struct TextStream {
     stop_strings: Vec<String>,
     /// Everything decoded so far (cut before a stop string once one is found).
     text: String,
@@ -303,7 +306,8 @@ struct TextStream {
 }
 
 impl TextStream {
-    fn new(stop_strings: Vec<String>) -> Result<Self> {
+    /// A stream cut at any of `stop_strings` (none may be empty).
+    pub fn new(stop_strings: Vec<String>) -> Result<Self> {
         if stop_strings.iter().any(String::is_empty) {
             return Err(ModelError::Generation(
                 "stop strings must not be empty".to_string(),
@@ -318,7 +322,7 @@ impl TextStream {
 
     /// Takes the full decoded text so far. If it contains a stop string, cuts it there and
     /// returns the final unsent piece.
-    fn update(&mut self, text: String) -> Option<String> {
+    pub fn update(&mut self, text: String) -> Option<String> {
         self.text = text;
         let cut = self
             .stop_strings
@@ -329,9 +333,18 @@ impl TextStream {
         Some(self.finish())
     }
 
+    /// Takes the full decoded text so far and returns `(piece, stopped)`: the text that became
+    /// final, and whether a stop string was found (the text is then cut before it).
+    pub fn push(&mut self, text: String) -> (String, bool) {
+        match self.update(text) {
+            Some(piece) => (piece, true),
+            None => (self.take_safe(), false),
+        }
+    }
+
     /// Returns the text that can no longer change: everything except an incomplete UTF-8
     /// character at the end and the longest suffix that begins a stop string.
-    fn take_safe(&mut self) -> String {
+    pub fn take_safe(&mut self) -> String {
         let mut end = self.text.len();
         if self.text.ends_with('\u{FFFD}') {
             end = self.text.rfind('\u{FFFD}').unwrap_or(end);
@@ -347,7 +360,7 @@ impl TextStream {
     }
 
     /// Returns everything not yet sent.
-    fn finish(&mut self) -> String {
+    pub fn finish(&mut self) -> String {
         self.take_until(self.text.len())
     }
 
@@ -363,7 +376,7 @@ impl TextStream {
     }
 
     /// The final text: exactly what was streamed (a cancelled sequence keeps only that).
-    fn into_text(mut self) -> String {
+    pub fn into_text(mut self) -> String {
         if self.sent <= self.text.len() && self.text.is_char_boundary(self.sent) {
             self.text.truncate(self.sent);
         }
@@ -385,6 +398,26 @@ fn longest_suffix_prefix(text: &str, stop: &str) -> usize {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn text_stream_holds_back_a_possible_stop_and_cuts_at_it() {
+        let mut s = TextStream::new(vec!["END".into()]).unwrap();
+        assert_eq!(s.push("hello E".into()), ("hello ".into(), false));
+        assert_eq!(s.push("hello EN".into()), (String::new(), false));
+        assert_eq!(s.push("hello ENX".into()), ("ENX".into(), false));
+        assert_eq!(
+            s.push("hello ENX and END more".into()),
+            (" and ".into(), true)
+        );
+    }
+
+    #[test]
+    fn text_stream_never_splits_a_character() {
+        let mut s = TextStream::new(vec![]).unwrap();
+        assert_eq!(s.push("a\u{FFFD}".into()), ("a".into(), false));
+        assert_eq!(s.push("aé".into()), ("é".into(), false));
+        assert_eq!(s.finish(), "");
+    }
+
     use super::*;
     use crate::llama::tests::tiny_model;
 

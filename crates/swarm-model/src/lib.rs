@@ -33,7 +33,7 @@ pub use device::{default_dtype, device_name, parse_device};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
 pub use generation::{
-    generate, FinishReason, Generated, GenerationParams, StreamControl, TokenEvent,
+    generate, FinishReason, Generated, GenerationParams, StreamControl, TextStream, TokenEvent,
 };
 pub use gguf::{GgmlType, GgufFile};
 pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};

@@ -34,7 +34,6 @@ mod registry;
 mod router;
 mod server;
 mod stream;
-mod text_stream;
 mod validation;
 
 pub use classifier::{routing_text, synthetic_examples, SkillClassifier};

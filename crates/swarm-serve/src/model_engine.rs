@@ -16,13 +16,12 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::DType;
-use swarm_model::{ChatTemplate, KvCache, Llama, Sampler, Tokenizer};
+use swarm_model::{ChatTemplate, KvCache, Llama, Sampler, TextStream, Tokenizer};
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
 use crate::error::{Result, ServeError};
 use crate::registry::EliteCache;
-use crate::text_stream::TextStream;
 use crate::validation::Prompt;
 
 /// Scheduler settings.
@@ -304,7 +303,9 @@ impl Scheduler {
                 tx,
                 prompt,
                 sampler,
-                text: TextStream::new(p.stop.clone()),
+                // Empty stop strings can never match; the API accepts and ignores them.
+                text: TextStream::new(p.stop.iter().filter(|s| !s.is_empty()).cloned().collect())
+                    .map_err(|e| Failure::Invalid(e.to_string()))?,
                 tokens: Vec::new(),
                 max_new,
                 deadline: job.deadline,
@@ -483,7 +484,7 @@ impl Scheduler {
                     return;
                 }
             };
-            let (mut piece, stopped) = seq.text.update(decoded);
+            let (mut piece, stopped) = seq.text.push(decoded);
             if stopped {
                 finish = Some(FinishReason::Stop);
             } else if seq.tokens.len() >= seq.max_new
