@@ -66,6 +66,32 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
+/// The environment variable candle reads once, on first use, to size its CPU worker pool for
+/// element-wise ops on large tensors and for quantised matrix products.
+pub const CANDLE_THREADS_ENV: &str = "CANDLE_NUM_THREADS";
+
+/// Gives candle's element-wise worker pool one thread unless the user chose a number with
+/// `CANDLE_NUM_THREADS`; matrix products keep rayon's threads (`RAYON_NUM_THREADS`).
+///
+/// Why: candle 0.11 runs element-wise ops of 64K+ elements on a pool whose workers spin on a
+/// barrier. When the process does not own every core (a laptop with a browser open, a CI
+/// runner, two engineers on one machine), a descheduled worker makes every op wait for it:
+/// on this project's 2-core machine a toy-world training step took 0.78 s with the default
+/// pool and 0.25 s with one thread (docs/performance.md). Call it first thing in `main`,
+/// before any tensor exists: the pool is sized once and never resized.
+///
+/// Returns the value in effect.
+pub fn configure_cpu_threads() -> String {
+    match std::env::var(CANDLE_THREADS_ENV) {
+        Ok(value) if !value.trim().is_empty() => value,
+        _ => {
+            // Safe here: called before any other thread exists (documented contract above).
+            std::env::set_var(CANDLE_THREADS_ENV, "1");
+            "1".to_string()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,9 @@ mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
-pub use device::{default_dtype, device_name, parse_device};
+pub use device::{
+    configure_cpu_threads, default_dtype, device_name, parse_device, CANDLE_THREADS_ENV,
+};
 pub use error::{ModelError, Result};
 pub use fsutil::write_atomic;
 pub use generation::{

@@ -13,6 +13,7 @@ fn env<T: std::str::FromStr>(key: &str) -> Option<T> {
 }
 
 fn main() -> anyhow::Result<()> {
+    swarm_model::configure_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_writer(std::io::stderr)

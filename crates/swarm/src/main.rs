@@ -48,6 +48,8 @@ enum Command {
 }
 
 fn main() {
+    // Before any tensor exists: candle sizes its CPU pool once.
+    swarm_model::configure_cpu_threads();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
