@@ -1,14 +1,16 @@
 //! Speed and memory of swarm-merge on SmolLM2-135M-sized inputs.
 //!
-//! `cargo run --release -p swarm-merge --example merge_bench [-- --rank-only 64]`
+//! `cargo run --release -p swarm-merge --example merge_bench [-- --keep DIR] [--merges-only]`
 //!
-//! The base is SmolLM2-135M-Instruct dequantised from the default GGUF
-//! (`SWARM_SMOLLM2_GGUF`, else /tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf); three synthetic
-//! "experts" are the base plus Gaussian noise of 1% of each tensor's RMS. Prints:
-//! factorisation time (full rank and r = 64), genome crossover + mutation time,
-//! materialisation time (memory and HF dir), and linear / TIES merge time and peak RSS (each
-//! merge runs in a child process so its peak memory is its own), next to the time it takes
-//! just to read the input bytes and write the output bytes.
+//! The base is SmolLM2-135M-Instruct dequantised from the default GGUF (swarm's model cache,
+//! fetched on first use; `SWARM_SMOLLM2_GGUF` points at a copy); three synthetic "experts"
+//! are the base plus Gaussian noise of 1% of each tensor's RMS. Prints: factorisation time
+//! (full rank and r = 64), genome crossover + mutation time, materialisation time (memory and
+//! HF dir) next to its two floors (the I/O floor, and the arithmetic floor: the FLOP of the
+//! low-rank products at the GEMM rate measured here), and linear / TIES / DARE merge time and
+//! peak RSS (each merge runs in a child process so its peak memory is its own), next to the
+//! time it takes just to read the input bytes and write the output bytes.
+//! `--merges-only` skips factorisation, genome operators and materialisation.
 //!
 //! `--keep DIR` keeps the four HF dirs (base, e1, e2, e3) for mergekit's timing:
 //! `.venv-merge/bin/python scripts/merge/make_mergekit_fixtures.py --bench DIR/base DIR/e1 DIR/e2`.
@@ -23,7 +25,7 @@ use rand::SeedableRng;
 use swarm_merge::testing::{perturbed, save_hf_dir};
 use swarm_merge::{
     materialise_to_dir, materialise_to_weights, CrossoverParams, DirOutput, FactorSet,
-    FactoriseOptions, Genome, MergePlan, Rank, RunOptions,
+    FactoriseOptions, Genome, MergePlan, Rank, RunOptions, TensorFactors,
 };
 use swarm_model::{GgufFile, TensorSource, Weights};
 
@@ -79,6 +81,47 @@ fn io_floor(inputs: &[PathBuf], out_bytes: usize, scratch: &Path) -> anyhow::Res
     Ok(t)
 }
 
+/// FLOP of materialising `genome`: `2·m·n·Σr` per matrix over the experts it uses.
+fn materialise_flop(factors: &FactorSet, genome: &Genome) -> f64 {
+    let mut flop = 0.0;
+    for t in factors.tensors() {
+        if let (TensorFactors::Svd(experts), [m, n]) = (&t.factors, t.shape.as_slice()) {
+            for k in 0..experts.len() {
+                let c = genome.coefficients(&t.name, k).unwrap_or(&[]);
+                if c.iter().any(|v| *v != 0.0) {
+                    flop += 2.0 * (*m * *n * c.len()) as f64;
+                }
+            }
+        }
+    }
+    flop
+}
+
+/// f32 GEMM rate (FLOP/s) of faer on this machine, on the shape of an MLP matrix's update
+/// (8192 x 576 times 576 x 1536, accumulated), median of 3.
+fn gemm_rate() -> f64 {
+    use faer::{linalg::matmul::matmul, Accum, Mat, Par};
+    let (m, k, n) = (8192, 576, 1536);
+    let a = Mat::<f32>::from_fn(m, k, |i, j| ((i * 7 + j) % 13) as f32 * 0.01);
+    let b = Mat::<f32>::from_fn(k, n, |i, j| ((i + j * 3) % 11) as f32 * 0.01);
+    let mut c = Mat::<f32>::zeros(m, n);
+    let times: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            matmul(
+                c.as_mut(),
+                Accum::Add,
+                a.as_ref(),
+                b.as_ref(),
+                1.0,
+                Par::rayon(0),
+            );
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (m * k * n) as f64 / median(times)
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[1] == "--merge" {
@@ -89,8 +132,8 @@ fn main() -> anyhow::Result<()> {
         .position(|a| a == "--keep")
         .and_then(|i| args.get(i + 1))
         .map(PathBuf::from);
-    let gguf = std::env::var("SWARM_SMOLLM2_GGUF")
-        .unwrap_or_else(|_| "/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf".to_string());
+    let merges_only = args.iter().any(|a| a == "--merges-only");
+    let gguf = swarm_model::ensure_default_model()?.display().to_string();
     let cpu = Device::Cpu;
     let t = Instant::now();
     let file = GgufFile::open(Path::new(&gguf)).with_context(|| gguf.clone())?;
@@ -118,32 +161,37 @@ fn main() -> anyhow::Result<()> {
     // Factorisation.
     let embed = "model.embed_tokens.weight".to_string();
     let mut factor_sets = Vec::new();
-    for (label, opts) in [
-        (
-            "full rank, 3 experts",
-            FactoriseOptions {
-                rank: Rank::Full,
-                ..FactoriseOptions::default()
-            },
-        ),
-        (
-            "r = 64, 3 experts",
-            FactoriseOptions {
-                rank: Rank::Top(64),
-                measure_error: false,
-                ..FactoriseOptions::default()
-            },
-        ),
-        (
-            "r = 64, 3 experts, embedding dense",
-            FactoriseOptions {
-                rank: Rank::Top(64),
-                measure_error: false,
-                dense: vec![embed.clone()],
-                ..FactoriseOptions::default()
-            },
-        ),
-    ] {
+    let factorisations = if merges_only {
+        Vec::new()
+    } else {
+        vec![
+            (
+                "full rank, 3 experts",
+                FactoriseOptions {
+                    rank: Rank::Full,
+                    ..FactoriseOptions::default()
+                },
+            ),
+            (
+                "r = 64, 3 experts",
+                FactoriseOptions {
+                    rank: Rank::Top(64),
+                    measure_error: false,
+                    ..FactoriseOptions::default()
+                },
+            ),
+            (
+                "r = 64, 3 experts, embedding dense",
+                FactoriseOptions {
+                    rank: Rank::Top(64),
+                    measure_error: false,
+                    dense: vec![embed.clone()],
+                    ..FactoriseOptions::default()
+                },
+            ),
+        ]
+    };
+    for (label, opts) in factorisations {
         let t = Instant::now();
         let f = FactorSet::factorise(&base, &refs, &opts)?;
         println!(
@@ -156,24 +204,26 @@ fn main() -> anyhow::Result<()> {
         factor_sets.push((label, f));
     }
     // The embedding's SVD on its own.
-    let tau = (experts[0].get(&embed)? - base.get(&embed)?)?;
-    let mut one = Weights::new();
-    one.insert(embed.clone(), base.get(&embed)?.clone());
-    let mut one_e = Weights::new();
-    one_e.insert(embed.clone(), (base.get(&embed)? + tau)?);
-    let t = Instant::now();
-    FactorSet::factorise(
-        &one,
-        &[("e1", &one_e as &dyn TensorSource)],
-        &FactoriseOptions {
-            measure_error: false,
-            ..FactoriseOptions::default()
-        },
-    )?;
-    println!(
-        "  of which one 49152x576 embedding SVD: {:.1} s",
-        t.elapsed().as_secs_f64()
-    );
+    if !merges_only {
+        let tau = (experts[0].get(&embed)? - base.get(&embed)?)?;
+        let mut one = Weights::new();
+        one.insert(embed.clone(), base.get(&embed)?.clone());
+        let mut one_e = Weights::new();
+        one_e.insert(embed.clone(), (base.get(&embed)? + tau)?);
+        let t = Instant::now();
+        FactorSet::factorise(
+            &one,
+            &[("e1", &one_e as &dyn TensorSource)],
+            &FactoriseOptions {
+                measure_error: false,
+                ..FactoriseOptions::default()
+            },
+        )?;
+        println!(
+            "  of which one 49152x576 embedding SVD: {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
 
     // Genome operators.
     for (label, f) in &factor_sets {
@@ -214,6 +264,17 @@ fn main() -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
     );
     println!("read 1 model + write 1 model: {floor_1:.2} s");
+    let rate = if factor_sets.is_empty() {
+        f64::NAN
+    } else {
+        gemm_rate()
+    };
+    if !factor_sets.is_empty() {
+        println!(
+            "f32 GEMM rate (faer, all threads): {:.1} GFLOP/s",
+            rate / 1e9
+        );
+    }
     for (label, f) in &factor_sets {
         let l = f.layout();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
@@ -223,6 +284,7 @@ fn main() -> anyhow::Result<()> {
             &mut rng,
         )?;
         child.mutate(2, 0.1, &mut rng)?;
+        let flop = materialise_flop(f, &child);
         let t = Instant::now();
         let w = materialise_to_weights(&base_files, f, &child, &cpu)?;
         let mem = t.elapsed().as_secs_f64();
@@ -245,8 +307,16 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         materialise_to_weights(&base_files, f, &expert, &cpu)?;
         let single = t.elapsed().as_secs_f64();
+        let arithmetic = flop / rate;
         println!(
             "materialise ({label}): child of 3 experts {mem:.2} s to memory, {dir:.2} s to an HF dir; one expert {single:.2} s"
+        );
+        println!(
+            "  floors: I/O {floor_1:.2} s (HF dir at {:.1}x), arithmetic {:.0} GFLOP = {arithmetic:.2} s at the measured GEMM rate (HF dir at {:.1}x); the bound is the {}",
+            dir / floor_1,
+            flop / 1e9,
+            dir / arithmetic,
+            if arithmetic > floor_1 { "arithmetic" } else { "I/O" }
         );
     }
 
@@ -277,6 +347,22 @@ fn main() -> anyhow::Result<()> {
             "ties (base + 2 experts, density 0.5)",
             format!(
                 "merge_method: ties\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\ndtype: float32\n",
+                d(0), d(1), d(2)
+            ),
+            floor_3,
+        ),
+        (
+            "linear (base + 2 experts, as against mergekit)",
+            format!(
+                "merge_method: linear\nmodels:\n  - model: {}\n    parameters: {{weight: 0.4}}\n  - model: {}\n    parameters: {{weight: 0.3}}\n  - model: {}\n    parameters: {{weight: 0.3}}\ndtype: float32\n",
+                d(0), d(1), d(2)
+            ),
+            floor_3,
+        ),
+        (
+            "dare_ties (base + 2 experts, density 0.5)",
+            format!(
+                "merge_method: dare_ties\nbase_model: {}\nmodels:\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\n  - model: {}\n    parameters: {{weight: 0.5, density: 0.5}}\ndtype: float32\n",
                 d(0), d(1), d(2)
             ),
             floor_3,

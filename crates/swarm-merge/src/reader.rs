@@ -5,12 +5,16 @@
 //! it, so a merge that streams three models through a mmap looks (and, under pressure, is) as
 //! big as the three models. Reading tensor by tensor keeps the resident set at the tensors in
 //! flight; the kernel's page cache still makes repeated reads fast.
+//!
+//! Reads are positioned (`pread`), so several threads can read one file at once, and go
+//! through a cache-sized byte buffer decoded into the destination f32 buffer, so a big
+//! tensor is never held twice. [`SafetensorsReader::read_f32`] reads any element range,
+//! converted from the stored dtype, which is what lets a merge stream a tensor in chunks.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor};
 use swarm_model::{ModelError, TensorSource};
@@ -29,7 +33,7 @@ struct Entry {
 /// One or more safetensors files (an HF dir's shards) read tensor by tensor.
 pub struct SafetensorsReader {
     description: String,
-    files: Vec<(PathBuf, Mutex<File>)>,
+    files: Vec<(PathBuf, File)>,
     entries: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
 }
@@ -117,7 +121,7 @@ impl SafetensorsReader {
                     )));
                 }
             }
-            files.push((path.clone(), Mutex::new(file)));
+            files.push((path.clone(), file));
         }
         Ok(Self {
             description,
@@ -176,20 +180,131 @@ impl SafetensorsReader {
         self.entries.get(name).map(|e| e.dtype)
     }
 
-    fn read(&self, name: &str) -> Result<(Vec<u8>, &Entry)> {
-        let entry = self.entries.get(name).ok_or_else(|| {
-            MergeError::tensor(name, format!("not found in {}", self.description))
-        })?;
-        let (path, file) = &self.files[entry.file];
-        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
-        let mut file = file
-            .lock()
-            .map_err(|_| MergeError::file(path, "file lock poisoned"))?;
-        file.seek(SeekFrom::Start(entry.start))
-            .and_then(|_| file.read_exact(&mut bytes))
-            .map_err(|e| MergeError::io(path, e))?;
-        Ok((bytes, entry))
+    fn entry(&self, name: &str) -> Result<&Entry> {
+        self.entries
+            .get(name)
+            .ok_or_else(|| MergeError::tensor(name, format!("not found in {}", self.description)))
     }
+
+    /// Reads `bytes.len()` bytes of `entry` starting `skip` bytes into it.
+    fn read_bytes(&self, entry: &Entry, skip: u64, bytes: &mut [u8]) -> Result<()> {
+        let (path, file) = &self.files[entry.file];
+        let at = entry.start + skip;
+        if at + bytes.len() as u64 > entry.end {
+            return Err(MergeError::file(
+                path,
+                format!(
+                    "read of {} bytes at {at} runs past the tensor's end ({})",
+                    bytes.len(),
+                    entry.end
+                ),
+            ));
+        }
+        read_exact_at(file, bytes, at).map_err(|e| MergeError::io(path, e))
+    }
+
+    /// Reads elements `start..start + dst.len()` of tensor `name` (row-major, flattened) into
+    /// `dst`, converted to f32 from the stored dtype. `scratch` holds raw bytes, at most
+    /// 64 Ki elements' worth; pass the same one to every call so it is allocated once.
+    pub fn read_f32(
+        &self,
+        name: &str,
+        start: usize,
+        dst: &mut [f32],
+        scratch: &mut Vec<u8>,
+    ) -> Result<()> {
+        let entry = self.entry(name)?;
+        let n: usize = entry.shape.iter().product();
+        if start + dst.len() > n {
+            return Err(MergeError::tensor(
+                name,
+                format!(
+                    "elements {start}..{} requested from a tensor of {n}",
+                    start + dst.len()
+                ),
+            ));
+        }
+        if !matches!(
+            entry.dtype,
+            DType::F32 | DType::BF16 | DType::F16 | DType::F64
+        ) {
+            return Err(MergeError::tensor(
+                name,
+                format!("is stored as {:?}, which is not a float type", entry.dtype),
+            ));
+        }
+        let size = entry.dtype.size_in_bytes();
+        // Bytes are read and decoded a cache-sized piece at a time.
+        const PIECE: usize = 1 << 16;
+        let mut done = 0;
+        while done < dst.len() {
+            let len = PIECE.min(dst.len() - done);
+            scratch.resize(len * size, 0);
+            self.read_bytes(entry, ((start + done) * size) as u64, scratch)?;
+            decode_to_f32(entry.dtype, scratch, &mut dst[done..done + len]);
+            done += len;
+        }
+        Ok(())
+    }
+
+    /// Reads the whole tensor `name` as f32 (see [`read_f32`](Self::read_f32)).
+    pub fn read_f32_vec(&self, name: &str) -> Result<Vec<f32>> {
+        let n: usize = self.entry(name)?.shape.iter().product();
+        let mut values = vec![0f32; n];
+        self.read_f32(name, 0, &mut values, &mut Vec::new())?;
+        Ok(values)
+    }
+}
+
+/// Little-endian f32/bf16/f16/f64 bytes to f32 values (`bytes.len()` is `dst.len()` times
+/// the dtype's size).
+fn decode_to_f32(dtype: DType, bytes: &[u8], dst: &mut [f32]) {
+    match dtype {
+        DType::F32 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        DType::BF16 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        DType::F16 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
+                *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+            }
+        }
+        _ => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(b);
+                *d = f64::from_le_bytes(le) as f32;
+            }
+        }
+    }
+}
+
+/// `pread` until `buf` is full: no shared file position, so threads need no lock.
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match std::os::windows::fs::FileExt::seek_read(file, buf, offset) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl TensorSource for SafetensorsReader {
@@ -209,10 +324,19 @@ impl TensorSource for SafetensorsReader {
             })
     }
     fn load(&self, name: &str, device: &Device) -> swarm_model::Result<Tensor> {
-        let (bytes, entry) = self.read(name).map_err(|e| ModelError::Tensor {
+        let as_model_error = |e: MergeError| ModelError::Tensor {
             name: name.to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let entry = self.entry(name).map_err(as_model_error)?;
+        if entry.dtype == DType::F32 {
+            // Into the f32 buffer the tensor then owns: the whole tensor is not held twice.
+            let values = self.read_f32_vec(name).map_err(as_model_error)?;
+            return Ok(Tensor::from_vec(values, entry.shape.as_slice(), device)?);
+        }
+        let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
+        self.read_bytes(entry, 0, &mut bytes)
+            .map_err(as_model_error)?;
         Ok(Tensor::from_raw_buffer(
             &bytes,
             entry.dtype,
@@ -246,6 +370,15 @@ mod tests {
         assert_eq!(a.to_vec2::<f32>().unwrap()[2], vec![8., 9., 10., 11.]);
         assert_eq!(r.dtype("b"), Some(DType::BF16));
         assert!(r.load("zzz", &Device::Cpu).is_err());
+        // Element ranges, from f32 and converted from bf16.
+        let mut scratch = Vec::new();
+        let mut part = [0f32; 3];
+        r.read_f32("a", 5, &mut part, &mut scratch).unwrap();
+        assert_eq!(part, [5., 6., 7.]);
+        r.read_f32("b", 1, &mut part[..2], &mut scratch).unwrap();
+        assert_eq!(part[..2], [1., 1.]);
+        let err = r.read_f32("a", 10, &mut part, &mut scratch).unwrap_err();
+        assert!(err.to_string().contains("`a`"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -74,7 +74,7 @@ pub fn torch_dtype_name(dtype: DType) -> &'static str {
 pub struct SafetensorsStreamWriter {
     path: PathBuf,
     tmp: PathBuf,
-    out: Option<BufWriter<File>>,
+    out: Option<Output>,
     specs: Vec<TensorSpec>,
     next: usize,
 }
@@ -116,12 +116,11 @@ impl SafetensorsStreamWriter {
         }
         let tmp = temp_sibling(path);
         let file = File::create(&tmp).map_err(|e| MergeError::io(&tmp, e))?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
-        let write = |out: &mut BufWriter<File>| -> std::io::Result<()> {
-            out.write_all(&(json.len() as u64).to_le_bytes())?;
-            out.write_all(&json)
-        };
-        if let Err(e) = write(&mut out) {
+        let mut out = Output::new(file);
+        let header = out
+            .write_all(&(json.len() as u64).to_le_bytes())
+            .and_then(|_| out.write_all(&json));
+        if let Err(e) = header {
             let _ = std::fs::remove_file(&tmp);
             return Err(MergeError::io(&tmp, e));
         }
@@ -139,9 +138,9 @@ impl SafetensorsStreamWriter {
         &self.specs[self.next..]
     }
 
-    /// Writes the next tensor; its name and shape must be the next spec's. It is converted to
-    /// the spec's dtype.
-    pub fn write(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+    /// Checks that `name` with `shape` is the next spec and returns that spec's dtype and the
+    /// output stream.
+    fn next_spec(&mut self, name: &str, shape: &[usize]) -> Result<(DType, &mut Output)> {
         let spec = self.specs.get(self.next).ok_or_else(|| {
             MergeError::tensor(name, "written after every tensor of the file was written")
         })?;
@@ -151,12 +150,11 @@ impl SafetensorsStreamWriter {
                 format!("written out of order: expected `{}` next", spec.name),
             ));
         }
-        if tensor.dims() != spec.shape.as_slice() {
+        if shape != spec.shape.as_slice() {
             return Err(MergeError::tensor(
                 name,
                 format!(
-                    "has shape {:?}, the output header says {:?}",
-                    tensor.dims(),
+                    "has shape {shape:?}, the output header says {:?}",
                     spec.shape
                 ),
             ));
@@ -166,10 +164,93 @@ impl SafetensorsStreamWriter {
             .out
             .as_mut()
             .ok_or_else(|| MergeError::tensor(name, "writer already closed"))?;
-        write_tensor_bytes(out, tensor, dtype).map_err(|e| match e {
-            WriteErr::Io(e) => MergeError::io(&self.tmp, e),
-            WriteErr::Candle(e) => MergeError::tensor(name, e.to_string()),
-        })?;
+        Ok((dtype, out))
+    }
+
+    /// Writes the next tensor; its name and shape must be the next spec's. It is converted to
+    /// the spec's dtype.
+    pub fn write(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
+        let candle_err = |e: candle_core::Error| MergeError::tensor(name, e.to_string());
+        let t = tensor.to_device(&Device::Cpu).map_err(candle_err)?;
+        let tmp = self.tmp.clone();
+        let (dtype, out) = self.next_spec(name, t.dims())?;
+        if dtype == DType::F64 {
+            // Through f32 would round f64 values (a rare path: no copy saving needed).
+            let values = t
+                .to_dtype(DType::F64)
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f64>())
+                .map_err(candle_err)?;
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.write_all(&bytes).map_err(|e| MergeError::io(&tmp, e))?;
+        } else {
+            let t = t
+                .to_dtype(DType::F32)
+                .and_then(|t| t.contiguous())
+                .map_err(candle_err)?;
+            let (storage, layout) = t.storage_and_layout();
+            let values = match (&*storage, layout.contiguous_offsets()) {
+                (candle_core::Storage::Cpu(cpu), Some((from, to))) => {
+                    // The tensor's own buffer: no copy before encoding.
+                    &cpu.as_slice::<f32>().map_err(candle_err)?[from..to]
+                }
+                _ => {
+                    return Err(MergeError::tensor(
+                        name,
+                        "is not a contiguous CPU tensor after conversion",
+                    ))
+                }
+            };
+            out.encode_f32(values, dtype)
+                .map_err(|e| MergeError::io(&tmp, e))?;
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the next tensor from f32 values (row-major), converted to the spec's dtype.
+    pub fn write_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if values.len() != n {
+            return Err(MergeError::tensor(
+                name,
+                format!("{} values given for shape {shape:?}", values.len()),
+            ));
+        }
+        let tmp = self.tmp.clone();
+        let (dtype, out) = self.next_spec(name, shape)?;
+        out.encode_f32(values, dtype)
+            .map_err(|e| MergeError::io(&tmp, e))?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the next tensor chunk by chunk, never holding it whole: `fill(start, chunk)`
+    /// must put elements `start..start + chunk.len()` (row-major) into `chunk`; they are
+    /// converted to the spec's dtype and written before the next chunk is asked for.
+    pub fn write_f32_chunks(
+        &mut self,
+        name: &str,
+        chunk_len: usize,
+        mut fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let shape = self
+            .specs
+            .get(self.next)
+            .map(|s| s.shape.clone())
+            .unwrap_or_default();
+        let n: usize = shape.iter().product();
+        let tmp = self.tmp.clone();
+        let (dtype, out) = self.next_spec(name, &shape)?;
+        let mut chunk = vec![0f32; chunk_len.clamp(1, n.max(1))];
+        let mut start = 0;
+        while start < n {
+            let len = chunk.len().min(n - start);
+            fill(start, &mut chunk[..len])?;
+            out.encode_f32(&chunk[..len], dtype)
+                .map_err(|e| MergeError::io(&tmp, e))?;
+            start += len;
+        }
         self.next += 1;
         Ok(())
     }
@@ -186,8 +267,7 @@ impl SafetensorsStreamWriter {
         let tmp = self.tmp.clone();
         let done = || -> std::io::Result<()> {
             if let Some(out) = out {
-                let file = out.into_inner().map_err(|e| e.into_error())?;
-                file.sync_all()?;
+                out.finish()?.sync_all()?;
             }
             std::fs::rename(&tmp, &self.path)
         };
@@ -202,49 +282,82 @@ impl Drop for SafetensorsStreamWriter {
     }
 }
 
-enum WriteErr {
-    Io(std::io::Error),
-    Candle(candle_core::Error),
+/// The output file with a 1 MiB buffer that tensors are encoded into directly (a
+/// `BufWriter` would need them encoded elsewhere first and copied in).
+struct Output {
+    file: File,
+    pending: Vec<u8>,
 }
 
-/// Writes `tensor`'s values as little-endian `dtype`, converting in chunks so that no second
-/// copy of a big tensor is made.
-fn write_tensor_bytes(
-    out: &mut impl Write,
-    tensor: &Tensor,
-    dtype: DType,
-) -> std::result::Result<(), WriteErr> {
-    let t = tensor
-        .to_device(&Device::Cpu)
-        .and_then(|t| t.to_dtype(dtype))
-        .and_then(|t| t.flatten_all())
-        .map_err(WriteErr::Candle)?;
-    const CHUNK: usize = 1 << 16;
-    let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 8);
-    macro_rules! emit {
-        ($ty:ty) => {{
-            let values = t.to_vec1::<$ty>().map_err(WriteErr::Candle)?;
-            for chunk in values.chunks(CHUNK) {
-                buf.clear();
-                for v in chunk {
-                    buf.extend_from_slice(&v.to_le_bytes());
-                }
-                out.write_all(&buf).map_err(WriteErr::Io)?;
-            }
-        }};
-    }
-    match dtype {
-        DType::F32 => emit!(f32),
-        DType::F16 => emit!(half::f16),
-        DType::BF16 => emit!(half::bf16),
-        DType::F64 => emit!(f64),
-        other => {
-            return Err(WriteErr::Candle(candle_core::Error::Msg(format!(
-                "cannot write dtype {other:?}"
-            ))))
+impl Output {
+    const FLUSH_AT: usize = 1 << 20;
+    /// Values encoded per step: 256 KiB of f32, so the buffer stays in cache.
+    const PIECE: usize = 1 << 16;
+
+    fn new(file: File) -> Self {
+        Self {
+            file,
+            pending: Vec::with_capacity(Self::FLUSH_AT + Self::PIECE * 8),
         }
     }
-    Ok(())
+
+    fn flush_if_full(&mut self) -> std::io::Result<()> {
+        if self.pending.len() >= Self::FLUSH_AT {
+            self.file.write_all(&self.pending)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.pending.extend_from_slice(bytes);
+        self.flush_if_full()
+    }
+
+    /// Appends f32 values as little-endian `dtype` (f32, f16, bf16 or f64; the header
+    /// refuses others).
+    fn encode_f32(&mut self, values: &[f32], dtype: DType) -> std::io::Result<()> {
+        let width = match dtype {
+            DType::BF16 | DType::F16 => 2,
+            DType::F64 => 8,
+            _ => 4,
+        };
+        for piece in values.chunks(Self::PIECE) {
+            let at = self.pending.len();
+            self.pending.resize(at + piece.len() * width, 0);
+            let bytes = &mut self.pending[at..];
+            match dtype {
+                DType::BF16 => {
+                    for (b, v) in bytes.chunks_exact_mut(2).zip(piece) {
+                        b.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                    }
+                }
+                DType::F16 => {
+                    for (b, v) in bytes.chunks_exact_mut(2).zip(piece) {
+                        b.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                    }
+                }
+                DType::F64 => {
+                    for (b, v) in bytes.chunks_exact_mut(8).zip(piece) {
+                        b.copy_from_slice(&(*v as f64).to_le_bytes());
+                    }
+                }
+                _ => {
+                    for (b, v) in bytes.chunks_exact_mut(4).zip(piece) {
+                        b.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+            }
+            self.flush_if_full()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending and hands back the file.
+    fn finish(mut self) -> std::io::Result<File> {
+        self.file.write_all(&self.pending)?;
+        Ok(self.file)
+    }
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -319,6 +432,28 @@ impl HfDirWriter {
     pub fn write_tensor(&mut self, name: &str, tensor: &Tensor) -> Result<()> {
         match self.weights.as_mut() {
             Some(w) => w.write(name, tensor),
+            None => Err(MergeError::tensor(name, "writer already closed")),
+        }
+    }
+
+    /// Writes the next tensor of `model.safetensors` from f32 values.
+    pub fn write_f32(&mut self, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+        match self.weights.as_mut() {
+            Some(w) => w.write_f32(name, shape, values),
+            None => Err(MergeError::tensor(name, "writer already closed")),
+        }
+    }
+
+    /// Writes the next tensor of `model.safetensors` chunk by chunk (see
+    /// [`SafetensorsStreamWriter::write_f32_chunks`]).
+    pub fn write_f32_chunks(
+        &mut self,
+        name: &str,
+        chunk_len: usize,
+        fill: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        match self.weights.as_mut() {
+            Some(w) => w.write_f32_chunks(name, chunk_len, fill),
             None => Err(MergeError::tensor(name, "writer already closed")),
         }
     }
@@ -404,6 +539,42 @@ mod tests {
         assert_eq!(back.to_vec2::<f32>().unwrap()[1], vec![3., 4., 5.]);
         let a = files.load("a", &Device::Cpu).unwrap();
         assert_eq!(a.dtype(), DType::BF16);
+    }
+
+    #[test]
+    fn chunked_and_slice_writes_convert_to_the_spec_dtype() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let specs = vec![
+            TensorSpec::new("b", vec![2, 3], DType::F32),
+            TensorSpec::new("a", vec![5], DType::BF16),
+            TensorSpec::new("c", vec![3], DType::F64),
+        ];
+        let mut w = SafetensorsStreamWriter::create(&path, specs, &BTreeMap::new()).unwrap();
+        // Chunks of 4 over 6 elements: the second call gets the last 2.
+        let mut starts = Vec::new();
+        w.write_f32_chunks("b", 4, |start, chunk| {
+            starts.push((start, chunk.len()));
+            for (i, v) in chunk.iter_mut().enumerate() {
+                *v = (start + i) as f32;
+            }
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(starts, vec![(0, 4), (4, 2)]);
+        assert!(w.write_f32("a", &[5], &[1.0; 4]).is_err());
+        w.write_f32("a", &[5], &[1.5, 2.0, -3.0, 0.0, 4.0]).unwrap();
+        w.write_f32("c", &[3], &[0.5, 1.0, 2.0]).unwrap();
+        w.finish().unwrap();
+        let files = SafetensorsFiles::open_dir(dir.path()).unwrap();
+        let b = files.load("b", &Device::Cpu).unwrap();
+        assert_eq!(b.to_vec2::<f32>().unwrap()[1], vec![3., 4., 5.]);
+        let a = files.load("a", &Device::Cpu).unwrap();
+        assert_eq!(a.dtype(), DType::BF16);
+        let a = a.to_dtype(DType::F32).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a, vec![1.5, 2.0, -3.0, 0.0, 4.0]);
+        let c = files.load("c", &Device::Cpu).unwrap();
+        assert_eq!(c.to_vec1::<f64>().unwrap(), vec![0.5, 1.0, 2.0]);
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod plan;
 pub mod run;
 pub mod slerp;
 pub mod sparsify;
+mod stream;
 pub mod task_arithmetic;

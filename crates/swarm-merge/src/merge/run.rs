@@ -1,11 +1,18 @@
 //! Runs a [`MergePlan`]: opens the inputs, checks that they fit together before writing
 //! anything, then streams one tensor at a time from every input through the method into an
 //! HF dir that appears only when complete.
+//!
+//! Within a tensor the merge works in chunks of [`CHUNK`] entries: each input's chunk is
+//! read (from safetensors, straight into an f32 buffer), combined, and the output chunk is
+//! written before the next is read. Linear, task arithmetic and SLERP's output pass hold only
+//! chunks; TIES holds one tensor's magnitudes while it finds each task vector's threshold,
+//! DARE one bit per entry per model. So a merge's memory is about one tensor, whatever the
+//! number of inputs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::DType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
@@ -13,9 +20,11 @@ use swarm_model::{write_model_metadata, LlamaConfig, Pretrained, TensorSource, T
 
 use crate::error::{MergeError, Result};
 use crate::factor::check_same_tensors;
+use crate::merge::linear::{accumulate, finish, linear_scale};
 use crate::merge::plan::{MergePlan, PlanKind};
-use crate::merge::task_arithmetic::{mix, TaskVector};
-use crate::merge::{linear::linear, slerp::slerp};
+use crate::merge::slerp::{combine, SlerpSums};
+use crate::merge::stream::{TensorInput, CHUNK};
+use crate::merge::task_arithmetic::{GtaMixer, GtaParams, MixWork};
 use crate::reader::SafetensorsReader;
 use crate::writer::{parse_dtype, torch_dtype_name, HfDirWriter, TensorSpec};
 
@@ -29,6 +38,9 @@ pub struct InputModel {
     /// Tokenizer and chat template of a model that is not an HF dir (GGUF, hub id), written
     /// next to an output that takes its metadata from this model.
     pub tokenizer: Option<(Tokenizer, Option<String>)>,
+    /// The same safetensors files as `weights` when the model is an HF dir, read in chunks
+    /// by the merge (a `dyn TensorSource` only loads whole tensors).
+    files: Option<SafetensorsReader>,
 }
 
 impl InputModel {
@@ -39,12 +51,15 @@ impl InputModel {
         if dir.is_dir() && dir.join("config.json").is_file() {
             let config = LlamaConfig::from_file(&dir.join("config.json"))?;
             let weights = Box::new(SafetensorsReader::open_dir(&dir)?);
+            // A second handle on the same files: only headers are parsed twice.
+            let files = Some(SafetensorsReader::open_dir(&dir)?);
             return Ok(InputModel {
                 reference: reference.to_string(),
                 config,
                 weights,
                 dir: Some(dir),
                 tokenizer: None,
+                files,
             });
         }
         let p = Pretrained::open(reference)?;
@@ -54,6 +69,7 @@ impl InputModel {
             weights: p.weights,
             dir: None,
             tokenizer: Some((p.tokenizer, p.chat_template)),
+            files: None,
         })
     }
 
@@ -69,7 +85,12 @@ impl InputModel {
             weights,
             dir: None,
             tokenizer: None,
+            files: None,
         }
+    }
+
+    fn tensor<'a>(&'a self, name: &'a str, round_to: Option<DType>) -> Result<TensorInput<'a>> {
+        TensorInput::open(self.files.as_ref(), self.weights.as_ref(), name, round_to)
     }
 }
 
@@ -137,14 +158,6 @@ fn check_configs(reference: &InputModel, other: &InputModel) -> Result<()> {
     Ok(())
 }
 
-fn load_f32(model: &InputModel, name: &str, round_to: Option<DType>) -> Result<Vec<f32>> {
-    let mut t = model.weights.load(name, &Device::Cpu)?;
-    if let Some(d) = round_to {
-        t = t.to_dtype(d)?;
-    }
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
-}
-
 /// A seed per (plan seed, tensor, model), so DARE's drops do not depend on tensor order.
 fn tensor_rng(seed: u64, name: &str) -> ChaCha8Rng {
     let mut h = Sha256::new();
@@ -195,6 +208,80 @@ fn write_metadata(staging: &Path, reference: &InputModel, out_dtype: DType) -> R
     std::fs::write(&path, text).map_err(|e| MergeError::io(&path, e))
 }
 
+/// Buffers reused from tensor to tensor.
+#[derive(Default)]
+struct Scratch {
+    acc: Vec<f64>,
+    x: Vec<f32>,
+    y: Vec<f32>,
+    /// TIES: one tensor's magnitudes.
+    mags: Vec<u32>,
+    /// One chunk of each task vector.
+    deltas: Vec<Vec<f32>>,
+    work: MixWork,
+}
+
+/// Task arithmetic, TIES and DARE on one tensor: a planning pass per sparsified task
+/// vector (its threshold or mask), then one pass that reads a chunk of the base and of every
+/// model, mixes it and writes it.
+#[allow(clippy::too_many_arguments)]
+fn merge_task_vectors(
+    plan: &MergePlan,
+    params: &GtaParams,
+    name: &str,
+    n: usize,
+    base: &mut TensorInput,
+    inputs: &mut [TensorInput],
+    writer: &mut HfDirWriter,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let experts: Vec<(f64, f64)> = plan.models.iter().map(|m| (m.weight, m.density)).collect();
+    let mut rng = tensor_rng(plan.seed, name);
+    let Scratch {
+        x: base_chunk,
+        mags,
+        deltas,
+        work,
+        ..
+    } = scratch;
+    base_chunk.resize(CHUNK.min(n), 0.0);
+    let mixer = GtaMixer::plan(
+        name,
+        n,
+        params,
+        &experts,
+        &mut rng,
+        mags,
+        |i, start, chunk| {
+            let len = chunk.len();
+            base.read(start, &mut base_chunk[..len])?;
+            inputs[i].read(start, chunk)?;
+            chunk
+                .iter_mut()
+                .zip(&base_chunk[..len])
+                .for_each(|(x, b)| *x -= b);
+            Ok(())
+        },
+    )?;
+    deltas.resize_with(inputs.len(), Vec::new);
+    for d in deltas.iter_mut() {
+        d.resize(CHUNK.min(n), 0.0);
+    }
+    writer.write_f32_chunks(name, CHUNK, |start, out| {
+        let len = out.len();
+        base.read(start, out)?;
+        for (input, d) in inputs.iter_mut().zip(deltas.iter_mut()) {
+            input.read(start, &mut d[..len])?;
+            d[..len]
+                .iter_mut()
+                .zip(out.iter())
+                .for_each(|(x, b)| *x -= b);
+        }
+        mixer.mix_chunk(start, out, deltas, work);
+        Ok(())
+    })
+}
+
 /// Runs `plan` on models opened by `open` (pass [`InputModel::open`] for HF dirs), writing an
 /// HF dir at `out_dir`.
 pub fn run_with(
@@ -235,51 +322,80 @@ pub fn run_with(
     let total = specs.len();
     let mut bytes_written = 0usize;
     let mut writer = HfDirWriter::create(out_dir, specs.clone(), options.overwrite)?;
+    let mut scratch = Scratch::default();
     for (i, spec) in specs.iter().enumerate() {
-        let name = &spec.name;
-        let inputs: Vec<Vec<f32>> = models
+        let name = spec.name.as_str();
+        let n: usize = spec.shape.iter().product();
+        let mut inputs: Vec<TensorInput> = models
             .iter()
-            .map(|m| load_f32(m, name, plan.dtype))
+            .map(|m| m.tensor(name, plan.dtype))
             .collect::<Result<_>>()?;
-        let merged = match &plan.kind {
+        match &plan.kind {
             PlanKind::Linear { normalize } => {
                 let weights: Vec<f64> = plan.models.iter().map(|m| m.weight).collect();
-                linear(name, &inputs, &weights, *normalize)?
+                let scale = linear_scale(name, &weights, *normalize)?;
+                let (acc, x) = (&mut scratch.acc, &mut scratch.x);
+                writer.write_f32_chunks(name, CHUNK, |start, out| {
+                    let len = out.len();
+                    acc.clear();
+                    acc.resize(len, 0.0);
+                    x.resize(len, 0.0);
+                    for (input, w) in inputs.iter_mut().zip(&weights) {
+                        input.read(start, &mut x[..len])?;
+                        accumulate(acc, &x[..len], *w);
+                    }
+                    finish(out, acc, scale);
+                    Ok(())
+                })?;
             }
             PlanKind::TaskArithmetic(params) => {
                 let base_m = base.as_ref().ok_or_else(|| {
                     MergeError::Config("task arithmetic needs a base model".to_string())
                 })?;
-                let base_v = load_f32(base_m, name, plan.dtype)?;
-                let tvs = inputs
-                    .into_iter()
-                    .zip(&plan.models)
-                    .map(|(mut x, m)| {
-                        x.iter_mut().zip(&base_v).for_each(|(a, b)| *a -= b);
-                        TaskVector {
-                            delta: x,
-                            weight: m.weight,
-                            density: m.density,
-                        }
-                    })
-                    .collect();
-                let mut rng = tensor_rng(plan.seed, name);
-                mix(name, base_v, tvs, params, &mut rng)?
+                let mut base_t = base_m.tensor(name, plan.dtype)?;
+                merge_task_vectors(
+                    plan,
+                    params,
+                    name,
+                    n,
+                    &mut base_t,
+                    &mut inputs,
+                    &mut writer,
+                    &mut scratch,
+                )?;
             }
             PlanKind::Slerp { t } => {
                 let base_m = base
                     .as_ref()
                     .ok_or_else(|| MergeError::Config("slerp needs a base model".to_string()))?;
-                let base_v = load_f32(base_m, name, plan.dtype)?;
+                let mut base_t = base_m.tensor(name, plan.dtype)?;
                 let other = inputs
-                    .first()
+                    .first_mut()
                     .ok_or_else(|| MergeError::Config("slerp needs a second model".to_string()))?;
-                slerp(*t, &base_v, other)
+                // Two passes: the norms and the angle, then the output.
+                let (v0, v1) = (&mut scratch.x, &mut scratch.y);
+                v0.resize(CHUNK.min(n), 0.0);
+                v1.resize(CHUNK.min(n), 0.0);
+                let mut sums = SlerpSums::default();
+                let mut start = 0;
+                while start < n {
+                    let len = CHUNK.min(n - start);
+                    base_t.read(start, &mut v0[..len])?;
+                    other.read(start, &mut v1[..len])?;
+                    sums.add(&v0[..len], &v1[..len]);
+                    start += len;
+                }
+                let c = sums.coefficients(*t);
+                writer.write_f32_chunks(name, CHUNK, |start, out| {
+                    let len = out.len();
+                    base_t.read(start, &mut v0[..len])?;
+                    other.read(start, &mut v1[..len])?;
+                    combine(out, &v0[..len], &v1[..len], c);
+                    Ok(())
+                })?;
             }
-        };
-        let t = Tensor::from_vec(merged, spec.shape.as_slice(), &Device::Cpu)?;
-        writer.write_tensor(name, &t)?;
-        bytes_written += t.elem_count() * out_dtype.size_in_bytes();
+        }
+        bytes_written += n * out_dtype.size_in_bytes();
         progress(i + 1, total, name);
     }
     write_metadata(writer.staging_dir(), reference, out_dtype)?;
@@ -306,6 +422,7 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::testing::{perturbed, random_model, rel_diff, save_hf_dir, tiny_config};
+    use candle_core::Device;
     use swarm_model::Weights;
 
     struct Fixture {

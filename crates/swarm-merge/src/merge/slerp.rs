@@ -2,34 +2,59 @@
 //! mergekit does it: the angle is taken between the two tensors flattened and normalised;
 //! nearly colinear tensors (|cos| > 0.9995) are interpolated linearly.
 
+/// The sums a slerp needs over a whole tensor pair, gathered chunk by chunk.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SlerpSums {
+    sq0: f64,
+    sq1: f64,
+    dot: f64,
+}
+
+impl SlerpSums {
+    /// Adds one chunk of both tensors.
+    pub(crate) fn add(&mut self, v0: &[f32], v1: &[f32]) {
+        for (a, b) in v0.iter().zip(v1) {
+            let (a, b) = (*a as f64, *b as f64);
+            self.sq0 += a * a;
+            self.sq1 += b * b;
+            self.dot += a * b;
+        }
+    }
+
+    /// The coefficients `(c0, c1)` of `c0 · v0 + c1 · v1` at `t`.
+    pub(crate) fn coefficients(&self, t: f64) -> (f64, f64) {
+        const DOT_THRESHOLD: f64 = 0.9995;
+        const EPS: f64 = 1e-8;
+        let (n0, n1) = (self.sq0.sqrt(), self.sq1.sqrt());
+        // mergekit normalises only vectors whose norm exceeds eps.
+        let s0 = if n0 > EPS { 1.0 / n0 } else { 1.0 };
+        let s1 = if n1 > EPS { 1.0 / n1 } else { 1.0 };
+        let dot = self.dot * s0 * s1;
+        if dot.abs() > DOT_THRESHOLD {
+            (1.0 - t, t)
+        } else {
+            let theta0 = dot.acos();
+            let sin0 = theta0.sin();
+            let theta_t = theta0 * t;
+            ((theta0 - theta_t).sin() / sin0, theta_t.sin() / sin0)
+        }
+    }
+}
+
+/// `out = c0 · v0 + c1 · v1` elementwise.
+pub(crate) fn combine(out: &mut [f32], v0: &[f32], v1: &[f32], (c0, c1): (f64, f64)) {
+    for ((o, a), b) in out.iter_mut().zip(v0).zip(v1) {
+        *o = (c0 * *a as f64 + c1 * *b as f64) as f32;
+    }
+}
+
 /// `slerp(t, v0, v1)`; `t = 0` gives `v0` (the base), `t = 1` gives `v1`.
 pub fn slerp(t: f64, v0: &[f32], v1: &[f32]) -> Vec<f32> {
-    const DOT_THRESHOLD: f64 = 0.9995;
-    const EPS: f64 = 1e-8;
-    let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let (n0, n1) = (norm(v0), norm(v1));
-    // mergekit normalises only vectors whose norm exceeds eps.
-    let (s0n, s1n) = (
-        if n0 > EPS { 1.0 / n0 } else { 1.0 },
-        if n1 > EPS { 1.0 / n1 } else { 1.0 },
-    );
-    let dot: f64 = v0
-        .iter()
-        .zip(v1)
-        .map(|(a, b)| (*a as f64 * s0n) * (*b as f64 * s1n))
-        .sum();
-    let (c0, c1) = if dot.abs() > DOT_THRESHOLD {
-        (1.0 - t, t)
-    } else {
-        let theta0 = dot.acos();
-        let sin0 = theta0.sin();
-        let theta_t = theta0 * t;
-        ((theta0 - theta_t).sin() / sin0, theta_t.sin() / sin0)
-    };
-    v0.iter()
-        .zip(v1)
-        .map(|(a, b)| (c0 * *a as f64 + c1 * *b as f64) as f32)
-        .collect()
+    let mut sums = SlerpSums::default();
+    sums.add(v0, v1);
+    let mut out = vec![0f32; v0.len().min(v1.len())];
+    combine(&mut out, v0, v1, sums.coefficients(t));
+    out
 }
 
 #[cfg(test)]

@@ -3,70 +3,308 @@
 //! entry with probability `density`). With `rescale`, the kept entries are scaled so the
 //! tensor's L1 norm is unchanged (mergekit's `rescale`, on by default for DARE), which in
 //! expectation is DARE's `1/density`.
+//!
+//! Both are decided in one pass over a task vector that arrives in chunks (see
+//! [`Keep::plan_magnitude`], [`Keep::plan_random`]), and applied chunk by chunk afterwards
+//! ([`Keep::apply`]), so a merge never needs a task vector whole. Magnitude trimming finds
+//! the k-th largest |δ| by a two-level radix select on the bits of |δ| (for non-negative
+//! floats the bit pattern orders like the value): a 65,536-bucket histogram of the top 16
+//! bits, then one of the low 16 bits inside the bucket that holds the k-th value. That is
+//! two linear passes, against a sort or an index `select_nth` with a cache miss per compare.
 
 use rand::Rng;
 
 use crate::error::{MergeError, Result};
+use crate::merge::stream::CHUNK;
 
-/// Scales `masked` so that its L1 norm equals `before` (the unmasked tensor's), unless either
-/// norm is below 1e-7.
-fn rescale_l1(masked: &mut [f32], before: f64) {
-    let after: f64 = masked.iter().map(|v| v.abs() as f64).sum();
+/// Which entries of a task vector survive sparsification, and the factor the survivors are
+/// scaled by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keep {
+    rule: KeepRule,
+    /// 1 unless `rescale` restored the L1 norm.
+    pub scale: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum KeepRule {
+    All,
+    /// `|δ|` bits above `threshold`, or equal to it at an index below `tie_cutoff` (ties at
+    /// the threshold are kept in index order until exactly k entries are kept).
+    Largest {
+        threshold: u32,
+        tie_cutoff: usize,
+    },
+    /// One bit per entry, set when kept.
+    Mask(Vec<u64>),
+}
+
+/// `before / after` when both norms are at least 1e-7 (mergekit's guard), else 1.
+fn l1_scale(before: f64, after: f64) -> f32 {
     if before < 1e-7 || after < 1e-7 {
-        return;
+        1.0
+    } else {
+        (before / after) as f32
     }
-    let s = (before / after) as f32;
-    masked.iter_mut().for_each(|v| *v *= s);
 }
 
-/// TIES trimming: keeps the `k = ⌊density · n⌋` entries of largest magnitude, zeroes the rest.
-pub fn magnitude(name: &str, delta: &mut [f32], density: f64, rescale: bool) -> Result<()> {
-    if density >= 1.0 {
-        return Ok(());
-    }
-    let n = delta.len();
-    let k = (density * n as f64) as usize;
-    if k == 0 {
-        return Err(MergeError::tensor(
-            name,
-            format!("density {density} keeps none of its {n} entries"),
-        ));
-    }
-    let before: f64 = delta.iter().map(|v| v.abs() as f64).sum();
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    order.select_nth_unstable_by(k - 1, |a, b| {
-        delta[*b as usize]
-            .abs()
-            .total_cmp(&delta[*a as usize].abs())
-    });
-    let mut keep = vec![false; n];
-    for i in &order[..k] {
-        keep[*i as usize] = true;
-    }
-    for (v, k) in delta.iter_mut().zip(&keep) {
-        if !k {
-            *v = 0.0;
+/// `Σ |v|` in f64, with four partial sums so the adds do not wait on each other.
+fn l1_norm(values: &[f32]) -> f64 {
+    let mut lanes = [0f64; 4];
+    let mut quads = values.chunks_exact(4);
+    for q in &mut quads {
+        for (lane, v) in lanes.iter_mut().zip(q) {
+            *lane += v.abs() as f64;
         }
     }
-    if rescale {
-        rescale_l1(delta, before);
-    }
-    Ok(())
+    let tail: f64 = quads.remainder().iter().map(|v| v.abs() as f64).sum();
+    lanes.iter().sum::<f64>() + tail
 }
 
-/// DARE: drops each entry with probability `1 − density`.
-pub fn bernoulli(delta: &mut [f32], density: f64, rescale: bool, rng: &mut impl Rng) {
-    if density >= 1.0 {
-        return;
+/// `v` if `keep`, else `+0.0`, without a branch (the kept pattern is random for DARE).
+#[inline]
+fn keep_or_zero(v: f32, keep: bool) -> f32 {
+    f32::from_bits(v.to_bits() & 0u32.wrapping_sub(keep as u32))
+}
+
+/// The index of the bucket holding the `rank`-th largest entry (1-based) counting from the
+/// top, and how many entries lie in the buckets above it.
+fn bucket_of_rank(hist: &[u32], rank: usize) -> (usize, usize) {
+    let mut above = 0usize;
+    for (bucket, count) in hist.iter().enumerate().rev() {
+        let count = *count as usize;
+        if above + count >= rank {
+            return (bucket, above);
+        }
+        above += count;
     }
-    let before: f64 = delta.iter().map(|v| v.abs() as f64).sum();
-    for v in delta.iter_mut() {
-        if !rng.gen_bool(density.clamp(0.0, 1.0)) {
-            *v = 0.0;
+    (0, above)
+}
+
+impl Keep {
+    /// Everything kept, unscaled.
+    pub fn all() -> Keep {
+        Keep {
+            rule: KeepRule::All,
+            scale: 1.0,
         }
     }
-    if rescale {
-        rescale_l1(delta, before);
+
+    /// TIES trimming of a task vector of `n` entries: keeps the `k = ⌊density · n⌋` of
+    /// largest magnitude. `delta(start, chunk)` fills entries `start..start + chunk.len()`;
+    /// `mags` is scratch for `n` magnitudes, reused between calls.
+    pub fn plan_magnitude(
+        name: &str,
+        n: usize,
+        density: f64,
+        rescale: bool,
+        mags: &mut Vec<u32>,
+        mut delta: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<Keep> {
+        if density >= 1.0 {
+            return Ok(Keep::all());
+        }
+        let k = (density * n as f64) as usize;
+        if k == 0 {
+            return Err(MergeError::tensor(
+                name,
+                format!("density {density} keeps none of its {n} entries"),
+            ));
+        }
+        // Pass 1: magnitudes (as bits), their top-16-bit histogram and the L1 norm.
+        mags.clear();
+        mags.reserve(n);
+        let mut high = vec![0u32; 1 << 16];
+        let mut before = 0f64;
+        let mut chunk = vec![0f32; CHUNK.min(n)];
+        let mut start = 0;
+        while start < n {
+            let len = chunk.len().min(n - start);
+            let values = &mut chunk[..len];
+            delta(start, values)?;
+            if rescale {
+                before += l1_norm(values);
+            }
+            let first = mags.len();
+            mags.extend(values.iter().map(|v| v.abs().to_bits()));
+            for bits in &mags[first..] {
+                high[(bits >> 16) as usize] += 1;
+            }
+            start += len;
+        }
+        // Pass 2, over the magnitudes: the low-16-bit histogram of the k-th value's bucket,
+        // and (for the rescale) the L1 norm of everything above it.
+        let (top, above_top) = bucket_of_rank(&high, k);
+        let top = top as u32;
+        let mut low = vec![0u32; 1 << 16];
+        let mut low_sums = if rescale {
+            vec![0f64; 1 << 16]
+        } else {
+            Vec::new()
+        };
+        let mut kept_above = [0f64; 4];
+        let mut quads = mags.chunks_exact(4);
+        for q in &mut quads {
+            for (lane, bits) in kept_above.iter_mut().zip(q) {
+                let hi = bits >> 16;
+                if hi == top {
+                    let lo = (bits & 0xFFFF) as usize;
+                    low[lo] += 1;
+                    if rescale {
+                        low_sums[lo] += f32::from_bits(*bits) as f64;
+                    }
+                } else if rescale {
+                    *lane += if hi > top {
+                        f32::from_bits(*bits) as f64
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        for bits in quads.remainder() {
+            let hi = bits >> 16;
+            if hi == top {
+                let lo = (bits & 0xFFFF) as usize;
+                low[lo] += 1;
+                if rescale {
+                    low_sums[lo] += f32::from_bits(*bits) as f64;
+                }
+            } else if rescale && hi > top {
+                kept_above[0] += f32::from_bits(*bits) as f64;
+            }
+        }
+        let kept_above: f64 = kept_above.iter().sum();
+        let (bottom, above_bottom) = bucket_of_rank(&low, k - above_top);
+        let threshold = (top << 16) | bottom as u32;
+        let ties = low[bottom] as usize;
+        let ties_kept = k - above_top - above_bottom;
+        // Ties at the threshold: keep the first `ties_kept` in index order.
+        let tie_cutoff = if ties_kept >= ties {
+            n
+        } else {
+            let mut seen = 0;
+            let mut cutoff = n;
+            for (i, bits) in mags.iter().enumerate() {
+                if *bits == threshold {
+                    seen += 1;
+                    if seen == ties_kept {
+                        cutoff = i + 1;
+                        break;
+                    }
+                }
+            }
+            cutoff
+        };
+        let scale = if rescale {
+            let after = kept_above
+                + low_sums[bottom + 1..].iter().sum::<f64>()
+                + ties_kept as f64 * f32::from_bits(threshold) as f64;
+            l1_scale(before, after)
+        } else {
+            1.0
+        };
+        Ok(Keep {
+            rule: KeepRule::Largest {
+                threshold,
+                tie_cutoff,
+            },
+            scale,
+        })
+    }
+
+    /// DARE: keeps each of `n` entries with probability `density`, drawing one `u32` per
+    /// entry from `rng`. `delta` is read only when `rescale` needs the norms.
+    pub fn plan_random(
+        n: usize,
+        density: f64,
+        rescale: bool,
+        rng: &mut impl Rng,
+        mut delta: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<Keep> {
+        if density >= 1.0 {
+            return Ok(Keep::all());
+        }
+        // Keep when a uniform u32 is below density · 2³².
+        let below = (density.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+        let mut mask = vec![0u64; n.div_ceil(64)];
+        let mut draws = vec![0u32; CHUNK.min(n)];
+        let mut chunk = vec![0f32; if rescale { CHUNK.min(n) } else { 0 }];
+        let (mut before, mut after) = (0f64, 0f64);
+        let mut start = 0;
+        // `start` stays a multiple of CHUNK, itself a multiple of 64: whole mask words.
+        while start < n {
+            let len = draws.len().min(n - start);
+            let draws = &mut draws[..len];
+            rng.fill(draws);
+            let words = &mut mask[start / 64..(start + len).div_ceil(64)];
+            for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
+                *word = group
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |w, (j, r)| w | (((*r as u64) < below) as u64) << j);
+            }
+            if rescale {
+                let values = &mut chunk[..len];
+                delta(start, values)?;
+                before += l1_norm(values);
+                Keep::apply_mask(words, values);
+                after += l1_norm(values);
+            }
+            start += len;
+        }
+        Ok(Keep {
+            rule: KeepRule::Mask(mask),
+            scale: if rescale {
+                l1_scale(before, after)
+            } else {
+                1.0
+            },
+        })
+    }
+
+    /// Zeroes the entries of `chunk` whose bit in `words` (bit 0 of word 0 for entry 0) is
+    /// clear.
+    fn apply_mask(words: &[u64], chunk: &mut [f32]) {
+        for (word, group) in words.iter().zip(chunk.chunks_mut(64)) {
+            for (j, v) in group.iter_mut().enumerate() {
+                *v = keep_or_zero(*v, word >> j & 1 == 1);
+            }
+        }
+    }
+
+    /// Zeroes the dropped entries of `chunk` (entries `start..start + chunk.len()` of the task
+    /// vector) and scales the kept ones.
+    pub fn apply(&self, start: usize, chunk: &mut [f32]) {
+        match &self.rule {
+            KeepRule::All => {}
+            KeepRule::Largest {
+                threshold,
+                tie_cutoff,
+            } => {
+                let (threshold, tie_cutoff) = (*threshold, *tie_cutoff);
+                for (j, v) in chunk.iter_mut().enumerate() {
+                    let bits = v.abs().to_bits();
+                    let kept =
+                        (bits > threshold) | ((bits == threshold) & (start + j < tie_cutoff));
+                    *v = keep_or_zero(*v, kept);
+                }
+            }
+            KeepRule::Mask(mask) => {
+                if start.is_multiple_of(64) {
+                    Keep::apply_mask(&mask[start / 64..], chunk);
+                } else {
+                    for (j, v) in chunk.iter_mut().enumerate() {
+                        let i = start + j;
+                        *v = keep_or_zero(*v, mask[i / 64] >> (i % 64) & 1 == 1);
+                    }
+                }
+            }
+        }
+        if self.scale != 1.0 {
+            let s = self.scale;
+            chunk.iter_mut().for_each(|v| *v *= s);
+        }
     }
 }
 
@@ -75,16 +313,72 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn from_slice(values: &[f32]) -> impl FnMut(usize, &mut [f32]) -> Result<()> + '_ {
+        |start, chunk: &mut [f32]| {
+            chunk.copy_from_slice(&values[start..start + chunk.len()]);
+            Ok(())
+        }
+    }
+
+    fn magnitude(d: &mut [f32], density: f64, rescale: bool) -> Result<()> {
+        let orig = d.to_vec();
+        let keep = Keep::plan_magnitude(
+            "t",
+            d.len(),
+            density,
+            rescale,
+            &mut Vec::new(),
+            from_slice(&orig),
+        )?;
+        keep.apply(0, d);
+        Ok(())
+    }
+
     #[test]
     fn magnitude_keeps_the_largest() {
         let mut d = vec![0.1, -5.0, 0.3, 2.0, -0.2];
-        magnitude("t", &mut d, 0.4, false).unwrap();
+        magnitude(&mut d, 0.4, false).unwrap();
         assert_eq!(d, vec![0.0, -5.0, 0.0, 2.0, 0.0]);
         let mut d = vec![0.1, -5.0];
-        assert!(magnitude("t", &mut d, 0.1, false)
+        assert!(magnitude(&mut d, 0.1, false)
             .unwrap_err()
             .to_string()
             .contains("`t`"));
+    }
+
+    #[test]
+    fn magnitude_keeps_exactly_k_with_ties_in_index_order_and_rescales() {
+        // Six entries of magnitude 1 (ties), two larger, two smaller; keep k = 5.
+        let mut d = vec![1.0, -1.0, 0.5, 3.0, 1.0, -1.0, 0.25, 1.0, -2.0, 1.0];
+        magnitude(&mut d, 0.5, false).unwrap();
+        assert_eq!(d, vec![1.0, -1.0, 0.0, 3.0, 1.0, 0.0, 0.0, 0.0, -2.0, 0.0]);
+        // Against a full sort on many random values spread over many octaves.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let n = 100_000;
+        let orig: Vec<f32> = (0..n)
+            .map(|_| {
+                let x: f32 = rng.gen_range(-1.0..1.0);
+                x * x * x * 10f32.powi(rng.gen_range(-3..3))
+            })
+            .collect();
+        for density in [0.01, 0.3, 0.77] {
+            let mut d = orig.clone();
+            magnitude(&mut d, density, true).unwrap();
+            let k = (density * n as f64) as usize;
+            let mut sorted: Vec<f32> = orig.iter().map(|v| v.abs()).collect();
+            sorted.sort_by(|a, b| b.total_cmp(a));
+            let kept = d.iter().filter(|v| **v != 0.0).count();
+            assert_eq!(kept, k, "{density}");
+            let smallest_kept = d
+                .iter()
+                .zip(&orig)
+                .filter(|(v, _)| **v != 0.0)
+                .map(|(_, o)| o.abs())
+                .fold(f32::INFINITY, f32::min);
+            assert_eq!(smallest_kept, sorted[k - 1], "{density}");
+            let l1 = |x: &[f32]| x.iter().map(|v| v.abs() as f64).sum::<f64>();
+            assert!((l1(&d) / l1(&orig) - 1.0).abs() < 1e-5, "{density}");
+        }
     }
 
     #[test]
@@ -94,7 +388,11 @@ mod tests {
         let orig: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
         for density in [0.1, 0.5, 0.9] {
             let mut d = orig.clone();
-            bernoulli(&mut d, density, true, &mut rng);
+            let keep = Keep::plan_random(n, density, true, &mut rng, from_slice(&orig)).unwrap();
+            // Applied in two uneven pieces, as a chunked merge would.
+            let (a, b) = d.split_at_mut(777);
+            keep.apply(0, a);
+            keep.apply(777, b);
             let kept = d.iter().filter(|v| **v != 0.0).count() as f64 / n as f64;
             // Binomial standard deviation sqrt(p(1-p)/n) <= 0.0012; allow 5 of them.
             assert!((kept - density).abs() < 0.006, "{density}: kept {kept}");

@@ -8,10 +8,10 @@
 //! `lambda`, and added to the base.
 
 use rand::Rng;
-use rayon::prelude::*;
 
-use crate::error::Result;
-use crate::merge::sparsify;
+use crate::error::{MergeError, Result};
+use crate::merge::sparsify::Keep;
+use crate::merge::stream::CHUNK;
 
 /// How task vectors are thinned before they are mixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,79 +48,23 @@ pub struct TaskVector {
     pub density: f64,
 }
 
-/// Mixes task vectors into `base` (consumed as the output buffer).
-pub fn mix(
-    name: &str,
-    mut base: Vec<f32>,
-    mut tvs: Vec<TaskVector>,
-    p: &GtaParams,
-    rng: &mut impl Rng,
-) -> Result<Vec<f32>> {
-    if tvs.is_empty() {
-        return Ok(base);
-    }
-    for tv in &mut tvs {
-        match p.sparsify {
-            Some(Sparsify::Magnitude) => {
-                sparsify::magnitude(name, &mut tv.delta, tv.density, p.rescale)?
-            }
-            Some(Sparsify::Random) => {
-                sparsify::bernoulli(&mut tv.delta, tv.density, p.rescale, rng)
-            }
-            None => {}
-        }
-    }
-    let weight_sum: f64 = tvs.iter().map(|t| t.weight).sum();
-    let global_divisor = if weight_sum.abs() < 1e-8 {
-        1.0
-    } else {
-        weight_sum
-    };
-    base.par_iter_mut().enumerate().for_each(|(i, out)| {
-        let (mut mixed, mut divisor) = (0.0f64, 0.0f64);
-        match p.consensus {
-            None => {
-                for tv in &tvs {
-                    mixed += tv.weight * tv.delta[i] as f64;
-                }
-                divisor = global_divisor;
-            }
-            Some(c) => {
-                let majority_positive = match c {
-                    Consensus::Sum => {
-                        tvs.iter()
-                            .map(|tv| tv.weight * tv.delta[i] as f64)
-                            .sum::<f64>()
-                            >= 0.0
-                    }
-                    Consensus::Count => {
-                        tvs.iter()
-                            .map(|tv| sign(tv.weight * tv.delta[i] as f64))
-                            .sum::<f64>()
-                            >= 0.0
-                    }
-                };
-                let want = if majority_positive { 1.0 } else { -1.0 };
-                for tv in &tvs {
-                    let wd = tv.weight * tv.delta[i] as f64;
-                    // sign(0) = 0 never agrees: zeros contribute neither value nor weight.
-                    if sign(wd) == want {
-                        mixed += wd;
-                        divisor += tv.weight;
-                    }
-                }
-                if divisor == 0.0 {
-                    divisor = 1.0;
-                }
-            }
-        }
-        if p.normalize {
-            mixed /= divisor;
-        }
-        mixed *= p.lambda;
-        *out = (*out as f64 + mixed) as f32;
-    });
-    Ok(base)
+/// The per-tensor plan of a generalized-task-arithmetic merge: what each task vector keeps,
+/// decided in a first pass over the task vectors, then applied chunk by chunk in
+/// [`mix_chunk`](Self::mix_chunk).
+pub(crate) struct GtaMixer {
+    params: GtaParams,
+    weights: Vec<f64>,
+    keeps: Vec<Keep>,
+    /// `Σ w_i` (1 when it is ~0): the divisor of `normalize` without a sign consensus.
+    global_divisor: f64,
+}
+
+/// Per-entry f64 accumulators of one chunk, reused between chunks.
+#[derive(Default)]
+pub(crate) struct MixWork {
+    elected: Vec<f64>,
+    mixed: Vec<f64>,
+    divisor: Vec<f64>,
 }
 
 fn sign(x: f64) -> f64 {
@@ -131,6 +75,167 @@ fn sign(x: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+impl GtaMixer {
+    /// Plans the merge of one tensor of `n` entries from task vectors with `(weight, density)`
+    /// each. `delta(i, start, chunk)` fills entries `start..start + chunk.len()` of task vector
+    /// `i`; it is called once per chunk of each task vector that is sparsified (DARE without
+    /// rescale draws its mask without reading it). `mags` is scratch for one tensor.
+    pub(crate) fn plan(
+        name: &str,
+        n: usize,
+        params: &GtaParams,
+        experts: &[(f64, f64)],
+        rng: &mut impl Rng,
+        mags: &mut Vec<u32>,
+        mut delta: impl FnMut(usize, usize, &mut [f32]) -> Result<()>,
+    ) -> Result<GtaMixer> {
+        let mut keeps = Vec::with_capacity(experts.len());
+        for (i, (_, density)) in experts.iter().enumerate() {
+            let per_expert = |start: usize, chunk: &mut [f32]| delta(i, start, chunk);
+            keeps.push(match params.sparsify {
+                None => Keep::all(),
+                Some(Sparsify::Magnitude) => {
+                    Keep::plan_magnitude(name, n, *density, params.rescale, mags, per_expert)?
+                }
+                Some(Sparsify::Random) => {
+                    Keep::plan_random(n, *density, params.rescale, rng, per_expert)?
+                }
+            });
+        }
+        let weight_sum: f64 = experts.iter().map(|e| e.0).sum();
+        Ok(GtaMixer {
+            params: *params,
+            weights: experts.iter().map(|e| e.0).collect(),
+            keeps,
+            global_divisor: if weight_sum.abs() < 1e-8 {
+                1.0
+            } else {
+                weight_sum
+            },
+        })
+    }
+
+    /// Mixes one chunk: `base_out` holds the base's entries `start..start + len` and
+    /// receives the merged ones; `deltas[i][..len]` holds task vector `i`'s entries (trimmed
+    /// in place).
+    pub(crate) fn mix_chunk(
+        &self,
+        start: usize,
+        base_out: &mut [f32],
+        deltas: &mut [Vec<f32>],
+        work: &mut MixWork,
+    ) {
+        let len = base_out.len();
+        let p = &self.params;
+        for (keep, d) in self.keeps.iter().zip(deltas.iter_mut()) {
+            keep.apply(start, &mut d[..len]);
+        }
+        let MixWork {
+            elected,
+            mixed,
+            divisor,
+        } = work;
+        mixed.clear();
+        mixed.resize(len, 0.0);
+        match p.consensus {
+            None => {
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    for (m, x) in mixed.iter_mut().zip(&d[..len]) {
+                        *m += w * *x as f64;
+                    }
+                }
+                divisor.clear();
+                divisor.resize(len, self.global_divisor);
+            }
+            Some(c) => {
+                // The elected sign of each entry: of the weighted sum, or of the sign count.
+                elected.clear();
+                elected.resize(len, 0.0);
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    for (e, x) in elected.iter_mut().zip(&d[..len]) {
+                        let wd = w * *x as f64;
+                        *e += match c {
+                            Consensus::Sum => wd,
+                            Consensus::Count => sign(wd),
+                        };
+                    }
+                }
+                // Disjoint mean: entries whose sign agrees contribute value and weight;
+                // sign(0) = 0 never agrees.
+                divisor.clear();
+                divisor.resize(len, 0.0);
+                for (d, w) in deltas.iter().zip(&self.weights) {
+                    for ((m, dv), (e, x)) in mixed
+                        .iter_mut()
+                        .zip(divisor.iter_mut())
+                        .zip(elected.iter().zip(&d[..len]))
+                    {
+                        let wd = w * *x as f64;
+                        let agrees = if *e >= 0.0 { wd > 0.0 } else { wd < 0.0 };
+                        *m += if agrees { wd } else { 0.0 };
+                        *dv += if agrees { *w } else { 0.0 };
+                    }
+                }
+                divisor
+                    .iter_mut()
+                    .for_each(|dv| *dv = if *dv == 0.0 { 1.0 } else { *dv });
+            }
+        }
+        for ((out, m), dv) in base_out.iter_mut().zip(mixed.iter()).zip(divisor.iter()) {
+            let mut m = *m;
+            if p.normalize {
+                m /= dv;
+            }
+            m *= p.lambda;
+            *out = (*out as f64 + m) as f32;
+        }
+    }
+}
+
+/// Mixes task vectors into `base` (consumed as the output buffer): the in-memory form of
+/// what a merge does tensor by tensor.
+pub fn mix(
+    name: &str,
+    mut base: Vec<f32>,
+    tvs: Vec<TaskVector>,
+    p: &GtaParams,
+    rng: &mut impl Rng,
+) -> Result<Vec<f32>> {
+    if tvs.is_empty() {
+        return Ok(base);
+    }
+    let n = base.len();
+    if let Some(tv) = tvs.iter().find(|tv| tv.delta.len() != n) {
+        return Err(MergeError::tensor(
+            name,
+            format!("a task vector has {} entries, the base {n}", tv.delta.len()),
+        ));
+    }
+    let experts: Vec<(f64, f64)> = tvs.iter().map(|t| (t.weight, t.density)).collect();
+    let mixer = GtaMixer::plan(
+        name,
+        n,
+        p,
+        &experts,
+        rng,
+        &mut Vec::new(),
+        |i, start, chunk| {
+            chunk.copy_from_slice(&tvs[i].delta[start..start + chunk.len()]);
+            Ok(())
+        },
+    )?;
+    let mut deltas = vec![vec![0f32; CHUNK.min(n)]; tvs.len()];
+    let mut work = MixWork::default();
+    for (c, out) in base.chunks_mut(CHUNK).enumerate() {
+        let start = c * CHUNK;
+        for (d, tv) in deltas.iter_mut().zip(&tvs) {
+            d[..out.len()].copy_from_slice(&tv.delta[start..start + out.len()]);
+        }
+        mixer.mix_chunk(start, out, &mut deltas, &mut work);
+    }
+    Ok(base)
 }
 
 #[cfg(test)]

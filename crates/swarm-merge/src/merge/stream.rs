@@ -1,0 +1,103 @@
+//! One input tensor read as f32 in element ranges, so that a merge holds a few chunks of each
+//! input rather than whole tensors.
+//!
+//! Safetensors inputs (HF dirs) are read chunk by chunk with positioned reads straight into
+//! the chunk buffer; other inputs (GGUF files, hub models, in-memory weights) are loaded whole
+//! through swarm-model, which dequantises them, and served from that buffer.
+
+use candle_core::{DType, Device};
+use swarm_model::TensorSource;
+
+use crate::error::{MergeError, Result};
+use crate::reader::SafetensorsReader;
+
+/// Elements per chunk: 256 KiB of f32, so the chunks of a few inputs stay in the L2/L3
+/// caches while they are combined, and a read is big enough that the syscall is noise.
+pub(crate) const CHUNK: usize = 1 << 16;
+
+/// One tensor of one input model, readable in element ranges as f32.
+pub(crate) enum TensorInput<'a> {
+    File {
+        reader: &'a SafetensorsReader,
+        name: &'a str,
+        round_to: Option<DType>,
+        /// Raw bytes of 16-bit tensors, reused across reads.
+        bytes: Vec<u8>,
+    },
+    Loaded {
+        name: &'a str,
+        values: Vec<f32>,
+    },
+}
+
+impl<'a> TensorInput<'a> {
+    /// Opens tensor `name`, to be read from `file` when there is one, else loaded from
+    /// `source`. Values are rounded to `round_to` (mergekit's `dtype`) before use.
+    pub(crate) fn open(
+        file: Option<&'a SafetensorsReader>,
+        source: &dyn TensorSource,
+        name: &'a str,
+        round_to: Option<DType>,
+    ) -> Result<Self> {
+        if let Some(reader) = file {
+            return Ok(TensorInput::File {
+                reader,
+                name,
+                round_to,
+                bytes: Vec::new(),
+            });
+        }
+        let mut t = source.load(name, &Device::Cpu)?;
+        if let Some(d) = round_to {
+            t = t.to_dtype(d)?;
+        }
+        Ok(TensorInput::Loaded {
+            name,
+            values: t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        })
+    }
+
+    /// Fills `dst` with elements `start..start + dst.len()`.
+    pub(crate) fn read(&mut self, start: usize, dst: &mut [f32]) -> Result<()> {
+        match self {
+            TensorInput::File {
+                reader,
+                name,
+                round_to,
+                bytes,
+            } => {
+                reader.read_f32(name, start, dst, bytes)?;
+                round(dst, *round_to);
+                Ok(())
+            }
+            TensorInput::Loaded { name, values } => {
+                let src = values.get(start..start + dst.len()).ok_or_else(|| {
+                    MergeError::tensor(
+                        *name,
+                        format!(
+                            "elements {start}..{} requested from a tensor of {}",
+                            start + dst.len(),
+                            values.len()
+                        ),
+                    )
+                })?;
+                dst.copy_from_slice(src);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Rounds f32 values to a 16-bit float type and back, as converting the input tensor to that
+/// dtype would (round to nearest even).
+fn round(values: &mut [f32], to: Option<DType>) {
+    match to {
+        Some(DType::BF16) => values
+            .iter_mut()
+            .for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        Some(DType::F16) => values
+            .iter_mut()
+            .for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+        _ => {}
+    }
+}
