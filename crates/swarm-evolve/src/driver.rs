@@ -10,11 +10,12 @@ use swarm_merge::merge::task_arithmetic::{mix, Consensus, GtaParams, Sparsify, T
 use swarm_merge::{materialise_tensor, Genome};
 use swarm_model::{TensorSource, Weights};
 
+use crate::bootstrap::WorldBootstrap;
 use crate::config::RunPlan;
 use crate::error::{EvolveError, Result};
-use crate::evaluator::{EvalSet, Evaluator, LlmEvaluator};
+use crate::evaluator::{EvalSet, Evaluator, LlmEvaluator, StageTimes};
 use crate::export::{aggregate, export_swarm};
-use crate::report::{test_table, write_report, Row};
+use crate::report::{test_table, timing_summary, write_report, Row};
 use crate::run::{
     run_generations, start, LoopOptions, RunState, CONFIG_FILE, FACTORS_FILE, LOG_FILE,
 };
@@ -33,6 +34,9 @@ pub struct EvolveOptions {
     pub no_finish: bool,
     /// The command line, for the report.
     pub command: String,
+    /// Build this toy world first if the plan names models of it that are not on disk
+    /// (`None`: a missing model is an error when the world is opened).
+    pub world: Option<WorldBootstrap>,
 }
 
 /// What a call did.
@@ -47,6 +51,13 @@ pub struct EvolveOutcome {
     pub rows: Vec<Row>,
     /// Final QD-score, coverage and best quality per archive.
     pub archives: Vec<swarm_qd::ArchiveMetrics>,
+    /// Seconds spent building the toy world first (`None`: it was there, or not asked for).
+    pub world_seconds: Option<f64>,
+    /// Time per stage summed over every generation of the run (all invocations).
+    pub stage_totals: StageTimes,
+    /// Generations those times cover, and their summed wall time (checkpoints included).
+    pub generations_timed: usize,
+    pub generations_wall_seconds: f64,
     /// Wall time of the whole run (all invocations, export and report included).
     pub run_seconds: f64,
     pub wall_seconds: f64,
@@ -138,12 +149,21 @@ pub fn evolve(plan: &RunPlan, opts: &EvolveOptions) -> Result<EvolveOutcome> {
             reason: "holds no checkpoint (state.json) to resume".into(),
         });
     }
+    // Before anything is written to the run dir: a failed build leaves no half-started run.
+    let world_seconds = match &opts.world {
+        Some(world) => world
+            .ensure(plan)?
+            .map(|report| report.timings.total.as_secs_f64()),
+        None => None,
+    };
     std::fs::create_dir_all(&dir).map_err(EvolveError::io(&dir))?;
     if !opts.resume {
         let text = std::fs::read(&plan.source).map_err(EvolveError::io(&plan.source))?;
         swarm_model::write_atomic(&dir.join(CONFIG_FILE), &text)?;
     }
-    with_log_file(&dir, || evolve_inner(plan, opts))?
+    let mut outcome = with_log_file(&dir, || evolve_inner(plan, opts))??;
+    outcome.world_seconds = world_seconds;
+    Ok(outcome)
 }
 
 fn evolve_inner(plan: &RunPlan, opts: &EvolveOptions) -> Result<EvolveOutcome> {
@@ -166,6 +186,7 @@ fn evolve_inner(plan: &RunPlan, opts: &EvolveOptions) -> Result<EvolveOutcome> {
         },
     )?;
     let done = state.qd.generations_done();
+    let (stage_totals, generations_wall_seconds) = timing_summary(&state);
     let mut outcome = EvolveOutcome {
         run_dir: dir.clone(),
         generations_done: done,
@@ -179,6 +200,10 @@ fn evolve_inner(plan: &RunPlan, opts: &EvolveOptions) -> Result<EvolveOutcome> {
             .last()
             .map(|r| r.archives.clone())
             .unwrap_or_default(),
+        world_seconds: None,
+        stage_totals,
+        generations_timed: state.progress.records.len(),
+        generations_wall_seconds,
         run_seconds: 0.0,
         wall_seconds: 0.0,
     };

@@ -34,6 +34,9 @@ pub enum EvolveError {
     Qd(#[from] swarm_qd::QdError),
     #[error(transparent)]
     Task(#[from] swarm_tasks::TaskError),
+    /// Building the toy world.
+    #[error("building the toy world: {0}")]
+    Train(#[from] swarm_train::TrainError),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     /// Evaluation of a model failed.

@@ -13,6 +13,8 @@
 //!   checkpointed atomically after every generation; [`run_generations`] is the loop.
 //! - [`export_swarm`]: `agents/<name>/{swarm.json, factors.safetensors, genomes.safetensors}`.
 //! - [`write_report`]: `report.md`, archive heatmaps and metric plots, and the test table.
+//! - [`WorldBootstrap`]: builds the toy world (swarm-train) when a run names its models and
+//!   they are not on disk.
 //! - [`evolve`]: all of it, as `swarm evolve` runs it.
 //!
 //! ```no_run
@@ -24,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+mod bootstrap;
 mod config;
 mod driver;
 mod error;
@@ -36,6 +39,7 @@ mod run;
 pub mod testing;
 mod world;
 
+pub use bootstrap::WorldBootstrap;
 pub use config::{
     expand_reference, toy_dir, BaselinePlan, ExpertSpec, ModelPlan, ModelSpec, Mutation, QdPlan,
     RawConfig, RunPlan, SkillSpec, SuiteSpec,

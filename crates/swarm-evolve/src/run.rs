@@ -409,7 +409,13 @@ pub fn run_generations(
             );
             tracing::info!("{line}");
             if opts.progress {
-                bar.println(line);
+                // indicatif drops `println` on a hidden bar (stderr not a terminal, as under
+                // a script writing a log): the stage times must reach the log all the same.
+                if bar.is_hidden() {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
             }
         }
         bar.set_position(state.qd.generations_done());

@@ -1,14 +1,15 @@
 //! `swarm evolve`: CycleQD over the base and experts of a run config.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context as _;
-use swarm_evolve::{evolve, plan_for_resume, DryRun, EvolveOptions, RunPlan};
+use swarm_evolve::{evolve, plan_for_resume, DryRun, EvolveOptions, RunPlan, WorldBootstrap};
 
 /// The run config `swarm evolve` uses when none is given.
 const DEFAULT_CONFIG: &str = "configs/toy.toml";
 
-/// Evolve a swarm with CycleQD (default: `configs/toy.toml` on the toy world).
+/// Evolve a swarm with CycleQD (default: `configs/toy.toml` on the toy world, which is built
+/// first when its models are not on disk).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EvolveArgs {
     /// Run config (TOML); see `configs/`. Default: configs/toy.toml.
@@ -67,23 +68,19 @@ fn load_plan(args: &EvolveArgs) -> anyhow::Result<RunPlan> {
 /// Runs `swarm evolve`.
 pub fn run(args: &EvolveArgs) -> anyhow::Result<()> {
     let plan = load_plan(args)?;
+    // A config naming toy models (`toy:base`, ...) gets the toy world built first when they
+    // are not on disk, as `swarm bootstrap --seed <the run's seed>` would build it.
+    let world = WorldBootstrap {
+        progress: !args.quiet,
+        ..WorldBootstrap::toy(&plan)
+    };
     if args.dry_run {
+        let note = world.describe(&plan);
         print!("{}", DryRun::new(plan)?);
+        if let Some(note) = note {
+            println!("note: {note}");
+        }
         return Ok(());
-    }
-    let uses_toy = std::iter::once(&plan.base.reference)
-        .chain(plan.experts.iter().map(|e| &e.reference))
-        .any(|r| Path::new(r).starts_with(swarm_evolve::toy_dir()));
-    if uses_toy
-        && !swarm_evolve::toy_dir()
-            .join("base")
-            .join("config.json")
-            .is_file()
-    {
-        anyhow::bail!(
-            "the toy world is missing under {}; create it with `swarm bootstrap` first",
-            swarm_evolve::toy_dir().display()
-        );
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let outcome = evolve(
@@ -94,6 +91,7 @@ pub fn run(args: &EvolveArgs) -> anyhow::Result<()> {
             max_new_generations: args.stop_after,
             no_finish: args.no_finish,
             command,
+            world: Some(world),
         },
     )?;
     println!(
