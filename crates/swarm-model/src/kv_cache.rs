@@ -16,7 +16,8 @@
 //! and [`KvCache::concat`] joins the caches of newly prefilled requests, left-padding the
 //! shorter ones so every row ends at the same slot.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
 
@@ -298,6 +299,313 @@ impl KvCache {
             capacity,
             padding,
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention over the filled slots, straight from the cache
+
+/// Attention of a few new queries per row over the slots a [`KvCache::append`] returned, on
+/// the CPU in f32, without a mask tensor: row `r` attends to its slots `padding[r]..=slot`
+/// (a padding query only to itself, as the model's mask does).
+///
+/// Why not two batched matrix products: for a decode step they are `batch x kv_heads` tiny
+/// products (3 x len x 64 for SmolLM2), which candle runs one gemm call at a time, each
+/// packing its operands; then softmax and mask work on padded score tensors (a decode step
+/// at batch 32 took twice as long that way: 473 vs 228 ms, perf: most of it in gemm calls and
+/// packing). This reads every key and value from memory once, in place in the cache, for all
+/// the query heads that share it, and splits the work over rows and KV heads.
+///
+/// `q`: `(batch, kv_heads, group * t, head_dim)` (query head `g * group + i` of KV head `g`,
+/// then position), not yet scaled; `k`, `v`: `(batch, kv_heads, len, head_dim)` with unit
+/// stride in the last dimension (narrowed cache views). Returns the attention output in `q`'s
+/// shape.
+pub(crate) fn cached_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    padding: &[usize],
+    t: usize,
+) -> Result<Tensor> {
+    let (b, _, rows, d) = q.dims4()?;
+    if padding.len() != b || t == 0 || !rows.is_multiple_of(t) {
+        return Err(ModelError::Generation(format!(
+            "cached attention: {b} rows with {} paddings and {rows} query rows for {t} new \
+             tokens",
+            padding.len()
+        )));
+    }
+    let op = CachedAttention {
+        padding: padding.to_vec(),
+        t,
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    Ok(q.contiguous()?.apply_op3_no_bwd(k, v, &op)?)
+}
+
+struct CachedAttention {
+    padding: Vec<usize>,
+    /// New tokens per row: query row `i * t + j` sits at slot `len - t + j`.
+    t: usize,
+    scale: f32,
+}
+
+impl CustomOp3 for CachedAttention {
+    fn name(&self) -> &'static str {
+        "cached-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q_storage: &CpuStorage,
+        q_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        v_storage: &CpuStorage,
+        v_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) =
+            (q_storage, k_storage, v_storage)
+        else {
+            candle_core::bail!("cached attention runs on f32 tensors only");
+        };
+        let [b, kv_heads, rows, d] = *q_layout.dims() else {
+            candle_core::bail!("cached attention: q must be 4-d, got {:?}", q_layout.dims());
+        };
+        let [kb, kh, len, kd] = *k_layout.dims() else {
+            candle_core::bail!("cached attention: k must be 4-d, got {:?}", k_layout.dims());
+        };
+        if (kb, kh, kd) != (b, kv_heads, d) || v_layout.dims() != k_layout.dims() {
+            candle_core::bail!(
+                "cached attention: q {:?}, k {:?} and v {:?} do not match",
+                q_layout.dims(),
+                k_layout.dims(),
+                v_layout.dims()
+            );
+        }
+        if !q_layout.is_contiguous() || k_layout.stride()[3] != 1 || v_layout.stride()[3] != 1 {
+            candle_core::bail!("cached attention needs contiguous q and unit-stride head dims");
+        }
+        if len < self.t || self.padding.len() != b {
+            candle_core::bail!(
+                "cached attention: {} new tokens in {len} slots, {} paddings for {b} rows",
+                self.t,
+                self.padding.len()
+            );
+        }
+        let q = &q[q_layout.start_offset()..];
+        let keys = Strided::new(k, k_layout);
+        let values = Strided::new(v, v_layout);
+        let group = rows / self.t;
+        let offset = len - self.t;
+        let simd = Simd::detect();
+        let mut out = vec![0f32; b * kv_heads * rows * d];
+        let task = |(index, out): (usize, &mut [f32])| {
+            let (r, g) = (index / kv_heads, index % kv_heads);
+            let pad = self.padding[r];
+            let heads = Heads {
+                k: keys.head(r, g),
+                v: values.head(r, g),
+                k_stride: keys.row_stride,
+                v_stride: values.row_stride,
+                d,
+            };
+            let q = &q[index * rows * d..][..rows * d];
+            let mut scores = vec![0f32; group * len];
+            for i in 0..self.t {
+                let slot = offset + i;
+                let first = if slot < pad { slot } else { pad };
+                let query = Query {
+                    q,
+                    row0: i,
+                    row_step: self.t,
+                    group,
+                    first,
+                    n: slot + 1 - first,
+                    scale: self.scale,
+                };
+                attend(simd, &heads, &query, &mut scores, out);
+            }
+        };
+        let chunk = rows * d;
+        if rayon::current_num_threads() > 1 && b * kv_heads > 1 {
+            out.par_chunks_mut(chunk).enumerate().for_each(task);
+        } else {
+            out.chunks_mut(chunk).enumerate().for_each(task);
+        }
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from_dims(&[b, kv_heads, rows, d]),
+        ))
+    }
+}
+
+/// A (batch, heads, slots, head_dim) view with unit stride in the last dimension.
+struct Strided<'a> {
+    data: &'a [f32],
+    start: usize,
+    batch_stride: usize,
+    head_stride: usize,
+    row_stride: usize,
+}
+
+impl<'a> Strided<'a> {
+    fn new(data: &'a [f32], layout: &Layout) -> Self {
+        let stride = layout.stride();
+        Self {
+            data,
+            start: layout.start_offset(),
+            batch_stride: stride[0],
+            head_stride: stride[1],
+            row_stride: stride[2],
+        }
+    }
+
+    /// The slots of row `r`, head `g`, from slot 0 on.
+    fn head(&self, r: usize, g: usize) -> &'a [f32] {
+        &self.data[self.start + r * self.batch_stride + g * self.head_stride..]
+    }
+}
+
+/// The keys and values of one row's KV head.
+struct Heads<'a> {
+    k: &'a [f32],
+    v: &'a [f32],
+    k_stride: usize,
+    v_stride: usize,
+    d: usize,
+}
+
+/// The `group` query rows `row0, row0 + row_step, ...` of `q` (each `d` wide) that see the
+/// same slots, `first..first + n`.
+struct Query<'a> {
+    q: &'a [f32],
+    row0: usize,
+    row_step: usize,
+    group: usize,
+    first: usize,
+    n: usize,
+    scale: f32,
+}
+
+/// Which instructions the kernel may use, checked once per call.
+#[derive(Clone, Copy)]
+enum Simd {
+    Baseline,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Simd {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Simd::Avx2Fma;
+        }
+        Simd::Baseline
+    }
+}
+
+/// Runs [`attend_generic`] compiled for the best instructions the CPU has: the workspace
+/// builds for baseline x86-64, where the loops below get 4-wide SSE without FMA.
+fn attend(simd: Simd, heads: &Heads, query: &Query, scores: &mut [f32], out: &mut [f32]) {
+    match simd {
+        Simd::Baseline => attend_generic::<false>(heads, query, scores, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Simd::detect` found AVX2 and FMA on this CPU.
+        Simd::Avx2Fma => unsafe { attend_avx2_fma(heads, query, scores, out) },
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn attend_avx2_fma(heads: &Heads, query: &Query, scores: &mut [f32], out: &mut [f32]) {
+    attend_generic::<true>(heads, query, scores, out)
+}
+
+/// Softmax of the scaled dot products of each query with the keys, then the weighted sum of
+/// the values, written to the query's rows of `out`. The keys of one head (~136 KB at 532
+/// slots) stay in L2 from the first query of the group to the last; each value is loaded once
+/// for all of them.
+#[inline(always)]
+fn attend_generic<const FMA: bool>(
+    heads: &Heads,
+    query: &Query,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let (d, n, group) = (heads.d, query.n, query.group);
+    let row = |i: usize| (query.row0 + i * query.row_step) * d;
+    let scores = &mut scores[..group * n];
+    // Query by query: the first pulls this head's keys into L2, the others find them there.
+    for (i, scores) in scores.chunks_exact_mut(n).enumerate() {
+        let q = &query.q[row(i)..][..d];
+        for (j, score) in scores.iter_mut().enumerate() {
+            let key = &heads.k[(query.first + j) * heads.k_stride..][..d];
+            *score = dot::<FMA>(q, key) * query.scale;
+        }
+    }
+    // Normalised probabilities, as a softmax followed by a product with the values would use.
+    for probs in scores.chunks_exact_mut(n) {
+        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for p in probs.iter_mut() {
+            *p = (*p - max).exp();
+            sum += *p;
+        }
+        let inv = 1.0 / sum;
+        for p in probs.iter_mut() {
+            *p *= inv;
+        }
+    }
+    for i in 0..group {
+        out[row(i)..][..d].fill(0.0);
+    }
+    for j in 0..n {
+        let value = &heads.v[(query.first + j) * heads.v_stride..][..d];
+        for i in 0..group {
+            axpy::<FMA>(scores[i * n + j], value, &mut out[row(i)..][..d]);
+        }
+    }
+}
+
+#[inline(always)]
+fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Dot product with eight independent partial sums, which the compiler turns into one SIMD
+/// register (the chunks are arrays so that it knows their length).
+#[inline(always)]
+fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .fold(0f32, |s, (x, y)| fma::<FMA>(*x, *y, s));
+    for (x, y) in a_chunks.zip(b_chunks) {
+        let (Ok(x), Ok(y)) = (<&[f32; 8]>::try_from(x), <&[f32; 8]>::try_from(y)) else {
+            continue; // unreachable: chunks_exact yields 8 values
+        };
+        for l in 0..8 {
+            acc[l] = fma::<FMA>(x[l], y[l], acc[l]);
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
+}
+
+/// `out += p * x`.
+#[inline(always)]
+fn axpy<const FMA: bool>(p: f32, x: &[f32], out: &mut [f32]) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = fma::<FMA>(p, x, *o);
     }
 }
 

@@ -16,7 +16,7 @@ use candle_nn::rotary_emb::rope;
 
 use crate::config::{Llama3RopeScaling, LlamaConfig};
 use crate::error::{ModelError, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{cached_attention, KvCache};
 use crate::linear::{Linear, Precision};
 use crate::weights::{TensorSource, Weights};
 
@@ -211,13 +211,12 @@ impl Attention {
         })
     }
 
-    /// `x`: (b, t, hidden); `mask`: additive, (b, 1, 1, t, len + t) or none when every key
-    /// may be seen.
+    /// `x`: (b, t, hidden).
     fn forward(
         &self,
         x: &Tensor,
         rope_cs: &(Tensor, Tensor),
-        mask: Option<&Tensor>,
+        masking: &Masking,
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
@@ -237,18 +236,24 @@ impl Attention {
         let len = k.dim(2)?;
 
         // Grouped-query attention without repeating K and V: the `group` query heads that
-        // share a KV head are stacked into the rows of one matrix product per KV head.
-        let q = (q * (1.0 / (d as f64).sqrt()))?.reshape((b, kvh, group * t, d))?;
-        let scores = q.matmul(&k.t()?)?;
-        let scores = match mask {
-            Some(mask) => scores
-                .reshape((b, kvh, group, t, len))?
-                .broadcast_add(mask)?
-                .reshape((b, kvh, group * t, len))?,
-            None => scores,
-        };
-        let probs = softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v)?; // (b, kvh, group * t, d) = (b, h, t, d)
+        // share a KV head are stacked into the rows of one product per KV head.
+        let q = q.reshape((b, kvh, group * t, d))?;
+        let y = match masking {
+            Masking::InKernel { padding } => cached_attention(&q, &k, &v, padding, t)?,
+            Masking::Additive(mask) => {
+                let q = (q * (1.0 / (d as f64).sqrt()))?;
+                let scores = q.matmul(&k.t()?)?;
+                let scores = match mask {
+                    Some(mask) => scores
+                        .reshape((b, kvh, group, t, len))?
+                        .broadcast_add(mask)?
+                        .reshape((b, kvh, group * t, len))?,
+                    None => scores,
+                };
+                let probs = softmax_last_dim(&scores)?;
+                probs.matmul(&v)?
+            }
+        }; // (b, kvh, group * t, d) = (b, h, t, d)
         let y = if t == 1 {
             y.reshape((b, 1, h * d))?
         } else {
@@ -259,6 +264,20 @@ impl Attention {
         self.o_proj.forward(&y)
     }
 }
+
+/// How attention hides padding and future slots.
+enum Masking {
+    /// The CPU kernel over the cache ([`cached_attention`]): row `r` sees slots from
+    /// `padding[r]` up to each query's own.
+    InKernel { padding: Vec<usize> },
+    /// An additive mask (b, 1, 1, t, len) added to the scores, or none when every key may
+    /// be seen.
+    Additive(Option<Tensor>),
+}
+
+/// Up to this many new tokens per row, the CPU attends with [`cached_attention`] (decode
+/// steps); beyond, two batched matrix products are faster (prefill).
+const CACHED_ATTENTION_MAX_TOKENS: usize = 1;
 
 // ---------------------------------------------------------------------------------------------
 // Decoder layer
@@ -289,14 +308,14 @@ impl DecoderLayer {
         &self,
         x: &Tensor,
         rope_cs: &(Tensor, Tensor),
-        mask: Option<&Tensor>,
+        masking: &Masking,
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
         let normed = rms_norm(x, &self.input_layernorm, self.eps)?;
         let x = (x + self
             .self_attn
-            .forward(&normed, rope_cs, mask, cache, layer)?)?;
+            .forward(&normed, rope_cs, masking, cache, layer)?)?;
         let normed = rms_norm(&x, &self.post_attention_layernorm, self.eps)?;
         Ok((&x + self.mlp.forward(&normed)?)?)
     }
@@ -472,7 +491,17 @@ impl Llama {
         }
         let positions = Tensor::from_vec(positions, b * t, &self.device)?;
         let rope_cs = self.rotary.at(&positions, b, t)?;
-        let mask = self.mask(&padding, offset, t)?;
+        // Decode steps on the CPU attend in one kernel that reads the cache in place and
+        // skips each row's padding itself; prefill (many queries: matrix products win) and
+        // other devices use an additive mask, built once for all layers.
+        let in_kernel = t <= CACHED_ATTENTION_MAX_TOKENS
+            && self.device.is_cpu()
+            && self.precision.activation_dtype() == DType::F32;
+        let masking = if in_kernel {
+            Masking::InKernel { padding }
+        } else {
+            Masking::Additive(self.mask(&padding, offset, t)?)
+        };
 
         let dims = (b, t, self.config.hidden_size);
         let mut x = self
@@ -480,7 +509,7 @@ impl Llama {
             .index_select(&input_ids.flatten_all()?, 0)?
             .reshape(dims)?;
         for (l, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope_cs, mask.as_ref(), cache, l)?;
+            x = layer.forward(&x, &rope_cs, &masking, cache, l)?;
         }
         cache.advance(t);
         Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?)

@@ -1,0 +1,108 @@
+//! Times prefill and decode steps of a model of SmolLM2-135M's shape with random weights, at
+//! several batch sizes: the quickest way to profile the forward pass (`perf record -g` on this
+//! binary) without the `swarm` binary or a model file. Dense products do not depend on the
+//! values, so random weights run at the speed of real ones.
+//!
+//! ```text
+//! cargo run --release -p swarm-model --example decode_step -- \
+//!     [precision=f32] [batches=1,8,32] [prompt_tokens=500] [decode_steps=16]
+//! ```
+//! Threads: `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::Device;
+use swarm_model::{argmax_rows, random_weights, Llama, LlamaConfig, Precision};
+
+fn smollm2_shape() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 49152,
+        hidden_size: 576,
+        intermediate_size: 1536,
+        num_hidden_layers: 30,
+        num_attention_heads: 9,
+        num_key_value_heads: 3,
+        head_dim: 64,
+        rms_norm_eps: 1e-5,
+        rope_theta: 100_000.0,
+        rope_scaling: None,
+        max_position_embeddings: 8192,
+        tie_word_embeddings: true,
+        attention_bias: false,
+        mlp_bias: false,
+        bos_token_id: Some(1),
+        eos_token_ids: vec![2],
+        torch_dtype: "float32".to_string(),
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
+    let precision: Precision = arg(0, "f32").parse()?;
+    let batches: Vec<usize> = arg(1, "1,8,32")
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let prompt_tokens: usize = arg(2, "500").parse()?;
+    let decode_steps: usize = arg(3, "16").parse()?;
+    if batches.contains(&0) || prompt_tokens == 0 || decode_steps == 0 {
+        bail!("batch sizes, prompt tokens and decode steps must be positive");
+    }
+    let config = smollm2_shape();
+    let device = Device::Cpu;
+    let weights = random_weights(&config, 0, &device)?;
+    let model = Llama::load(&weights, &config, &device, precision)?;
+    drop(weights);
+    println!("{precision}, prompt {prompt_tokens} tokens, {decode_steps} decode steps");
+    for &batch in &batches {
+        let prompts: Vec<Vec<u32>> = (0..batch)
+            .map(|b| {
+                (0..prompt_tokens)
+                    .map(|i| (100 + (b * 7919 + i * 104_729) % 49_000) as u32)
+                    .collect()
+            })
+            .collect();
+        let mut cache = model.new_cache(batch, prompt_tokens + decode_steps);
+        let t0 = Instant::now();
+        let mut next = argmax_rows(&model.prefill(&prompts, &mut cache)?)?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        // A profiler can attach now to see decode steps only (`perf record -p PID`).
+        eprintln!("batch {batch}: prefilled, decoding");
+        let mut steps = Vec::with_capacity(decode_steps);
+        let cpu0 = process_cpu_seconds();
+        for _ in 0..decode_steps {
+            let t = Instant::now();
+            next = argmax_rows(&model.decode(&next, &mut cache)?)?;
+            steps.push(t.elapsed().as_secs_f64());
+        }
+        let cpu_per_step = match (cpu0, process_cpu_seconds()) {
+            (Some(a), Some(b)) => format!("{:.1} ms", (b - a) * 1e3 / decode_steps as f64),
+            _ => "n/a".to_string(),
+        };
+        steps.sort_by(f64::total_cmp);
+        let median = steps[steps.len() / 2];
+        println!(
+            "batch {batch:>3}: prefill {:>7.1} tok/s; decode step median {:>7.2} ms \
+             (min {:.2}, CPU time {cpu_per_step}), {:>7.1} tok/s",
+            (batch * prompt_tokens) as f64 / prefill_s,
+            median * 1e3,
+            steps[0] * 1e3,
+            batch as f64 / median,
+        );
+    }
+    Ok(())
+}
+
+/// CPU time of this process so far (user + system, all threads; Linux), which on a shared
+/// machine says more about the code than wall time does.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux configuration that matters here.
+    Some(ticks / 100.0)
+}
