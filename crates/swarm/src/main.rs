@@ -10,6 +10,7 @@ mod evolve;
 mod merge;
 mod model_args;
 mod serve;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -37,7 +38,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Train the toy world: a small base model and one expert per skill (coding, database, os).
     Bootstrap(bootstrap::BootstrapArgs),
-    /// Evolve a swarm with CycleQD (default: configs/toy.toml on the toy world).
+    /// Evolve a swarm with CycleQD (default: configs/toy.toml on the toy world, built first if
+    /// missing).
     Evolve(evolve::EvolveArgs),
     /// Merge models as a mergekit YAML config says (linear, task_arithmetic, ties, dare, slerp).
     Merge(merge::MergeArgs),
@@ -45,6 +47,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Serve a swarm (or one model) behind an OpenAI-compatible HTTP API.
     Serve(serve::ServeArgs),
+    /// The whole flow: build the toy world if missing, evolve a short swarm (configs/quick.toml)
+    /// and serve it.
+    Up(up::UpArgs),
 }
 
 fn main() {
@@ -68,6 +73,7 @@ fn main() {
         Command::Evolve(args) => evolve::run(args),
         Command::Merge(args) => merge::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Up(args) => up::run(args),
     };
     if let Err(error) = result {
         eprintln!("error: {error:#}");
