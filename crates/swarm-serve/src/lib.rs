@@ -10,6 +10,8 @@
 //! - [`Engine`]: jobs in, [`Event`]s out over a channel; dropping the receiver cancels.
 //! - [`ModelEngine`]: the real engine, continuous batching on swarm-model's `Llama`, elites
 //!   from an [`EliteCache`] (LRU of dense models within a memory budget).
+//! - [`GenomeSwarm`] / [`load_swarm_dir`]: a swarm directory (`swarm.json`, factors,
+//!   genomes) served as elites materialised from their genomes on demand.
 //! - [`Metrics`]: Prometheus text exposition at `/metrics`.
 //! - [`run`]: `swarm serve` end to end ([`ServeOptions`]).
 //!
@@ -26,6 +28,7 @@
 mod classifier;
 mod engine;
 mod error;
+mod genome_swarm;
 mod launch;
 mod metrics;
 mod model_engine;
@@ -36,11 +39,16 @@ mod server;
 mod stream;
 mod validation;
 
-pub use classifier::{routing_text, synthetic_examples, SkillClassifier};
+pub use classifier::{
+    routing_text, synthetic_examples, synthetic_prompts, user_turns_text, SkillClassifier,
+    DEFAULT_SMOOTHING,
+};
 pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
 pub use error::{ApiError, Result, ServeError};
+pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};
 pub use launch::{
-    load_single_model, model_elite_id, read_router_data, run, ServeOptions, DEFAULT_ELITE,
+    load_single_model, load_swarm_dir, model_elite_id, read_router_data, run, skill_classifier,
+    ServeOptions, DEFAULT_ELITE, ROUTER_EXAMPLES_PER_SKILL,
 };
 pub use metrics::Metrics;
 pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};

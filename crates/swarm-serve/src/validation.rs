@@ -44,9 +44,9 @@ impl Prompt {
     /// All the text the router classifies (every turn, not only the last).
     pub fn text_for_routing(&self) -> String {
         match self {
+            // Every turn, the system prompt too: it often names the skill outright.
             Prompt::Chat(messages) => messages
                 .iter()
-                .filter(|m| m.role != "system" && m.role != "developer")
                 .map(|m| m.content.as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
@@ -550,7 +550,7 @@ mod tests {
     #[test]
     fn routing_text_holds_every_turn() {
         let r = chat(r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"first"},{"role":"assistant","content":"reply"},{"role":"user","content":[{"type":"text","text":"second"}]}]}"#).unwrap();
-        assert_eq!(r.prompt.text_for_routing(), "first\nreply\nsecond");
+        assert_eq!(r.prompt.text_for_routing(), "S\nfirst\nreply\nsecond");
     }
 
     #[test]

