@@ -26,8 +26,8 @@ pub enum ServeError {
     #[error("swarm: {0}")]
     Swarm(String),
     /// A swarm's manifest, factors or genomes that cannot be used (the message names the
-    /// file and what is wrong).
-    #[error("swarm: {0}")]
+    /// file and what is wrong; transparent, so that error chains do not print it twice).
+    #[error(transparent)]
     SwarmFiles(#[from] swarm_merge::MergeError),
     #[error("config: {0}")]
     Config(String),
