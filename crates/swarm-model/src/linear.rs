@@ -155,7 +155,7 @@ impl Linear {
 /// left operand with the wrong stride, and gemm copies ("packs") the whole weight matrix on
 /// every call: for SmolLM2 at batch 32 that was ~23% of a decode step (perf). As the right
 /// operand of `W xᵀ` the weight is read in place (gemm packs a right operand only beyond
-/// 128 x 16 rows on x86), and transposing `yᵀ` back costs `rows x out` copies, ~2% of it.
+/// 128 x 16 rows on x86), and transposing `yᵀ` back costs `rows x out` copies, ~4% of it.
 const WEIGHT_IN_PLACE_MAX_ROWS: usize = 256;
 
 /// `x` (rows, in) times the transpose of `w` (out, in).
