@@ -2,7 +2,7 @@
 //! from each skill's synthetic training split (the gold answer as the assistant's reply).
 //!
 //! "General" text is a small grammar of English sentences plus generic chat tasks (repeat,
-//! reverse, spell, add) with a generic system prompt: enough to give the base ChatML's shape
+//! copy, reverse, spell, add) with a generic system prompt: enough to give the base ChatML's shape
 //! and a vocabulary, and no skill.
 
 use rand::seq::SliceRandom;
@@ -125,7 +125,19 @@ fn paragraph(rng: &mut ChaCha8Rng) -> String {
 
 fn general_chat(rng: &mut ChaCha8Rng) -> ChatExample {
     let words: Vec<&str> = (0..rng.gen_range(2..5)).map(|_| pick(rng, WORDS)).collect();
-    let (user, answer) = match rng.gen_range(0..6) {
+    // Half of the general chats are copies (families 6 and 7 drawn from 0..12).
+    let (user, answer) = match rng.gen_range(0..12) {
+        // Verbatim copies of word/number/operator spans: the general skill every task answer
+        // leans on (names, constants and paths are copied from the request), taught without
+        // any skill's syntax.
+        6..=9 => {
+            let line = copy_line(rng);
+            (format!("Copy this exactly: {line}"), line)
+        }
+        10 | 11 => {
+            let n = rng.gen_range(0..200);
+            (format!("Repeat the number {n}."), n.to_string())
+        }
         0 => {
             let w = pick(rng, WORDS);
             (format!("Repeat the word {w}."), w.to_string())
@@ -166,6 +178,34 @@ fn general_chat(rng: &mut ChaCha8Rng) -> ChatExample {
         prompt: vec![ChatMessage::system(GENERAL_SYSTEM), ChatMessage::user(user)],
         answer,
     }
+}
+
+/// A random span of words, numbers and operators for the copy chats.
+fn copy_line(rng: &mut ChaCha8Rng) -> String {
+    const SYMBOLS: &[&str] = &[
+        "+", "-", "*", "=", ">", "<", "%", "/", ",", ".", "(", ")", ":", "_",
+    ];
+    const EXTENSIONS: &[&str] = &["txt", "log", "dat", "md", "csv"];
+    (0..rng.gen_range(3..9))
+        .map(|_| match rng.gen_range(0..6) {
+            0 => pick(rng, WORDS).to_string(),
+            1 => rng.gen_range(0..100).to_string(),
+            2 => pick(rng, SYMBOLS).to_string(),
+            // A quoted letter, either case: single characters are the hardest tokens to copy.
+            3 => {
+                let letter = char::from(b'a' + rng.gen_range(0..26u8));
+                let letter = if rng.gen_bool(0.5) {
+                    letter.to_ascii_uppercase()
+                } else {
+                    letter
+                };
+                format!("'{letter}'")
+            }
+            4 => format!("{}.{}", pick(rng, WORDS), pick(rng, EXTENSIONS)),
+            _ => format!("{}_{}", pick(rng, WORDS), pick(rng, WORDS)),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `n` general documents (about `chat_share` of them chats), deterministic in `seed`.
