@@ -240,10 +240,7 @@ fn materialise_cpu(
         }
         TensorFactors::Dense(taus) => {
             for (k, tau) in taus.iter().enumerate() {
-                let a = coefficients(genome, name, k)?
-                    .first()
-                    .copied()
-                    .ok_or_else(|| MergeError::Genome(format!("no coefficient for `{name}`")))?;
+                let a = dense_coefficient(genome, name, k)?;
                 if a == 0.0 {
                     continue;
                 }
@@ -260,6 +257,14 @@ fn materialise_cpu(
         }
     }
     Ok(w)
+}
+
+/// Expert `k`'s scalar coefficient for the 1-D tensor `name`.
+fn dense_coefficient(genome: &Genome, name: &str, k: usize) -> Result<f32> {
+    coefficients(genome, name, k)?
+        .first()
+        .copied()
+        .ok_or_else(|| MergeError::Genome(format!("no coefficient for `{name}`")))
 }
 
 /// One tensor on a non-CPU device, with candle: one fused matmul per matrix.
@@ -289,10 +294,7 @@ fn materialise_on_device(
         }
         TensorFactors::Dense(taus) => {
             for (k, tau) in taus.iter().enumerate() {
-                let a = coefficients(genome, name, k)?
-                    .first()
-                    .copied()
-                    .ok_or_else(|| MergeError::Genome(format!("no coefficient for `{name}`")))?;
+                let a = dense_coefficient(genome, name, k)?;
                 if a == 0.0 {
                     continue;
                 }
