@@ -13,6 +13,7 @@
 
 mod chat_template;
 mod config;
+mod delta;
 mod device;
 mod error;
 mod fsutil;
@@ -29,6 +30,7 @@ mod weights;
 
 pub use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
+pub use delta::{LowRankDelta, ModelDelta};
 pub use device::{
     configure_cpu_threads, default_dtype, device_name, parse_device, CANDLE_THREADS_ENV,
 };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
 
+use crate::delta::LowRankDelta;
 use crate::error::{ModelError, Result};
 
 /// How a model's weights are held and its activations computed.
@@ -86,11 +87,13 @@ impl FromStr for Precision {
     }
 }
 
-/// `y = x Wᵀ + b` with `W` dense (out, in) or Q8_0-quantised.
+/// `y = x Wᵀ + b` with `W` dense (out, in) or Q8_0-quantised, plus any low-rank deltas
+/// (`+ Σ ((x aᵀ) ⊙ s) bᵀ`, none on a plain model: the dense path only tests an empty list).
 #[derive(Debug, Clone)]
 pub(crate) struct Linear {
     weight: Weight,
     bias: Option<Tensor>,
+    deltas: Vec<LowRankDelta>,
 }
 
 #[derive(Debug, Clone)]
@@ -121,7 +124,35 @@ impl Linear {
         } else {
             Weight::Dense(weight.contiguous()?)
         };
-        Ok(Self { weight, bias })
+        Ok(Self {
+            weight,
+            bias,
+            deltas: Vec::new(),
+        })
+    }
+
+    /// (out, in) of the weight.
+    pub(crate) fn weight_shape(&self) -> (usize, usize) {
+        let dims = match &self.weight {
+            Weight::Dense(w) => w.dims(),
+            Weight::Quantized(q, _) => q.shape().dims(),
+        };
+        (dims[0], dims[1])
+    }
+
+    pub(crate) fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The same layer with another bias (the weight and deltas shared).
+    pub(crate) fn set_bias(&mut self, bias: Option<Tensor>) {
+        self.bias = bias;
+    }
+
+    /// Adds a low-rank delta (already on the layer's device and dtype, shape checked by the
+    /// caller).
+    pub(crate) fn push_delta(&mut self, delta: LowRankDelta) {
+        self.deltas.push(delta);
     }
 
     /// `x`: (..., in) -> (..., out).
@@ -137,6 +168,10 @@ impl Linear {
             }
             Weight::Quantized(_, q) => q.forward(&x2)?,
         };
+        let mut y = y;
+        for d in &self.deltas {
+            y = (y + d.apply(&x2)?)?;
+        }
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -159,7 +194,7 @@ impl Linear {
 const WEIGHT_IN_PLACE_MAX_ROWS: usize = 256;
 
 /// `x` (rows, in) times the transpose of `w` (out, in).
-fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+pub(crate) fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let rows = x.dim(0)?;
     if (2..=WEIGHT_IN_PLACE_MAX_ROWS).contains(&rows)
         && x.device().is_cpu()

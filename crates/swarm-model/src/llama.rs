@@ -15,6 +15,7 @@ use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
 use crate::config::{Llama3RopeScaling, LlamaConfig};
+use crate::delta::{LowRankDelta, ModelDelta};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{cached_attention, KvCache};
 use crate::linear::{Linear, Precision};
@@ -331,10 +332,20 @@ pub struct Llama {
     precision: Precision,
     device: Device,
     embed_tokens: Tensor,
+    /// Low-rank deltas of the embedding (none on a plain model; see [`Llama::with_delta`]).
+    embed_deltas: Vec<LowRankDelta>,
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+}
+
+/// Where a checkpoint tensor name lives in a [`Llama`].
+enum Slot<'a> {
+    Embedding,
+    Vector(&'a mut Tensor),
+    Weight(&'a mut Linear),
+    Bias(&'a mut Linear),
 }
 
 impl Llama {
@@ -369,11 +380,145 @@ impl Llama {
             precision,
             device: device.clone(),
             embed_tokens,
+            embed_deltas: Vec::new(),
             layers,
             norm,
             lm_head,
             rotary,
         })
+    }
+
+    /// A model that shares every tensor of this one (candle tensors are reference counted:
+    /// nothing is copied) except what `delta` changes: the tensors it replaces (converted to
+    /// this model's device and dtype; a replaced matrix is quantised again under Q8_0) and
+    /// the low-rank deltas it adds to matrices, which run beside the shared dense matmul
+    /// (`y = x·Wᵀ + Σ ((x·aᵀ) ⊙ s)·bᵀ`) and beside the embedding lookup
+    /// (`E[id] + (b[id] ⊙ s)·a`). With tied embeddings, a delta or replacement of
+    /// `model.embed_tokens.weight` applies to the head as well. Names are the checkpoint's;
+    /// an unknown name or a wrong shape is an error naming it.
+    pub fn with_delta(&self, delta: &ModelDelta) -> Result<Llama> {
+        let mut model = self.clone();
+        let dtype = self.precision.activation_dtype();
+        let (device, precision) = (self.device.clone(), self.precision);
+        let conv = |t: &Tensor| -> Result<Tensor> { Ok(t.to_device(&device)?.to_dtype(dtype)?) };
+        let wrong = |name: &str, what: &str, got: &[usize], want: &[usize]| {
+            ModelError::tensor(
+                name,
+                format!("{what} of shape {got:?}, the model's is {want:?}"),
+            )
+        };
+        for (name, t) in delta.replaced() {
+            let tied = model.config.tie_word_embeddings;
+            match model.slot(name)? {
+                Slot::Embedding => {
+                    let want = model.embed_tokens.dims().to_vec();
+                    if t.dims() != want {
+                        return Err(wrong(name, "replacement", t.dims(), &want));
+                    }
+                    model.embed_tokens = conv(t)?.contiguous()?;
+                    if tied {
+                        model.lm_head = Linear::new(model.embed_tokens.clone(), None, precision)?;
+                    }
+                }
+                Slot::Vector(v) => {
+                    if t.dims() != v.dims() {
+                        return Err(wrong(name, "replacement", t.dims(), v.dims()));
+                    }
+                    *v = conv(t)?.contiguous()?;
+                }
+                Slot::Weight(linear) => {
+                    let (out, inp) = linear.weight_shape();
+                    if t.dims() != [out, inp] {
+                        return Err(wrong(name, "replacement", t.dims(), &[out, inp]));
+                    }
+                    *linear = Linear::new(conv(t)?, linear.bias().cloned(), precision)?;
+                }
+                Slot::Bias(linear) => {
+                    let want = linear.bias().map(|b| b.dims().to_vec()).unwrap_or_default();
+                    if t.dims() != want {
+                        return Err(wrong(name, "replacement", t.dims(), &want));
+                    }
+                    linear.set_bias(Some(conv(t)?.contiguous()?));
+                }
+            }
+        }
+        for (name, deltas) in delta.low_rank() {
+            let tied = model.config.tie_word_embeddings;
+            for d in deltas {
+                let (out, inp) = d.shape();
+                let d = d.to(&device, dtype)?;
+                match model.slot(name)? {
+                    Slot::Embedding => {
+                        let want = model.embed_tokens.dims().to_vec();
+                        if [out, inp] != *want {
+                            return Err(wrong(name, "low-rank delta", &[out, inp], &want));
+                        }
+                        if tied {
+                            model.lm_head.push_delta(d.clone());
+                        }
+                        model.embed_deltas.push(d);
+                    }
+                    Slot::Weight(linear) => {
+                        let want = linear.weight_shape();
+                        if (out, inp) != want {
+                            return Err(wrong(
+                                name,
+                                "low-rank delta",
+                                &[out, inp],
+                                &[want.0, want.1],
+                            ));
+                        }
+                        linear.push_delta(d);
+                    }
+                    Slot::Vector(_) | Slot::Bias(_) => {
+                        return Err(ModelError::tensor(
+                            name,
+                            "is 1-D: it takes a replacement, not a low-rank delta",
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(model)
+    }
+
+    /// The field that holds checkpoint tensor `name`.
+    fn slot(&mut self, name: &str) -> Result<Slot<'_>> {
+        let unknown = || ModelError::tensor(name, "is not a tensor of this model");
+        match name {
+            "model.embed_tokens.weight" => return Ok(Slot::Embedding),
+            "model.norm.weight" => return Ok(Slot::Vector(&mut self.norm)),
+            "lm_head.weight" if !self.config.tie_word_embeddings => {
+                return Ok(Slot::Weight(&mut self.lm_head))
+            }
+            _ => {}
+        }
+        let rest = name.strip_prefix("model.layers.").ok_or_else(unknown)?;
+        let (index, rest) = rest.split_once('.').ok_or_else(unknown)?;
+        let layer: usize = index.parse().map_err(|_| unknown())?;
+        let layer = self.layers.get_mut(layer).ok_or_else(unknown)?;
+        let (module, part) = rest.rsplit_once('.').ok_or_else(unknown)?;
+        let linear = match module {
+            "input_layernorm" if part == "weight" => {
+                return Ok(Slot::Vector(&mut layer.input_layernorm))
+            }
+            "post_attention_layernorm" if part == "weight" => {
+                return Ok(Slot::Vector(&mut layer.post_attention_layernorm))
+            }
+            "self_attn.q_proj" => &mut layer.self_attn.q_proj,
+            "self_attn.k_proj" => &mut layer.self_attn.k_proj,
+            "self_attn.v_proj" => &mut layer.self_attn.v_proj,
+            "self_attn.o_proj" => &mut layer.self_attn.o_proj,
+            "mlp.gate_proj" => &mut layer.mlp.gate_proj,
+            "mlp.up_proj" => &mut layer.mlp.up_proj,
+            "mlp.down_proj" => &mut layer.mlp.down_proj,
+            _ => return Err(unknown()),
+        };
+        match part {
+            "weight" => Ok(Slot::Weight(linear)),
+            "bias" if linear.bias().is_some() => Ok(Slot::Bias(linear)),
+            _ => Err(unknown()),
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -504,10 +649,12 @@ impl Llama {
         };
 
         let dims = (b, t, self.config.hidden_size);
-        let mut x = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape(dims)?;
+        let ids = input_ids.flatten_all()?;
+        let mut x = self.embed_tokens.index_select(&ids, 0)?;
+        for d in &self.embed_deltas {
+            x = (x + d.rows(&ids)?)?;
+        }
+        let mut x = x.reshape(dims)?;
         for (l, layer) in self.layers.iter().enumerate() {
             x = layer.forward(&x, &rope_cs, &masking, cache, l)?;
         }
@@ -761,6 +908,132 @@ pub(crate) mod tests {
         let a = gqa.forward(&x, &mut gqa.new_cache(1, 0)).unwrap();
         let b = mha.forward(&x, &mut mha.new_cache(1, 0)).unwrap();
         assert!(max_abs_diff(&a, &b) < 1e-5);
+    }
+
+    fn random_tensor(shape: &[usize], scale: f32, seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0) * scale).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// A delta on every matrix (two on the MLP's, one unscaled) and every norm replaced; and
+    /// the dense weights `W + b·diag(s)·a` it stands for.
+    fn random_delta(config: &LlamaConfig, base: &Weights) -> (ModelDelta, Weights) {
+        let mut delta = ModelDelta::new();
+        let mut dense = base.clone();
+        for (i, (name, shape)) in config.tensor_shapes().into_iter().enumerate() {
+            let seed = 100 + 10 * i as u64;
+            let w = base.get(&name).unwrap().clone();
+            if shape.len() == 1 {
+                let v = (&w + random_tensor(&shape, 0.2, seed)).unwrap();
+                delta.replace(name.clone(), v.clone());
+                dense.insert(name, v);
+                continue;
+            }
+            let (out, inp) = (shape[0], shape[1]);
+            let terms = if name.contains("mlp") { 2 } else { 1 };
+            let mut sum = w;
+            for k in 0..terms as u64 {
+                let r = 3 + k as usize;
+                let a = random_tensor(&[r, inp], 0.3, seed + 3 * k);
+                let b = random_tensor(&[out, r], 0.3, seed + 3 * k + 1);
+                let d = if k == 0 {
+                    let s = random_tensor(&[r], 1.0, seed + 3 * k + 2);
+                    LowRankDelta::scaled(a, s, b).unwrap()
+                } else {
+                    LowRankDelta::new(a, b).unwrap()
+                };
+                sum = (sum + d.dense().unwrap()).unwrap();
+                delta.add_low_rank(name.clone(), d);
+            }
+            dense.insert(name, sum);
+        }
+        (delta, dense)
+    }
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let norm = |t: &Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        (norm(&(a - b).unwrap()) / norm(b)).sqrt()
+    }
+
+    #[test]
+    fn low_rank_deltas_give_the_logits_of_the_dense_weights() {
+        for tied in [false, true] {
+            let config = tiny_config(tied, 4, 2);
+            let w = random_weights(&config, 21);
+            let base = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
+            let (delta, dense_w) = random_delta(&config, &w);
+            let factored = base.with_delta(&delta).unwrap();
+            let dense = Llama::load(&dense_w, &config, &Device::Cpu, Precision::F32).unwrap();
+            let x = ids(&[1, 5, 9, 33, 12, 40, 7]);
+            let a = factored.forward(&x, &mut factored.new_cache(1, 0)).unwrap();
+            let b = dense.forward(&x, &mut dense.new_cache(1, 0)).unwrap();
+            let rel = rel_diff(&a, &b);
+            assert!(
+                rel < 1e-4,
+                "tied {tied}: delta model vs dense differ by {rel} (rel)"
+            );
+            // The base is untouched (the delta model shares its tensors, it does not change
+            // them).
+            let fresh = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
+            let c = base.forward(&x, &mut base.new_cache(1, 0)).unwrap();
+            let d = fresh.forward(&x, &mut fresh.new_cache(1, 0)).unwrap();
+            assert_eq!(max_abs_diff(&c, &d), 0.0);
+            assert!(rel_diff(&a, &c) > 1e-2, "the delta changed nothing");
+            // Every path (cached, batched, left-padded) agrees on the delta model too.
+            check_paths_agree(&factored);
+        }
+    }
+
+    #[test]
+    fn low_rank_deltas_on_q8_0_are_close() {
+        let config = tiny_config(false, 4, 2);
+        let w = random_weights(&config, 22);
+        let (delta, dense_w) = random_delta(&config, &w);
+        let q = Llama::load(&w, &config, &Device::Cpu, Precision::Q8_0).unwrap();
+        let q = q.with_delta(&delta).unwrap();
+        let f = Llama::load(&dense_w, &config, &Device::Cpu, Precision::F32).unwrap();
+        let x = ids(&[1, 8, 27, 63]);
+        let a = q.forward(&x, &mut q.new_cache(1, 0)).unwrap();
+        let b = f.forward(&x, &mut f.new_cache(1, 0)).unwrap();
+        let rel = rel_diff(&a, &b);
+        assert!(rel < 0.05, "q8_0 with deltas differs by {rel}");
+    }
+
+    #[test]
+    fn bad_deltas_are_named_errors() {
+        let config = tiny_config(true, 4, 2);
+        let model = tiny_model(true, 4, 2);
+        let z = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+        let err_of = |d: ModelDelta| model.with_delta(&d).unwrap_err().to_string();
+        let mut d = ModelDelta::new();
+        d.replace("model.layers.9.input_layernorm.weight", z(&[32]));
+        assert!(err_of(d).contains("model.layers.9"));
+        let mut d = ModelDelta::new();
+        d.replace("lm_head.weight", z(&[64, 32])); // tied: there is no lm_head.weight
+        assert!(err_of(d).contains("lm_head.weight"));
+        let mut d = ModelDelta::new();
+        d.replace("model.norm.weight", z(&[31]));
+        assert!(err_of(d).contains("model.norm.weight"));
+        let mut d = ModelDelta::new();
+        let bad = LowRankDelta::new(z(&[2, 32]), z(&[63, 2])).unwrap();
+        d.add_low_rank("model.layers.0.mlp.gate_proj.weight", bad);
+        let err = err_of(d);
+        assert!(err.contains("gate_proj") && err.contains("63"), "{err}");
+        let mut d = ModelDelta::new();
+        let ok = LowRankDelta::new(z(&[2, 32]), z(&[32, 2])).unwrap();
+        d.add_low_rank("model.norm.weight", ok);
+        assert!(err_of(d).contains("1-D"));
+        assert_eq!(config.vocab_size, 64);
     }
 
     #[test]
