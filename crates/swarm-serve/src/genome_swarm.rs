@@ -1,22 +1,31 @@
 //! A swarm directory (`agents/<name>/`, written by `swarm evolve`) as an [`EliteSource`]:
 //! the base and the experts' factors are loaded once, every elite is a genome, and an
 //! elite's dense weights are materialised (`W_base + Σ_k U_k diag(c_k) V_kᵀ`, design §1)
-//! when the [`EliteCache`] asks for them.
+//! when the [`EliteCache`] asks for them, or the elite is served straight from the factors
+//! ([`GenomeSwarm::factored`]): one dense copy of the base, shared by every such elite, and
+//! per matrix and active expert a low-rank delta `x·V_k·diag(c_k)·U_kᵀ` whose `U_k` and
+//! `V_kᵀ` are the factor set's own tensors (shared, not copied): an elite served this way
+//! costs its coefficients and its 1-D tensors, a few MB at most.
 //!
 //! Opening checks everything a bad directory can get wrong before the server listens: the
 //! manifest (format, ids, scores), the base (content hash against the manifest and the
 //! factors), the factors (the id the manifest names) and the genomes (one per elite, of the
 //! factors' layout), so that `swarm serve --swarm DIR` fails at once with the reason.
 
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use std::collections::BTreeMap;
 use std::path::Path;
-use swarm_merge::{FactorSet, Genome, SwarmManifest, SWARM_GENOMES_FILE, SWARM_MANIFEST_FILE};
-use swarm_model::{Llama, LlamaConfig, Precision, Pretrained, TensorSource, Weights};
+use std::sync::Mutex;
+use swarm_merge::{
+    FactorSet, Genome, SwarmManifest, TensorFactors, SWARM_GENOMES_FILE, SWARM_MANIFEST_FILE,
+};
+use swarm_model::{
+    Llama, LlamaConfig, LowRankDelta, ModelDelta, Precision, Pretrained, TensorSource, Weights,
+};
 
 use crate::error::{Result, ServeError};
 use crate::model_engine::LoadedSwarm;
-use crate::registry::{EliteCache, EliteSource};
+use crate::registry::{EliteCache, EliteSource, ServingPolicy};
 use crate::router::{EliteInfo, SwarmInfo};
 
 /// The base, the factors and every elite's genome of one swarm.
@@ -25,6 +34,19 @@ pub struct GenomeSwarm {
     base: Box<dyn TensorSource>,
     factors: FactorSet,
     genomes: BTreeMap<String, Genome>,
+    /// The dense base and the factors on the serving device, built on the first elite
+    /// served from factors.
+    served_base: Mutex<Option<ServedBase>>,
+}
+
+/// What every elite served from factors shares.
+struct ServedBase {
+    device: Device,
+    precision: Precision,
+    model: Llama,
+    /// Per factored matrix, per expert: `(Vᵀ_k, U_k)` on `device` in the activation dtype
+    /// (the factor set's own tensors on a CPU in f32: no copy).
+    factors: BTreeMap<String, Vec<(Tensor, Tensor)>>,
 }
 
 impl GenomeSwarm {
@@ -45,10 +67,7 @@ impl GenomeSwarm {
 
     /// `elite`'s dense weights (f32, on `device`): the materialised tensors over the base's.
     pub fn materialise(&self, elite: &str, device: &Device) -> Result<Weights> {
-        let genome = self
-            .genomes
-            .get(elite)
-            .ok_or_else(|| ServeError::Swarm(format!("no elite `{elite}` in this swarm")))?;
+        let genome = self.genome_of(elite)?;
         let mut weights =
             swarm_merge::materialise_to_weights(self.base.as_ref(), &self.factors, genome, device)?;
         // Tensors the factors do not cover (none in a swarm from `swarm evolve`, which
@@ -62,6 +81,153 @@ impl GenomeSwarm {
     }
 }
 
+impl GenomeSwarm {
+    /// Opens a swarm from its parts (the base must be the one `factors` were made from;
+    /// [`open_swarm`] checks that for a directory).
+    pub fn new(
+        config: LlamaConfig,
+        base: Box<dyn TensorSource>,
+        factors: FactorSet,
+        genomes: BTreeMap<String, Genome>,
+    ) -> Self {
+        Self {
+            config,
+            base,
+            factors,
+            genomes,
+            served_base: Mutex::new(None),
+        }
+    }
+
+    /// `elite`'s changes to the base as low-rank deltas (`a = V_kᵀ`, `b = U_k`, `s = c_k`
+    /// per matrix and expert with a non-zero coefficient) and replaced tensors (1-D tensors
+    /// and matrices kept dense: `base + Σ_k a_k τ_k`), the factors taken from `factors`.
+    fn delta(
+        &self,
+        elite: &str,
+        factors: &BTreeMap<String, Vec<(Tensor, Tensor)>>,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<ModelDelta> {
+        let genome = self.genome_of(elite)?;
+        let dtype = precision.activation_dtype();
+        let mut delta = ModelDelta::new();
+        for t in self.factors.tensors() {
+            let name = t.name.as_str();
+            let coefficients = |k: usize| {
+                genome.coefficients(name, k).ok_or_else(|| {
+                    ServeError::Swarm(format!("elite `{elite}` has no coefficients for `{name}`"))
+                })
+            };
+            match &t.factors {
+                TensorFactors::Svd(experts) => {
+                    let shared = factors.get(name).ok_or_else(|| {
+                        ServeError::Swarm(format!("no served factors for `{name}`"))
+                    })?;
+                    for (k, (a, b)) in shared.iter().enumerate().take(experts.len()) {
+                        let c = coefficients(k)?;
+                        if c.iter().all(|v| *v == 0.0) {
+                            continue;
+                        }
+                        let s = Tensor::from_slice(c, c.len(), device)
+                            .and_then(|s| s.to_dtype(dtype))
+                            .map_err(candle)?;
+                        let d = LowRankDelta::scaled(a.clone(), s, b.clone())
+                            .map_err(|e| ServeError::Swarm(format!("`{name}` expert {k}: {e}")))?;
+                        delta.add_low_rank(name, d);
+                    }
+                }
+                TensorFactors::Dense(taus) => {
+                    let mut changed = false;
+                    for k in 0..taus.len() {
+                        changed |= coefficients(k)?.iter().any(|v| *v != 0.0);
+                    }
+                    if changed {
+                        let w = swarm_merge::materialise_tensor(
+                            self.base.as_ref(),
+                            &self.factors,
+                            genome,
+                            name,
+                            device,
+                        )?;
+                        delta.replace(name, w);
+                    }
+                }
+            }
+        }
+        Ok(delta)
+    }
+
+    fn genome_of(&self, elite: &str) -> Result<&Genome> {
+        self.genomes
+            .get(elite)
+            .ok_or_else(|| ServeError::Swarm(format!("no elite `{elite}` in this swarm")))
+    }
+
+    /// Builds (once per device and precision) the dense base and the factors on `device`.
+    fn with_served_base<T>(
+        &self,
+        device: &Device,
+        precision: Precision,
+        f: impl FnOnce(&ServedBase) -> Result<T>,
+    ) -> Result<T> {
+        let mut slot = self
+            .served_base
+            .lock()
+            .map_err(|_| ServeError::Engine("the served base's lock is poisoned".to_string()))?;
+        let fits = slot
+            .as_ref()
+            .is_some_and(|b| b.precision == precision && b.device.same_device(device));
+        if !fits {
+            let started = std::time::Instant::now();
+            let model = Llama::load(self.base.as_ref(), &self.config, device, precision)?;
+            let dtype = precision.activation_dtype();
+            let mut factors = BTreeMap::new();
+            for t in self.factors.tensors() {
+                if let TensorFactors::Svd(experts) = &t.factors {
+                    let conv = |x: &Tensor| -> Result<Tensor> {
+                        x.to_device(device)
+                            .and_then(|x| x.to_dtype(dtype))
+                            .and_then(|x| x.contiguous())
+                            .map_err(candle)
+                    };
+                    let pairs = experts
+                        .iter()
+                        .map(|e| Ok((conv(&e.vt)?, conv(&e.u)?)))
+                        .collect::<Result<Vec<_>>>()?;
+                    factors.insert(t.name.clone(), pairs);
+                }
+            }
+            tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                %precision,
+                "base loaded for serving elites from factors"
+            );
+            *slot = Some(ServedBase {
+                device: device.clone(),
+                precision,
+                model,
+                factors,
+            });
+        }
+        match slot.as_ref() {
+            Some(base) => f(base),
+            None => Err(ServeError::Engine("the served base is missing".to_string())),
+        }
+    }
+
+    /// `elite` served from factors: a model that shares the base's dense weights (loaded
+    /// once) and adds, per matrix, `Σ_k x·V_k·diag(c_k)·U_kᵀ` over the experts its genome
+    /// uses; its 1-D tensors are its own. Exact in exact arithmetic: it computes what the
+    /// materialised elite computes, up to rounding.
+    pub fn factored(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama> {
+        self.with_served_base(device, precision, |base| {
+            let delta = self.delta(elite, &base.factors, device, precision)?;
+            Ok(base.model.with_delta(&delta)?)
+        })
+    }
+}
+
 impl EliteSource for GenomeSwarm {
     fn config(&self) -> &LlamaConfig {
         &self.config
@@ -70,6 +236,19 @@ impl EliteSource for GenomeSwarm {
     fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama> {
         let weights = self.materialise(elite, device)?;
         Ok(Llama::load(&weights, &self.config, device, precision)?)
+    }
+
+    fn load_factored(
+        &self,
+        elite: &str,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Option<Llama>> {
+        self.factored(elite, device, precision).map(Some)
+    }
+
+    fn prepare_factored(&self, device: &Device, precision: Precision) -> Result<()> {
+        self.with_served_base(device, precision, |_| Ok(()))
     }
 }
 
@@ -82,6 +261,10 @@ pub struct OpenedSwarm {
     pretrained_tokenizer: swarm_model::Tokenizer,
     template: swarm_model::ChatTemplate,
     stop_ids: Vec<u32>,
+}
+
+fn candle(e: candle_core::Error) -> ServeError {
+    ServeError::Model(e.into())
 }
 
 fn in_dir(dir: &Path, what: &str, e: impl std::fmt::Display) -> ServeError {
@@ -169,12 +352,12 @@ pub fn open_swarm(dir: &Path) -> Result<OpenedSwarm> {
             .collect(),
         created: crate::server::unix_now(),
     };
-    let swarm = GenomeSwarm {
-        config: pretrained.config.clone(),
-        base: pretrained.weights,
+    let swarm = GenomeSwarm::new(
+        pretrained.config.clone(),
+        pretrained.weights,
         factors,
         genomes,
-    };
+    );
     tracing::info!(
         swarm = %manifest.name,
         elites = manifest.elites.len(),
@@ -194,17 +377,19 @@ pub fn open_swarm(dir: &Path) -> Result<OpenedSwarm> {
 
 impl OpenedSwarm {
     /// The engine's view: elites materialised on demand into an LRU of `memory_budget`
-    /// bytes; `warm` elites first (the router's default choice, so the first request does
-    /// not wait for it).
+    /// bytes or served from factors, as `policy` decides; `warm` elites materialised first
+    /// (the router's default choice, so the first request does not wait for it).
     pub fn into_loaded(
         self,
         device: Device,
         precision: Precision,
         memory_budget: usize,
+        policy: ServingPolicy,
         warm: Vec<String>,
     ) -> LoadedSwarm {
         LoadedSwarm {
-            elites: EliteCache::new(Box::new(self.swarm), device, precision, memory_budget),
+            elites: EliteCache::new(Box::new(self.swarm), device, precision, memory_budget)
+                .with_policy(policy),
             tokenizer: self.pretrained_tokenizer,
             template: self.template,
             stop_ids: self.stop_ids,

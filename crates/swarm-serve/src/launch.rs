@@ -12,7 +12,7 @@ use crate::classifier::SkillClassifier;
 use crate::error::{Result, ServeError};
 use crate::genome_swarm::open_swarm;
 use crate::model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
-use crate::registry::{copies_swarm, copy_ids, EliteCache, SingleModel};
+use crate::registry::{copies_swarm, copy_ids, EliteCache, ServingPolicy, SingleModel};
 use crate::router::Router;
 use crate::server::{serve, AppState, ServerConfig};
 use crate::validation::Limits;
@@ -189,14 +189,34 @@ pub fn skill_classifier(
 }
 
 /// Opens the swarm in `dir` for serving: the router over its elites and scores (with the
-/// classifier of [`skill_classifier`]), and the engine's elites, materialised on demand
-/// into an LRU of `memory_budget` bytes on `device` in `precision`. The elite the router
-/// picks for a request it knows nothing about is materialised first.
+/// classifier of [`skill_classifier`]), and the engine's elites, on `device` in
+/// `precision`, served with the default [`ServingPolicy`] (from factors until hot, then
+/// materialised into an LRU of `memory_budget` bytes). The elite the router picks for a
+/// request it knows nothing about is materialised first.
 pub fn load_swarm_dir(
     dir: &std::path::Path,
     device: candle_core::Device,
     precision: Precision,
     memory_budget: usize,
+    router_data: Option<&std::path::Path>,
+) -> Result<(Router, LoadedSwarm)> {
+    load_swarm_dir_with(
+        dir,
+        device,
+        precision,
+        memory_budget,
+        ServingPolicy::default(),
+        router_data,
+    )
+}
+
+/// [`load_swarm_dir`] with the elites served as `policy` says.
+pub fn load_swarm_dir_with(
+    dir: &std::path::Path,
+    device: candle_core::Device,
+    precision: Precision,
+    memory_budget: usize,
+    policy: ServingPolicy,
     router_data: Option<&std::path::Path>,
 ) -> Result<(Router, LoadedSwarm)> {
     let opened = open_swarm(dir)?;
@@ -206,8 +226,19 @@ pub fn load_swarm_dir(
         .route(crate::validation::ROUTER_MODEL, String::new)
         .map(|r| vec![r.elite])
         .unwrap_or_default();
-    let loaded = opened.into_loaded(device, precision, memory_budget, warm);
+    let loaded = opened.into_loaded(device, precision, memory_budget, policy, warm);
     Ok((router, loaded))
+}
+
+/// The serving policy of a swarm's elites from the environment ([`ServingPolicy::ENV`]:
+/// `materialise`, `factors`, `auto` or `auto:<tokens>`); the default when unset.
+pub fn serving_policy_from_env() -> Result<ServingPolicy> {
+    match std::env::var(ServingPolicy::ENV) {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .map_err(|e| ServeError::Config(format!("{}: {e}", ServingPolicy::ENV))),
+        _ => Ok(ServingPolicy::default()),
+    }
 }
 
 /// Runs the server until SIGTERM / Ctrl-C; blocks the calling thread.
@@ -234,11 +265,14 @@ pub fn run(options: ServeOptions) -> Result<()> {
                     "--copies applies to --model (copies of one model), not to --swarm".to_string(),
                 ));
             }
-            let (router, loaded) = load_swarm_dir(
+            let policy = serving_policy_from_env()?;
+            tracing::info!(%policy, "elite serving policy ({})", ServingPolicy::ENV);
+            let (router, loaded) = load_swarm_dir_with(
                 dir,
                 device,
                 precision,
                 options.memory_budget,
+                policy,
                 options.router_data.as_deref(),
             )?;
             let engine = ModelEngine::start(options.engine.clone(), move || Ok(loaded))?;

@@ -11,7 +11,8 @@
 //! - [`ModelEngine`]: the real engine, continuous batching on swarm-model's `Llama`, elites
 //!   from an [`EliteCache`] (LRU of dense models within a memory budget).
 //! - [`GenomeSwarm`] / [`load_swarm_dir`]: a swarm directory (`swarm.json`, factors,
-//!   genomes) served as elites materialised from their genomes on demand.
+//!   genomes) served as elites materialised from their genomes on demand or run straight
+//!   from the factors, as a [`ServingPolicy`] says.
 //! - [`Metrics`]: Prometheus text exposition at `/metrics`.
 //! - [`run`]: `swarm serve` end to end ([`ServeOptions`]).
 //!
@@ -47,13 +48,15 @@ pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob
 pub use error::{ApiError, Result, ServeError};
 pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};
 pub use launch::{
-    load_single_model, load_swarm_dir, model_elite_id, read_router_data, run, skill_classifier,
-    ServeOptions, DEFAULT_ELITE, ROUTER_EXAMPLES_PER_SKILL,
+    load_single_model, load_swarm_dir, load_swarm_dir_with, model_elite_id, read_router_data, run,
+    serving_policy_from_env, skill_classifier, ServeOptions, DEFAULT_ELITE,
+    ROUTER_EXAMPLES_PER_SKILL,
 };
 pub use metrics::Metrics;
 pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
 pub use registry::{
-    copies_swarm, copy_ids, model_bytes, single_model_swarm, EliteCache, EliteSource, SingleModel,
+    copies_swarm, copy_ids, model_bytes, single_model_swarm, EliteCache, EliteSource,
+    ServingPolicy, SingleModel,
 };
 pub use router::{EliteInfo, Route, Router, SwarmInfo};
 pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};

@@ -8,7 +8,10 @@
 //! deadline passed leaves the batch at the next step ([`KvCache::select_rows`]).
 //!
 //! Mixed elites are grouped: one batch (and one forward pass per step) per elite with
-//! running sequences; the elites' dense weights come from an [`EliteCache`].
+//! running sequences; the elites' models come from an [`EliteCache`], dense (resident in its
+//! LRU) or served from factors, as its [`ServingPolicy`](crate::ServingPolicy) says. The
+//! engine tells the cache how many tokens each elite runs, which is what decides when an
+//! elite served from factors is worth materialising.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,7 +53,7 @@ pub struct LoadedSwarm {
     pub template: ChatTemplate,
     /// End-of-turn and EOS tokens.
     pub stop_ids: Vec<u32>,
-    /// Elites to materialise before reporting ready.
+    /// Elites to materialise before reporting ready (whatever the serving policy).
     pub warm: Vec<String>,
 }
 
@@ -176,9 +179,12 @@ impl Scheduler {
     ) -> Self {
         let mut elites = loaded.elites;
         for elite in &loaded.warm {
-            if let Err(e) = elites.get(elite) {
+            if let Err(e) = elites.materialise(elite) {
                 tracing::error!(elite, error = %e, "cannot materialise elite");
             }
+        }
+        if let Err(e) = elites.prepare() {
+            tracing::error!(error = %e, "cannot load the base for serving from factors");
         }
         let mut stop_ids: BTreeSet<u32> = loaded.stop_ids.into_iter().collect();
         stop_ids.extend(elites.config().eos_token_ids.iter().copied());
@@ -336,8 +342,9 @@ impl Scheduler {
         let mut free = self.config.max_batch.saturating_sub(self.running());
         let mut budget = self.config.max_prefill_tokens;
         let mut admitted: Vec<(String, Seq)> = Vec::new();
-        // Elites that are neither resident nor running wait while the memory budget is
-        // taken by elites in use: the budget bounds memory; jobs of hot elites go first.
+        // Elites that must be materialised (not resident, not running, and the policy or
+        // the source cannot serve them from factors) wait while the memory budget is taken
+        // by elites in use: the budget bounds memory; jobs of hot elites go first.
         let mut room = self.elites.room_for_new();
         let mut new_elites: Vec<String> = Vec::new();
         let mut pinned: Vec<String> = Vec::new();
@@ -357,7 +364,7 @@ impl Scheduler {
                 pinned.push(elite.clone());
                 room = room.saturating_sub(1);
             }
-            if !(resident || running || new_elites.contains(&elite)) {
+            if self.elites.needs_room(&elite) && !(running || new_elites.contains(&elite)) {
                 if room == 0 {
                     passed_over.push_back((elite, seq));
                     continue;
@@ -384,7 +391,7 @@ impl Scheduler {
             let seqs: Vec<Seq> = group.into_iter().map(|(_, s)| s).collect();
             // The exact check, now that the elites prefilled before this one are in use:
             // an elite that would exceed the budget waits (at the front of the queue).
-            if !self.elites.is_resident(&elite) && self.elites.room_for_new() == 0 {
+            if self.elites.needs_room(&elite) && self.elites.room_for_new() == 0 {
                 for s in seqs.into_iter().rev() {
                     self.waiting.push_front((elite.clone(), s));
                 }
@@ -428,6 +435,8 @@ impl Scheduler {
                 return Err(e.into());
             }
         };
+        self.elites
+            .record_tokens(elite, prompts.iter().map(Vec::len).sum());
         for (s, row) in seqs.iter_mut().zip(&logits) {
             self.step(s, row);
         }
@@ -448,6 +457,9 @@ impl Scheduler {
                 let old = std::mem::replace(&mut batch.cache, model.new_cache(0, 0));
                 batch.cache = KvCache::concat(&[old, cache])?;
                 batch.seqs.extend(seqs);
+                // The elite may have been materialised since the batch began from factors:
+                // the batch goes on with the dense model (same function, same cache layout).
+                batch.model = model;
             }
             None => self.batches.push(Batch {
                 elite: elite.to_string(),
@@ -539,6 +551,7 @@ impl Scheduler {
                 .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
             match logits {
                 Ok(rows) => {
+                    self.elites.record_tokens(&batch.elite, rows.len());
                     for (s, row) in batch.seqs.iter_mut().zip(&rows) {
                         self.step(s, row);
                     }

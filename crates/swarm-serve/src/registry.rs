@@ -2,10 +2,17 @@
 //! and [`EliteCache`] keeps the hot ones as ready models in an LRU bounded by a memory
 //! budget.
 //!
-//! An elite is a genome (design §1); its dense weights are materialised on first use and
-//! dropped when the budget is needed for another elite and no running sequence uses them
-//! (a running batch holds an `Arc` of its model, so an elite in use is never freed under it).
+//! An elite is a genome (design §1). A [`ServingPolicy`] says how an elite that is not
+//! resident is served: its dense weights materialised into the LRU (dropped when the budget
+//! is needed for another elite and no running sequence uses them: a running batch holds an
+//! `Arc` of its model, so an elite in use is never freed under it), or straight from the
+//! experts' factors (the base's dense weights shared, a low-rank delta per matrix: no
+//! materialisation, no memory, slower per token), or the first until the elite has proved
+//! hot (the default; docs/performance.md, "Serving from factors vs materialising", has the
+//! measurements behind it).
 
+use std::collections::HashMap;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -21,6 +28,95 @@ pub trait EliteSource: Send + Sync {
     fn config(&self) -> &LlamaConfig;
     /// Builds `elite`'s model on `device` in `precision`.
     fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama>;
+    /// Builds `elite`'s model from factors (the base's dense weights shared, low-rank
+    /// deltas added), or `None` when this source has no factors: its elites are always
+    /// materialised.
+    fn load_factored(
+        &self,
+        _elite: &str,
+        _device: &Device,
+        _precision: Precision,
+    ) -> Result<Option<Llama>> {
+        Ok(None)
+    }
+    /// Loads what every elite served from factors shares (the dense base), so that the
+    /// first one does not wait for it.
+    fn prepare_factored(&self, _device: &Device, _precision: Precision) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How the [`EliteCache`] serves an elite that is not resident (elites resident in the LRU
+/// are always served from their dense weights).
+///
+/// The trade-off (docs/performance.md, "Serving from factors vs materialising"): a
+/// materialisation costs seconds and blocks the scheduler, and a dense elite takes a whole
+/// model's memory; an elite served from factors costs no time to set up and almost no
+/// memory, but every token costs `2·r·(in + out)` more FLOP per matrix. `Auto` is the
+/// ski-rental rule: rent (factors) until the rent paid reaches the price of buying
+/// (materialising), then buy; it never costs more than twice the better choice made with
+/// hindsight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServingPolicy {
+    /// Materialise every elite into the LRU (an elite waits while the budget is taken by
+    /// elites in use).
+    Materialise,
+    /// Serve every non-resident elite from factors; never materialise (sources without
+    /// factors are materialised all the same).
+    Factors,
+    /// Serve an elite from factors until it has run `materialise_after` tokens (prompt and
+    /// generated, counted since it was last evicted), then materialise it into the LRU if
+    /// the budget has room (else keep serving it from factors).
+    Auto { materialise_after: u64 },
+}
+
+impl ServingPolicy {
+    /// `Auto`'s default threshold (provisional: not yet measured; the benchmark of
+    /// docs/performance.md, "Serving from factors vs materialising", will set it).
+    pub const DEFAULT_MATERIALISE_AFTER: u64 = 100;
+
+    /// The environment variable `swarm serve` reads the policy from
+    /// (`materialise`, `factors`, `auto` or `auto:<tokens>`).
+    pub const ENV: &'static str = "SWARM_ELITE_SERVING";
+}
+
+impl Default for ServingPolicy {
+    fn default() -> Self {
+        ServingPolicy::Auto {
+            materialise_after: Self::DEFAULT_MATERIALISE_AFTER,
+        }
+    }
+}
+
+impl FromStr for ServingPolicy {
+    type Err = ServeError;
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "materialise" | "materialize" | "dense" => Ok(ServingPolicy::Materialise),
+            "factors" | "factored" => Ok(ServingPolicy::Factors),
+            "auto" => Ok(ServingPolicy::default()),
+            other => match other.strip_prefix("auto:").map(str::parse::<u64>) {
+                Some(Ok(n)) => Ok(ServingPolicy::Auto {
+                    materialise_after: n,
+                }),
+                _ => Err(ServeError::Config(format!(
+                    "elite serving policy `{s}`: expected `materialise`, `factors`, `auto` \
+                     or `auto:<tokens>`"
+                ))),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for ServingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServingPolicy::Materialise => f.write_str("materialise"),
+            ServingPolicy::Factors => f.write_str("factors"),
+            ServingPolicy::Auto { materialise_after } => write!(f, "auto:{materialise_after}"),
+        }
+    }
 }
 
 /// One model served as a swarm of one elite, or, for load tests of multi-elite serving, as
@@ -72,7 +168,8 @@ struct Resident {
     last_used: u64,
 }
 
-/// Hot elites as ready models, least recently used evicted first, within `budget_bytes`.
+/// Hot elites as ready models, least recently used evicted first, within `budget_bytes`;
+/// the others served from factors or materialised, as the [`ServingPolicy`] says.
 pub struct EliteCache {
     source: Box<dyn EliteSource>,
     device: Device,
@@ -81,8 +178,17 @@ pub struct EliteCache {
     elite_bytes: usize,
     resident: Vec<Resident>,
     clock: u64,
+    policy: ServingPolicy,
+    /// Elites served from factors, built once each (they hold no matrices of their own).
+    factored: HashMap<String, Arc<Llama>>,
+    /// Whether the source has factors (`None` until asked).
+    has_factors: Option<bool>,
+    /// Tokens each non-resident elite has run since it was last resident (for `Auto`).
+    tokens: HashMap<String, u64>,
     /// Materialisations so far (for metrics and tests).
     pub loads: u64,
+    /// Elite models built from factors so far (for metrics and tests).
+    pub factored_builds: u64,
 }
 
 impl EliteCache {
@@ -101,7 +207,67 @@ impl EliteCache {
             elite_bytes,
             resident: Vec::new(),
             clock: 0,
+            policy: ServingPolicy::Materialise,
+            factored: HashMap::new(),
+            has_factors: None,
+            tokens: HashMap::new(),
             loads: 0,
+            factored_builds: 0,
+        }
+    }
+
+    /// Serves non-resident elites as `policy` says (the default of a new cache is
+    /// [`ServingPolicy::Materialise`]).
+    pub fn with_policy(mut self, policy: ServingPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    pub fn policy(&self) -> ServingPolicy {
+        self.policy
+    }
+
+    /// Loads what elites served from factors share, when the policy may serve from factors
+    /// (so that the first such request does not wait for it).
+    pub fn prepare(&mut self) -> Result<()> {
+        if self.policy != ServingPolicy::Materialise {
+            self.source.prepare_factored(&self.device, self.precision)?;
+        }
+        Ok(())
+    }
+
+    /// Elites built from factors and kept (each holds only its coefficients and 1-D
+    /// tensors; the base and the factors are shared).
+    pub fn factored(&self) -> usize {
+        self.factored.len()
+    }
+
+    /// Counts `tokens` run by `elite` (prompt and generated): `Auto` materialises an elite
+    /// once it has run enough of them from factors.
+    pub fn record_tokens(&mut self, elite: &str, tokens: usize) {
+        if !self.is_resident(elite) {
+            *self.tokens.entry(elite.to_string()).or_default() += tokens as u64;
+        }
+    }
+
+    /// Whether serving `elite` now needs room in the memory budget: it is not resident and
+    /// can only be served dense (the policy materialises, or the source has no factors).
+    /// Under `Factors` and `Auto` an elite never waits: without room it is served from
+    /// factors.
+    pub fn needs_room(&self, elite: &str) -> bool {
+        !self.is_resident(elite)
+            && (self.policy == ServingPolicy::Materialise || self.has_factors == Some(false))
+    }
+
+    /// Whether `get(elite)` would serve it from factors now.
+    fn wants_factors(&self, elite: &str) -> bool {
+        match self.policy {
+            ServingPolicy::Materialise => false,
+            ServingPolicy::Factors => true,
+            ServingPolicy::Auto { materialise_after } => {
+                self.tokens.get(elite).copied().unwrap_or(0) < materialise_after
+                    || self.room_for_new() == 0
+            }
         }
     }
 
@@ -144,8 +310,44 @@ impl EliteCache {
         free + idle
     }
 
-    /// The model of `elite`, materialised if it is not resident.
+    /// The model of `elite`: resident, else served from factors or materialised as the
+    /// policy says.
     pub fn get(&mut self, elite: &str) -> Result<Arc<Llama>> {
+        self.clock += 1;
+        if let Some(r) = self.resident.iter_mut().find(|r| r.elite == elite) {
+            r.last_used = self.clock;
+            return Ok(r.model.clone());
+        }
+        if self.has_factors != Some(false) && self.wants_factors(elite) {
+            if let Some(model) = self.factored.get(elite) {
+                return Ok(model.clone());
+            }
+            let started = std::time::Instant::now();
+            match self
+                .source
+                .load_factored(elite, &self.device, self.precision)?
+            {
+                Some(model) => {
+                    self.has_factors = Some(true);
+                    self.factored_builds += 1;
+                    let model = Arc::new(model);
+                    tracing::info!(
+                        elite,
+                        seconds = started.elapsed().as_secs_f64(),
+                        "elite served from factors"
+                    );
+                    self.factored.insert(elite.to_string(), model.clone());
+                    return Ok(model);
+                }
+                None => self.has_factors = Some(false),
+            }
+        }
+        self.materialise(elite)
+    }
+
+    /// Materialises `elite` into the LRU (evicting idle elites to make room), whatever the
+    /// policy; a resident elite is returned as it is.
+    pub fn materialise(&mut self, elite: &str) -> Result<Arc<Llama>> {
         self.clock += 1;
         if let Some(r) = self.resident.iter_mut().find(|r| r.elite == elite) {
             r.last_used = self.clock;
@@ -166,6 +368,10 @@ impl EliteCache {
             model: model.clone(),
             last_used: self.clock,
         });
+        // Resident now: its factored model (if any) is dropped once its batch ends, and its
+        // token count starts again from zero when it is evicted.
+        self.factored.remove(elite);
+        self.tokens.remove(elite);
         Ok(model)
     }
 
