@@ -211,8 +211,11 @@ mod tests {
             ));
             examples.push(("database", format!("SELECT * FROM t{i} WHERE x = {i};")));
         }
-        let clf =
-            SkillClassifier::train(examples.iter().map(|(s, t)| (*s, t.as_str())), 0.1).unwrap();
+        let clf = SkillClassifier::train(
+            examples.iter().map(|(s, t)| (*s, t.as_str())),
+            crate::classifier::DEFAULT_SMOOTHING,
+        )
+        .unwrap();
         let r = Router::new(swarm(), Some(clf));
         let route = r
             .route("swarm", || "SELECT name FROM users WHERE x = 1;".into())
