@@ -252,13 +252,18 @@ impl SkillClassifier {
     pub fn mix(&self, text: &str) -> Vec<(String, f64)> {
         let x = encode(text);
         let k = self.skills.len();
-        let mut scores: Vec<f64> = self.bias.iter().map(|&b| f64::from(b)).collect();
+        let mut sums = vec![0f32; k];
         for &f in &x.feats {
             let row = &self.weights[f * k..(f + 1) * k];
-            for (s, w) in scores.iter_mut().zip(row) {
-                *s += f64::from(x.scale) * f64::from(*w);
+            for (s, w) in sums.iter_mut().zip(row) {
+                *s += *w;
             }
         }
+        let mut scores: Vec<f64> = sums
+            .iter()
+            .zip(&self.bias)
+            .map(|(s, b)| f64::from(*b) + f64::from(x.scale) * f64::from(*s))
+            .collect();
         softmax(&mut scores);
         self.skills.iter().cloned().zip(scores).collect()
     }
@@ -339,23 +344,42 @@ pub fn synthetic_prompts(
     out
 }
 
+/// The user turns without the labels of swarm-tasks' prompt formats ("Task: ", "Request: ",
+/// ...): the task as a client that does not use those formats asks it.
+pub fn task_text(messages: &[swarm_tasks::ChatMessage]) -> String {
+    swarm_tasks::without_format_labels(&user_turns_text(messages))
+}
+
 impl SkillClassifier {
     /// Trains on the training split of every skill's synthetic suite.
     pub fn train_on_skills(per_skill: usize, seed: u64) -> Result<Self> {
         Self::train_on(&swarm_tasks::Skill::ALL, per_skill, seed)
     }
 
-    /// Trains on the training split of `skills`' synthetic suites, each prompt twice: with
-    /// its system prompt and without (so that requests without one are not misread).
+    /// Trains on the training split of `skills`' synthetic suites, each prompt read three
+    /// ways: with its system prompt ([`routing_text`]), without ([`user_turns_text`]: clients
+    /// that send none), and without the labels of the prompt formats ([`task_text`]: clients
+    /// that do not use them), so that the classifier learns the tasks rather than the formats;
+    /// plus each prompt's gold answer as code ([`swarm_tasks::answer_code`]: requests made
+    /// of a query, a command or a function, which the prompts themselves never show).
     pub fn train_on(skills: &[swarm_tasks::Skill], per_skill: usize, seed: u64) -> Result<Self> {
-        let split = swarm_tasks::Split::Train;
-        let data: Vec<(String, String)> = synthetic_prompts(split, per_skill, seed, routing_text)
-            .into_iter()
-            .chain(synthetic_prompts(split, per_skill, seed, user_turns_text))
-            .filter(|(s, _)| skills.iter().any(|k| k.name() == s))
-            .collect();
+        let readings: [fn(&[swarm_tasks::ChatMessage]) -> String; 3] =
+            [routing_text, user_turns_text, task_text];
+        let mut data: Vec<(&str, String)> = Vec::new();
+        for &skill in skills {
+            let split = swarm_tasks::Split::Train;
+            for e in swarm_tasks::generate_synthetic(skill, split, per_skill, seed) {
+                for read in readings {
+                    data.push((skill.name(), read(&e.prompt)));
+                }
+                let code = swarm_tasks::answer_code(&e.gold);
+                if !code.trim().is_empty() {
+                    data.push((skill.name(), code));
+                }
+            }
+        }
         Self::train(
-            data.iter().map(|(s, t)| (s.as_str(), t.as_str())),
+            data.iter().map(|(s, t)| (*s, t.as_str())),
             DEFAULT_SMOOTHING,
         )
     }

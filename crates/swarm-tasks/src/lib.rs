@@ -46,9 +46,9 @@ pub use loaders::{
     agentbench, humaneval, mbpp, mysql_dump, nl2bash, spider, DataDirs, LoadedSuite,
 };
 pub use prompt::{
-    coding_prompt, database_agent_prompt, database_prompt, extract_code, fenced, os_agent_prompt,
-    os_prompt, parse_agent_action, system_prompt, AgentAction, CODING_SYSTEM,
-    DATABASE_AGENT_SYSTEM, DATABASE_SYSTEM, OS_AGENT_SYSTEM, OS_SYSTEM,
+    answer_code, coding_prompt, database_agent_prompt, database_prompt, extract_code, fenced,
+    os_agent_prompt, os_prompt, parse_agent_action, system_prompt, without_format_labels,
+    AgentAction, CODING_SYSTEM, DATABASE_AGENT_SYSTEM, DATABASE_SYSTEM, OS_AGENT_SYSTEM, OS_SYSTEM,
 };
 pub use registry::{episodes, load_suite, synthetic_default_size, SuiteInfo, SuiteRequest, SUITES};
 pub use runner::{run_episodes, write_jsonl, RunOptions, SuiteReport};

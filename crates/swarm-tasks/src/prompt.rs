@@ -98,6 +98,40 @@ pub fn os_agent_prompt(task: &str) -> Vec<ChatMessage> {
     ]
 }
 
+/// A prompt's text without the labels this module's formats add ("Working directory: ..."
+/// line, "Task: ", "Database schema:", "Request: ", "Your code should pass these tests:"):
+/// the task as a client that does not use these formats would ask it. The server's router
+/// trains on and is measured on this reading too, so that it does not learn the labels in
+/// place of the task.
+pub fn without_format_labels(text: &str) -> String {
+    text.lines()
+        .filter(|l| {
+            !l.starts_with("Working directory: ")
+                && *l != "Database schema:"
+                && *l != "Your code should pass these tests:"
+        })
+        .map(|l| {
+            l.strip_prefix("Task: ")
+                .or_else(|| l.strip_prefix("Request: "))
+                .unwrap_or(l)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The code of answers written as this module's formats ask: without the fence lines and the
+/// `Act: ...` lines of agent actions (what a client pasting a query, a command or a function
+/// would send). The server's router trains on this reading of the training split's gold
+/// answers, so that a request made of code is routed by its language.
+pub fn answer_code(answers: &[String]) -> String {
+    answers
+        .iter()
+        .flat_map(|a| a.lines())
+        .filter(|l| !l.starts_with("```") && !l.starts_with("Act: "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Wraps code in a fenced block (how gold answers are written).
 pub fn fenced(lang: &str, code: &str) -> String {
     format!("```{lang}\n{}\n```", code.trim_end())
@@ -184,6 +218,37 @@ mod tests {
         assert_eq!(extract_code("  SELECT 1 ", &["sql"]), "SELECT 1");
         // An unterminated fence still yields its body.
         assert_eq!(extract_code("```sql\nSELECT 2", &["sql"]), "SELECT 2");
+    }
+
+    #[test]
+    fn format_labels_come_off() {
+        let user = |m: Vec<ChatMessage>| without_format_labels(&m[1].content);
+        assert_eq!(
+            user(os_prompt("/work", "count the files")),
+            "count the files"
+        );
+        assert_eq!(
+            user(os_agent_prompt("is npm installed?")),
+            "is npm installed?"
+        );
+        assert_eq!(
+            user(database_prompt("CREATE TABLE t (x INT);", "how many rows?")),
+            "CREATE TABLE t (x INT);\n\nhow many rows?"
+        );
+        assert_eq!(
+            user(coding_prompt("Write f.", &["assert f() == 1".into()])),
+            "Write f.\nassert f() == 1"
+        );
+    }
+
+    #[test]
+    fn answer_code_drops_fences_and_actions() {
+        let answers = vec![
+            format!("Act: bash\n{}", fenced("bash", "ls /tmp | wc -l")),
+            "Act: answer(3)".to_string(),
+        ];
+        assert_eq!(answer_code(&answers), "ls /tmp | wc -l");
+        assert_eq!(answer_code(&[fenced("sql", "SELECT 1;")]), "SELECT 1;");
     }
 
     #[test]
