@@ -1,6 +1,6 @@
 //! Builds one toy world with a preset, optionally overridden from the environment (for tuning):
 //! `TOY_PRESET`, `TOY_SEED`, `TOY_OUT`, `TOY_BASE_STEPS`, `TOY_EXPERT_STEPS`, `TOY_BASE_LR`,
-//! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`.
+//! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`, `TOY_HEADS`, `TOY_REPLAY`.
 //!
 //! `cargo run --release -p swarm-train --example toy`
 
@@ -46,6 +46,13 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = env("TOY_HIDDEN") {
         spec.hidden_size = v;
         spec.intermediate_size = 3 * v;
+    }
+    if let Some(v) = env("TOY_HEADS") {
+        spec.num_heads = v;
+        spec.num_kv_heads = v;
+    }
+    if let Some(v) = env("TOY_REPLAY") {
+        spec.expert_replay = v;
     }
     if let Some(v) = env("TOY_LAYERS") {
         spec.num_layers = v;

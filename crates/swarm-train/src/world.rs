@@ -79,6 +79,10 @@ pub struct WorldSpec {
     pub base: TrainSettings,
     /// Examples of each skill for its expert.
     pub expert_examples: usize,
+    /// Share of each expert's training sequences replayed from the base's own mix (general
+    /// text and every skill's base-level chats): rehearsal, so that fine-tuning one skill does
+    /// not rewrite what the base does on the others. 0 trains on the skill's chats alone.
+    pub expert_replay: f64,
     pub expert: TrainSettings,
     /// Test episodes per skill.
     pub test_episodes: usize,
@@ -114,6 +118,7 @@ impl WorldSpec {
                     seed: 0,
                 },
                 expert_examples: 40,
+                expert_replay: 0.0,
                 expert: TrainSettings {
                     steps: 5,
                     batch_size: 8,
@@ -152,6 +157,7 @@ impl WorldSpec {
                     seed: 0,
                 },
                 expert_examples: 12000,
+                expert_replay: 0.0,
                 expert: TrainSettings {
                     steps: 800,
                     batch_size: 16,
@@ -244,6 +250,16 @@ pub struct WorldReport {
     pub threads: usize,
 }
 
+/// `skill` plus enough sequences of `replay` (cycled) to make up `share` of the result.
+fn with_replay(skill: &[Sequence], replay: &[Sequence], share: f64) -> Vec<Sequence> {
+    let mut out = skill.to_vec();
+    if share > 0.0 && share < 1.0 && !replay.is_empty() {
+        let n = (skill.len() as f64 * share / (1.0 - share)).round() as usize;
+        out.extend(replay.iter().cycle().take(n).cloned());
+    }
+    out
+}
+
 /// Builds the world: data and tokenizer, base, experts, HF dirs, evaluation.
 pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
     let start = Instant::now();
@@ -322,13 +338,8 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
             seed: seed.wrapping_add(1 + k as u64),
             ..spec.expert.clone()
         };
-        let report = train(
-            &expert,
-            &expert_data[k],
-            &settings,
-            skill.name(),
-            opts.progress,
-        )?;
+        let data = with_replay(&expert_data[k], &base_data, spec.expert_replay);
+        let report = train(&expert, &data, &settings, skill.name(), opts.progress)?;
         tracing::info!(
             skill = skill.name(),
             first = report.first_loss,
