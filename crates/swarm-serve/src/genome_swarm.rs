@@ -44,9 +44,22 @@ struct ServedBase {
     device: Device,
     precision: Precision,
     model: Llama,
-    /// Per factored matrix, per expert: `(Vᵀ_k, U_k)` on `device` in the activation dtype
-    /// (the factor set's own tensors on a CPU in f32: no copy).
-    factors: BTreeMap<String, Vec<(Tensor, Tensor)>>,
+    /// Per factored matrix, on `device` in the activation dtype.
+    factors: BTreeMap<String, ServedFactors>,
+}
+
+/// One matrix's factors as served.
+struct ServedFactors {
+    /// Per expert: `(Vᵀ_k, U_k)` (the factor set's own tensors on a CPU in f32: no copy).
+    experts: Vec<(Tensor, Tensor)>,
+    /// `([V_1ᵀ; V_2ᵀ; ...], [U_1 | U_2 | ...])`, concatenated once and shared by every elite
+    /// with more than one active expert, when the concatenation is at most twice the size
+    /// of the matrix (`Σ_k r_k (m + n) <= 2 m n`: true at SmolLM2's shapes at rank 64,
+    /// false at full rank): at low rank a decode step is dominated by the number of small
+    /// products, and one product pair per matrix instead of one per expert is faster
+    /// (docs/performance.md, "Serving from factors vs materialising"); at full rank the
+    /// arithmetic dominates and the copy would double the factors' memory for no gain.
+    fused: Option<(Tensor, Tensor)>,
 }
 
 impl GenomeSwarm {
@@ -105,7 +118,7 @@ impl GenomeSwarm {
     fn delta(
         &self,
         elite: &str,
-        factors: &BTreeMap<String, Vec<(Tensor, Tensor)>>,
+        factors: &BTreeMap<String, ServedFactors>,
         device: &Device,
         precision: Precision,
     ) -> Result<ModelDelta> {
@@ -124,17 +137,41 @@ impl GenomeSwarm {
                     let shared = factors.get(name).ok_or_else(|| {
                         ServeError::Swarm(format!("no served factors for `{name}`"))
                     })?;
-                    for (k, (a, b)) in shared.iter().enumerate().take(experts.len()) {
-                        let c = coefficients(k)?;
-                        if c.iter().all(|v| *v == 0.0) {
-                            continue;
-                        }
-                        let s = Tensor::from_slice(c, c.len(), device)
+                    let scale = |c: &[f32]| {
+                        Tensor::from_slice(c, c.len(), device)
                             .and_then(|s| s.to_dtype(dtype))
-                            .map_err(candle)?;
-                        let d = LowRankDelta::scaled(a.clone(), s, b.clone())
-                            .map_err(|e| ServeError::Swarm(format!("`{name}` expert {k}: {e}")))?;
-                        delta.add_low_rank(name, d);
+                            .map_err(candle)
+                    };
+                    let mut active = Vec::new();
+                    for k in 0..experts.len() {
+                        let c = coefficients(k)?;
+                        if c.iter().any(|v| *v != 0.0) {
+                            active.push((k, c));
+                        }
+                    }
+                    match &shared.fused {
+                        Some((a, b)) if active.len() > 1 => {
+                            // Inactive experts get zero coefficients in the shared product.
+                            let mut c = Vec::with_capacity(a.dims()[0]);
+                            for k in 0..experts.len() {
+                                c.extend_from_slice(coefficients(k)?);
+                            }
+                            let d = LowRankDelta::scaled(a.clone(), scale(&c)?, b.clone())
+                                .map_err(|e| ServeError::Swarm(format!("`{name}`: {e}")))?;
+                            delta.add_low_rank(name, d);
+                        }
+                        _ => {
+                            for (k, c) in active {
+                                let (a, b) = shared.experts.get(k).ok_or_else(|| {
+                                    ServeError::Swarm(format!("`{name}`: no factors of expert {k}"))
+                                })?;
+                                let d = LowRankDelta::scaled(a.clone(), scale(c)?, b.clone())
+                                    .map_err(|e| {
+                                        ServeError::Swarm(format!("`{name}` expert {k}: {e}"))
+                                    })?;
+                                delta.add_low_rank(name, d);
+                            }
+                        }
                     }
                 }
                 TensorFactors::Dense(taus) => {
@@ -195,7 +232,28 @@ impl GenomeSwarm {
                         .iter()
                         .map(|e| Ok((conv(&e.vt)?, conv(&e.u)?)))
                         .collect::<Result<Vec<_>>>()?;
-                    factors.insert(t.name.clone(), pairs);
+                    let rank: usize = experts.iter().map(|e| e.s.len()).sum();
+                    let small = match t.shape.as_slice() {
+                        [m, n] => rank * (m + n) <= 2 * m * n,
+                        _ => false,
+                    };
+                    let fused = if pairs.len() > 1 && small {
+                        let a: Vec<Tensor> = pairs.iter().map(|(a, _)| a.clone()).collect();
+                        let b: Vec<Tensor> = pairs.iter().map(|(_, b)| b.clone()).collect();
+                        Some((
+                            Tensor::cat(&a, 0).map_err(candle)?,
+                            Tensor::cat(&b, 1).map_err(candle)?,
+                        ))
+                    } else {
+                        None
+                    };
+                    factors.insert(
+                        t.name.clone(),
+                        ServedFactors {
+                            experts: pairs,
+                            fused,
+                        },
+                    );
                 }
             }
             tracing::info!(

@@ -436,7 +436,7 @@ impl Scheduler {
             }
         };
         self.elites
-            .record_tokens(elite, prompts.iter().map(Vec::len).sum());
+            .record_tokens(elite, prompts.iter().map(Vec::len).sum(), 0);
         for (s, row) in seqs.iter_mut().zip(&logits) {
             self.step(s, row);
         }
@@ -551,7 +551,7 @@ impl Scheduler {
                 .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
             match logits {
                 Ok(rows) => {
-                    self.elites.record_tokens(&batch.elite, rows.len());
+                    self.elites.record_tokens(&batch.elite, 0, rows.len());
                     for (s, row) in batch.seqs.iter_mut().zip(&rows) {
                         self.step(s, row);
                     }

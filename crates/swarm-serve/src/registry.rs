@@ -54,8 +54,9 @@ pub trait EliteSource: Send + Sync {
 /// model's memory; an elite served from factors costs no time to set up and almost no
 /// memory, but every token costs `2·r·(in + out)` more FLOP per matrix. `Auto` is the
 /// ski-rental rule: rent (factors) until the rent paid reaches the price of buying
-/// (materialising), then buy; it never costs more than twice the better choice made with
-/// hindsight.
+/// (materialising), then buy; with the threshold at the break-even it never costs more than
+/// twice the better choice made with hindsight (the break-even moves with rank, batch size
+/// and load, so the default threshold is a middle value of the measured ones).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServingPolicy {
     /// Materialise every elite into the LRU (an elite waits while the budget is taken by
@@ -64,16 +65,26 @@ pub enum ServingPolicy {
     /// Serve every non-resident elite from factors; never materialise (sources without
     /// factors are materialised all the same).
     Factors,
-    /// Serve an elite from factors until it has run `materialise_after` tokens (prompt and
-    /// generated, counted since it was last evicted), then materialise it into the LRU if
-    /// the budget has room (else keep serving it from factors).
+    /// Serve an elite from factors until it has generated `materialise_after` tokens
+    /// (counted since it was last evicted; a prompt token counts as
+    /// 1/[`PROMPT_TOKENS_PER_TOKEN`](ServingPolicy::PROMPT_TOKENS_PER_TOKEN) of one), then
+    /// materialise it into the LRU if the budget has room (else keep serving it from
+    /// factors).
     Auto { materialise_after: u64 },
 }
 
 impl ServingPolicy {
-    /// `Auto`'s default threshold (provisional: not yet measured; the benchmark of
-    /// docs/performance.md, "Serving from factors vs materialising", will set it).
-    pub const DEFAULT_MATERIALISE_AFTER: u64 = 100;
+    /// `Auto`'s default threshold, in generated tokens: within the break-evens measured on
+    /// SmolLM2-135M at batch 1 (12-86 tokens at full rank, 9-41 at rank 64; 37-348 at
+    /// batch 8), docs/performance.md, "Serving from factors vs materialising".
+    pub const DEFAULT_MATERIALISE_AFTER: u64 = 64;
+
+    /// How many prompt tokens count as one generated token for `Auto`: what a prompt token
+    /// costs more from factors than dense is about a tenth of what a generated token costs
+    /// more (prefill runs matrix-matrix products, where the deltas' extra FLOP are cheap;
+    /// the prefill break-evens measured were 3-27x the decode ones, ~10x typically;
+    /// docs/performance.md).
+    pub const PROMPT_TOKENS_PER_TOKEN: u64 = 10;
 
     /// The environment variable `swarm serve` reads the policy from
     /// (`materialise`, `factors`, `auto` or `auto:<tokens>`).
@@ -242,11 +253,14 @@ impl EliteCache {
         self.factored.len()
     }
 
-    /// Counts `tokens` run by `elite` (prompt and generated): `Auto` materialises an elite
-    /// once it has run enough of them from factors.
-    pub fn record_tokens(&mut self, elite: &str, tokens: usize) {
+    /// Counts `generated` tokens (decode steps, one per row) and `prompt` tokens (prefill)
+    /// run by `elite`: `Auto` materialises an elite once it has run enough of them from
+    /// factors.
+    pub fn record_tokens(&mut self, elite: &str, prompt: usize, generated: usize) {
         if !self.is_resident(elite) {
-            *self.tokens.entry(elite.to_string()).or_default() += tokens as u64;
+            // In units of one prompt token.
+            let units = prompt as u64 + generated as u64 * ServingPolicy::PROMPT_TOKENS_PER_TOKEN;
+            *self.tokens.entry(elite.to_string()).or_default() += units;
         }
     }
 
@@ -265,7 +279,8 @@ impl EliteCache {
             ServingPolicy::Materialise => false,
             ServingPolicy::Factors => true,
             ServingPolicy::Auto { materialise_after } => {
-                self.tokens.get(elite).copied().unwrap_or(0) < materialise_after
+                self.tokens.get(elite).copied().unwrap_or(0)
+                    < materialise_after.saturating_mul(ServingPolicy::PROMPT_TOKENS_PER_TOKEN)
                     || self.room_for_new() == 0
             }
         }

@@ -296,16 +296,16 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     assert!(!cache.needs_room("e7"));
     // Built once: the same model again.
     assert!(Arc::ptr_eq(&e7, &cache.get("e7").unwrap()));
-    // Hot: materialised once it has run 20 tokens.
-    cache.record_tokens("e7", 19);
+    // Hot: materialised once it has generated 20 tokens (a prompt token counts as 1/10).
+    cache.record_tokens("e7", 9, 19);
     cache.get("e7").unwrap();
     assert_eq!(cache.loads, 0);
-    cache.record_tokens("e7", 1);
+    cache.record_tokens("e7", 1, 0);
     let dense = cache.get("e7").unwrap();
     assert_eq!((cache.loads, cache.resident(), cache.factored()), (1, 1, 0));
     // Another hot elite while e7 is in use (its Arc held) and the budget holds one: it is
     // served from factors instead of waiting or going over the budget.
-    cache.record_tokens("e9", 100);
+    cache.record_tokens("e9", 0, 100);
     let e9 = cache.get("e9").unwrap();
     assert_eq!((cache.loads, cache.resident()), (1, 1));
     assert!(cache.is_resident("e7") && !cache.is_resident("e9"));
