@@ -75,14 +75,14 @@ pub enum ServingPolicy {
 
 impl ServingPolicy {
     /// `Auto`'s default threshold, in generated tokens: within the break-evens measured on
-    /// SmolLM2-135M at batch 1 (12-86 tokens at full rank, 9-41 at rank 64; 37-348 at
-    /// batch 8), docs/performance.md, "Serving from factors vs materialising".
+    /// SmolLM2-135M at batch 1 (12-86 tokens at full rank, 9-41 or never at rank 64; 37-348
+    /// at batch 8), docs/performance.md, "Serving from factors vs materialising".
     pub const DEFAULT_MATERIALISE_AFTER: u64 = 64;
 
     /// How many prompt tokens count as one generated token for `Auto`: what a prompt token
     /// costs more from factors than dense is about a tenth of what a generated token costs
     /// more (prefill runs matrix-matrix products, where the deltas' extra FLOP are cheap;
-    /// the prefill break-evens measured were 3-27x the decode ones, ~10x typically;
+    /// the prefill break-evens measured were 3-31x the decode ones, ~10x in the middle;
     /// docs/performance.md).
     pub const PROMPT_TOKENS_PER_TOKEN: u64 = 10;
 
