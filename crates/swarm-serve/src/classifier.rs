@@ -21,9 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, ServeError};
 
 /// L2 penalty on the weights (per example: the loss is the mean cross-entropy plus
-/// `l2 / 2 * |w|^2`). The name is from the naive Bayes this classifier replaced, whose
-/// smoothing took this place in [`SkillClassifier::train`]; callers outside this file use it.
-pub const DEFAULT_SMOOTHING: f32 = 1e-4;
+/// `l2 / 2 * |w|^2`), as [`SkillClassifier::train`] takes it.
+pub const DEFAULT_L2: f32 = 1e-4;
 
 /// Hash table size (2^18 buckets of one f32 per skill: 1 MiB per skill).
 const BUCKETS: usize = 1 << 18;
@@ -138,7 +137,7 @@ fn softmax(scores: &mut [f64]) {
 }
 
 impl SkillClassifier {
-    /// Trains on `(skill, text)` examples with L2 penalty `l2` (see [`DEFAULT_SMOOTHING`]).
+    /// Trains on `(skill, text)` examples with L2 penalty `l2` (see [`DEFAULT_L2`]).
     ///
     /// Every skill weighs the same in the loss whatever its number of examples (each example
     /// of skill `k` weighs `n / (skills * n_k)`), so the classifier has no prior for the skill
@@ -378,10 +377,7 @@ impl SkillClassifier {
                 }
             }
         }
-        Self::train(
-            data.iter().map(|(s, t)| (*s, t.as_str())),
-            DEFAULT_SMOOTHING,
-        )
+        Self::train(data.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2)
     }
 }
 
@@ -408,8 +404,7 @@ mod tests {
     fn separates_the_skills() {
         let c = corpus();
         let clf =
-            SkillClassifier::train(c.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_SMOOTHING)
-                .unwrap();
+            SkillClassifier::train(c.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2).unwrap();
         assert_eq!(
             clf.predict("def add(a, b): return a + b  # python"),
             "coding"
@@ -446,10 +441,8 @@ mod tests {
             })
             .collect();
         v.extend((0..10).map(|i| ("database", format!("SELECT name FROM t{i} WHERE id = {i};"))));
-        let train = || {
-            SkillClassifier::train(v.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_SMOOTHING)
-                .unwrap()
-        };
+        let train =
+            || SkillClassifier::train(v.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2).unwrap();
         let (a, b) = (train(), train());
         assert_eq!(
             a.predict("SELECT id FROM users WHERE name = 'x';"),

@@ -32,6 +32,9 @@ pub struct ServeOptions {
     pub precision: Option<String>,
     /// Memory budget for resident dense elites, bytes.
     pub memory_budget: usize,
+    /// How a swarm's elites are served: materialised into the LRU, from the experts'
+    /// factors, or from factors until they are hot (see [`ServingPolicy`]).
+    pub elite_serving: ServingPolicy,
     pub engine: ModelEngineConfig,
     pub server: ServerConfig,
     /// Labelled prompts (`{"skill": ..., "text": ...}` JSON lines) to train the router on.
@@ -51,6 +54,7 @@ impl Default for ServeOptions {
             device: "cpu".to_string(),
             precision: None,
             memory_budget: 4 << 30,
+            elite_serving: ServingPolicy::default(),
             engine: ModelEngineConfig::default(),
             server: ServerConfig {
                 limits: Limits::default(),
@@ -161,7 +165,7 @@ pub fn skill_classifier(
         let data = read_router_data(path)?;
         return Ok(Some(SkillClassifier::train(
             data.iter().map(|(s, t)| (s.as_str(), t.as_str())),
-            crate::classifier::DEFAULT_SMOOTHING,
+            crate::classifier::DEFAULT_L2,
         )?));
     }
     let known: Vec<swarm_tasks::Skill> = swarm_tasks::Skill::ALL
@@ -230,17 +234,6 @@ pub fn load_swarm_dir_with(
     Ok((router, loaded))
 }
 
-/// The serving policy of a swarm's elites from the environment ([`ServingPolicy::ENV`]:
-/// `materialise`, `factors`, `auto` or `auto:<tokens>`); the default when unset.
-pub fn serving_policy_from_env() -> Result<ServingPolicy> {
-    match std::env::var(ServingPolicy::ENV) {
-        Ok(v) if !v.trim().is_empty() => v
-            .parse()
-            .map_err(|e| ServeError::Config(format!("{}: {e}", ServingPolicy::ENV))),
-        _ => Ok(ServingPolicy::default()),
-    }
-}
-
 /// Runs the server until SIGTERM / Ctrl-C; blocks the calling thread.
 pub fn run(options: ServeOptions) -> Result<()> {
     let device = parse_device(&options.device)?;
@@ -265,8 +258,8 @@ pub fn run(options: ServeOptions) -> Result<()> {
                     "--copies applies to --model (copies of one model), not to --swarm".to_string(),
                 ));
             }
-            let policy = serving_policy_from_env()?;
-            tracing::info!(%policy, "elite serving policy ({})", ServingPolicy::ENV);
+            let policy = options.elite_serving;
+            tracing::info!(%policy, "elite serving policy");
             let (router, loaded) = load_swarm_dir_with(
                 dir,
                 device,

@@ -42,15 +42,14 @@ mod validation;
 
 pub use classifier::{
     routing_text, synthetic_examples, synthetic_prompts, user_turns_text, SkillClassifier,
-    DEFAULT_SMOOTHING,
+    DEFAULT_L2,
 };
 pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
 pub use error::{ApiError, Result, ServeError};
 pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};
 pub use launch::{
     load_single_model, load_swarm_dir, load_swarm_dir_with, model_elite_id, read_router_data, run,
-    serving_policy_from_env, skill_classifier, ServeOptions, DEFAULT_ELITE,
-    ROUTER_EXAMPLES_PER_SKILL,
+    skill_classifier, ServeOptions, DEFAULT_ELITE, ROUTER_EXAMPLES_PER_SKILL,
 };
 pub use metrics::Metrics;
 pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};

@@ -213,7 +213,7 @@ mod tests {
         }
         let clf = SkillClassifier::train(
             examples.iter().map(|(s, t)| (*s, t.as_str())),
-            crate::classifier::DEFAULT_SMOOTHING,
+            crate::classifier::DEFAULT_L2,
         )
         .unwrap();
         let r = Router::new(swarm(), Some(clf));

@@ -69,6 +69,13 @@ pub struct ServeArgs {
     /// Memory budget for resident dense elites, MiB.
     #[arg(long, env = "SWARM_MEMORY_BUDGET_MB", default_value_t = 4096)]
     pub memory_budget_mb: usize,
+    /// How a swarm's elites are served: `materialise` (dense weights in the LRU),
+    /// `factors` (the base's weights plus low-rank deltas, nothing materialised), or
+    /// `auto[:N]` (from factors until an elite has generated N tokens, then materialised
+    /// while the budget has room; N = 64 by default). docs/performance.md measures when
+    /// each is faster.
+    #[arg(long, env = "SWARM_ELITE_SERVING", default_value = "auto")]
+    pub elite_serving: String,
     /// Router training data: JSON lines `{"skill": ..., "text": ...}`.
     #[arg(long, env = "SWARM_ROUTER_DATA")]
     pub router_data: Option<PathBuf>,
@@ -132,6 +139,7 @@ impl ServeArgs {
             default_max_tokens,
             max_tokens_limit,
             memory_budget_mb,
+            elite_serving,
             router_data,
             drain_timeout
         );
@@ -202,6 +210,10 @@ impl ServeArgs {
             device: a.device.clone(),
             precision: a.precision.clone(),
             memory_budget: a.memory_budget_mb << 20,
+            elite_serving: a
+                .elite_serving
+                .parse()
+                .with_context(|| "--elite-serving".to_string())?,
             engine: swarm_serve::ModelEngineConfig {
                 max_batch: a.max_batch,
                 max_prefill_tokens: a.max_prefill_tokens,
