@@ -3,13 +3,13 @@
 //! or leaves the batch meanwhile; dropping a receiver frees its row; deadlines and limits hold.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use candle_core::{Device, Tensor};
-use swarm_model::{
-    generate, ChatTemplate, GenerationParams, Llama, LlamaConfig, Precision, StreamControl,
-    Tokenizer, Weights, CHATML_TEMPLATE,
-};
+use common::{greedy, tokenizer, wait_ready};
+use swarm_model::{ChatTemplate, Llama, LlamaConfig, Precision, Weights, CHATML_TEMPLATE};
 use swarm_serve::{
     EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, LoadedSwarm, ModelEngine,
     ModelEngineConfig, Prompt, SamplingParams, SingleModel,
@@ -62,30 +62,6 @@ fn weights(config: &LlamaConfig) -> Weights {
     w
 }
 
-/// Word-level tokenizer: `<pad>` `<s>` `</s>` then `t3` .. `t63`.
-fn tokenizer() -> Tokenizer {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<pad>", "<s>", "</s>"].iter().enumerate() {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for i in 3..64 {
-        vocab.insert(format!("t{i}"), i.into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
-    });
-    let inner: tokenizers::Tokenizer = json.to_string().parse().unwrap();
-    Tokenizer::new(inner, Some("<s>".into()), Some("</s>".into()))
-}
-
 fn engine(max_batch: usize) -> ModelEngine {
     engine_with_budget(max_batch, 1 << 30)
 }
@@ -120,15 +96,8 @@ fn engine_with_budget(max_batch: usize, budget: usize) -> ModelEngine {
 fn reference(prompt: &[u32], max_tokens: usize) -> (String, usize) {
     let config = config();
     let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
-    let out = generate(
-        &model,
-        &tokenizer(),
-        &[prompt.to_vec()],
-        &[GenerationParams::greedy(max_tokens)],
-        |_| StreamControl::Continue,
-    )
-    .unwrap();
-    (out[0].text.clone(), out[0].token_ids.len())
+    let out = greedy(&model, prompt, max_tokens);
+    (out.text, out.token_ids.len())
 }
 
 fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> GenerateJob {
@@ -145,16 +114,6 @@ fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> Gene
         },
         deadline: None,
     }
-}
-
-async fn wait_ready(e: &ModelEngine) {
-    for _ in 0..500 {
-        if e.status().ready {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("engine not ready");
 }
 
 /// Reads a job to its end: (text, completion tokens, finish).
