@@ -210,7 +210,8 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
          embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus; {} \
          parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
          training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
-         of their skill. Loss only on the assistant's answers in chats.\n\n",
+         of their skill, plus {:.0}% of their sequences replayed from the base's mix (rehearsal). \
+         Loss only on the assistant's answers in chats.\n\n",
         spec.num_layers,
         spec.hidden_size,
         spec.intermediate_size,
@@ -226,7 +227,8 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         spec.expert.steps,
         spec.expert.batch_size,
         spec.expert.lr,
-        spec.expert_examples
+        spec.expert_examples,
+        spec.expert_replay * 100.0
     ));
     if !first.scores.is_empty() {
         s.push_str("## Mean over seeds (min–max)\n\n");
