@@ -7,7 +7,8 @@
 //! written before the next is read. Linear, task arithmetic and SLERP's output pass hold only
 //! chunks; TIES holds one tensor's magnitudes while it finds each task vector's threshold,
 //! DARE one bit per entry per model. So a merge's memory is about one tensor, whatever the
-//! number of inputs.
+//! number of inputs. Task arithmetic, TIES and DARE work on several chunks at once (on the
+//! rayon threads), each output entry computed as a sequential pass would.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -15,6 +16,7 @@ use std::time::Instant;
 use candle_core::DType;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use swarm_model::{write_model_metadata, LlamaConfig, Pretrained, TensorSource, Tokenizer};
 
@@ -208,6 +210,18 @@ fn write_metadata(staging: &Path, reference: &InputModel, out_dtype: DType) -> R
     std::fs::write(&path, text).map_err(|e| MergeError::io(&path, e))
 }
 
+/// Output chunks mixed in parallel per block handed to the writer.
+const PIECES: usize = 4;
+
+/// One parallel piece's buffers in the mixing pass of task arithmetic, TIES and DARE.
+#[derive(Default)]
+struct Piece {
+    /// One chunk of each task vector.
+    deltas: Vec<Vec<f32>>,
+    work: MixWork,
+    bytes: Vec<u8>,
+}
+
 /// Buffers reused from tensor to tensor.
 #[derive(Default)]
 struct Scratch {
@@ -216,35 +230,27 @@ struct Scratch {
     y: Vec<f32>,
     /// TIES: one tensor's magnitudes.
     mags: Vec<u32>,
-    /// One chunk of each task vector.
-    deltas: Vec<Vec<f32>>,
-    work: MixWork,
+    pieces: Vec<Piece>,
 }
 
 /// Task arithmetic, TIES and DARE on one tensor: a planning pass per sparsified task
 /// vector (its threshold or mask), then one pass that reads a chunk of the base and of every
-/// model, mixes it and writes it.
+/// model, mixes it and writes it. Both passes work on several chunks at once, one per rayon
+/// thread; each output entry is computed exactly as a sequential pass would.
 #[allow(clippy::too_many_arguments)]
 fn merge_task_vectors(
     plan: &MergePlan,
     params: &GtaParams,
     name: &str,
     n: usize,
-    base: &mut TensorInput,
-    inputs: &mut [TensorInput],
+    base: &TensorInput,
+    inputs: &[TensorInput],
     writer: &mut HfDirWriter,
     scratch: &mut Scratch,
 ) -> Result<()> {
     let experts: Vec<(f64, f64)> = plan.models.iter().map(|m| (m.weight, m.density)).collect();
     let mut rng = tensor_rng(plan.seed, name);
-    let Scratch {
-        x: base_chunk,
-        mags,
-        deltas,
-        work,
-        ..
-    } = scratch;
-    base_chunk.resize(CHUNK.min(n), 0.0);
+    let Scratch { mags, pieces, .. } = scratch;
     let mixer = GtaMixer::plan(
         name,
         n,
@@ -252,33 +258,41 @@ fn merge_task_vectors(
         &experts,
         &mut rng,
         mags,
-        |i, start, chunk| {
+        |i, start, chunk, s| {
             let len = chunk.len();
-            base.read(start, &mut base_chunk[..len])?;
-            inputs[i].read(start, chunk)?;
-            chunk
-                .iter_mut()
-                .zip(&base_chunk[..len])
-                .for_each(|(x, b)| *x -= b);
+            s.values.resize(len, 0.0);
+            base.read_shared(start, &mut s.values, &mut s.bytes)?;
+            inputs[i].read_shared(start, chunk, &mut s.bytes)?;
+            chunk.iter_mut().zip(&s.values).for_each(|(x, b)| *x -= b);
             Ok(())
         },
     )?;
-    deltas.resize_with(inputs.len(), Vec::new);
-    for d in deltas.iter_mut() {
-        d.resize(CHUNK.min(n), 0.0);
-    }
-    writer.write_f32_chunks(name, CHUNK, |start, out| {
-        let len = out.len();
-        base.read(start, out)?;
-        for (input, d) in inputs.iter_mut().zip(deltas.iter_mut()) {
-            input.read(start, &mut d[..len])?;
-            d[..len]
-                .iter_mut()
-                .zip(out.iter())
-                .for_each(|(x, b)| *x -= b);
+    pieces.resize_with(PIECES, Piece::default);
+    for p in pieces.iter_mut() {
+        p.deltas.resize_with(inputs.len(), Vec::new);
+        for d in p.deltas.iter_mut() {
+            d.resize(CHUNK.min(n), 0.0);
         }
-        mixer.mix_chunk(start, out, deltas, work);
-        Ok(())
+    }
+    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
+        block
+            .par_chunks_mut(CHUNK)
+            .zip(pieces.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(c, (out, p))| {
+                let start = block_start + c * CHUNK;
+                let len = out.len();
+                base.read_shared(start, out, &mut p.bytes)?;
+                for (input, d) in inputs.iter().zip(p.deltas.iter_mut()) {
+                    input.read_shared(start, &mut d[..len], &mut p.bytes)?;
+                    d[..len]
+                        .iter_mut()
+                        .zip(out.iter())
+                        .for_each(|(x, b)| *x -= b);
+                }
+                mixer.mix_chunk(start, out, &mut p.deltas, &mut p.work);
+                Ok(())
+            })
     })
 }
 
@@ -352,14 +366,14 @@ pub fn run_with(
                 let base_m = base.as_ref().ok_or_else(|| {
                     MergeError::Config("task arithmetic needs a base model".to_string())
                 })?;
-                let mut base_t = base_m.tensor(name, plan.dtype)?;
+                let base_t = base_m.tensor(name, plan.dtype)?;
                 merge_task_vectors(
                     plan,
                     params,
                     name,
                     n,
-                    &mut base_t,
-                    &mut inputs,
+                    &base_t,
+                    &inputs,
                     &mut writer,
                     &mut scratch,
                 )?;

@@ -11,11 +11,17 @@
 //! floats the bit pattern orders like the value): a 65,536-bucket histogram of the top 16
 //! bits, then one of the low 16 bits inside the bucket that holds the k-th value. That is
 //! two linear passes, against a sort or an index `select_nth` with a cache miss per compare.
+//!
+//! The passes take chunks on all rayon threads and give the same result as one thread would:
+//! histograms are added up, L1 norms are summed per chunk and then in chunk order, and DARE's
+//! draw for entry `i` is word `i` of the RNG's stream, wherever it is drawn.
 
 use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 use crate::error::{MergeError, Result};
-use crate::merge::stream::CHUNK;
+use crate::merge::stream::{ReadScratch, CHUNK};
 
 /// Which entries of a task vector survive sparsification, and the factor the survivors are
 /// scaled by.
@@ -67,6 +73,49 @@ fn keep_or_zero(v: f32, keep: bool) -> f32 {
     f32::from_bits(v.to_bits() & 0u32.wrapping_sub(keep as u32))
 }
 
+/// Chunks a parallel job takes at least, so that a small tensor is one job.
+const MIN_CHUNKS_PER_JOB: usize = 2;
+
+/// An empty histogram of 16-bit keys.
+fn histogram() -> Vec<u32> {
+    vec![0u32; 1 << 16]
+}
+
+fn add_histograms(mut a: Vec<u32>, b: Vec<u32>) -> Vec<u32> {
+    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+    a
+}
+
+/// Pass 2 of the radix select over some magnitudes (as bits): counts the low 16 bits of
+/// those in bucket `top` (top 16 bits) into `low`, and returns the L1 norm of those in the
+/// buckets above it when `rescale` (else 0).
+fn tally_bucket(mags: &[u32], top: u32, rescale: bool, low: &mut [u32]) -> f64 {
+    let mut one = |lane: &mut f64, bits: u32| {
+        let hi = bits >> 16;
+        if hi == top {
+            low[(bits & 0xFFFF) as usize] += 1;
+        } else if rescale {
+            *lane += if hi > top {
+                f32::from_bits(bits) as f64
+            } else {
+                0.0
+            };
+        }
+    };
+    // Four partial sums, so the adds do not wait on each other.
+    let mut lanes = [0f64; 4];
+    let mut quads = mags.chunks_exact(4);
+    for q in &mut quads {
+        for (lane, bits) in lanes.iter_mut().zip(q) {
+            one(lane, *bits);
+        }
+    }
+    for bits in quads.remainder() {
+        one(&mut lanes[0], *bits);
+    }
+    lanes.iter().sum()
+}
+
 /// The index of the bucket holding the `rank`-th largest entry (1-based) counting from the
 /// top, and how many entries lie in the buckets above it.
 fn bucket_of_rank(hist: &[u32], rank: usize) -> (usize, usize) {
@@ -91,15 +140,16 @@ impl Keep {
     }
 
     /// TIES trimming of a task vector of `n` entries: keeps the `k = ⌊density · n⌋` of
-    /// largest magnitude. `delta(start, chunk)` fills entries `start..start + chunk.len()`;
-    /// `mags` is scratch for `n` magnitudes, reused between calls.
-    pub fn plan_magnitude(
+    /// largest magnitude. `delta(start, chunk, scratch)` fills entries
+    /// `start..start + chunk.len()`; it is called from several threads at once, each chunk
+    /// once. `mags` is scratch for `n` magnitudes, reused between calls.
+    pub(crate) fn plan_magnitude(
         name: &str,
         n: usize,
         density: f64,
         rescale: bool,
         mags: &mut Vec<u32>,
-        mut delta: impl FnMut(usize, &mut [f32]) -> Result<()>,
+        delta: impl Fn(usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<Keep> {
         if density >= 1.0 {
             return Ok(Keep::all());
@@ -111,70 +161,51 @@ impl Keep {
                 format!("density {density} keeps none of its {n} entries"),
             ));
         }
-        // Pass 1: magnitudes (as bits), their top-16-bit histogram and the L1 norm.
+        // Pass 1, chunks in parallel: magnitudes (as bits), their top-16-bit histogram (one
+        // per job, added up) and each chunk's L1 norm.
         mags.clear();
-        mags.reserve(n);
-        let mut high = vec![0u32; 1 << 16];
-        let mut before = 0f64;
-        let mut chunk = vec![0f32; CHUNK.min(n)];
-        let mut start = 0;
-        while start < n {
-            let len = chunk.len().min(n - start);
-            let values = &mut chunk[..len];
-            delta(start, values)?;
-            if rescale {
-                before += l1_norm(values);
-            }
-            let first = mags.len();
-            mags.extend(values.iter().map(|v| v.abs().to_bits()));
-            for bits in &mags[first..] {
-                high[(bits >> 16) as usize] += 1;
-            }
-            start += len;
-        }
-        // Pass 2, over the magnitudes: the low-16-bit histogram of the k-th value's bucket,
-        // and (for the rescale) the L1 norm of everything above it.
+        mags.resize(n, 0);
+        let mut norms = vec![0f64; n.div_ceil(CHUNK)];
+        let high = mags
+            .par_chunks_mut(CHUNK)
+            .zip(norms.par_iter_mut())
+            .enumerate()
+            .with_min_len(MIN_CHUNKS_PER_JOB)
+            .try_fold(
+                || (histogram(), ReadScratch::default()),
+                |(mut high, mut scratch), (c, (mags, norm))| {
+                    let mut values = std::mem::take(&mut scratch.values);
+                    values.resize(mags.len(), 0.0);
+                    delta(c * CHUNK, &mut values, &mut scratch)?;
+                    if rescale {
+                        *norm = l1_norm(&values);
+                    }
+                    for (bits, v) in mags.iter_mut().zip(&values) {
+                        *bits = v.abs().to_bits();
+                        high[(*bits >> 16) as usize] += 1;
+                    }
+                    scratch.values = values;
+                    Ok::<_, MergeError>((high, scratch))
+                },
+            )
+            .map(|r| r.map(|(high, _)| high))
+            .try_reduce(histogram, |a, b| Ok(add_histograms(a, b)))?;
+        // Summed in chunk order, as one sequential pass would: the same f64 on every run.
+        let before: f64 = norms.iter().sum();
+        // Pass 2, over the magnitudes in parallel: the low-16-bit histogram of the k-th
+        // value's bucket, and (for the rescale) each chunk's L1 norm of everything above it.
         let (top, above_top) = bucket_of_rank(&high, k);
         let top = top as u32;
-        let mut low = vec![0u32; 1 << 16];
-        let mut low_sums = if rescale {
-            vec![0f64; 1 << 16]
-        } else {
-            Vec::new()
-        };
-        let mut kept_above = [0f64; 4];
-        let mut quads = mags.chunks_exact(4);
-        for q in &mut quads {
-            for (lane, bits) in kept_above.iter_mut().zip(q) {
-                let hi = bits >> 16;
-                if hi == top {
-                    let lo = (bits & 0xFFFF) as usize;
-                    low[lo] += 1;
-                    if rescale {
-                        low_sums[lo] += f32::from_bits(*bits) as f64;
-                    }
-                } else if rescale {
-                    *lane += if hi > top {
-                        f32::from_bits(*bits) as f64
-                    } else {
-                        0.0
-                    };
-                }
-            }
-        }
-        for bits in quads.remainder() {
-            let hi = bits >> 16;
-            if hi == top {
-                let lo = (bits & 0xFFFF) as usize;
-                low[lo] += 1;
-                if rescale {
-                    low_sums[lo] += f32::from_bits(*bits) as f64;
-                }
-            } else if rescale && hi > top {
-                kept_above[0] += f32::from_bits(*bits) as f64;
-            }
-        }
-        let kept_above: f64 = kept_above.iter().sum();
+        let low = mags
+            .par_chunks(CHUNK)
+            .zip(norms.par_iter_mut())
+            .with_min_len(MIN_CHUNKS_PER_JOB)
+            .fold(histogram, |mut low, (mags, above)| {
+                *above = tally_bucket(mags, top, rescale, &mut low);
+                low
+            })
+            .reduce(histogram, add_histograms);
+        let kept_above: f64 = norms.iter().sum();
         let (bottom, above_bottom) = bucket_of_rank(&low, k - above_top);
         let threshold = (top << 16) | bottom as u32;
         let ties = low[bottom] as usize;
@@ -197,8 +228,13 @@ impl Keep {
             cutoff
         };
         let scale = if rescale {
+            // The entries of one low bucket all have the same value, so their sum is the
+            // count times the value (exactly: fewer than 2²⁹ of them).
+            let in_top_above_bottom: f64 = (bottom + 1..1 << 16)
+                .map(|lo| low[lo] as f64 * f32::from_bits((top << 16) | lo as u32) as f64)
+                .sum();
             let after = kept_above
-                + low_sums[bottom + 1..].iter().sum::<f64>()
+                + in_top_above_bottom
                 + ties_kept as f64 * f32::from_bits(threshold) as f64;
             l1_scale(before, after)
         } else {
@@ -214,13 +250,15 @@ impl Keep {
     }
 
     /// DARE: keeps each of `n` entries with probability `density`, drawing one `u32` per
-    /// entry from `rng`. `delta` is read only when `rescale` needs the norms.
-    pub fn plan_random(
+    /// entry from `rng`: entry `i`'s draw is word `i` of the stream from `rng`'s position,
+    /// which is left `n` words on, whichever thread draws it. `delta` (as for
+    /// [`plan_magnitude`](Self::plan_magnitude)) is read only when `rescale` needs the norms.
+    pub(crate) fn plan_random(
         n: usize,
         density: f64,
         rescale: bool,
-        rng: &mut impl Rng,
-        mut delta: impl FnMut(usize, &mut [f32]) -> Result<()>,
+        rng: &mut ChaCha8Rng,
+        delta: impl Fn(usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<Keep> {
         if density >= 1.0 {
             return Ok(Keep::all());
@@ -228,38 +266,54 @@ impl Keep {
         // Keep when a uniform u32 is below density · 2³².
         let below = (density.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
         let mut mask = vec![0u64; n.div_ceil(64)];
-        let mut draws = vec![0u32; CHUNK.min(n)];
-        let mut chunk = vec![0f32; if rescale { CHUNK.min(n) } else { 0 }];
-        let (mut before, mut after) = (0f64, 0f64);
-        let mut start = 0;
-        // `start` stays a multiple of CHUNK, itself a multiple of 64: whole mask words.
-        while start < n {
-            let len = draws.len().min(n - start);
-            let draws = &mut draws[..len];
-            rng.fill(draws);
-            let words = &mut mask[start / 64..(start + len).div_ceil(64)];
-            for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
-                *word = group
-                    .iter()
-                    .enumerate()
-                    .fold(0u64, |w, (j, r)| w | (((*r as u64) < below) as u64) << j);
-            }
-            if rescale {
-                let values = &mut chunk[..len];
-                delta(start, values)?;
-                before += l1_norm(values);
-                Keep::apply_mask(words, values);
-                after += l1_norm(values);
-            }
-            start += len;
-        }
+        let origin = rng.get_word_pos();
+        // A chunk is CHUNK entries, a multiple of 64: whole mask words.
+        mask.par_chunks_mut(CHUNK / 64)
+            .enumerate()
+            .with_min_len(MIN_CHUNKS_PER_JOB)
+            .for_each_init(
+                || (rng.clone(), Vec::new()),
+                |(rng, draws), (c, words)| {
+                    let start = c * CHUNK;
+                    rng.set_word_pos(origin + start as u128);
+                    draws.resize(CHUNK.min(n - start), 0u32);
+                    rng.fill(&mut draws[..]);
+                    for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
+                        *word = group
+                            .iter()
+                            .enumerate()
+                            .fold(0u64, |w, (j, r)| w | (((*r as u64) < below) as u64) << j);
+                    }
+                },
+            );
+        rng.set_word_pos(origin + n as u128);
+        let scale = if rescale {
+            // Each chunk's L1 norm before and after the drops, in parallel, summed in order.
+            let mut norms = vec![(0f64, 0f64); n.div_ceil(CHUNK)];
+            norms
+                .par_iter_mut()
+                .enumerate()
+                .with_min_len(MIN_CHUNKS_PER_JOB)
+                .try_for_each_init(ReadScratch::default, |scratch, (c, norm)| {
+                    let start = c * CHUNK;
+                    let mut values = std::mem::take(&mut scratch.values);
+                    values.resize(CHUNK.min(n - start), 0.0);
+                    delta(start, &mut values, scratch)?;
+                    let before = l1_norm(&values);
+                    Keep::apply_mask(&mask[start / 64..], &mut values);
+                    *norm = (before, l1_norm(&values));
+                    scratch.values = values;
+                    Ok::<_, MergeError>(())
+                })?;
+            let before: f64 = norms.iter().map(|x| x.0).sum();
+            let after: f64 = norms.iter().map(|x| x.1).sum();
+            l1_scale(before, after)
+        } else {
+            1.0
+        };
         Ok(Keep {
             rule: KeepRule::Mask(mask),
-            scale: if rescale {
-                l1_scale(before, after)
-            } else {
-                1.0
-            },
+            scale,
         })
     }
 
@@ -313,8 +367,10 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn from_slice(values: &[f32]) -> impl FnMut(usize, &mut [f32]) -> Result<()> + '_ {
-        |start, chunk: &mut [f32]| {
+    fn from_slice(
+        values: &[f32],
+    ) -> impl Fn(usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync + '_ {
+        |start, chunk: &mut [f32], _: &mut ReadScratch| {
             chunk.copy_from_slice(&values[start..start + chunk.len()]);
             Ok(())
         }
@@ -379,6 +435,32 @@ mod tests {
             let l1 = |x: &[f32]| x.iter().map(|v| v.abs() as f64).sum::<f64>();
             assert!((l1(&d) / l1(&orig) - 1.0).abs() < 1e-5, "{density}");
         }
+    }
+
+    #[test]
+    fn dare_mask_is_the_sequential_stream_whatever_the_threads() {
+        // Several chunks, a partial last one, and two task vectors drawn one after the other.
+        let n = 3 * CHUNK + 100;
+        let ones = vec![1f32; n];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let keeps: Vec<(Keep, f64)> = [0.5, 0.3]
+            .into_iter()
+            .map(|p| {
+                let keep = Keep::plan_random(n, p, false, &mut rng, from_slice(&ones)).unwrap();
+                (keep, p)
+            })
+            .collect();
+        let mut sequential = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        for (keep, density) in keeps {
+            let mut d = ones.clone();
+            keep.apply(0, &mut d);
+            let below = (density * 4_294_967_296.0) as u64;
+            for (i, v) in d.iter().enumerate() {
+                let r: u32 = sequential.gen();
+                assert_eq!(*v != 0.0, (r as u64) < below, "{density}: entry {i}");
+            }
+        }
+        assert_eq!(rng.get_word_pos(), sequential.get_word_pos());
     }
 
     #[test]

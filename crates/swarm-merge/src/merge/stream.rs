@@ -15,6 +15,14 @@ use crate::reader::SafetensorsReader;
 /// caches while they are combined, and a read is big enough that the syscall is noise.
 pub(crate) const CHUNK: usize = 1 << 16;
 
+/// Buffers of one thread's reads in a parallel pass over a tensor: one chunk of values and
+/// the raw bytes behind it.
+#[derive(Default)]
+pub(crate) struct ReadScratch {
+    pub(crate) values: Vec<f32>,
+    pub(crate) bytes: Vec<u8>,
+}
+
 /// One tensor of one input model, readable in element ranges as f32.
 pub(crate) enum TensorInput<'a> {
     File {
@@ -59,12 +67,32 @@ impl<'a> TensorInput<'a> {
 
     /// Fills `dst` with elements `start..start + dst.len()`.
     pub(crate) fn read(&mut self, start: usize, dst: &mut [f32]) -> Result<()> {
+        let mut bytes = match self {
+            TensorInput::File { bytes, .. } => std::mem::take(bytes),
+            TensorInput::Loaded { .. } => Vec::new(),
+        };
+        let done = self.read_shared(start, dst, &mut bytes);
+        if let TensorInput::File { bytes: kept, .. } = self {
+            *kept = bytes;
+        }
+        done
+    }
+
+    /// [`read`](Self::read) through a shared reference, with the caller's byte scratch, so
+    /// that several threads can read pieces of the same tensor at once (the reads are
+    /// positioned, with no shared file offset).
+    pub(crate) fn read_shared(
+        &self,
+        start: usize,
+        dst: &mut [f32],
+        bytes: &mut Vec<u8>,
+    ) -> Result<()> {
         match self {
             TensorInput::File {
                 reader,
                 name,
                 round_to,
-                bytes,
+                ..
             } => {
                 reader.read_f32(name, start, dst, bytes)?;
                 round(dst, *round_to);

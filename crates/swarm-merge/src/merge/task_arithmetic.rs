@@ -7,11 +7,11 @@
 //! the weights that contributed (per entry with consensus) when `normalize`, scaled by
 //! `lambda`, and added to the base.
 
-use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 
 use crate::error::{MergeError, Result};
 use crate::merge::sparsify::Keep;
-use crate::merge::stream::CHUNK;
+use crate::merge::stream::{ReadScratch, CHUNK};
 
 /// How task vectors are thinned before they are mixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,21 +79,25 @@ fn sign(x: f64) -> f64 {
 
 impl GtaMixer {
     /// Plans the merge of one tensor of `n` entries from task vectors with `(weight, density)`
-    /// each. `delta(i, start, chunk)` fills entries `start..start + chunk.len()` of task vector
-    /// `i`; it is called once per chunk of each task vector that is sparsified (DARE without
-    /// rescale draws its mask without reading it). `mags` is scratch for one tensor.
+    /// each. `delta(i, start, chunk, scratch)` fills entries `start..start + chunk.len()` of
+    /// task vector `i`; it is called once per chunk of each task vector that is sparsified
+    /// (DARE without rescale draws its mask without reading it), from several threads at
+    /// once. `mags` is scratch for one tensor.
     pub(crate) fn plan(
         name: &str,
         n: usize,
         params: &GtaParams,
         experts: &[(f64, f64)],
-        rng: &mut impl Rng,
+        rng: &mut ChaCha8Rng,
         mags: &mut Vec<u32>,
-        mut delta: impl FnMut(usize, usize, &mut [f32]) -> Result<()>,
+        delta: impl Fn(usize, usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<GtaMixer> {
         let mut keeps = Vec::with_capacity(experts.len());
+        let delta = &delta;
         for (i, (_, density)) in experts.iter().enumerate() {
-            let per_expert = |start: usize, chunk: &mut [f32]| delta(i, start, chunk);
+            let per_expert = move |start: usize, chunk: &mut [f32], s: &mut ReadScratch| {
+                delta(i, start, chunk, s)
+            };
             keeps.push(match params.sparsify {
                 None => Keep::all(),
                 Some(Sparsify::Magnitude) => {
@@ -201,7 +205,7 @@ pub fn mix(
     mut base: Vec<f32>,
     tvs: Vec<TaskVector>,
     p: &GtaParams,
-    rng: &mut impl Rng,
+    rng: &mut ChaCha8Rng,
 ) -> Result<Vec<f32>> {
     if tvs.is_empty() {
         return Ok(base);
@@ -221,7 +225,7 @@ pub fn mix(
         &experts,
         rng,
         &mut Vec::new(),
-        |i, start, chunk| {
+        |i, start, chunk, _| {
             chunk.copy_from_slice(&tvs[i].delta[start..start + chunk.len()]);
             Ok(())
         },
