@@ -207,27 +207,23 @@ mod tests {
         let dense = d.dense().unwrap();
         let x = t(&[0.3, -1.0, 2.0, 1.0, 1.0, 1.0], &[2, 3]);
         let want = x.matmul(&dense.t().unwrap()).unwrap();
-        let got = d.apply(&x).unwrap();
-        let diff: f32 = (want - got)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&want, &d.apply(&x).unwrap());
         assert!(diff < 1e-5, "{diff}");
         let ids = Tensor::new(&[3u32, 0], &Device::Cpu).unwrap();
         let want = dense.index_select(&ids, 0).unwrap();
-        let diff: f32 = (want - d.rows(&ids).unwrap())
+        let diff = max_abs_diff(&want, &d.rows(&ids).unwrap());
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
             .unwrap()
             .abs()
             .unwrap()
             .max_all()
             .unwrap()
             .to_scalar()
-            .unwrap();
-        assert!(diff < 1e-5, "{diff}");
+            .unwrap()
     }
 
     #[test]
