@@ -195,7 +195,11 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
     let Some(first) = reports.first() else {
         return String::new();
     };
-    let spec = WorldSpec::preset(first.preset);
+    // What was built; reports from before the spec was recorded used their preset's.
+    let spec = first
+        .spec
+        .clone()
+        .unwrap_or_else(|| WorldSpec::preset(first.preset));
     let mut s = String::new();
     s.push_str("# The toy world: base and experts\n\n");
     s.push_str(&format!(

@@ -12,7 +12,7 @@ use crate::error::{Result, TrainError};
 use crate::model::TrainableLlama;
 
 /// How to train.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainSettings {
     pub steps: usize,
     pub batch_size: usize,

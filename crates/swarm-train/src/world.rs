@@ -58,7 +58,7 @@ impl FromStr for Preset {
 }
 
 /// Everything that defines a world besides its seed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorldSpec {
     pub preset: Preset,
     pub vocab_size: usize,
@@ -248,6 +248,10 @@ pub struct WorldReport {
     pub timings: Timings,
     /// Threads candle and the checkers could use.
     pub threads: usize,
+    /// The settings the world was built with (absent in reports written before it was
+    /// recorded: those worlds were built with their preset's settings).
+    #[serde(default)]
+    pub spec: Option<WorldSpec>,
 }
 
 /// `skill` plus enough sequences of `replay` (cycled) to make up `share` of the result.
@@ -387,6 +391,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
         scores,
         timings,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        spec: Some(spec.clone()),
     };
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     let path = opts.out.join("bootstrap.json");
