@@ -85,10 +85,6 @@ impl ServingPolicy {
     /// the prefill break-evens measured were 3-31x the decode ones, ~10x in the middle;
     /// docs/performance.md).
     pub const PROMPT_TOKENS_PER_TOKEN: u64 = 10;
-
-    /// The environment variable `swarm serve` reads the policy from
-    /// (`materialise`, `factors`, `auto` or `auto:<tokens>`).
-    pub const ENV: &'static str = "SWARM_ELITE_SERVING";
 }
 
 impl Default for ServingPolicy {
