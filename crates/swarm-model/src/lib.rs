@@ -46,7 +46,7 @@ pub use hub::{
 };
 pub use kv_cache::KvCache;
 pub use linear::Precision;
-pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama};
+pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama, RowGroup};
 pub use pretrained::{
     check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
 };

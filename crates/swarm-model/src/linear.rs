@@ -161,14 +161,7 @@ impl Linear {
         let in_dim = dims[dims.len() - 1];
         let rows: usize = dims[..dims.len() - 1].iter().product();
         let x2 = x.reshape((rows, in_dim))?;
-        let y = match &self.weight {
-            Weight::Dense(w) => dense_product(&x2, w)?,
-            Weight::Quantized(q, _) if rows >= DEQUANTIZE_FROM_ROWS => {
-                dense_product(&x2, &q.dequantize(x.device())?)?
-            }
-            Weight::Quantized(_, q) => q.forward(&x2)?,
-        };
-        let mut y = y;
+        let mut y = self.dense(&x2)?;
         for d in &self.deltas {
             y = (y + d.apply(&x2)?)?;
         }
@@ -180,6 +173,137 @@ impl Linear {
         let last = out_dims.len() - 1;
         out_dims[last] = y.dim(1)?;
         Ok(y.reshape(out_dims)?)
+    }
+}
+
+/// Rows of a mixed batch run by one layer: the next `rows` rows of the input (contiguous,
+/// in order), and the layer (of one elite) that runs them.
+pub(crate) type LinearGroup<'a> = (&'a Linear, usize);
+
+impl Linear {
+    /// Whether two layers hold the same dense (or quantised) weight, not a copy: the one
+    /// product `x·Wᵀ` then serves both.
+    fn shares_weight(&self, other: &Linear) -> bool {
+        match (&self.weight, &other.weight) {
+            (Weight::Dense(a), Weight::Dense(b)) => a.id() == b.id(),
+            (Weight::Quantized(a, _), Weight::Quantized(b, _)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn shares_bias(&self, other: &Linear) -> bool {
+        match (&self.bias, &other.bias) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.id() == b.id(),
+            _ => false,
+        }
+    }
+
+    /// `x` (b, ..., in) whose rows (dim 0) are split into contiguous `groups`, each run by
+    /// its own layer: the layers of different elites served from factors over one base.
+    ///
+    /// Why: a decode step is memory-bound, reading every dense weight once per product; the
+    /// elites of a mixed batch share the base's weights, so the rows of all of them go
+    /// through one `x·Wᵀ` (read once), and only each group's low-rank deltas and bias run
+    /// on its own rows (`narrow`, no gather). Runs of groups whose layers hold different
+    /// weights (a materialised elite, a replaced matrix) get their own product: the result
+    /// is right for any layers of one shape, and fastest when they share.
+    pub(crate) fn forward_grouped(groups: &[LinearGroup], x: &Tensor) -> Result<Tensor> {
+        match groups {
+            [] => Err(ModelError::Generation("no row groups given".to_string())),
+            [(layer, _)] => layer.forward(x),
+            _ => Self::forward_groups(groups, x),
+        }
+    }
+
+    fn forward_groups(groups: &[LinearGroup], x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let batch = dims[0];
+        let in_dim = dims[dims.len() - 1];
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        if groups.iter().map(|(_, n)| n).sum::<usize>() != batch {
+            return Err(ModelError::Generation(format!(
+                "row groups of {} rows given a batch of {batch}",
+                groups.iter().map(|(_, n)| n).sum::<usize>()
+            )));
+        }
+        // Each row of dim 0 is `per` rows of the (rows, in) matrix (t tokens of a prefill).
+        let per = rows / batch.max(1);
+        let x2 = x.reshape((rows, in_dim))?;
+        // The dense products: one per run of groups that share a weight.
+        let mut dense = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i < groups.len() {
+            let (layer, _) = groups[i];
+            let mut n = 0;
+            while i < groups.len() && groups[i].0.shares_weight(layer) {
+                n += groups[i].1 * per;
+                i += 1;
+            }
+            if n > 0 {
+                let xs = if n == rows {
+                    x2.clone()
+                } else {
+                    x2.narrow(0, start, n)?
+                };
+                dense.push(layer.dense(&xs)?);
+            }
+            start += n;
+        }
+        let y = if dense.len() == 1 {
+            dense.swap_remove(0)
+        } else {
+            Tensor::cat(&dense, 0)?
+        };
+        // Each group's deltas on its own rows; one bias for all when they share it.
+        let (first, _) = groups[0];
+        let one_bias = groups.iter().all(|(l, _)| l.shares_bias(first));
+        let y = if groups.iter().all(|(l, _)| l.deltas.is_empty()) && one_bias {
+            y
+        } else {
+            let mut parts = Vec::with_capacity(groups.len());
+            let mut start = 0;
+            for &(layer, n) in groups {
+                let n = n * per;
+                if n == 0 {
+                    continue;
+                }
+                let xs = x2.narrow(0, start, n)?;
+                let mut ys = y.narrow(0, start, n)?;
+                for d in &layer.deltas {
+                    ys = (ys + d.apply(&xs)?)?;
+                }
+                if !one_bias {
+                    if let Some(b) = &layer.bias {
+                        ys = ys.broadcast_add(b)?;
+                    }
+                }
+                parts.push(ys);
+                start += n;
+            }
+            Tensor::cat(&parts, 0)?
+        };
+        let y = match (&first.bias, one_bias) {
+            (Some(b), true) => y.broadcast_add(b)?,
+            _ => y,
+        };
+        let mut out_dims = dims;
+        let last = out_dims.len() - 1;
+        out_dims[last] = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `x2` (rows, in) times `Wᵀ`, without deltas or bias.
+    fn dense(&self, x2: &Tensor) -> Result<Tensor> {
+        let rows = x2.dim(0)?;
+        match &self.weight {
+            Weight::Dense(w) => dense_product(x2, w),
+            Weight::Quantized(q, _) if rows >= DEQUANTIZE_FROM_ROWS => {
+                dense_product(x2, &q.dequantize(x2.device())?)
+            }
+            Weight::Quantized(_, q) => Ok(q.forward(x2)?),
+        }
     }
 }
 

@@ -7,6 +7,13 @@
 //! from in-memory [`Weights`](crate::Weights) of the right dtype shares their storage (no copy),
 //! which is how merged elites are run.
 //!
+//! A batch may mix models of one architecture ([`Llama::prefill_grouped`],
+//! [`Llama::decode_grouped`]): its rows are grouped contiguously by model, each part of the
+//! network takes the same part of every group's model, and a dense product runs once for all
+//! the groups whose models share its weight (the elites [`Llama::with_delta`] builds over one
+//! base), while each group's low-rank deltas, norms and biases run on its own rows. A plain
+//! batch is one group.
+//!
 //! Inference only: the fused candle-nn kernels used here (`rms_norm`, `softmax_last_dim`,
 //! `rope`) have no backward pass.
 
@@ -18,7 +25,7 @@ use crate::config::{Llama3RopeScaling, LlamaConfig};
 use crate::delta::{LowRankDelta, ModelDelta};
 use crate::error::{ModelError, Result};
 use crate::kv_cache::{cached_attention, KvCache};
-use crate::linear::{Linear, Precision};
+use crate::linear::{Linear, LinearGroup, Precision};
 use crate::weights::{TensorSource, Weights};
 
 /// Loads one tensor, checks its shape and converts it to `dtype`.
@@ -69,6 +76,38 @@ impl Loader<'_> {
         };
         Linear::new(weight, bias, self.precision)
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row groups
+//
+// Every forward pass runs a batch whose rows are split into contiguous groups, each run by
+// its own model (one group on a plain batch; one per elite in a mixed batch of elites served
+// from factors). A part of the network takes the same part of every group's model, with the
+// group's row count.
+
+/// The same part of each group's model, with the group's rows.
+fn parts<'a, T, U>(
+    groups: &[(&'a T, usize)],
+    part: impl Fn(&'a T) -> &'a U,
+) -> Vec<(&'a U, usize)> {
+    groups.iter().map(|&(t, n)| (part(t), n)).collect()
+}
+
+/// RMS norm of `x` (b, ...) with each group's weight on its rows: one call when every group
+/// has the same weight (the base's), else one per group.
+fn rms_norm_grouped(weights: &[(&Tensor, usize)], x: &Tensor, eps: f32) -> Result<Tensor> {
+    let (first, _) = weights[0];
+    if weights.iter().all(|(w, _)| w.id() == first.id()) {
+        return Ok(rms_norm(x, first, eps)?);
+    }
+    let mut out = Vec::with_capacity(weights.len());
+    let mut start = 0;
+    for &(w, n) in weights {
+        out.push(rms_norm(&x.narrow(0, start, n)?, w, eps)?);
+        start += n;
+    }
+    Ok(Tensor::cat(&out, 0)?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -174,10 +213,11 @@ impl Mlp {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x)?.silu()?;
-        let up = self.up_proj.forward(x)?;
-        self.down_proj.forward(&(gate * up)?)
+    fn forward(mlps: &[(&Mlp, usize)], x: &Tensor) -> Result<Tensor> {
+        let linear = |l: &[LinearGroup], x: &Tensor| Linear::forward_grouped(l, x);
+        let gate = linear(&parts(mlps, |m| &m.gate_proj), x)?.silu()?;
+        let up = linear(&parts(mlps, |m| &m.up_proj), x)?;
+        linear(&parts(mlps, |m| &m.down_proj), &(gate * up)?)
     }
 }
 
@@ -212,9 +252,9 @@ impl Attention {
         })
     }
 
-    /// `x`: (b, t, hidden).
+    /// `x`: (b, t, hidden), its rows split among `attns`' groups.
     fn forward(
-        &self,
+        attns: &[(&Attention, usize)],
         x: &Tensor,
         rope_cs: &(Tensor, Tensor),
         masking: &Masking,
@@ -222,14 +262,16 @@ impl Attention {
         layer: usize,
     ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let (h, kvh, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let this = attns[0].0;
+        let (h, kvh, d) = (this.num_heads, this.num_kv_heads, this.head_dim);
+        let linear = |l: &[LinearGroup], x: &Tensor| Linear::forward_grouped(l, x);
         let group = h / kvh;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(self.q_proj.forward(x)?, h)?;
-        let k = heads(self.k_proj.forward(x)?, kvh)?;
-        let v = heads(self.v_proj.forward(x)?, kvh)?;
+        let q = heads(linear(&parts(attns, |a| &a.q_proj), x)?, h)?;
+        let k = heads(linear(&parts(attns, |a| &a.k_proj), x)?, kvh)?;
+        let v = heads(linear(&parts(attns, |a| &a.v_proj), x)?, kvh)?;
         let (cos, sin) = rope_cs;
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
@@ -262,7 +304,7 @@ impl Attention {
                 .transpose(1, 2)?
                 .reshape((b, t, h * d))?
         };
-        self.o_proj.forward(&y)
+        linear(&parts(attns, |a| &a.o_proj), &y)
     }
 }
 
@@ -305,20 +347,21 @@ impl DecoderLayer {
         })
     }
 
+    /// `x`: (b, t, hidden), its rows split among `layers`' groups.
     fn forward(
-        &self,
+        layers: &[(&DecoderLayer, usize)],
         x: &Tensor,
         rope_cs: &(Tensor, Tensor),
         masking: &Masking,
         cache: &mut KvCache,
         layer: usize,
     ) -> Result<Tensor> {
-        let normed = rms_norm(x, &self.input_layernorm, self.eps)?;
-        let x = (x + self
-            .self_attn
-            .forward(&normed, rope_cs, masking, cache, layer)?)?;
-        let normed = rms_norm(&x, &self.post_attention_layernorm, self.eps)?;
-        Ok((&x + self.mlp.forward(&normed)?)?)
+        let eps = layers[0].0.eps;
+        let normed = rms_norm_grouped(&parts(layers, |l| &l.input_layernorm), x, eps)?;
+        let attns = parts(layers, |l| &l.self_attn);
+        let x = (x + Attention::forward(&attns, &normed, rope_cs, masking, cache, layer)?)?;
+        let normed = rms_norm_grouped(&parts(layers, |l| &l.post_attention_layernorm), &x, eps)?;
+        Ok((&x + Mlp::forward(&parts(layers, |l| &l.mlp), &normed)?)?)
     }
 }
 
@@ -338,6 +381,20 @@ pub struct Llama {
     norm: Tensor,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+}
+
+/// Rows of a mixed batch and the model that runs them: the next `rows` rows of the batch
+/// (contiguous, in order). See [`Llama::decode_grouped`].
+#[derive(Debug, Clone, Copy)]
+pub struct RowGroup<'a> {
+    pub model: &'a Llama,
+    pub rows: usize,
+}
+
+impl<'a> RowGroup<'a> {
+    pub fn new(model: &'a Llama, rows: usize) -> Self {
+        Self { model, rows }
+    }
 }
 
 /// Where a checkpoint tensor name lives in a [`Llama`].
@@ -541,22 +598,43 @@ impl Llama {
     /// Runs `input_ids` (b, t) after what `cache` holds and returns the logits of every
     /// position, (b, t, vocab). The rows continue at their own positions (left padding).
     pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden(input_ids, cache)?;
+        let groups = [(self, input_ids.dim(0)?)];
+        let hidden = Self::hidden(&groups, input_ids, cache)?;
         self.lm_head.forward(&hidden)
     }
 
     /// Like [`Llama::forward`] but returns only the logits of the last position, (b, vocab):
     /// the head (the largest matrix) runs once per row.
     pub fn forward_last(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
-        let hidden = self.hidden(input_ids, cache)?;
+        Self::forward_last_grouped(&[(self, input_ids.dim(0)?)], input_ids, cache)
+    }
+
+    fn forward_last_grouped(
+        groups: &[(&Llama, usize)],
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let hidden = Self::hidden(groups, input_ids, cache)?;
         let t = hidden.dim(1)?;
         let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-        self.lm_head.forward(&last)
+        Linear::forward_grouped(&parts(groups, |m| &m.lm_head), &last)
     }
 
     /// Prefills an empty `cache` with prompts of different lengths, left-padded into one
     /// batch, and returns the logits of each prompt's last token, (b, vocab).
     pub fn prefill(&self, prompts: &[Vec<u32>], cache: &mut KvCache) -> Result<Tensor> {
+        Self::prefill_grouped(&[RowGroup::new(self, prompts.len())], prompts, cache)
+    }
+
+    /// [`Llama::prefill`] of a mixed batch: prompt `i` is run by the model of the group that
+    /// holds row `i` (see [`Llama::decode_grouped`]).
+    pub fn prefill_grouped(
+        groups: &[RowGroup],
+        prompts: &[Vec<u32>],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let groups = Self::check_groups(groups)?;
+        let model = groups[0].0;
         if prompts.is_empty() {
             return Err(ModelError::Generation("no prompts given".to_string()));
         }
@@ -571,7 +649,7 @@ impl Llama {
             if p.is_empty() {
                 return Err(ModelError::Generation(format!("prompt {i} is empty")));
             }
-            self.check_ids(p)?;
+            model.check_ids(p)?;
         }
         let t = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let padding: Vec<usize> = prompts.iter().map(|p| t - p.len()).collect();
@@ -581,17 +659,61 @@ impl Llama {
             ids.extend_from_slice(p);
         }
         cache.set_padding(padding)?;
-        let ids = Tensor::from_vec(ids, (prompts.len(), t), &self.device)?;
-        self.forward_last(&ids, cache)
+        let ids = Tensor::from_vec(ids, (prompts.len(), t), &model.device)?;
+        Self::forward_last_grouped(&groups, &ids, cache)
     }
 
     /// One decode step: appends one token per row and returns the next-token logits,
     /// (b, vocab).
     pub fn decode(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        self.check_ids(tokens)?;
-        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &self.device)?;
-        let logits = self.forward_last(&ids, cache)?;
-        Ok(logits)
+        Self::decode_grouped(&[RowGroup::new(self, tokens.len())], tokens, cache)
+    }
+
+    /// One decode step of a mixed batch: rows `0..groups[0].rows` are run by
+    /// `groups[0].model`, the next `groups[1].rows` by `groups[1].model`, and so on; one
+    /// [`KvCache`] holds every row.
+    ///
+    /// Made for elites served from factors over one base ([`Llama::with_delta`]): every
+    /// dense product `x·Wᵀ` of the base runs once for the rows of all of them (a decode
+    /// step reads each weight once, not once per elite), and each elite's low-rank deltas,
+    /// norms and biases run on its own rows. The models must share the architecture,
+    /// precision and device; models that do not share a weight (a materialised elite) get
+    /// a product of their own for it, so the answer is each model's alone, up to float
+    /// rounding, whatever the models.
+    pub fn decode_grouped(
+        groups: &[RowGroup],
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let groups = Self::check_groups(groups)?;
+        let model = groups[0].0;
+        model.check_ids(tokens)?;
+        let ids = Tensor::from_vec(tokens.to_vec(), (tokens.len(), 1), &model.device)?;
+        Self::forward_last_grouped(&groups, &ids, cache)
+    }
+
+    /// The groups as (model, rows), once checked: at least one, none empty, and models that
+    /// can share a batch (one architecture, precision and device).
+    fn check_groups<'a>(groups: &[RowGroup<'a>]) -> Result<Vec<(&'a Llama, usize)>> {
+        let Some(first) = groups.first() else {
+            return Err(ModelError::Generation("no row groups given".to_string()));
+        };
+        for (i, g) in groups.iter().enumerate() {
+            if g.rows == 0 {
+                return Err(ModelError::Generation(format!("row group {i} has no rows")));
+            }
+            let m = g.model;
+            if m.config != first.model.config
+                || m.precision != first.model.precision
+                || !m.device.same_device(&first.model.device)
+            {
+                return Err(ModelError::Generation(format!(
+                    "row group {i}'s model differs from group 0's in architecture, precision \
+                     or device: they cannot share a batch"
+                )));
+            }
+        }
+        Ok(groups.iter().map(|g| (g.model, g.rows)).collect())
     }
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
@@ -604,8 +726,14 @@ impl Llama {
         }
     }
 
-    /// The final hidden states (after the last norm), (b, t, hidden).
-    fn hidden(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+    /// The final hidden states (after the last norm), (b, t, hidden), of a batch whose rows
+    /// are split among `groups` (which together hold `b` rows; their models checked alike).
+    fn hidden(
+        groups: &[(&Llama, usize)],
+        input_ids: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let this = groups[0].0;
         let (b, t) = input_ids.dims2()?;
         if t == 0 {
             return Err(ModelError::Generation("no input tokens".to_string()));
@@ -616,14 +744,20 @@ impl Llama {
                 cache.batch_size()
             )));
         }
+        let grouped: usize = groups.iter().map(|(_, n)| n).sum();
+        if grouped != b {
+            return Err(ModelError::Generation(format!(
+                "row groups of {grouped} rows given a batch of {b}"
+            )));
+        }
         let offset = cache.len();
         let padding = cache.padding().to_vec();
         let longest = offset + t - padding.iter().copied().min().unwrap_or(0);
-        if longest > self.rotary.max_positions {
+        if longest > this.rotary.max_positions {
             return Err(ModelError::Generation(format!(
                 "sequence of {longest} tokens exceeds the model's {} positions \
                  (max_position_embeddings)",
-                self.rotary.max_positions
+                this.rotary.max_positions
             )));
         }
 
@@ -634,32 +768,70 @@ impl Llama {
                 positions.push((offset + j).saturating_sub(pad) as u32);
             }
         }
-        let positions = Tensor::from_vec(positions, b * t, &self.device)?;
-        let rope_cs = self.rotary.at(&positions, b, t)?;
+        let positions = Tensor::from_vec(positions, b * t, &this.device)?;
+        let rope_cs = this.rotary.at(&positions, b, t)?;
         // Decode steps on the CPU attend in one kernel that reads the cache in place and
         // skips each row's padding itself; prefill (many queries: matrix products win) and
         // other devices use an additive mask, built once for all layers.
         let in_kernel = t <= CACHED_ATTENTION_MAX_TOKENS
-            && self.device.is_cpu()
-            && self.precision.activation_dtype() == DType::F32;
+            && this.device.is_cpu()
+            && this.precision.activation_dtype() == DType::F32;
         let masking = if in_kernel {
             Masking::InKernel { padding }
         } else {
-            Masking::Additive(self.mask(&padding, offset, t)?)
+            Masking::Additive(this.mask(&padding, offset, t)?)
         };
 
-        let dims = (b, t, self.config.hidden_size);
-        let ids = input_ids.flatten_all()?;
-        let mut x = self.embed_tokens.index_select(&ids, 0)?;
-        for d in &self.embed_deltas {
-            x = (x + d.rows(&ids)?)?;
-        }
-        let mut x = x.reshape(dims)?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, &rope_cs, &masking, cache, l)?;
+        let dims = (b, t, this.config.hidden_size);
+        let mut x = Self::embed(groups, &input_ids.flatten_all()?, t)?.reshape(dims)?;
+        for l in 0..this.layers.len() {
+            let layers = parts(groups, |m| &m.layers[l]);
+            x = DecoderLayer::forward(&layers, &x, &rope_cs, &masking, cache, l)?;
         }
         cache.advance(t);
-        Ok(rms_norm(&x, &self.norm, self.config.rms_norm_eps as f32)?)
+        let eps = this.config.rms_norm_eps as f32;
+        rms_norm_grouped(&parts(groups, |m| &m.norm), &x, eps)
+    }
+
+    /// The embeddings of `ids` (b * t), (b * t, hidden): group `g`'s rows (`t` ids each)
+    /// looked up in its model's table, plus its embedding deltas.
+    fn embed(groups: &[(&Llama, usize)], ids: &Tensor, t: usize) -> Result<Tensor> {
+        let this = groups[0].0;
+        let one_table = groups
+            .iter()
+            .all(|(m, _)| m.embed_tokens.id() == this.embed_tokens.id());
+        if let [(model, _)] = groups {
+            let mut x = model.embed_tokens.index_select(ids, 0)?;
+            for d in &model.embed_deltas {
+                x = (x + d.rows(ids)?)?;
+            }
+            return Ok(x);
+        }
+        let shared = if one_table {
+            Some(this.embed_tokens.index_select(ids, 0)?)
+        } else {
+            None
+        };
+        if let Some(x) = &shared {
+            if groups.iter().all(|(m, _)| m.embed_deltas.is_empty()) {
+                return Ok(x.clone());
+            }
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        let mut start = 0;
+        for &(model, n) in groups {
+            let ids = ids.narrow(0, start * t, n * t)?;
+            let mut x = match &shared {
+                Some(x) => x.narrow(0, start * t, n * t)?,
+                None => model.embed_tokens.index_select(&ids, 0)?,
+            };
+            for d in &model.embed_deltas {
+                x = (x + d.rows(&ids)?)?;
+            }
+            out.push(x);
+            start += n;
+        }
+        Ok(Tensor::cat(&out, 0)?)
     }
 
     /// The additive attention mask (b, 1, 1, t, offset + t): query `i` (slot `offset + i`) of
@@ -920,11 +1092,11 @@ pub(crate) mod tests {
 
     /// A delta on every matrix (two on the MLP's, one unscaled) and every norm replaced; and
     /// the dense weights `W + b·diag(s)·a` it stands for.
-    fn random_delta(config: &LlamaConfig, base: &Weights) -> (ModelDelta, Weights) {
+    fn random_delta(config: &LlamaConfig, base: &Weights, seed: u64) -> (ModelDelta, Weights) {
         let mut delta = ModelDelta::new();
         let mut dense = base.clone();
         for (i, (name, shape)) in config.tensor_shapes().into_iter().enumerate() {
-            let seed = 100 + 10 * i as u64;
+            let seed = seed + 100 + 10 * i as u64;
             let w = base.get(&name).unwrap().clone();
             if shape.len() == 1 {
                 let v = (&w + random_tensor(&shape, 0.2, seed)).unwrap();
@@ -971,7 +1143,7 @@ pub(crate) mod tests {
             let config = tiny_config(tied, 4, 2);
             let w = random_weights(&config, 21);
             let base = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
-            let (delta, dense_w) = random_delta(&config, &w);
+            let (delta, dense_w) = random_delta(&config, &w, 0);
             let factored = base.with_delta(&delta).unwrap();
             let dense = Llama::load(&dense_w, &config, &Device::Cpu, Precision::F32).unwrap();
             let x = ids(&[1, 5, 9, 33, 12, 40, 7]);
@@ -998,7 +1170,7 @@ pub(crate) mod tests {
     fn low_rank_deltas_on_q8_0_are_close() {
         let config = tiny_config(false, 4, 2);
         let w = random_weights(&config, 22);
-        let (delta, dense_w) = random_delta(&config, &w);
+        let (delta, dense_w) = random_delta(&config, &w, 0);
         let q = Llama::load(&w, &config, &Device::Cpu, Precision::Q8_0).unwrap();
         let q = q.with_delta(&delta).unwrap();
         let f = Llama::load(&dense_w, &config, &Device::Cpu, Precision::F32).unwrap();
@@ -1034,6 +1206,114 @@ pub(crate) mod tests {
         d.add_low_rank("model.norm.weight", ok);
         assert!(err_of(d).contains("1-D"));
         assert_eq!(config.vocab_size, 64);
+    }
+
+    /// A mixed batch (two elites from low-rank deltas, the plain base, an elite with a
+    /// replaced matrix and a dense model: every kind of group) gives each row what its model
+    /// gives alone, through a left-padded prefill, decode steps, and rows leaving mid-way.
+    #[test]
+    fn grouped_batches_answer_what_each_model_answers_alone() {
+        for tied in [false, true] {
+            let config = tiny_config(tied, 4, 2);
+            let w = random_weights(&config, 31);
+            let base = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
+            let (d1, _) = random_delta(&config, &w, 1000);
+            let (d2, dense_w) = random_delta(&config, &w, 2000);
+            let e1 = base.with_delta(&d1).unwrap();
+            let e2 = base.with_delta(&d2).unwrap();
+            let mut d3 = ModelDelta::new();
+            let name = "model.layers.1.mlp.up_proj.weight";
+            d3.replace(name, (w.get(name).unwrap() * 0.5).unwrap());
+            let e3 = base.with_delta(&d3).unwrap();
+            let dense = Llama::load(&dense_w, &config, &Device::Cpu, Precision::F32).unwrap();
+            // Rows (model, prompt): groups of 2, 1, 3, 1 and 1 rows.
+            let rows: Vec<(&Llama, Vec<u32>)> = vec![
+                (&e1, vec![1, 5, 9, 33, 12]),
+                (&e1, vec![1, 17]),
+                (&base, vec![1, 2, 3, 4, 5, 6, 7]),
+                (&e2, vec![1, 40, 7]),
+                (&e2, vec![1, 5, 9, 33, 12]),
+                (&e2, vec![1, 8, 61, 3, 22, 9]),
+                (&e3, vec![1, 13, 14]),
+                (&dense, vec![1, 40, 7]),
+            ];
+            let group_sizes = [(&e1, 2), (&base, 1), (&e2, 3), (&e3, 1), (&dense, 1)];
+            let groups: Vec<RowGroup> = group_sizes
+                .iter()
+                .map(|&(m, n)| RowGroup::new(m, n))
+                .collect();
+            let prompts: Vec<Vec<u32>> = rows.iter().map(|(_, p)| p.clone()).collect();
+            let mut cache = base.new_cache(rows.len(), 0);
+            let mixed = Llama::prefill_grouped(&groups, &prompts, &mut cache).unwrap();
+            let mut alone: Vec<KvCache> = Vec::new();
+            let mut alone_logits = Vec::new();
+            for (model, prompt) in &rows {
+                let mut c = model.new_cache(1, 0);
+                alone_logits.push(model.prefill(std::slice::from_ref(prompt), &mut c).unwrap());
+                alone.push(c);
+            }
+            let check = |mixed: &Tensor, alone: &[Tensor], live: &[usize], step: usize| {
+                for (r, &row) in live.iter().enumerate() {
+                    let a = mixed.get(r).unwrap();
+                    let b = alone[row].get(0).unwrap();
+                    let rel = rel_diff(&a, &b);
+                    assert!(
+                        rel < 1e-5,
+                        "tied {tied} step {step} row {row}: differs by {rel}"
+                    );
+                }
+            };
+            let mut live: Vec<usize> = (0..rows.len()).collect();
+            check(&mixed, &alone_logits, &live, 0);
+            // The elites differ from the base (a batch that ran every row with one model
+            // would fail the checks).
+            assert!(rel_diff(&alone_logits[0], &alone_logits[2]) > 1e-2);
+            let mut tokens = argmax_rows(&mixed).unwrap();
+            let mut groups = group_sizes.to_vec();
+            for step in 1..=4 {
+                if step == 3 {
+                    // Row 1 (e1), row 2 (the base's whole group) and row 4 (e2) leave.
+                    let keep = [0, 3, 5, 6, 7];
+                    let kept: Vec<usize> = keep
+                        .iter()
+                        .map(|&k| live.iter().position(|&l| l == k).unwrap())
+                        .collect();
+                    cache.select_rows(&kept).unwrap();
+                    tokens = kept.iter().map(|&i| tokens[i]).collect();
+                    live = keep.to_vec();
+                    groups = vec![(&e1, 1), (&e2, 2), (&e3, 1), (&dense, 1)];
+                }
+                let row_groups: Vec<RowGroup> =
+                    groups.iter().map(|&(m, n)| RowGroup::new(m, n)).collect();
+                let mixed = Llama::decode_grouped(&row_groups, &tokens, &mut cache).unwrap();
+                let alone_logits: Vec<Tensor> = (0..rows.len())
+                    .map(|row| match live.iter().position(|&l| l == row) {
+                        Some(r) => rows[row].0.decode(&[tokens[r]], &mut alone[row]).unwrap(),
+                        None => Tensor::zeros((1, 64), DType::F32, &Device::Cpu).unwrap(),
+                    })
+                    .collect();
+                check(&mixed, &alone_logits, &live, step);
+                tokens = argmax_rows(&mixed).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn bad_row_groups_are_errors() {
+        let model = tiny_model(false, 4, 2);
+        let other = tiny_model(true, 4, 2);
+        let mut c = model.new_cache(3, 0);
+        let two = [RowGroup::new(&model, 2)];
+        assert!(Llama::decode_grouped(&two, &[1, 2, 3], &mut c).is_err());
+        let mut c = model.new_cache(2, 0);
+        let zero = [RowGroup::new(&model, 2), RowGroup::new(&model, 0)];
+        assert!(Llama::prefill_grouped(&zero, &[vec![1], vec![2]], &mut c).is_err());
+        let mixed = [RowGroup::new(&model, 1), RowGroup::new(&other, 1)];
+        let err = Llama::prefill_grouped(&mixed, &[vec![1], vec![2]], &mut c)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("architecture"), "{err}");
+        assert!(Llama::decode_grouped(&[], &[1], &mut c).is_err());
     }
 
     #[test]
