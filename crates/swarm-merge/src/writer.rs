@@ -12,6 +12,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::thread::JoinHandle;
 
 use candle_core::{DType, Device, Tensor};
 
@@ -116,14 +118,18 @@ impl SafetensorsStreamWriter {
         }
         let tmp = temp_sibling(path);
         let file = File::create(&tmp).map_err(|e| MergeError::io(&tmp, e))?;
-        let mut out = Output::new(file);
-        let header = out
-            .write_all(&(json.len() as u64).to_le_bytes())
-            .and_then(|_| out.write_all(&json));
-        if let Err(e) = header {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(MergeError::io(&tmp, e));
-        }
+        let header = Output::new(file).and_then(|mut out| {
+            out.write_all(&(json.len() as u64).to_le_bytes())?;
+            out.write_all(&json)?;
+            Ok(out)
+        });
+        let out = match header {
+            Ok(out) => out,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(MergeError::io(&tmp, e));
+            }
+        };
         Ok(Self {
             path: path.to_path_buf(),
             tmp,
@@ -226,8 +232,9 @@ impl SafetensorsStreamWriter {
     }
 
     /// Writes the next tensor chunk by chunk, never holding it whole: `fill(start, chunk)`
-    /// must put elements `start..start + chunk.len()` (row-major) into `chunk`; they are
-    /// converted to the spec's dtype and written before the next chunk is asked for.
+    /// must put elements `start..start + chunk.len()` (row-major) into `chunk`; each filled
+    /// chunk goes to the writer thread, which converts it to the spec's dtype and writes it
+    /// while the next is filled (at most a few chunks are in flight).
     pub fn write_f32_chunks(
         &mut self,
         name: &str,
@@ -242,13 +249,16 @@ impl SafetensorsStreamWriter {
         let n: usize = shape.iter().product();
         let tmp = self.tmp.clone();
         let (dtype, out) = self.next_spec(name, &shape)?;
-        let mut chunk = vec![0f32; chunk_len.clamp(1, n.max(1))];
+        let io_err = |e| MergeError::io(&tmp, e);
+        // Each chunk is filled in a buffer of its own and handed to the writer thread, which
+        // encodes and writes it while the next one is filled.
+        let chunk_len = chunk_len.clamp(1, n.max(1));
         let mut start = 0;
         while start < n {
-            let len = chunk.len().min(n - start);
-            fill(start, &mut chunk[..len])?;
-            out.encode_f32(&chunk[..len], dtype)
-                .map_err(|e| MergeError::io(&tmp, e))?;
+            let len = chunk_len.min(n - start);
+            let mut chunk = out.values_buffer(len);
+            fill(start, &mut chunk)?;
+            out.send_values(chunk, dtype).map_err(io_err)?;
             start += len;
         }
         self.next += 1;
@@ -277,16 +287,37 @@ impl SafetensorsStreamWriter {
 
 impl Drop for SafetensorsStreamWriter {
     fn drop(&mut self) {
+        // Stop the writer thread first, so that nothing writes to the file once it is gone.
+        self.out.take();
         // After a successful finish the temp file has been renamed and this is a no-op.
         let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
-/// The output file with a 1 MiB buffer that tensors are encoded into directly (a
-/// `BufWriter` would need them encoded elsewhere first and copied in).
+/// What the writer thread is sent: bytes ready to write, or f32 values to encode as the
+/// dtype first (so that a merge's encoding, too, runs beside its next block's mixing).
+enum Block {
+    Bytes(Vec<u8>),
+    Values(Vec<f32>, DType),
+}
+
+/// Blocks queued for the writer thread at most. With ~1 MiB blocks this bounds the extra
+/// memory to a few MiB, and is deep enough that the mixing threads rarely wait on a write.
+const QUEUE_DEPTH: usize = 4;
+
+/// The output file, written by a thread of its own: blocks are queued on a bounded channel
+/// and the caller goes on computing the next one while the writer thread encodes and writes
+/// (a merge used to encode and write each block on its one thread between two parallel
+/// blocks). Emptied buffers come back on two return channels, so that the steady state
+/// allocates nothing. Small writes (the header, tensors given as slices) are gathered in
+/// `pending` on the caller's thread and sent at [`Output::FLUSH_AT`] bytes.
 struct Output {
-    file: File,
     pending: Vec<u8>,
+    /// `None` once closed.
+    queue: Option<SyncSender<Block>>,
+    spare_bytes: Receiver<Vec<u8>>,
+    spare_values: Receiver<Vec<f32>>,
+    thread: Option<JoinHandle<std::io::Result<File>>>,
 }
 
 impl Output {
@@ -294,17 +325,56 @@ impl Output {
     /// Values encoded per step: 256 KiB of f32, so the buffer stays in cache.
     const PIECE: usize = 1 << 16;
 
-    fn new(file: File) -> Self {
-        Self {
-            file,
+    fn new(file: File) -> std::io::Result<Self> {
+        let (queue, blocks) = sync_channel(QUEUE_DEPTH);
+        let (bytes_back, spare_bytes) = channel();
+        let (values_back, spare_values) = channel();
+        let thread = std::thread::Builder::new()
+            .name("swarm-merge-writer".to_string())
+            .spawn(move || write_blocks(file, blocks, bytes_back, values_back))?;
+        Ok(Self {
             pending: Vec::with_capacity(Self::FLUSH_AT + Self::PIECE * 8),
+            queue: Some(queue),
+            spare_bytes,
+            spare_values,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues a block; fails with the writer thread's error if it has stopped.
+    fn send(&mut self, block: Block) -> std::io::Result<()> {
+        let sent = match &self.queue {
+            Some(queue) => queue.send(block).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            // The writer thread only drops its end when it stops, after an error.
+            Err(match self.close() {
+                Err(e) => e,
+                Ok(_) => std::io::Error::other("the writer thread is closed"),
+            })
         }
+    }
+
+    /// Sends what `pending` holds, continuing in a recycled buffer.
+    fn flush_pending(&mut self) -> std::io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut next = self
+            .spare_bytes
+            .try_recv()
+            .unwrap_or_else(|_| Vec::with_capacity(Self::FLUSH_AT + Self::PIECE * 8));
+        next.clear();
+        let full = std::mem::replace(&mut self.pending, next);
+        self.send(Block::Bytes(full))
     }
 
     fn flush_if_full(&mut self) -> std::io::Result<()> {
         if self.pending.len() >= Self::FLUSH_AT {
-            self.file.write_all(&self.pending)?;
-            self.pending.clear();
+            self.flush_pending()?;
         }
         Ok(())
     }
@@ -315,48 +385,115 @@ impl Output {
     }
 
     /// Appends f32 values as little-endian `dtype` (f32, f16, bf16 or f64; the header
-    /// refuses others).
+    /// refuses others), encoded on this thread.
     fn encode_f32(&mut self, values: &[f32], dtype: DType) -> std::io::Result<()> {
-        let width = match dtype {
-            DType::BF16 | DType::F16 => 2,
-            DType::F64 => 8,
-            _ => 4,
-        };
         for piece in values.chunks(Self::PIECE) {
-            let at = self.pending.len();
-            self.pending.resize(at + piece.len() * width, 0);
-            let bytes = &mut self.pending[at..];
-            match dtype {
-                DType::BF16 => {
-                    for (b, v) in bytes.chunks_exact_mut(2).zip(piece) {
-                        b.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
-                    }
-                }
-                DType::F16 => {
-                    for (b, v) in bytes.chunks_exact_mut(2).zip(piece) {
-                        b.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
-                    }
-                }
-                DType::F64 => {
-                    for (b, v) in bytes.chunks_exact_mut(8).zip(piece) {
-                        b.copy_from_slice(&(*v as f64).to_le_bytes());
-                    }
-                }
-                _ => {
-                    for (b, v) in bytes.chunks_exact_mut(4).zip(piece) {
-                        b.copy_from_slice(&v.to_le_bytes());
-                    }
-                }
-            }
+            encode(piece, dtype, &mut self.pending);
             self.flush_if_full()?;
         }
         Ok(())
     }
 
+    /// A buffer of `len` values to fill and hand to [`send_values`](Self::send_values):
+    /// one the writer thread is done with when there is one. Its contents are stale.
+    fn values_buffer(&mut self, len: usize) -> Vec<f32> {
+        let mut values = self.spare_values.try_recv().unwrap_or_default();
+        values.resize(len, 0.0);
+        values
+    }
+
+    /// Queues f32 values for the writer thread to encode as `dtype` and write, after
+    /// everything given before.
+    fn send_values(&mut self, values: Vec<f32>, dtype: DType) -> std::io::Result<()> {
+        self.flush_pending()?;
+        self.send(Block::Values(values, dtype))
+    }
+
+    /// Stops the writer thread once it has written everything queued, and hands back the
+    /// file, or the first error it met.
+    fn close(&mut self) -> std::io::Result<File> {
+        self.queue.take();
+        match self.thread.take() {
+            Some(thread) => thread
+                .join()
+                .map_err(|_| std::io::Error::other("the writer thread panicked"))?,
+            None => Err(std::io::Error::other("the writer thread is closed")),
+        }
+    }
+
     /// Writes what is pending and hands back the file.
     fn finish(mut self) -> std::io::Result<File> {
-        self.file.write_all(&self.pending)?;
-        Ok(self.file)
+        self.flush_pending()?;
+        self.close()
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        // An unfinished output (an error elsewhere): let the thread end before the caller
+        // removes the file, so nothing writes to it afterwards.
+        let _ = self.close();
+    }
+}
+
+/// The writer thread: writes the blocks in order until the channel closes, returning each
+/// buffer for reuse. Stops at the first error, which [`Output::close`] hands on.
+fn write_blocks(
+    mut file: File,
+    blocks: Receiver<Block>,
+    bytes_back: Sender<Vec<u8>>,
+    values_back: Sender<Vec<f32>>,
+) -> std::io::Result<File> {
+    let mut encoded = Vec::new();
+    for block in blocks {
+        match block {
+            Block::Bytes(bytes) => {
+                file.write_all(&bytes)?;
+                // The caller may have finished: a buffer nobody takes back is just dropped.
+                let _ = bytes_back.send(bytes);
+            }
+            Block::Values(values, dtype) => {
+                encoded.clear();
+                encode(&values, dtype, &mut encoded);
+                file.write_all(&encoded)?;
+                let _ = values_back.send(values);
+            }
+        }
+    }
+    Ok(file)
+}
+
+/// Appends f32 values to `out` as little-endian `dtype` (f32, f16, bf16 or f64).
+fn encode(values: &[f32], dtype: DType, out: &mut Vec<u8>) {
+    let width = match dtype {
+        DType::BF16 | DType::F16 => 2,
+        DType::F64 => 8,
+        _ => 4,
+    };
+    let at = out.len();
+    out.resize(at + values.len() * width, 0);
+    let bytes = &mut out[at..];
+    match dtype {
+        DType::BF16 => {
+            for (b, v) in bytes.chunks_exact_mut(2).zip(values) {
+                b.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+            }
+        }
+        DType::F16 => {
+            for (b, v) in bytes.chunks_exact_mut(2).zip(values) {
+                b.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+            }
+        }
+        DType::F64 => {
+            for (b, v) in bytes.chunks_exact_mut(8).zip(values) {
+                b.copy_from_slice(&(*v as f64).to_le_bytes());
+            }
+        }
+        _ => {
+            for (b, v) in bytes.chunks_exact_mut(4).zip(values) {
+                b.copy_from_slice(&v.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -599,6 +736,30 @@ mod tests {
         }
         assert!(!out.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A write that fails on the writer thread comes back to the caller as an error (here
+    /// ENOSPC from /dev/full), not as a panic or a silently short file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn writer_thread_errors_reach_the_caller() {
+        let Ok(full) = File::options().write(true).open("/dev/full") else {
+            return;
+        };
+        let mut out = Output::new(full).unwrap();
+        let mut failed = None;
+        for _ in 0..64 {
+            let values = out.values_buffer(1 << 16);
+            if let Err(e) = out.send_values(values, DType::F32) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let err = match failed {
+            Some(e) => e,
+            None => out.finish().err().unwrap(),
+        };
+        assert_eq!(err.raw_os_error(), Some(28), "{err}");
     }
 
     #[test]
