@@ -94,6 +94,11 @@ pub struct EngineStatus {
     pub elites_resident: usize,
     /// Bytes of those weights.
     pub resident_bytes: usize,
+    /// Running batches: forward passes per decode step (one per dense elite with running
+    /// sequences, one for all the elites served from factors).
+    pub batches: usize,
+    /// Forward passes run so far, prefill and decode.
+    pub forward_passes: u64,
 }
 
 /// Runs generation jobs. Implementations must not block the caller: `submit` queues the job

@@ -190,6 +190,12 @@ impl Metrics {
                 engine.batch_size,
             ),
             (
+                "swarm_engine_batches",
+                "Running batches: forward passes per decode step (one per dense elite, one \
+                 for all elites served from factors).",
+                engine.batches,
+            ),
+            (
                 "swarm_engine_waiting",
                 "Sequences waiting for a batch slot.",
                 engine.waiting,
@@ -212,6 +218,13 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
+        let name = "swarm_forward_passes_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Forward passes the engine has run (prefill and decode).\n\
+             # TYPE {name} counter\n{name} {}",
+            engine.forward_passes
+        );
         out
     }
 }
@@ -270,6 +283,7 @@ mod tests {
         ));
         assert!(text.contains("swarm_queue_depth 2"));
         assert!(text.contains("swarm_batch_size 3"));
+        assert!(text.contains("swarm_forward_passes_total 0"));
         assert!(text.contains(r#"swarm_completion_tokens_total{elite="e1"} 5"#));
     }
 }

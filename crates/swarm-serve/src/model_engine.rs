@@ -7,11 +7,25 @@
 //! down each job's channel. A row whose receiver was dropped (the client went away) or whose
 //! deadline passed leaves the batch at the next step ([`KvCache::select_rows`]).
 //!
-//! Mixed elites are grouped: one batch (and one forward pass per step) per elite with
-//! running sequences; the elites' models come from an [`EliteCache`], dense (resident in its
-//! LRU) or served from factors, as its [`ServingPolicy`](crate::ServingPolicy) says. The
-//! engine tells the cache how many tokens each elite runs, which is what decides when an
-//! elite served from factors is worth materialising.
+//! Mixed elites: the elites' models come from an [`EliteCache`], dense (resident in its LRU)
+//! or served from factors, as its [`ServingPolicy`](crate::ServingPolicy) says.
+//!
+//! - Every elite served from factors shares the base's dense weights, so all their rows run
+//!   in **one mixed batch**, grouped contiguously by elite, with one KV cache and one forward
+//!   pass per step ([`Llama::prefill_grouped`], [`Llama::decode_grouped`]): each dense
+//!   product of the base runs once for all those rows, each elite's low-rank deltas, norms
+//!   and biases on its own rows. Jobs admitted together are prefilled in one grouped pass;
+//!   their rows join the mixed batch next to their elite's rows (the joined cache reordered
+//!   once), and rows that finish leave it in place (groups stay contiguous).
+//! - Each dense (materialised) elite has its own batch and forward pass per step: dense
+//!   elites share no weights, so grouping them would save nothing.
+//!
+//! When an elite served from factors is materialised (`Auto`, once it has run enough tokens),
+//! its rows already running stay in the mixed batch with the factored model until they end
+//! (the two compute the same function up to float rounding, and moving a row would copy its
+//! cache); its new jobs go to its dense batch. The engine tells the cache how many tokens
+//! each elite runs, which is what decides when an elite served from factors is worth
+//! materialising. [`EngineStatus::forward_passes`] counts the passes run.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +33,7 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::DType;
-use swarm_model::{ChatTemplate, KvCache, Llama, Sampler, TextStream, Tokenizer};
+use swarm_model::{ChatTemplate, KvCache, Llama, RowGroup, Sampler, TextStream, Tokenizer};
 use tokio::sync::mpsc;
 
 use crate::engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
@@ -150,12 +164,106 @@ struct Seq {
     done: bool,
 }
 
-/// One elite's running batch: `seqs[i]` is row `i` of `cache`.
-struct Batch {
+/// One elite's rows in a batch, run by `model`.
+struct Group {
     elite: String,
     model: Arc<Llama>,
-    cache: KvCache,
     seqs: Vec<Seq>,
+}
+
+/// A running batch: the rows of `groups`, in order (each group's rows contiguous), are the
+/// rows of `cache`. A dense elite's batch has one group; the mixed batch of the elites
+/// served from factors has one per elite.
+struct Batch {
+    groups: Vec<Group>,
+    cache: KvCache,
+    /// Whether this is the mixed batch of elites served from factors (there is at most one).
+    factored: bool,
+}
+
+impl Batch {
+    fn rows(&self) -> usize {
+        self.groups.iter().map(|g| g.seqs.len()).sum()
+    }
+
+    fn seqs(&self) -> impl Iterator<Item = &Seq> {
+        self.groups.iter().flat_map(|g| &g.seqs)
+    }
+
+    fn seqs_mut(&mut self) -> impl Iterator<Item = &mut Seq> {
+        self.groups.iter_mut().flat_map(|g| &mut g.seqs)
+    }
+
+    /// Removes finished rows from the groups and the cache (the rows left keep their order,
+    /// so groups stay contiguous), and groups left empty.
+    fn compact(&mut self) -> swarm_model::Result<()> {
+        if self.seqs().all(|s| !s.done) {
+            return Ok(());
+        }
+        let alive: Vec<usize> = self
+            .seqs()
+            .enumerate()
+            .filter(|(_, s)| !s.done)
+            .map(|(i, _)| i)
+            .collect();
+        if alive.is_empty() {
+            self.groups.clear();
+            return Ok(());
+        }
+        self.cache.select_rows(&alive)?;
+        for g in &mut self.groups {
+            g.seqs.retain(|s| !s.done);
+        }
+        self.groups.retain(|g| !g.seqs.is_empty());
+        Ok(())
+    }
+
+    /// Adds `other`'s rows, each next to the rows of its elite already here (new elites'
+    /// groups after the others): the caches are joined, then reordered once when a group
+    /// grows in the middle. On an error every row is kept in `groups` (for the caller to
+    /// fail them all).
+    fn join(&mut self, other: Batch) -> swarm_model::Result<()> {
+        let Batch {
+            groups: incoming,
+            cache,
+            ..
+        } = other;
+        // Where each group's rows are in the joined cache: ours first, then `other`'s.
+        let mut ours = Vec::with_capacity(self.groups.len());
+        let mut start = 0;
+        for g in &self.groups {
+            ours.push(start..start + g.seqs.len());
+            start += g.seqs.len();
+        }
+        let mut theirs = Vec::with_capacity(incoming.len());
+        for g in incoming {
+            theirs.push((start..start + g.seqs.len(), g));
+            start += theirs.last().map_or(0, |(r, _)| r.len());
+        }
+        // The joined order: each of our groups, grown by `other`'s group of its elite, then
+        // `other`'s new elites.
+        let mut order: Vec<usize> = Vec::with_capacity(start);
+        for (g, rows) in self.groups.iter_mut().zip(ours) {
+            order.extend(rows);
+            if let Some(k) = theirs.iter().position(|(_, n)| n.elite == g.elite) {
+                let (rows, new) = theirs.remove(k);
+                order.extend(rows);
+                // The group keeps its model: a newer model of the same elite (rebuilt from
+                // factors, or materialised) computes the same function.
+                g.seqs.extend(new.seqs);
+            }
+        }
+        for (rows, g) in theirs {
+            order.extend(rows);
+            self.groups.push(g);
+        }
+        let old = std::mem::replace(&mut self.cache, KvCache::new(0, 0, 0));
+        self.cache = KvCache::concat(&[old, cache])?;
+        if order.iter().enumerate().any(|(i, &r)| i != r) {
+            self.cache.select_rows(&order)?;
+        }
+        Ok(())
+    }
 }
 
 struct Scheduler {
@@ -168,6 +276,8 @@ struct Scheduler {
     vocab: usize,
     waiting: VecDeque<(String, Seq)>,
     batches: Vec<Batch>,
+    /// Forward passes run so far (prefill and decode).
+    forward_passes: u64,
     status: Arc<Mutex<EngineStatus>>,
 }
 
@@ -201,6 +311,7 @@ impl Scheduler {
             vocab,
             waiting: VecDeque::new(),
             batches: Vec::new(),
+            forward_passes: 0,
             status,
         };
         s.publish(true);
@@ -214,14 +325,16 @@ impl Scheduler {
             Err(p) => p.into_inner(),
         };
         st.ready = ready;
-        st.batch_size = self.batches.iter().map(|b| b.seqs.len()).sum();
+        st.batch_size = self.running();
+        st.batches = self.batches.len();
+        st.forward_passes = self.forward_passes;
         st.waiting = self.waiting.len();
         st.elites_resident = self.elites.resident();
         st.resident_bytes = self.elites.resident_bytes();
     }
 
     fn running(&self) -> usize {
-        self.batches.iter().map(|b| b.seqs.len()).sum()
+        self.batches.iter().map(Batch::rows).sum()
     }
 
     fn run(&mut self, rx: std_mpsc::Receiver<Submission>) {
@@ -357,7 +470,10 @@ impl Scheduler {
                 self.waiting.push_front((elite, seq));
                 break;
             }
-            let running = self.batches.iter().any(|b| b.elite == elite);
+            let running = self
+                .batches
+                .iter()
+                .any(|b| b.groups.iter().any(|g| g.elite == elite));
             let resident = self.elites.is_resident(&elite);
             if resident && !running && !pinned.contains(&elite) {
                 // An idle resident elite counted as evictable is about to be used.
@@ -382,7 +498,9 @@ impl Scheduler {
         }
         // Resident elites first, so that no new elite evicts one just admitted.
         admitted.sort_by_key(|(e, _)| !self.elites.is_resident(e));
-        // Group by elite, keeping arrival order within each group.
+        // Group by elite, keeping arrival order within each group. Dense elites are
+        // prefilled one batch each; the elites served from factors together, in one pass.
+        let mut factored: Vec<Group> = Vec::new();
         while !admitted.is_empty() {
             let elite = admitted[0].0.clone();
             let (group, rest): (Vec<_>, Vec<_>) =
@@ -397,78 +515,98 @@ impl Scheduler {
                 }
                 continue;
             }
-            if let Err(e) = self.prefill(&elite, seqs) {
-                tracing::error!(elite, error = %e, "prefill failed");
+            let model = match self.elites.get(&elite) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(elite, error = %e, "cannot load elite");
+                    for s in &seqs {
+                        let _ = s.tx.send(Event::Failed(Failure::Internal(format!(
+                            "cannot materialise elite {elite}: {e}"
+                        ))));
+                    }
+                    continue;
+                }
+            };
+            let group = Group { elite, model, seqs };
+            // `get` serves an elite that is not resident from factors.
+            if self.elites.is_resident(&group.elite) {
+                self.prefill(vec![group], false);
+            } else {
+                factored.push(group);
             }
+        }
+        if !factored.is_empty() {
+            self.prefill(factored, true);
         }
     }
 
-    fn prefill(&mut self, elite: &str, mut seqs: Vec<Seq>) -> Result<()> {
-        let model = match self.elites.get(elite) {
-            Ok(m) => m,
-            Err(e) => {
-                for s in &seqs {
-                    let _ = s.tx.send(Event::Failed(Failure::Internal(format!(
-                        "cannot materialise elite {elite}: {e}"
-                    ))));
-                }
-                return Err(e);
-            }
-        };
-        let prompts: Vec<Vec<u32>> = seqs.iter().map(|s| s.prompt.clone()).collect();
-        let capacity = seqs
+    /// Prefills `groups` (not empty) in one pass and joins their rows to the running batch
+    /// they belong to: the mixed batch when `factored`, else their elite's own batch. A
+    /// failed pass fails its jobs.
+    fn prefill(&mut self, groups: Vec<Group>, factored: bool) {
+        let prompts: Vec<Vec<u32>> = groups
             .iter()
+            .flat_map(|g| &g.seqs)
+            .map(|s| s.prompt.clone())
+            .collect();
+        let capacity = groups
+            .iter()
+            .flat_map(|g| &g.seqs)
             .map(|s| s.prompt.len() + s.max_new)
             .max()
             .unwrap_or(0)
             .min(self.max_positions);
-        let mut cache = model.new_cache(seqs.len(), capacity);
-        let logits = model
-            .prefill(&prompts, &mut cache)
+        let mut cache = KvCache::new(
+            self.elites.config().num_hidden_layers,
+            prompts.len(),
+            capacity,
+        );
+        let row_groups: Vec<RowGroup> = groups
+            .iter()
+            .map(|g| RowGroup::new(&g.model, g.seqs.len()))
+            .collect();
+        let logits = Llama::prefill_grouped(&row_groups, &prompts, &mut cache)
             .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
-        let logits = match logits {
-            Ok(l) => l,
+        drop(row_groups);
+        self.forward_passes += 1;
+        let mut batch = Batch {
+            groups,
+            cache,
+            factored,
+        };
+        let rows = match logits {
+            Ok(rows) => rows,
             Err(e) => {
-                for s in &seqs {
-                    let _ = s.tx.send(Event::Failed(Failure::Internal(e.to_string())));
-                }
-                return Err(e.into());
+                Self::fail_batch(&mut batch, &format!("prefill: {e}"));
+                return;
             }
         };
-        self.elites
-            .record_tokens(elite, prompts.iter().map(Vec::len).sum(), 0);
-        for (s, row) in seqs.iter_mut().zip(&logits) {
+        for g in &batch.groups {
+            let prompt = g.seqs.iter().map(|s| s.prompt.len()).sum();
+            self.elites.record_tokens(&g.elite, prompt, 0);
+        }
+        for (s, row) in batch.seqs_mut().zip(&rows) {
             self.step(s, row);
         }
-        let alive: Vec<usize> = (0..seqs.len()).filter(|&i| !seqs[i].done).collect();
-        if alive.is_empty() {
-            return Ok(());
+        if let Err(e) = batch.compact() {
+            Self::fail_batch(&mut batch, &e.to_string());
         }
-        if alive.len() < seqs.len() {
-            cache.select_rows(&alive)?;
-            let mut i = 0;
-            seqs.retain(|_| {
-                i += 1;
-                alive.contains(&(i - 1))
-            });
-        }
-        match self.batches.iter_mut().find(|b| b.elite == elite) {
-            Some(batch) => {
-                let old = std::mem::replace(&mut batch.cache, model.new_cache(0, 0));
-                batch.cache = KvCache::concat(&[old, cache])?;
-                batch.seqs.extend(seqs);
-                // The elite may have been materialised since the batch began from factors:
-                // the batch goes on with the dense model (same function, same cache layout).
-                batch.model = model;
+        let Some(first) = batch.groups.first() else {
+            return;
+        };
+        let elite = first.elite.clone();
+        let home = self
+            .batches
+            .iter_mut()
+            .find(|b| b.factored == factored && (factored || b.groups[0].elite == elite));
+        match home {
+            Some(home) => {
+                if let Err(e) = home.join(batch) {
+                    Self::fail_batch(home, &e.to_string());
+                }
             }
-            None => self.batches.push(Batch {
-                elite: elite.to_string(),
-                model,
-                cache,
-                seqs,
-            }),
+            None => self.batches.push(batch),
         }
-        Ok(())
     }
 
     /// Samples `seq`'s next token from its logits and reports the text it makes final.
@@ -520,12 +658,13 @@ impl Scheduler {
         }
     }
 
-    /// One decode step for every elite batch; finished, cancelled and expired rows leave.
+    /// One decode step (one forward pass) for every batch; finished, cancelled and expired
+    /// rows leave.
     fn decode_step(&mut self) {
         let now = Instant::now();
         let mut batches = std::mem::take(&mut self.batches);
         for batch in &mut batches {
-            for s in &mut batch.seqs {
+            for s in batch.seqs_mut() {
                 if s.done {
                     continue;
                 }
@@ -537,58 +676,51 @@ impl Scheduler {
                     s.done = true;
                 }
             }
-            if let Err(e) = Self::compact(batch) {
-                self.fail_batch(batch, &e.to_string());
+            if let Err(e) = batch.compact() {
+                Self::fail_batch(batch, &e.to_string());
                 continue;
             }
-            if batch.seqs.is_empty() {
+            if batch.groups.is_empty() {
                 continue;
             }
-            let tokens: Vec<u32> = batch.seqs.iter().map(|s| s.next).collect();
-            let logits = batch
-                .model
-                .decode(&tokens, &mut batch.cache)
+            let tokens: Vec<u32> = batch.seqs().map(|s| s.next).collect();
+            let groups: Vec<RowGroup> = batch
+                .groups
+                .iter()
+                .map(|g| RowGroup::new(&g.model, g.seqs.len()))
+                .collect();
+            let logits = Llama::decode_grouped(&groups, &tokens, &mut batch.cache)
                 .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
+            drop(groups);
+            self.forward_passes += 1;
             match logits {
                 Ok(rows) => {
-                    self.elites.record_tokens(&batch.elite, 0, rows.len());
-                    for (s, row) in batch.seqs.iter_mut().zip(&rows) {
+                    for g in &batch.groups {
+                        self.elites.record_tokens(&g.elite, 0, g.seqs.len());
+                    }
+                    for (s, row) in batch.seqs_mut().zip(&rows) {
                         self.step(s, row);
                     }
                 }
-                Err(e) => self.fail_batch(batch, &e.to_string()),
+                Err(e) => Self::fail_batch(batch, &e.to_string()),
             }
-            if let Err(e) = Self::compact(batch) {
-                self.fail_batch(batch, &e.to_string());
+            if let Err(e) = batch.compact() {
+                Self::fail_batch(batch, &e.to_string());
             }
         }
-        batches.retain(|b| !b.seqs.is_empty());
+        batches.retain(|b| !b.groups.is_empty());
         self.batches = batches;
     }
 
-    /// Removes finished rows from the batch and its cache.
-    fn compact(batch: &mut Batch) -> swarm_model::Result<()> {
-        if batch.seqs.iter().all(|s| !s.done) {
-            return Ok(());
-        }
-        let alive: Vec<usize> = (0..batch.seqs.len())
-            .filter(|&i| !batch.seqs[i].done)
-            .collect();
-        if alive.is_empty() {
-            batch.seqs.clear();
-            return Ok(());
-        }
-        batch.cache.select_rows(&alive)?;
-        batch.seqs.retain(|s| !s.done);
-        Ok(())
-    }
-
-    fn fail_batch(&self, batch: &mut Batch, error: &str) {
-        tracing::error!(elite = %batch.elite, error, "decode failed: the batch's requests fail");
-        for s in &batch.seqs {
+    /// Fails every job of `batch` (a forward pass or a cache operation failed) and empties
+    /// it.
+    fn fail_batch(batch: &mut Batch, error: &str) {
+        let elites: Vec<&str> = batch.groups.iter().map(|g| g.elite.as_str()).collect();
+        tracing::error!(?elites, error, "the batch's requests fail");
+        for s in batch.seqs() {
             let _ =
                 s.tx.send(Event::Failed(Failure::Internal(error.to_string())));
         }
-        batch.seqs.clear();
+        batch.groups.clear();
     }
 }
