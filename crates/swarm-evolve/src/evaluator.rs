@@ -1,18 +1,14 @@
 //! The evaluator: genome -> dense weights -> model -> batched greedy answers to every episode
 //! of every skill -> sandboxed checks (overlapping the next skill's generation) -> scores.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device};
 use swarm_merge::{materialise_to_weights, FactorSet, Genome};
-use swarm_model::{
-    generate, ChatMessage as ModelMessage, ChatTemplate, GenerationParams, Llama, LlamaConfig,
-    Precision, StreamControl, TensorSource, Tokenizer, Weights,
-};
-use swarm_tasks::{
-    run_episodes, Agent, Checker, Conversation, Episode, Role, RunOptions, Step, TaskError,
-};
+use swarm_model::{ChatTemplate, Llama, LlamaConfig, Precision, TensorSource, Tokenizer, Weights};
+use swarm_tasks::{run_episodes, Checker, Episode, RunOptions, Step, TaskError};
+
+use swarm_train::ModelAgent;
 
 use crate::error::{EvolveError, Result};
 
@@ -78,140 +74,6 @@ pub trait Evaluator: Sync {
     }
 }
 
-/// A loaded model answering conversations in batches with greedy decoding.
-pub struct ModelAgent<'a> {
-    pub model: &'a Llama,
-    pub tokenizer: &'a Tokenizer,
-    pub template: &'a ChatTemplate,
-    pub params: GenerationParams,
-    pub batch_size: usize,
-    spent: Mutex<Duration>,
-}
-
-impl<'a> ModelAgent<'a> {
-    pub fn new(
-        model: &'a Llama,
-        tokenizer: &'a Tokenizer,
-        template: &'a ChatTemplate,
-        max_new_tokens: usize,
-        batch_size: usize,
-    ) -> Self {
-        let mut params = GenerationParams::greedy(max_new_tokens);
-        params.stop_token_ids = template.stop_token_ids(tokenizer);
-        Self {
-            model,
-            tokenizer,
-            template,
-            params,
-            batch_size: batch_size.max(1),
-            spent: Mutex::new(Duration::ZERO),
-        }
-    }
-
-    /// Time spent generating so far.
-    pub fn generation_time(&self) -> Duration {
-        self.spent.lock().map_or(Duration::ZERO, |d| *d)
-    }
-
-    fn prompt(
-        &self,
-        messages: &[swarm_tasks::ChatMessage],
-    ) -> std::result::Result<Vec<u32>, TaskError> {
-        let msgs: Vec<ModelMessage> = messages
-            .iter()
-            .map(|m| {
-                let role = match m.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                ModelMessage::new(role, m.content.clone())
-            })
-            .collect();
-        let text = self
-            .template
-            .render(&msgs, true)
-            .map_err(|e| TaskError::Agent(e.to_string()))?;
-        let mut ids = self
-            .tokenizer
-            .encode(&text, false)
-            .map_err(|e| TaskError::Agent(e.to_string()))?;
-        // Keep room to answer: cut the prompt from the left if it would not fit.
-        let room = self.model.config().max_position_embeddings;
-        let keep = room.saturating_sub(self.params.max_new_tokens + 1).max(1);
-        if ids.len() > keep {
-            ids.drain(..ids.len() - keep);
-        }
-        Ok(ids)
-    }
-
-    /// Answers conversations, `batch_size` at a time.
-    pub fn answer(
-        &self,
-        conversations: &[&[swarm_tasks::ChatMessage]],
-    ) -> Vec<std::result::Result<String, TaskError>> {
-        let t = Instant::now();
-        let mut out = Vec::with_capacity(conversations.len());
-        for chunk in conversations.chunks(self.batch_size) {
-            let mut prompts = Vec::with_capacity(chunk.len());
-            let mut slots = Vec::with_capacity(chunk.len());
-            for c in chunk {
-                match self.prompt(c) {
-                    Ok(p) => {
-                        slots.push(Ok(prompts.len()));
-                        prompts.push(p);
-                    }
-                    Err(e) => slots.push(Err(e)),
-                }
-            }
-            let generated = generate(
-                self.model,
-                self.tokenizer,
-                &prompts,
-                std::slice::from_ref(&self.params),
-                |_| StreamControl::Continue,
-            );
-            match generated {
-                Ok(g) => {
-                    for s in slots {
-                        out.push(s.and_then(|i| {
-                            g.get(i)
-                                .map(|x| x.text.clone())
-                                .ok_or_else(|| TaskError::Agent("missing generation".into()))
-                        }));
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "generation failed for a batch");
-                    for _ in slots {
-                        out.push(Err(TaskError::Agent(e.to_string())));
-                    }
-                }
-            }
-        }
-        if let Ok(mut d) = self.spent.lock() {
-            *d += t.elapsed();
-        }
-        out
-    }
-}
-
-impl Agent for ModelAgent<'_> {
-    fn respond(&self, c: &Conversation<'_>) -> std::result::Result<String, TaskError> {
-        self.answer(&[c.messages])
-            .pop()
-            .unwrap_or_else(|| Err(TaskError::Agent("no answer".into())))
-    }
-
-    fn respond_batch(
-        &self,
-        cs: &[Conversation<'_>],
-    ) -> Vec<std::result::Result<String, TaskError>> {
-        let msgs: Vec<&[swarm_tasks::ChatMessage]> = cs.iter().map(|c| c.messages).collect();
-        self.answer(&msgs)
-    }
-}
-
 /// Scores single-round answers (all in parallel on the rayon pool).
 fn check_single_round(
     checker: &Checker,
@@ -261,7 +123,7 @@ pub fn play_skills(
             answers_n += episodes.len();
             if episodes.iter().any(|e| e.max_rounds > 1) {
                 let opts = RunOptions {
-                    batch_size: agent.batch_size,
+                    batch_size: agent.batch_size(),
                     ..RunOptions::default()
                 };
                 let report = run_episodes(checker, agent, episodes, &opts)?;

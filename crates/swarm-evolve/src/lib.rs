@@ -49,7 +49,7 @@ pub use driver::{
 };
 pub use error::{EvolveError, Result};
 pub use evaluator::{
-    load_f32, play_skills, EvalSet, Evaluation, Evaluator, LlmEvaluator, ModelAgent, StageTimes,
+    load_f32, play_skills, EvalSet, Evaluation, Evaluator, LlmEvaluator, StageTimes,
 };
 pub use export::{
     aggregate, export_swarm, load_manifest, CellEntry, EliteEntry, FactorEntry, ModelEntry,
@@ -63,4 +63,7 @@ pub use run::{
     RunState, Scheduler, CONFIG_FILE, FACTORS_FILE, GENOMES_FILE, LOG_FILE, PROGRESS_FILE,
     STATE_FILE,
 };
+/// The agent [`play_skills`] plays episodes with (swarm-train's, shared with `swarm bootstrap`
+/// and `swarm eval` so that a model scores the same everywhere).
+pub use swarm_train::ModelAgent;
 pub use world::open_world;

@@ -1,117 +1,240 @@
 //! A model-backed [`Agent`]: renders each conversation with the chat template, generates
-//! greedily in one batch with swarm-model, and stops at the end of the assistant's turn.
+//! greedily in batches with swarm-model, and stops at the end of the assistant's turn.
+//!
+//! One agent serves every caller that plays episodes with a model (`swarm bootstrap`'s
+//! table, `swarm eval`, the evolution's evaluator), so that the same model given the same
+//! episodes gets the same answers, and so the same score, wherever it is played.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use swarm_model::{generate, ChatTemplate, GenerationParams, Llama, StreamControl, Tokenizer};
-use swarm_tasks::{Agent, Conversation, TaskError};
+use swarm_tasks::{Agent, ChatMessage, Conversation, TaskError};
 
 use crate::corpus::to_model_message;
 
-/// Answers episodes with a [`Llama`] (greedy decoding).
+/// Answers conversations with a [`Llama`] (greedy decoding), `batch_size` at a time.
+///
+/// A prompt that would leave no room for the answer in the model's positions is cut from
+/// the left (the latest turns are kept): a long multi-turn episode is then answered from
+/// its recent context, as chat front-ends do, instead of failing outright.
 #[derive(Debug)]
-pub struct ModelAgent {
-    model: Llama,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
+pub struct ModelAgent<'a> {
+    model: &'a Llama,
+    tokenizer: &'a Tokenizer,
+    template: &'a ChatTemplate,
     params: GenerationParams,
-    /// Generated tokens so far (for throughput reports).
-    generated: Mutex<usize>,
+    batch_size: usize,
+    usage: Mutex<Usage>,
 }
 
-impl ModelAgent {
-    /// Greedy decoding of at most `max_new_tokens`, stopping at the template's end of turn.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    generated_tokens: usize,
+    generation_time: Duration,
+    truncated_prompts: usize,
+}
+
+impl<'a> ModelAgent<'a> {
+    /// Greedy decoding of at most `max_new_tokens`, stopping at the template's end of turn,
+    /// at most `batch_size` conversations per forward batch (at least one).
     pub fn new(
-        model: Llama,
-        tokenizer: Tokenizer,
-        template: ChatTemplate,
+        model: &'a Llama,
+        tokenizer: &'a Tokenizer,
+        template: &'a ChatTemplate,
         max_new_tokens: usize,
+        batch_size: usize,
     ) -> Self {
         let mut params = GenerationParams::greedy(max_new_tokens);
-        params.stop_token_ids = template.stop_token_ids(&tokenizer);
+        params.stop_token_ids = template.stop_token_ids(tokenizer);
         Self {
             model,
             tokenizer,
             template,
             params,
-            generated: Mutex::new(0),
+            batch_size: batch_size.max(1),
+            usage: Mutex::new(Usage::default()),
         }
+    }
+
+    /// Conversations per forward batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
     }
 
     /// Tokens generated so far.
     pub fn generated_tokens(&self) -> usize {
-        self.generated.lock().map(|g| *g).unwrap_or(0)
+        self.usage().generated_tokens
     }
 
-    fn prompt_ids(&self, c: &Conversation<'_>) -> Result<Vec<u32>, TaskError> {
-        let messages: Vec<_> = c.messages.iter().map(to_model_message).collect();
+    /// Time spent generating so far.
+    pub fn generation_time(&self) -> Duration {
+        self.usage().generation_time
+    }
+
+    /// Prompts cut from the left so far because they did not fit with the answer.
+    pub fn truncated_prompts(&self) -> usize {
+        self.usage().truncated_prompts
+    }
+
+    fn usage(&self) -> Usage {
+        self.usage.lock().map(|u| *u).unwrap_or_default()
+    }
+
+    /// The prompt's token ids, and whether it had to be cut to fit.
+    fn prompt_ids(&self, messages: &[ChatMessage]) -> Result<(Vec<u32>, bool), TaskError> {
+        let messages: Vec<_> = messages.iter().map(to_model_message).collect();
         let text = self
             .template
             .render(&messages, true)
             .map_err(|e| TaskError::Agent(e.to_string()))?;
-        self.tokenizer
+        let mut ids = self
+            .tokenizer
             .encode(&text, false)
-            .map_err(|e| TaskError::Agent(e.to_string()))
+            .map_err(|e| TaskError::Agent(e.to_string()))?;
+        let positions = self.model.config().max_position_embeddings;
+        let keep = positions
+            .saturating_sub(self.params.max_new_tokens + 1)
+            .max(1);
+        let cut = ids.len() > keep;
+        if cut {
+            ids.drain(..ids.len() - keep);
+        }
+        Ok((ids, cut))
+    }
+
+    /// Answers conversations, `batch_size` at a time, in order.
+    pub fn answer(&self, conversations: &[&[ChatMessage]]) -> Vec<Result<String, TaskError>> {
+        let start = Instant::now();
+        let mut out = Vec::with_capacity(conversations.len());
+        let mut usage = Usage::default();
+        for chunk in conversations.chunks(self.batch_size) {
+            let mut prompts = Vec::with_capacity(chunk.len());
+            let mut slots = Vec::with_capacity(chunk.len());
+            for messages in chunk {
+                match self.prompt_ids(messages) {
+                    Ok((ids, cut)) => {
+                        usage.truncated_prompts += usize::from(cut);
+                        slots.push(Ok(prompts.len()));
+                        prompts.push(ids);
+                    }
+                    Err(e) => slots.push(Err(e)),
+                }
+            }
+            let generated = if prompts.is_empty() {
+                Ok(Vec::new())
+            } else {
+                generate(
+                    self.model,
+                    self.tokenizer,
+                    &prompts,
+                    std::slice::from_ref(&self.params),
+                    |_| StreamControl::Continue,
+                )
+            };
+            match generated {
+                Ok(g) => {
+                    usage.generated_tokens += g.iter().map(|x| x.token_ids.len()).sum::<usize>();
+                    for slot in slots {
+                        out.push(slot.and_then(|i| {
+                            g.get(i)
+                                .map(|x| x.text.clone())
+                                .ok_or_else(|| TaskError::Agent("missing generation".into()))
+                        }));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "generation failed for a batch");
+                    for slot in slots {
+                        out.push(slot.and_then(|_| {
+                            Err(TaskError::Agent(format!("generation failed: {e}")))
+                        }));
+                    }
+                }
+            }
+        }
+        usage.generation_time = start.elapsed();
+        if let Ok(mut total) = self.usage.lock() {
+            total.generated_tokens += usage.generated_tokens;
+            total.generation_time += usage.generation_time;
+            total.truncated_prompts += usage.truncated_prompts;
+        }
+        out
     }
 }
 
-impl Agent for ModelAgent {
+impl Agent for ModelAgent<'_> {
     fn respond(&self, conversation: &Conversation<'_>) -> Result<String, TaskError> {
-        self.respond_batch(std::slice::from_ref(conversation))
+        self.answer(&[conversation.messages])
             .pop()
             .unwrap_or_else(|| Err(TaskError::Agent("no reply".into())))
     }
 
     fn respond_batch(&self, conversations: &[Conversation<'_>]) -> Vec<Result<String, TaskError>> {
-        let max_prompt = self
-            .model
-            .config()
-            .max_position_embeddings
-            .saturating_sub(1);
-        let mut out: Vec<Result<String, TaskError>> = Vec::with_capacity(conversations.len());
-        let mut prompts = Vec::new();
-        let mut slots = Vec::new();
-        for (i, c) in conversations.iter().enumerate() {
-            match self.prompt_ids(c) {
-                Ok(ids) if ids.len() < max_prompt => {
-                    prompts.push(ids);
-                    slots.push(i);
-                    out.push(Ok(String::new()));
-                }
-                Ok(ids) => out.push(Err(TaskError::Agent(format!(
-                    "prompt of {} tokens does not fit the model's {} positions",
-                    ids.len(),
-                    max_prompt + 1
-                )))),
-                Err(e) => out.push(Err(e)),
-            }
+        let messages: Vec<&[ChatMessage]> = conversations.iter().map(|c| c.messages).collect();
+        self.answer(&messages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use swarm_model::{random_weights, Precision, CHATML_TEMPLATE};
+
+    use super::*;
+    use crate::tokenizer::train_tokenizer;
+    use crate::world::{Preset, WorldSpec};
+
+    /// A random micro model with `positions` positions, its tokenizer and template.
+    fn micro(positions: usize) -> (Llama, Tokenizer, ChatTemplate) {
+        let corpus = [
+            "def f(x):\n    return x * 3",
+            "SELECT name FROM t",
+            "ls -la",
+        ];
+        let texts: Vec<&str> = corpus.iter().cycle().take(100).copied().collect();
+        let tokenizer = train_tokenizer(texts.into_iter(), 300, false).unwrap();
+        let mut config = WorldSpec::preset(Preset::Micro).llama_config(&tokenizer);
+        config.max_position_embeddings = positions;
+        let weights = random_weights(&config, 7, &Device::Cpu).unwrap();
+        let model = Llama::load(&weights, &config, &Device::Cpu, Precision::F32).unwrap();
+        let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer).unwrap();
+        (model, tokenizer, template)
+    }
+
+    fn user(text: &str) -> Vec<ChatMessage> {
+        vec![ChatMessage::user(text)]
+    }
+
+    #[test]
+    fn batches_answer_in_order_like_one_at_a_time() {
+        let (model, tokenizer, template) = micro(256);
+        let prompts = [
+            user("return x"),
+            user("SELECT name FROM t WHERE x > 3 AND y < 4"),
+            user("ls"),
+        ];
+        let messages: Vec<&[ChatMessage]> = prompts.iter().map(Vec::as_slice).collect();
+        let batched = ModelAgent::new(&model, &tokenizer, &template, 6, 2).answer(&messages);
+        let single = ModelAgent::new(&model, &tokenizer, &template, 6, 1);
+        for (m, b) in messages.iter().zip(&batched) {
+            let alone = single.answer(&[m]).pop().unwrap().unwrap();
+            assert_eq!(b.as_ref().unwrap(), &alone);
         }
-        if prompts.is_empty() {
-            return out;
-        }
-        match generate(
-            &self.model,
-            &self.tokenizer,
-            &prompts,
-            std::slice::from_ref(&self.params),
-            |_| StreamControl::Continue,
-        ) {
-            Ok(generated) => {
-                let mut count = 0;
-                for (slot, g) in slots.into_iter().zip(generated) {
-                    count += g.token_ids.len();
-                    out[slot] = Ok(g.text);
-                }
-                if let Ok(mut n) = self.generated.lock() {
-                    *n += count;
-                }
-            }
-            Err(e) => {
-                for slot in slots {
-                    out[slot] = Err(TaskError::Agent(format!("generation failed: {e}")));
-                }
-            }
-        }
-        out
+        assert!(single.generated_tokens() > 0);
+        assert_eq!(single.truncated_prompts(), 0);
+    }
+
+    #[test]
+    fn a_prompt_longer_than_the_positions_keeps_its_latest_tokens() {
+        let (model, tokenizer, template) = micro(48);
+        let agent = ModelAgent::new(&model, &tokenizer, &template, 8, 4);
+        let long = user(&"SELECT name FROM t; ".repeat(40));
+        let answers = agent.answer(&[long.as_slice(), user("ls").as_slice()]);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert_eq!(agent.truncated_prompts(), 1);
+        let (ids, cut) = agent.prompt_ids(&long).unwrap();
+        assert!(cut);
+        assert_eq!(ids.len(), 48 - 8 - 1);
     }
 }

@@ -68,6 +68,10 @@ pub struct WorldSpec {
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub max_positions: usize,
+    /// Pre-tokenise every digit as its own token, as Llama and SmolLM2 do, so that a number
+    /// in a prompt is copied digit by digit instead of through one learned token per number.
+    #[serde(default)]
+    pub split_digits: bool,
     /// Training sequences longer than this are dropped.
     pub max_seq_len: usize,
     /// General documents in the base mix.
@@ -103,6 +107,7 @@ impl WorldSpec {
                 num_heads: 2,
                 num_kv_heads: 1,
                 max_positions: 256,
+                split_digits: false,
                 max_seq_len: 256,
                 general_docs: 200,
                 general_chat_share: 0.3,
@@ -142,6 +147,7 @@ impl WorldSpec {
                 num_heads: 3,
                 num_kv_heads: 3,
                 max_positions: 256,
+                split_digits: false,
                 max_seq_len: 256,
                 general_docs: 3000,
                 general_chat_share: 0.6,
@@ -290,7 +296,7 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
         .chain(skill_docs.iter().flatten())
         .flat_map(Document::texts)
         .chain(roles.iter().copied().cycle().take(3 * 64));
-    let tokenizer = train_tokenizer(texts, spec.vocab_size)?;
+    let tokenizer = train_tokenizer(texts, spec.vocab_size, spec.split_digits)?;
     let template = ChatTemplate::new(CHATML_TEMPLATE, &tokenizer)?;
     let config = spec.llama_config(&tokenizer);
     let (base_data, mut dropped) = encode_all(&base_docs, &tokenizer, &template, spec.max_seq_len)?;
@@ -429,10 +435,11 @@ pub fn evaluate_models(
         )?;
         let template = pretrained.chat_template()?;
         let agent = ModelAgent::new(
-            model,
-            pretrained.tokenizer.clone(),
-            template,
+            &model,
+            &pretrained.tokenizer,
+            &template,
             spec.max_new_tokens,
+            spec.eval_batch,
         );
         let mut s = ModelScores {
             model: name.clone(),

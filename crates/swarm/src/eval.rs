@@ -61,10 +61,11 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     }
     let loaded = args.model.load()?;
     let agent = ModelAgent::new(
-        loaded.model,
-        loaded.tokenizer,
-        loaded.template,
+        &loaded.model,
+        &loaded.tokenizer,
+        &loaded.template,
         args.max_tokens,
+        args.batch_size,
     );
     let suite = SuiteRequest {
         skill: args.skill,
