@@ -1,6 +1,7 @@
 //! Builds one toy world with a preset, optionally overridden from the environment (for tuning):
 //! `TOY_PRESET`, `TOY_SEED`, `TOY_OUT`, `TOY_BASE_STEPS`, `TOY_EXPERT_STEPS`, `TOY_BASE_LR`,
-//! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`, `TOY_HEADS`, `TOY_REPLAY`.
+//! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`, `TOY_HEADS`, `TOY_REPLAY`,
+//! `TOY_SPLIT_DIGITS` (0 or 1).
 //!
 //! `cargo run --release -p swarm-train --example toy`
 
@@ -56,6 +57,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = env("TOY_LAYERS") {
         spec.num_layers = v;
+    }
+    if let Some(v) = env::<u8>("TOY_SPLIT_DIGITS") {
+        spec.split_digits = v != 0;
     }
     // TOY_REPORT_FROM=dir,dir,... renders TOY_REPORT from finished worlds' bootstrap.json.
     if let (Ok(dirs), Ok(path)) = (

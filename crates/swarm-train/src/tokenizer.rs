@@ -4,6 +4,9 @@
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::AddedToken;
 
 use crate::error::{Result, TrainError};
@@ -17,10 +20,12 @@ pub const IM_END: &str = "<|im_end|>";
 
 /// Trains a byte-level BPE tokenizer of `vocab_size` tokens (special tokens included) on
 /// `texts`. Ids 0, 1, 2 are `<|endoftext|>`, `<|im_start|>`, `<|im_end|>`; BOS is
-/// `<|im_start|>` and EOS `<|im_end|>`, as in SmolLM2.
+/// `<|im_start|>` and EOS `<|im_end|>`, as in SmolLM2. With `split_digits`, every digit is
+/// pre-tokenised on its own (before the byte-level split), so no token holds two digits.
 pub fn train_tokenizer<'a>(
     texts: impl Iterator<Item = &'a str> + Send,
     vocab_size: usize,
+    split_digits: bool,
 ) -> Result<swarm_model::Tokenizer> {
     let alphabet = ByteLevel::alphabet();
     let min = alphabet.len() + 3;
@@ -44,7 +49,14 @@ pub fn train_tokenizer<'a>(
         .into();
     let mut tokenizer = tokenizers::Tokenizer::new(BPE::default());
     let byte_level = ByteLevel::new(false, true, true);
-    tokenizer.with_pre_tokenizer(Some(byte_level));
+    if split_digits {
+        tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(Sequence::new(vec![
+            PreTokenizerWrapper::Digits(Digits::new(true)),
+            PreTokenizerWrapper::ByteLevel(byte_level),
+        ]))));
+    } else {
+        tokenizer.with_pre_tokenizer(Some(byte_level));
+    }
     tokenizer.with_decoder(Some(byte_level));
     tokenizer
         .train(&mut trainer, texts)
@@ -76,7 +88,7 @@ mod tests {
             "wc -l < apple.txt",
         ];
         let texts: Vec<&str> = corpus.iter().cycle().take(200).copied().collect();
-        let tok = train_tokenizer(texts.into_iter(), 300).unwrap();
+        let tok = train_tokenizer(texts.into_iter(), 300, false).unwrap();
         assert!(tok.vocab_size() <= 300);
         let text = "<|im_start|>user\nWrite `g(n)` — ünïcode ok?<|im_end|>\n<|im_start|>assistant\n```python\ndef g(n):\n    return n\n```<|im_end|>";
         let ids = tok.encode(text, false).unwrap();
@@ -88,6 +100,32 @@ mod tests {
 
     #[test]
     fn too_small_a_vocab_is_refused() {
-        assert!(train_tokenizer(["a"].into_iter(), 100).is_err());
+        assert!(train_tokenizer(["a"].into_iter(), 100, false).is_err());
+    }
+
+    #[test]
+    fn split_digits_gives_one_token_per_digit() {
+        let corpus = ["x = 1234 + 1234", "return n * 17 - 1234", "1234 rows"];
+        let texts: Vec<&str> = corpus.iter().cycle().take(300).copied().collect();
+        let merged = train_tokenizer(texts.iter().copied(), 300, false).unwrap();
+        let split = train_tokenizer(texts.iter().copied(), 300, true).unwrap();
+        let text = "return n * 1234 + 17";
+        let digit_tokens = |tok: &swarm_model::Tokenizer| {
+            tok.encode(text, false)
+                .unwrap()
+                .iter()
+                .map(|&id| tok.decode(&[id], false).unwrap())
+                .filter(|t| t.chars().any(|c| c.is_ascii_digit()))
+                .collect::<Vec<_>>()
+        };
+        // A frequent number is one token without the split, one per digit with it.
+        assert!(digit_tokens(&merged).len() < 6);
+        let split_tokens = digit_tokens(&split);
+        assert_eq!(split_tokens.len(), 6, "{split_tokens:?}");
+        assert!(split_tokens
+            .iter()
+            .all(|t| t.chars().filter(|c| c.is_ascii_digit()).count() == 1));
+        let ids = split.encode(text, false).unwrap();
+        assert_eq!(split.decode(&ids, false).unwrap(), text);
     }
 }
