@@ -40,6 +40,7 @@ mod genome;
 mod materialise;
 pub mod merge;
 mod reader;
+mod sink;
 mod swarm_manifest;
 pub mod testing;
 mod writer;

@@ -9,7 +9,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
@@ -18,6 +17,7 @@ use std::thread::JoinHandle;
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{MergeError, Result};
+use crate::sink::Sink;
 
 /// The name, shape and stored dtype of one tensor of an output file.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,8 +117,8 @@ impl SafetensorsStreamWriter {
             json.push(b' ');
         }
         let tmp = temp_sibling(path);
-        let file = File::create(&tmp).map_err(|e| MergeError::io(&tmp, e))?;
-        let header = Output::new(file).and_then(|mut out| {
+        let sink = Sink::create(&tmp).map_err(|e| MergeError::io(&tmp, e))?;
+        let header = Output::new(sink).and_then(|mut out| {
             out.write_all(&(json.len() as u64).to_le_bytes())?;
             out.write_all(&json)?;
             Ok(out)
@@ -325,13 +325,13 @@ impl Output {
     /// Values encoded per step: 256 KiB of f32, so the buffer stays in cache.
     const PIECE: usize = 1 << 16;
 
-    fn new(file: File) -> std::io::Result<Self> {
+    fn new(sink: Sink) -> std::io::Result<Self> {
         let (queue, blocks) = sync_channel(QUEUE_DEPTH);
         let (bytes_back, spare_bytes) = channel();
         let (values_back, spare_values) = channel();
         let thread = std::thread::Builder::new()
             .name("swarm-merge-writer".to_string())
-            .spawn(move || write_blocks(file, blocks, bytes_back, values_back))?;
+            .spawn(move || write_blocks(sink, blocks, bytes_back, values_back))?;
         Ok(Self {
             pending: Vec::with_capacity(Self::FLUSH_AT + Self::PIECE * 8),
             queue: Some(queue),
@@ -439,7 +439,7 @@ impl Drop for Output {
 /// The writer thread: writes the blocks in order until the channel closes, returning each
 /// buffer for reuse. Stops at the first error, which [`Output::close`] hands on.
 fn write_blocks(
-    mut file: File,
+    mut sink: Sink,
     blocks: Receiver<Block>,
     bytes_back: Sender<Vec<u8>>,
     values_back: Sender<Vec<f32>>,
@@ -448,19 +448,19 @@ fn write_blocks(
     for block in blocks {
         match block {
             Block::Bytes(bytes) => {
-                file.write_all(&bytes)?;
+                sink.write(&bytes)?;
                 // The caller may have finished: a buffer nobody takes back is just dropped.
                 let _ = bytes_back.send(bytes);
             }
             Block::Values(values, dtype) => {
                 encoded.clear();
                 encode(&values, dtype, &mut encoded);
-                file.write_all(&encoded)?;
+                sink.write(&encoded)?;
                 let _ = values_back.send(values);
             }
         }
     }
-    Ok(file)
+    sink.finish()
 }
 
 /// Appends f32 values to `out` as little-endian `dtype` (f32, f16, bf16 or f64).
@@ -746,7 +746,7 @@ mod tests {
         let Ok(full) = File::options().write(true).open("/dev/full") else {
             return;
         };
-        let mut out = Output::new(full).unwrap();
+        let mut out = Output::new(Sink::buffered(full, Path::new("/dev/full"))).unwrap();
         let mut failed = None;
         for _ in 0..64 {
             let values = out.values_buffer(1 << 16);
