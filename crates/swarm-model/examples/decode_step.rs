@@ -15,28 +15,6 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use swarm_model::{argmax_rows, random_weights, Llama, LlamaConfig, Precision};
 
-fn smollm2_shape() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        torch_dtype: "float32".to_string(),
-    }
-}
-
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
@@ -50,7 +28,7 @@ fn main() -> Result<()> {
     if batches.contains(&0) || prompt_tokens == 0 || decode_steps == 0 {
         bail!("batch sizes, prompt tokens and decode steps must be positive");
     }
-    let config = smollm2_shape();
+    let config = LlamaConfig::smollm2_135m();
     let device = Device::Cpu;
     let weights = random_weights(&config, 0, &device)?;
     let model = Llama::load(&weights, &config, &device, precision)?;

@@ -228,6 +228,31 @@ fn parse_rope_scaling(value: &serde_json::Value, path: &Path) -> Result<Llama3Ro
 }
 
 impl LlamaConfig {
+    /// SmolLM2-135M-Instruct's architecture (the default model's), in f32: what benchmarks
+    /// run on random weights when the real file does not matter (dense products take the
+    /// same time whatever the values).
+    pub fn smollm2_135m() -> Self {
+        Self {
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100_000.0,
+            rope_scaling: None,
+            max_position_embeddings: 8192,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            mlp_bias: false,
+            bos_token_id: Some(1),
+            eos_token_ids: vec![2],
+            torch_dtype: "float32".to_string(),
+        }
+    }
+
     /// Reads and resolves `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
         HfConfig::from_file(path)?.resolve(path)
@@ -348,6 +373,16 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![2]);
         // SmolLM2-135M has 134.5M parameters with a tied head.
         assert_eq!(c.num_parameters(), 134_515_008);
+    }
+
+    #[test]
+    fn smollm2_135m_is_the_resolved_hf_config() {
+        let mut json = smol_json();
+        json["max_position_embeddings"] = 8192.into();
+        json["torch_dtype"] = "float32".into();
+        let raw: HfConfig = serde_json::from_value(json).unwrap();
+        let c = raw.resolve(Path::new("config.json")).unwrap();
+        assert_eq!(c, LlamaConfig::smollm2_135m());
     }
 
     #[test]

@@ -47,29 +47,6 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
 }
 
-/// SmolLM2-135M-Instruct's architecture, for `--random`.
-fn smollm2_config() -> LlamaConfig {
-    LlamaConfig {
-        vocab_size: 49152,
-        hidden_size: 576,
-        intermediate_size: 1536,
-        num_hidden_layers: 30,
-        num_attention_heads: 9,
-        num_key_value_heads: 3,
-        head_dim: 64,
-        rms_norm_eps: 1e-5,
-        rope_theta: 100_000.0,
-        rope_scaling: None,
-        max_position_embeddings: 8192,
-        tie_word_embeddings: true,
-        attention_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        torch_dtype: "float32".to_string(),
-    }
-}
-
 /// One row of the result table.
 struct Row {
     batch: usize,
@@ -102,7 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let started = Instant::now();
     let (name, model) = if args.random {
-        let config = smollm2_config();
+        let config = LlamaConfig::smollm2_135m();
         let weights = random_weights(&config, 0, &device)?;
         let model = Llama::load(&weights, &config, &device, precision)?;
         ("random weights, SmolLM2-135M shape".to_string(), model)
