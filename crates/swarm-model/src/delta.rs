@@ -116,6 +116,25 @@ impl LowRankDelta {
         dense_product(&h, &self.b)
     }
 
+    /// The scale `s` (r), if any.
+    pub(crate) fn scale(&self) -> Option<&Tensor> {
+        self.scale.as_ref()
+    }
+
+    /// Whether `other` is built on the same `a` and `b` tensors (not copies): the deltas of
+    /// elites served from one factor set differ only in their scales.
+    pub(crate) fn shares_factors(&self, other: &LowRankDelta) -> bool {
+        self.a.id() == other.a.id() && self.b.id() == other.b.id()
+    }
+
+    /// `x (rows, in) -> ((x·aᵀ) ⊙ S)·bᵀ` with a scale per row, `scales` (rows, r): the
+    /// deltas of several elites that share `a` and `b` in one pair of products, each row
+    /// with its elite's scale (the scale of this delta is not used).
+    pub(crate) fn apply_scaled_rows(&self, x: &Tensor, scales: &Tensor) -> Result<Tensor> {
+        let h = (dense_product(x, &self.a)? * scales)?;
+        dense_product(&h, &self.b)
+    }
+
     /// Rows `ids` of `ΔW`: `(b[ids] ⊙ s)·a`, (n, in) (an embedding lookup).
     pub(crate) fn rows(&self, ids: &Tensor) -> Result<Tensor> {
         let h = self.b.index_select(ids, 0)?;

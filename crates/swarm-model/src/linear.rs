@@ -251,47 +251,93 @@ impl Linear {
             }
             start += n;
         }
-        let y = if dense.len() == 1 {
+        let mut y = if dense.len() == 1 {
             dense.swap_remove(0)
         } else {
             Tensor::cat(&dense, 0)?
         };
-        // Each group's deltas on its own rows; one bias for all when they share it.
+        if groups.iter().any(|(l, _)| !l.deltas.is_empty()) {
+            y = match Self::aligned_deltas(groups) {
+                Some(template) => {
+                    // One product pair per shared delta for all rows, each row scaled by
+                    // its group's coefficients (zero for a group without deltas).
+                    for (j, d) in template.iter().enumerate() {
+                        let r = d.rank();
+                        let mut scales = Vec::with_capacity(groups.len());
+                        for &(layer, n) in groups {
+                            let s = match layer.deltas.get(j).and_then(LowRankDelta::scale) {
+                                Some(s) => s.clone(),
+                                None => Tensor::zeros(r, x2.dtype(), x2.device())?,
+                            };
+                            scales.push(s.unsqueeze(0)?.broadcast_as((n * per, r))?);
+                        }
+                        let scales = Tensor::cat(&scales, 0)?;
+                        y = (y + d.apply_scaled_rows(&x2, &scales)?)?;
+                    }
+                    y
+                }
+                None => {
+                    // Each group's deltas on its own rows.
+                    let mut parts = Vec::with_capacity(groups.len());
+                    let mut start = 0;
+                    for &(layer, n) in groups {
+                        let n = n * per;
+                        let xs = x2.narrow(0, start, n)?;
+                        let mut ys = y.narrow(0, start, n)?;
+                        for d in &layer.deltas {
+                            ys = (ys + d.apply(&xs)?)?;
+                        }
+                        parts.push(ys);
+                        start += n;
+                    }
+                    Tensor::cat(&parts, 0)?
+                }
+            };
+        }
+        // One bias for all rows when the groups share it, else each group's on its rows.
         let (first, _) = groups[0];
-        let one_bias = groups.iter().all(|(l, _)| l.shares_bias(first));
-        let y = if groups.iter().all(|(l, _)| l.deltas.is_empty()) && one_bias {
-            y
+        let y = if groups.iter().all(|(l, _)| l.shares_bias(first)) {
+            match &first.bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         } else {
             let mut parts = Vec::with_capacity(groups.len());
             let mut start = 0;
             for &(layer, n) in groups {
                 let n = n * per;
-                if n == 0 {
-                    continue;
-                }
-                let xs = x2.narrow(0, start, n)?;
-                let mut ys = y.narrow(0, start, n)?;
-                for d in &layer.deltas {
-                    ys = (ys + d.apply(&xs)?)?;
-                }
-                if !one_bias {
-                    if let Some(b) = &layer.bias {
-                        ys = ys.broadcast_add(b)?;
-                    }
-                }
-                parts.push(ys);
+                let ys = y.narrow(0, start, n)?;
+                parts.push(match &layer.bias {
+                    Some(b) => ys.broadcast_add(b)?,
+                    None => ys,
+                });
                 start += n;
             }
             Tensor::cat(&parts, 0)?
-        };
-        let y = match (&first.bias, one_bias) {
-            (Some(b), true) => y.broadcast_add(b)?,
-            _ => y,
         };
         let mut out_dims = dims;
         let last = out_dims.len() - 1;
         out_dims[last] = y.dim(1)?;
         Ok(y.reshape(out_dims)?)
+    }
+
+    /// The deltas of the first group that has any, when every group's deltas are the same
+    /// factors as those, position by position, each with its own scale (or the group has
+    /// none): elites served from one factor set (`a = Vᵀ`, `b = U` shared, `s = c` their
+    /// own). Then each position's deltas run as one product pair for all rows.
+    pub(crate) fn aligned_deltas<'a>(groups: &[LinearGroup<'a>]) -> Option<&'a [LowRankDelta]> {
+        let template = groups
+            .iter()
+            .map(|(l, _)| l.deltas.as_slice())
+            .find(|d| !d.is_empty())?;
+        let aligned = groups.iter().all(|(l, _)| {
+            l.deltas.is_empty()
+                || (l.deltas.len() == template.len()
+                    && l.deltas.iter().zip(template).all(|(d, t)| {
+                        d.shares_factors(t) && d.scale().is_some() && t.scale().is_some()
+                    }))
+        });
+        aligned.then_some(template)
     }
 
     /// `x2` (rows, in) times `Wᵀ`, without deltas or bias.

@@ -1125,6 +1125,51 @@ pub(crate) mod tests {
         (delta, dense)
     }
 
+    /// Random factors `(a, b)` of rank 3 (and 4 for the MLP's) for every matrix.
+    fn shared_factors(config: &LlamaConfig) -> Vec<(String, Vec<(Tensor, Tensor)>)> {
+        config
+            .tensor_shapes()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (_, shape))| shape.len() == 2)
+            .map(|(i, (name, shape))| {
+                let seed = 5000 + 10 * i as u64;
+                let terms = if name.contains("mlp") { 2 } else { 1 };
+                let f = (0..terms as u64)
+                    .map(|k| {
+                        let r = 3 + k as usize;
+                        let a = random_tensor(&[r, shape[1]], 0.3, seed + 3 * k);
+                        let b = random_tensor(&[shape[0], r], 0.3, seed + 3 * k + 1);
+                        (a, b)
+                    })
+                    .collect();
+                (name, f)
+            })
+            .collect()
+    }
+
+    /// Deltas on `factors` (the same tensors, not copies) with random scales; and the dense
+    /// weights they stand for.
+    fn scaled_delta(
+        factors: &[(String, Vec<(Tensor, Tensor)>)],
+        base: &Weights,
+        seed: u64,
+    ) -> (ModelDelta, Weights) {
+        let mut delta = ModelDelta::new();
+        let mut dense = base.clone();
+        for (i, (name, terms)) in factors.iter().enumerate() {
+            let mut sum = base.get(name).unwrap().clone();
+            for (k, (a, b)) in terms.iter().enumerate() {
+                let s = random_tensor(&[a.dims()[0]], 1.0, seed + 10 * i as u64 + k as u64);
+                let d = LowRankDelta::scaled(a.clone(), s, b.clone()).unwrap();
+                sum = (sum + d.dense().unwrap()).unwrap();
+                delta.add_low_rank(name.clone(), d);
+            }
+            dense.insert(name.clone(), sum);
+        }
+        (delta, dense)
+    }
+
     fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
         let norm = |t: &Tensor| {
             t.sqr()
@@ -1213,14 +1258,30 @@ pub(crate) mod tests {
     /// gives alone, through a left-padded prefill, decode steps, and rows leaving mid-way.
     #[test]
     fn grouped_batches_answer_what_each_model_answers_alone() {
-        for tied in [false, true] {
+        for (tied, shared) in [(false, false), (true, false), (false, true), (true, true)] {
             let config = tiny_config(tied, 4, 2);
             let w = random_weights(&config, 31);
             let base = Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap();
-            let (d1, _) = random_delta(&config, &w, 1000);
-            let (d2, dense_w) = random_delta(&config, &w, 2000);
+            // Deltas on factors of their own, or on factors shared by both elites (their
+            // scales their own: elites of one factor set).
+            let ((d1, _), (d2, dense_w)) = if shared {
+                let factors = shared_factors(&config);
+                (
+                    scaled_delta(&factors, &w, 1000),
+                    scaled_delta(&factors, &w, 2000),
+                )
+            } else {
+                (
+                    random_delta(&config, &w, 1000),
+                    random_delta(&config, &w, 2000),
+                )
+            };
             let e1 = base.with_delta(&d1).unwrap();
             let e2 = base.with_delta(&d2).unwrap();
+            // Shared factors run as one product pair for all rows; others group by group.
+            let up = [&e1, &base, &e2].map(|m| (&m.layers[0].mlp.up_proj, 1));
+            let aligned = Linear::aligned_deltas(&up).is_some();
+            assert_eq!(aligned, shared);
             let mut d3 = ModelDelta::new();
             let name = "model.layers.1.mlp.up_proj.weight";
             d3.replace(name, (w.get(name).unwrap() * 0.5).unwrap());
