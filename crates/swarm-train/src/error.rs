@@ -27,6 +27,8 @@ pub enum TrainError {
     Diverged { step: usize, loss: f32 },
     #[error("no training data: {0}")]
     NoData(String),
+    #[error("the training of {0} panicked (a bug: please report it)")]
+    Panicked(String),
 }
 
 impl TrainError {

@@ -52,7 +52,7 @@ pub use report::{
     check_targets, markdown_mean, markdown_report, markdown_section, score_table, summary,
 };
 pub use tokenizer::{train_tokenizer, IM_END, IM_START, PAD_TOKEN};
-pub use trainer::{train, TrainReport, TrainSettings};
+pub use trainer::{progress_bar, train, train_with_bar, TrainReport, TrainSettings};
 pub use world::{
     bootstrap, evaluate_models, BootstrapOptions, ModelScores, Preset, Timings, WorldReport,
     WorldSpec, MODEL_NAMES, REFERENCE_PROMPT,

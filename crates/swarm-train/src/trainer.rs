@@ -55,13 +55,42 @@ pub struct TrainReport {
     pub elapsed: Duration,
 }
 
-/// Trains `model` in place on `data`.
+/// Trains `model` in place on `data`, with a progress bar on stderr when `progress`.
 pub fn train(
     model: &TrainableLlama,
     data: &[Sequence],
     settings: &TrainSettings,
     label: &str,
     progress: bool,
+) -> Result<TrainReport> {
+    let bar = if progress {
+        progress_bar(settings.steps, label)
+    } else {
+        ProgressBar::hidden()
+    };
+    train_with_bar(model, data, settings, label, bar)
+}
+
+/// A training progress bar of `steps` steps named `label`, for [`train_with_bar`] (add it to
+/// an `indicatif::MultiProgress` to show several trainings at once).
+pub fn progress_bar(steps: usize, label: &str) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix:>9} [{elapsed_precise}] {bar:30} {pos}/{len} steps, {msg} (eta {eta})",
+    ) {
+        bar.set_style(style);
+    }
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+/// [`train`], reporting on `bar`.
+pub fn train_with_bar(
+    model: &TrainableLlama,
+    data: &[Sequence],
+    settings: &TrainSettings,
+    label: &str,
+    bar: ProgressBar,
 ) -> Result<TrainReport> {
     let start = Instant::now();
     let vars = model.vars();
@@ -76,18 +105,6 @@ pub fn train(
         },
     )?;
     let mut batches = Batcher::new(data, settings.batch_size, settings.seed, model.device())?;
-    let bar = if progress {
-        let b = ProgressBar::new(settings.steps as u64);
-        if let Ok(style) = ProgressStyle::with_template(
-            "{prefix:>9} [{elapsed_precise}] {bar:30} {pos}/{len} steps, {msg} (eta {eta})",
-        ) {
-            b.set_style(style);
-        }
-        b.set_prefix(label.to_string());
-        b
-    } else {
-        ProgressBar::hidden()
-    };
     let mut losses = Vec::with_capacity(settings.steps);
     let mut tokens = 0;
     for step in 0..settings.steps {
