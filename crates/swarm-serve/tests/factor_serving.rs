@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,9 +20,10 @@ use swarm_merge::testing::{rel_diff, tiny_config};
 use swarm_merge::{Genome, Rank};
 use swarm_model::{Llama, Precision};
 use swarm_serve::{
-    load_swarm_dir_with, open_swarm, AppState, EliteCache, EliteSource, Engine, ModelEngine,
-    ServingPolicy,
+    load_swarm_dir_with, open_swarm, AppState, EliteCache, EliteSource, Engine, Event, GenerateJob,
+    ModelEngine, ModelEngineConfig, Prompt, SamplingParams, ServingPolicy,
 };
+use tokio::sync::mpsc;
 
 /// Three experts, a two-parent child and a three-parent mutated child (every expert active:
 /// the delta of each matrix sums three low-rank terms), with factors at `rank`; with the
@@ -208,4 +209,196 @@ async fn the_engine_serves_mixed_elites_from_factors() {
             assert_eq!(text, direct[id], "elite {id}, round {round}");
         }
     }
+}
+
+/// An engine over the swarm in `dir` whose load waits for the returned gate (nothing
+/// resident at the start), so that the jobs submitted before the gate opens are all admitted
+/// at its first step.
+fn gated_engine(
+    dir: &Path,
+    policy: ServingPolicy,
+    budget: usize,
+) -> (Arc<ModelEngine>, std::sync::mpsc::Sender<()>) {
+    let (gate, wait) = std::sync::mpsc::channel::<()>();
+    let opened = open_swarm(dir).unwrap();
+    let loaded = opened.into_loaded(Device::Cpu, Precision::F32, budget, policy, Vec::new());
+    let engine = ModelEngine::start(ModelEngineConfig::default(), move || {
+        let _ = wait.recv();
+        Ok(loaded)
+    })
+    .unwrap();
+    (Arc::new(engine), gate)
+}
+
+/// A sampled job: `elite` on `prompt`, up to `max_tokens`, with its own seed.
+fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> GenerateJob {
+    GenerateJob {
+        request_id: format!("{elite}-{seed}"),
+        elite: elite.to_string(),
+        prompt: Prompt::Tokens(prompt),
+        params: SamplingParams {
+            max_tokens,
+            temperature: 0.9,
+            top_p: 1.0,
+            stop: vec![],
+            seed,
+        },
+        deadline: None,
+    }
+}
+
+/// Reads a job to its end: (text, completion tokens).
+async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> (String, usize) {
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::Done {
+                completion_tokens, ..
+            } => return (text, completion_tokens),
+            Event::Failed(f) => panic!("job failed: {f:?}"),
+            Event::Started { .. } => {}
+        }
+    }
+    panic!("the job's channel closed before its end");
+}
+
+/// The engine's forward passes once they reach `at_least` (the status is published after
+/// the step that sent a job's last event); panics after 30 s.
+async fn passes_after(engine: &ModelEngine, at_least: u64) -> u64 {
+    let start = std::time::Instant::now();
+    loop {
+        let passes = engine.status().forward_passes;
+        if passes >= at_least {
+            return passes;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{passes} forward passes, expected {at_least}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// Jobs of three elites (two of one), prompts of different lengths, that end at different
+/// steps.
+fn mixed_jobs(ids: &[String]) -> Vec<GenerateJob> {
+    vec![
+        sampled(&ids[0], vec![5, 17, 33, 8, 41], 12, 1),
+        sampled(&ids[1], vec![9, 12, 40, 7, 8, 61, 3, 22], 5, 2),
+        sampled(&ids[2], vec![30, 31], 9, 3),
+        sampled(&ids[0], vec![44, 45, 46], 12, 4),
+    ]
+}
+
+#[tokio::test]
+async fn elites_from_factors_share_one_forward_pass_per_step() {
+    let (s, ids) = build_swarm(Rank::Full);
+    let one = swarm_serve::model_bytes(&tiny_config(), Precision::F32);
+    let jobs = mixed_jobs(&ids);
+
+    // Alone: each job by itself, one after another; a job of n tokens takes n passes (the
+    // prefill gives the first token).
+    let (engine, gate) = gated_engine(&s.swarm, ServingPolicy::Factors, one);
+    gate.send(()).unwrap();
+    common::wait_ready(&engine).await;
+    let mut alone = Vec::new();
+    for job in &jobs {
+        let before = engine.status().forward_passes;
+        let (text, n) = collect(engine.submit(job.clone()).unwrap()).await;
+        assert_eq!(
+            passes_after(&engine, before + n as u64).await - before,
+            n as u64
+        );
+        alone.push((text, n));
+    }
+    assert!(
+        alone.iter().map(|(t, _)| t).collect::<BTreeSet<_>>().len() >= 3,
+        "the elites answer alike: {alone:?}"
+    );
+
+    // Together: admitted at one step, prefilled in one pass and decoded in one pass per
+    // step for all four rows (three elites), rows leaving as their jobs end: as many passes
+    // as the longest job has tokens, and each job's text as alone.
+    let (engine, gate) = gated_engine(&s.swarm, ServingPolicy::Factors, one);
+    let receivers: Vec<_> = jobs
+        .iter()
+        .map(|j| engine.submit(j.clone()).unwrap())
+        .collect();
+    gate.send(()).unwrap();
+    let together = futures_util::future::join_all(receivers.into_iter().map(collect)).await;
+    assert_eq!(together, alone);
+    let longest = alone.iter().map(|(_, n)| *n).max().unwrap() as u64;
+    let total: u64 = alone.iter().map(|(_, n)| *n as u64).sum();
+    assert!(longest < total, "the jobs are too short to share steps");
+    assert_eq!(passes_after(&engine, longest).await, longest);
+    assert_eq!(engine.status().elites_resident, 0);
+
+    // A job that arrives while its elite's rows run joins them in the middle of the mixed
+    // batch (the first elite's group, before the others'): its text is still its own.
+    let (engine, gate) = gated_engine(&s.swarm, ServingPolicy::Factors, one);
+    let mut receivers: Vec<_> = jobs[..3]
+        .iter()
+        .map(|j| engine.submit(j.clone()).unwrap())
+        .collect();
+    gate.send(()).unwrap();
+    let mut head = String::new();
+    while head.split_whitespace().count() < 2 {
+        match receivers[0].recv().await.unwrap() {
+            Event::Text { text, .. } => head.push_str(&text),
+            Event::Started { .. } => {}
+            e => panic!("the first job ended early: {e:?}"),
+        }
+    }
+    receivers.push(engine.submit(jobs[3].clone()).unwrap());
+    let mut joined = futures_util::future::join_all(receivers.into_iter().map(collect)).await;
+    joined[0].0.insert_str(0, &head);
+    assert_eq!(joined, alone);
+}
+
+#[tokio::test]
+async fn an_elite_materialised_while_its_rows_run_from_factors_keeps_their_text() {
+    let (s, ids) = build_swarm(Rank::Full);
+    let one = swarm_serve::model_bytes(&tiny_config(), Precision::F32);
+    let first = sampled(&ids[0], vec![5, 17, 33, 8, 41], 24, 11);
+    let other = sampled(&ids[1], vec![9, 12, 40], 24, 12);
+    let second = sampled(&ids[0], vec![44, 45, 46, 47], 8, 13);
+    let (engine, gate) = gated_engine(&s.swarm, ServingPolicy::Factors, one);
+    gate.send(()).unwrap();
+    common::wait_ready(&engine).await;
+    let mut alone = Vec::new();
+    for job in [&first, &other, &second] {
+        alone.push(collect(engine.submit(job.clone()).unwrap()).await);
+    }
+
+    // `Auto` materialises an elite after 2 tokens: `first` and `other` start from factors
+    // in the mixed batch; `second`, submitted once `first` has generated 3 tokens (2 decode
+    // steps), finds its elite hot and materialises it (a dense batch of its own) while
+    // `first` still runs from factors.
+    let auto = ServingPolicy::Auto {
+        materialise_after: 2,
+    };
+    let (engine, gate) = gated_engine(&s.swarm, auto, one);
+    let mut rx_first = engine.submit(first).unwrap();
+    let rx_other = engine.submit(other).unwrap();
+    gate.send(()).unwrap();
+    let mut text = String::new();
+    let mut tokens = 0;
+    while tokens < 3 {
+        match rx_first.recv().await.unwrap() {
+            Event::Started { .. } => {}
+            Event::Text { text: t, .. } => {
+                text.push_str(&t);
+                tokens += 1;
+            }
+            e => panic!("`first` ended after {tokens} tokens: {e:?}"),
+        }
+    }
+    let rx_second = engine.submit(second).unwrap();
+    let (rest, n) = collect(rx_first).await;
+    text.push_str(&rest);
+    assert_eq!((text, n), alone[0]);
+    assert_eq!(collect(rx_other).await, alone[1]);
+    assert_eq!(collect(rx_second).await, alone[2]);
+    assert_eq!(engine.status().elites_resident, 1);
 }
