@@ -211,7 +211,7 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
     ));
     s.push_str(&format!(
         "Model: Llama architecture, {} layers, hidden {}, MLP {}, {} heads ({} KV), tied \
-         embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus; {} \
+         embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus{}; {} \
          parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
          training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
          of their skill, plus {:.0}% of their sequences replayed from the base's mix (rehearsal). \
@@ -222,6 +222,11 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         spec.num_heads,
         spec.num_kv_heads,
         first.vocab_size,
+        if spec.split_digits {
+            " (digits split one per token)"
+        } else {
+            ""
+        },
         first.parameters,
         spec.base.steps,
         spec.base.batch_size,
