@@ -25,8 +25,9 @@ use crate::factor::check_same_tensors;
 use crate::merge::linear::{accumulate, finish, linear_scale};
 use crate::merge::plan::{MergePlan, PlanKind};
 use crate::merge::slerp::{combine, SlerpSums};
-use crate::merge::stream::{TensorInput, CHUNK};
-use crate::merge::task_arithmetic::{GtaMixer, GtaParams, MixWork};
+use crate::merge::sparsify::PlanScratch;
+use crate::merge::stream::{ReadScratch, TensorInput, CHUNK};
+use crate::merge::task_arithmetic::{GtaMixer, GtaParams, MixWork, Sparsify};
 use crate::reader::SafetensorsReader;
 use crate::writer::{parse_dtype, torch_dtype_name, HfDirWriter, TensorSpec};
 
@@ -213,30 +214,87 @@ fn write_metadata(staging: &Path, reference: &InputModel, out_dtype: DType) -> R
 /// Output chunks mixed in parallel per block handed to the writer.
 const PIECES: usize = 4;
 
-/// One parallel piece's buffers in the mixing pass of task arithmetic, TIES and DARE.
+/// One parallel piece's buffers in the mixing pass of linear, task arithmetic, TIES and DARE.
 #[derive(Default)]
 struct Piece {
-    /// One chunk of each task vector.
+    /// One chunk of each task vector (linear: the first holds one input's chunk).
     deltas: Vec<Vec<f32>>,
+    /// Linear: the f64 sums of one chunk.
+    acc: Vec<f64>,
     work: MixWork,
     bytes: Vec<u8>,
 }
 
-/// Buffers reused from tensor to tensor.
+/// Buffers reused from tensor to tensor (fresh buffers are fresh pages to fault in).
 #[derive(Default)]
 struct Scratch {
-    acc: Vec<f64>,
     x: Vec<f32>,
     y: Vec<f32>,
-    /// TIES: one tensor's magnitudes.
-    mags: Vec<u32>,
+    /// Planning buffers (TIES: one tensor's magnitudes).
+    plan: PlanScratch,
+    /// Raw bytes of the sequential reads (SLERP).
+    bytes: Vec<u8>,
+    /// Kept task vectors: per chunk, one chunk of each (see [`merge_cached_task_vectors`]).
+    deltas: Vec<Vec<Vec<f32>>>,
+    /// Bytes the kept task vectors may take.
+    cache_budget: usize,
     pieces: Vec<Piece>,
 }
 
-/// Task arithmetic, TIES and DARE on one tensor: a planning pass per sparsified task
-/// vector (its threshold or mask), then one pass that reads a chunk of the base and of every
-/// model, mixes it and writes it. Both passes work on several chunks at once, one per rayon
-/// thread; each output entry is computed exactly as a sequential pass would.
+/// Linear on one tensor: the weighted sum of a chunk of every input, in f64, several chunks at
+/// once (one per rayon thread), each output entry computed exactly as a sequential pass would.
+fn merge_linear(
+    plan: &MergePlan,
+    normalize: bool,
+    name: &str,
+    inputs: &[TensorInput],
+    writer: &mut HfDirWriter,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let weights: Vec<f64> = plan.models.iter().map(|m| m.weight).collect();
+    let scale = linear_scale(name, &weights, normalize)?;
+    let pieces = &mut scratch.pieces;
+    pieces.resize_with(PIECES, Piece::default);
+    for p in pieces.iter_mut() {
+        if p.deltas.is_empty() {
+            p.deltas.push(Vec::new());
+        }
+    }
+    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
+        block
+            .par_chunks_mut(CHUNK)
+            .zip(pieces.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(c, (out, p))| {
+                let start = block_start + c * CHUNK;
+                let len = out.len();
+                let Piece {
+                    deltas, acc, bytes, ..
+                } = p;
+                let x = &mut deltas[0];
+                acc.clear();
+                acc.resize(len, 0.0);
+                x.resize(len, 0.0);
+                for (input, w) in inputs.iter().zip(&weights) {
+                    input.read_shared(start, &mut x[..len], bytes)?;
+                    accumulate(acc, &x[..len], *w);
+                }
+                finish(out, acc, scale);
+                Ok(())
+            })
+    })
+}
+
+/// Task arithmetic, TIES and DARE on one tensor: the plan of each sparsified task vector (its
+/// threshold or mask), then one pass that mixes a chunk of every task vector into the base's
+/// and writes it. Every pass works on several chunks at once, one per rayon thread; each
+/// output entry is computed exactly as a sequential pass would.
+///
+/// When planning reads the task vectors (TIES; DARE with `rescale`) and they fit in
+/// [`Scratch::cache_budget`], they are computed once, from one read of the base and of every
+/// model, and kept for the plans and the mix, which then reads only the base again: 1 + E + 1
+/// tensor reads instead of 3E + 1 for E models. Otherwise each plan reads the base and its
+/// model, and the mix reads them all again.
 #[allow(clippy::too_many_arguments)]
 fn merge_task_vectors(
     plan: &MergePlan,
@@ -250,14 +308,27 @@ fn merge_task_vectors(
 ) -> Result<()> {
     let experts: Vec<(f64, f64)> = plan.models.iter().map(|m| (m.weight, m.density)).collect();
     let mut rng = tensor_rng(plan.seed, name);
-    let Scratch { mags, pieces, .. } = scratch;
+    let planning_reads = experts.iter().any(|(_, density)| *density < 1.0)
+        && match params.sparsify {
+            Some(Sparsify::Magnitude) => true,
+            Some(Sparsify::Random) => params.rescale,
+            None => false,
+        };
+    let cache_bytes = inputs.len() * n * std::mem::size_of::<f32>();
+    if planning_reads && cache_bytes <= scratch.cache_budget {
+        return merge_cached_task_vectors(
+            params, name, n, &experts, &mut rng, base, inputs, writer, scratch,
+        );
+    }
+    let Scratch { plan, pieces, .. } = scratch;
     let mixer = GtaMixer::plan(
         name,
         n,
         params,
         &experts,
         &mut rng,
-        mags,
+        plan,
+        None,
         |i, start, chunk, s| {
             let len = chunk.len();
             s.values.resize(len, 0.0);
@@ -291,6 +362,95 @@ fn merge_task_vectors(
                         .for_each(|(x, b)| *x -= b);
                 }
                 mixer.mix_chunk(start, out, &mut p.deltas, &mut p.work);
+                Ok(())
+            })
+    })
+}
+
+/// [`merge_task_vectors`] with the task vectors kept: one pass reads a chunk of the base and
+/// of every model and keeps the chunk of each task vector (δ = model − base, the same f32
+/// subtraction as the uncached path, so the same bits); the plans read the kept chunks; the
+/// mix reads the base's chunk once more and trims the kept ones in place.
+#[allow(clippy::too_many_arguments)]
+fn merge_cached_task_vectors(
+    params: &GtaParams,
+    name: &str,
+    n: usize,
+    experts: &[(f64, f64)],
+    rng: &mut ChaCha8Rng,
+    base: &TensorInput,
+    inputs: &[TensorInput],
+    writer: &mut HfDirWriter,
+    scratch: &mut Scratch,
+) -> Result<()> {
+    let Scratch {
+        plan,
+        pieces,
+        deltas,
+        ..
+    } = scratch;
+    let chunks = n.div_ceil(CHUNK);
+    // Grown to the largest tensor and kept: fresh buffers are fresh pages to fault in.
+    if deltas.len() < chunks {
+        deltas.resize_with(chunks, Vec::new);
+    }
+    let cache = &mut deltas[..chunks];
+    {
+        let plan = &*plan;
+        cache.par_iter_mut().enumerate().try_for_each_init(
+            || plan.read_scratch(),
+            |s, (c, kept)| {
+                let start = c * CHUNK;
+                let len = CHUNK.min(n - start);
+                let ReadScratch { values, bytes } = &mut **s;
+                values.resize(len, 0.0);
+                base.read_shared(start, values, bytes)?;
+                kept.resize_with(inputs.len(), Vec::new);
+                for (input, d) in inputs.iter().zip(kept.iter_mut()) {
+                    d.resize(len, 0.0);
+                    input.read_shared(start, d, bytes)?;
+                    d.iter_mut().zip(values.iter()).for_each(|(x, b)| *x -= b);
+                }
+                Ok::<_, MergeError>(())
+            },
+        )?;
+    }
+    let mixer = {
+        let cache = &*cache;
+        GtaMixer::plan(
+            name,
+            n,
+            params,
+            experts,
+            rng,
+            plan,
+            Some(cache),
+            |i, start, chunk, _| {
+                // DARE's rescale asks for whole chunks, which are the kept ones.
+                let kept = cache
+                    .get(start / CHUNK)
+                    .and_then(|k| k.get(i))
+                    .and_then(|d| d.get(..chunk.len()))
+                    .ok_or_else(|| {
+                        MergeError::tensor(name, format!("no kept task vector {i} at {start}"))
+                    })?;
+                chunk.copy_from_slice(kept);
+                Ok(())
+            },
+        )?
+    };
+    pieces.resize_with(PIECES, Piece::default);
+    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
+        let first = block_start / CHUNK;
+        block
+            .par_chunks_mut(CHUNK)
+            .zip(cache[first..].par_iter_mut())
+            .zip(pieces.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(c, ((out, kept), p))| {
+                let start = block_start + c * CHUNK;
+                base.read_shared(start, out, &mut p.bytes)?;
+                mixer.mix_chunk(start, out, kept, &mut p.work);
                 Ok(())
             })
     })
@@ -336,31 +496,30 @@ pub fn run_with(
     let total = specs.len();
     let mut bytes_written = 0usize;
     let mut writer = HfDirWriter::create(out_dir, specs.clone(), options.overwrite)?;
-    let mut scratch = Scratch::default();
+    // One model's f32 size less its largest tensor: with the largest tensor's magnitudes (an
+    // uncached TIES tensor) and a few chunks on top, a merge stays below one model plus one
+    // tensor.
+    let tensor_bytes =
+        |s: &TensorSpec| s.shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+    let model_bytes: usize = specs.iter().map(tensor_bytes).sum();
+    let largest = specs.iter().map(tensor_bytes).max().unwrap_or(0);
+    #[cfg(test)]
+    let largest =
+        tests::CACHE_BUDGET_OVERRIDE.with(|o| o.get().map_or(largest, |b| model_bytes - b));
+    let mut scratch = Scratch {
+        cache_budget: model_bytes - largest,
+        ..Scratch::default()
+    };
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name.as_str();
         let n: usize = spec.shape.iter().product();
-        let mut inputs: Vec<TensorInput> = models
+        let inputs: Vec<TensorInput> = models
             .iter()
             .map(|m| m.tensor(name, plan.dtype))
             .collect::<Result<_>>()?;
         match &plan.kind {
             PlanKind::Linear { normalize } => {
-                let weights: Vec<f64> = plan.models.iter().map(|m| m.weight).collect();
-                let scale = linear_scale(name, &weights, *normalize)?;
-                let (acc, x) = (&mut scratch.acc, &mut scratch.x);
-                writer.write_f32_chunks(name, CHUNK, |start, out| {
-                    let len = out.len();
-                    acc.clear();
-                    acc.resize(len, 0.0);
-                    x.resize(len, 0.0);
-                    for (input, w) in inputs.iter_mut().zip(&weights) {
-                        input.read(start, &mut x[..len])?;
-                        accumulate(acc, &x[..len], *w);
-                    }
-                    finish(out, acc, scale);
-                    Ok(())
-                })?;
+                merge_linear(plan, *normalize, name, &inputs, &mut writer, &mut scratch)?;
             }
             PlanKind::TaskArithmetic(params) => {
                 let base_m = base.as_ref().ok_or_else(|| {
@@ -382,28 +541,28 @@ pub fn run_with(
                 let base_m = base
                     .as_ref()
                     .ok_or_else(|| MergeError::Config("slerp needs a base model".to_string()))?;
-                let mut base_t = base_m.tensor(name, plan.dtype)?;
+                let base_t = base_m.tensor(name, plan.dtype)?;
                 let other = inputs
-                    .first_mut()
+                    .first()
                     .ok_or_else(|| MergeError::Config("slerp needs a second model".to_string()))?;
                 // Two passes: the norms and the angle, then the output.
-                let (v0, v1) = (&mut scratch.x, &mut scratch.y);
+                let (v0, v1, bytes) = (&mut scratch.x, &mut scratch.y, &mut scratch.bytes);
                 v0.resize(CHUNK.min(n), 0.0);
                 v1.resize(CHUNK.min(n), 0.0);
                 let mut sums = SlerpSums::default();
                 let mut start = 0;
                 while start < n {
                     let len = CHUNK.min(n - start);
-                    base_t.read(start, &mut v0[..len])?;
-                    other.read(start, &mut v1[..len])?;
+                    base_t.read_shared(start, &mut v0[..len], bytes)?;
+                    other.read_shared(start, &mut v1[..len], bytes)?;
                     sums.add(&v0[..len], &v1[..len]);
                     start += len;
                 }
                 let c = sums.coefficients(*t);
                 writer.write_f32_chunks(name, CHUNK, |start, out| {
                     let len = out.len();
-                    base_t.read(start, &mut v0[..len])?;
-                    other.read(start, &mut v1[..len])?;
+                    base_t.read_shared(start, &mut v0[..len], bytes)?;
+                    other.read_shared(start, &mut v1[..len], bytes)?;
                     combine(out, &v0[..len], &v1[..len], c);
                     Ok(())
                 })?;
@@ -503,6 +662,38 @@ mod tests {
         let ta_dir = f.dir.path().join("ta");
         assert!(ta_dir.join("tokenizer.json").exists());
         LlamaConfig::from_file(&ta_dir.join("config.json")).unwrap();
+    }
+
+    thread_local! {
+        /// A cache budget for merges run on this thread (0: never keep task vectors).
+        pub(super) static CACHE_BUDGET_OVERRIDE: std::cell::Cell<Option<usize>> =
+            const { std::cell::Cell::new(None) };
+    }
+
+    /// Kept task vectors and re-read ones give the same bits, for every method that plans.
+    #[test]
+    fn kept_and_reread_task_vectors_give_the_same_output() {
+        let f = fixture();
+        for (method, params) in [
+            ("ties", ""),
+            ("ties", "parameters: {rescale: true}\n"),
+            ("dare_ties", ""),
+            ("dare_linear", ""),
+        ] {
+            let body = format!(
+                "merge_method: {method}\nbase_model: $D/base\nmodels:\n  - model: $D/a\n    parameters: {{weight: 0.7, density: 0.3}}\n  - model: $D/b\n    parameters: {{weight: 0.4, density: 0.6}}\n{params}"
+            );
+            let mut outputs = Vec::new();
+            for budget in [None, Some(0)] {
+                CACHE_BUDGET_OVERRIDE.with(|o| o.set(budget));
+                let out = format!("{method}-{}-{budget:?}", params.len());
+                merge(&f, &body, &out).unwrap();
+                outputs
+                    .push(std::fs::read(f.dir.path().join(out).join("model.safetensors")).unwrap());
+            }
+            CACHE_BUDGET_OVERRIDE.with(|o| o.set(None));
+            assert!(outputs[0] == outputs[1], "{method} {params}");
+        }
     }
 
     #[test]

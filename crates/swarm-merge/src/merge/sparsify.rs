@@ -16,6 +16,9 @@
 //! histograms are added up, L1 norms are summed per chunk and then in chunk order, and DARE's
 //! draw for entry `i` is word `i` of the RNG's stream, wherever it is drawn.
 
+use std::ops::{Deref, DerefMut};
+use std::sync::Mutex;
+
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -76,20 +79,107 @@ fn keep_or_zero(v: f32, keep: bool) -> f32 {
 /// Chunks a parallel job takes at least, so that a small tensor is one job.
 const MIN_CHUNKS_PER_JOB: usize = 2;
 
-/// An empty histogram of 16-bit keys.
-fn histogram() -> Vec<u32> {
-    vec![0u32; 1 << 16]
+/// Buffers of the planning passes, kept from tensor to tensor by the caller. Why: the
+/// parallel jobs used to allocate their histograms and read buffers afresh, and fresh memory
+/// is fresh pages to fault in and zero; `perf` of a TIES merge of SmolLM2-sized models put a
+/// quarter of its time in those page faults.
+#[derive(Default)]
+pub(crate) struct PlanScratch {
+    /// One tensor's magnitudes (TIES), grown to the largest tensor and never shrunk.
+    mags: Vec<u32>,
+    pools: Pools,
 }
 
-fn add_histograms(mut a: Vec<u32>, b: Vec<u32>) -> Vec<u32> {
-    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+impl PlanScratch {
+    /// A read buffer lent to a parallel job, given back when dropped.
+    pub(crate) fn read_scratch(&self) -> Lease<'_, ReadScratch> {
+        self.pools.read()
+    }
+}
+
+/// Buffers lent to the parallel jobs of a pass and given back when a job's [`Lease`] drops.
+#[derive(Default)]
+struct Pools {
+    /// [`CHUNK`]-long `u32` buffers: histograms of 16-bit keys, or DARE's draws.
+    words: Mutex<Vec<Vec<u32>>>,
+    reads: Mutex<Vec<ReadScratch>>,
+}
+
+/// A buffer lent from a pool; it goes back when dropped.
+pub(crate) struct Lease<'a, T: Default> {
+    pool: &'a Mutex<Vec<T>>,
+    item: T,
+}
+
+impl<'a, T: Default> Lease<'a, T> {
+    /// A pooled buffer (stale contents), or a new one if the pool is empty. A poisoned pool
+    /// (a job panicked) only costs the reuse.
+    fn take(pool: &'a Mutex<Vec<T>>) -> Self {
+        let item = pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default();
+        Lease { pool, item }
+    }
+}
+
+impl<T: Default> Drop for Lease<'_, T> {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.lock() {
+            pool.push(std::mem::take(&mut self.item));
+        }
+    }
+}
+
+impl<T: Default> Deref for Lease<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.item
+    }
+}
+
+impl<T: Default> DerefMut for Lease<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.item
+    }
+}
+
+impl Pools {
+    /// An empty histogram of 16-bit keys.
+    fn histogram(&self) -> Lease<'_, Vec<u32>> {
+        let mut h = self.words(1 << 16);
+        h.fill(0);
+        h
+    }
+
+    /// `len` words, with stale contents.
+    fn words(&self, len: usize) -> Lease<'_, Vec<u32>> {
+        let mut w = Lease::take(&self.words);
+        w.resize(len, 0);
+        w
+    }
+
+    fn read(&self) -> Lease<'_, ReadScratch> {
+        Lease::take(&self.reads)
+    }
+}
+
+fn add_histograms<'a>(mut a: Lease<'a, Vec<u32>>, b: Lease<'a, Vec<u32>>) -> Lease<'a, Vec<u32>> {
+    a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y);
     a
 }
 
-/// Pass 2 of the radix select over some magnitudes (as bits): counts the low 16 bits of
-/// those in bucket `top` (top 16 bits) into `low`, and returns the L1 norm of those in the
-/// buckets above it when `rescale` (else 0).
-fn tally_bucket(mags: &[u32], top: u32, rescale: bool, low: &mut [u32]) -> f64 {
+/// Pass 2 of the radix select over some magnitudes (`bits(v)` is the bits of `|v|`): counts
+/// the low 16 bits of those in bucket `top` (top 16 bits) into `low`, and returns the L1
+/// norm of those in the buckets above it when `rescale` (else 0).
+fn tally_bucket<T: Copy>(
+    values: &[T],
+    bits: impl Fn(T) -> u32,
+    top: u32,
+    rescale: bool,
+    low: &mut [u32],
+) -> f64 {
     let mut one = |lane: &mut f64, bits: u32| {
         let hi = bits >> 16;
         if hi == top {
@@ -104,16 +194,22 @@ fn tally_bucket(mags: &[u32], top: u32, rescale: bool, low: &mut [u32]) -> f64 {
     };
     // Four partial sums, so the adds do not wait on each other.
     let mut lanes = [0f64; 4];
-    let mut quads = mags.chunks_exact(4);
+    let mut quads = values.chunks_exact(4);
     for q in &mut quads {
-        for (lane, bits) in lanes.iter_mut().zip(q) {
-            one(lane, *bits);
+        for (lane, v) in lanes.iter_mut().zip(q) {
+            one(lane, bits(*v));
         }
     }
-    for bits in quads.remainder() {
-        one(&mut lanes[0], *bits);
+    for v in quads.remainder() {
+        one(&mut lanes[0], bits(*v));
     }
     lanes.iter().sum()
+}
+
+/// The bits of `|v|`, which for non-negative floats order like the values.
+#[inline]
+fn magnitude_bits(v: f32) -> u32 {
+    v.abs().to_bits()
 }
 
 /// The index of the bucket holding the `rank`-th largest entry (1-based) counting from the
@@ -142,13 +238,13 @@ impl Keep {
     /// TIES trimming of a task vector of `n` entries: keeps the `k = ⌊density · n⌋` of
     /// largest magnitude. `delta(start, chunk, scratch)` fills entries
     /// `start..start + chunk.len()`; it is called from several threads at once, each chunk
-    /// once. `mags` is scratch for `n` magnitudes, reused between calls.
+    /// once. `scratch` holds the buffers, reused between calls.
     pub(crate) fn plan_magnitude(
         name: &str,
         n: usize,
         density: f64,
         rescale: bool,
-        mags: &mut Vec<u32>,
+        scratch: &mut PlanScratch,
         delta: impl Fn(usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<Keep> {
         if density >= 1.0 {
@@ -163,8 +259,13 @@ impl Keep {
         }
         // Pass 1, chunks in parallel: magnitudes (as bits), their top-16-bit histogram (one
         // per job, added up) and each chunk's L1 norm.
-        mags.clear();
-        mags.resize(n, 0);
+        let PlanScratch { mags, pools } = scratch;
+        let pools = &*pools;
+        // Every entry is written below: only growth needs initialising.
+        if mags.len() < n {
+            mags.resize(n, 0);
+        }
+        let mags = &mut mags[..n];
         let mut norms = vec![0f64; n.div_ceil(CHUNK)];
         let high = mags
             .par_chunks_mut(CHUNK)
@@ -172,7 +273,7 @@ impl Keep {
             .enumerate()
             .with_min_len(MIN_CHUNKS_PER_JOB)
             .try_fold(
-                || (histogram(), ReadScratch::default()),
+                || (pools.histogram(), pools.read()),
                 |(mut high, mut scratch), (c, (mags, norm))| {
                     let mut values = std::mem::take(&mut scratch.values);
                     values.resize(mags.len(), 0.0);
@@ -181,7 +282,7 @@ impl Keep {
                         *norm = l1_norm(&values);
                     }
                     for (bits, v) in mags.iter_mut().zip(&values) {
-                        *bits = v.abs().to_bits();
+                        *bits = magnitude_bits(*v);
                         high[(*bits >> 16) as usize] += 1;
                     }
                     scratch.values = values;
@@ -189,80 +290,82 @@ impl Keep {
                 },
             )
             .map(|r| r.map(|(high, _)| high))
-            .try_reduce(histogram, |a, b| Ok(add_histograms(a, b)))?;
-        // Summed in chunk order, as one sequential pass would: the same f64 on every run.
-        let before: f64 = norms.iter().sum();
-        // Pass 2, over the magnitudes in parallel: the low-16-bit histogram of the k-th
-        // value's bucket, and (for the rescale) each chunk's L1 norm of everything above it.
-        let (top, above_top) = bucket_of_rank(&high, k);
-        let top = top as u32;
-        let low = mags
-            .par_chunks(CHUNK)
-            .zip(norms.par_iter_mut())
+            .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
+        let mags = &*mags;
+        select_largest(
+            n,
+            k,
+            rescale,
+            &high,
+            norms,
+            pools,
+            |c| Ok(&mags[c * CHUNK..]),
+            |bits| bits,
+        )
+    }
+
+    /// [`plan_magnitude`](Self::plan_magnitude) of a task vector kept in memory in chunks:
+    /// `chunk(c)` gives entries `c·CHUNK..` (at most [`CHUNK`] of them). The magnitudes are
+    /// taken from the kept values, so no copy of them is made.
+    pub(crate) fn plan_magnitude_kept<'a>(
+        name: &str,
+        n: usize,
+        density: f64,
+        rescale: bool,
+        scratch: &PlanScratch,
+        chunk: impl Fn(usize) -> Result<&'a [f32]> + Sync,
+    ) -> Result<Keep> {
+        if density >= 1.0 {
+            return Ok(Keep::all());
+        }
+        let k = (density * n as f64) as usize;
+        if k == 0 {
+            return Err(MergeError::tensor(
+                name,
+                format!("density {density} keeps none of its {n} entries"),
+            ));
+        }
+        let pools = &scratch.pools;
+        // Pass 1, as in `plan_magnitude`: the top-16-bit histogram and each chunk's L1 norm.
+        let mut norms = vec![0f64; n.div_ceil(CHUNK)];
+        let high = norms
+            .par_iter_mut()
+            .enumerate()
             .with_min_len(MIN_CHUNKS_PER_JOB)
-            .fold(histogram, |mut low, (mags, above)| {
-                *above = tally_bucket(mags, top, rescale, &mut low);
-                low
-            })
-            .reduce(histogram, add_histograms);
-        let kept_above: f64 = norms.iter().sum();
-        let (bottom, above_bottom) = bucket_of_rank(&low, k - above_top);
-        let threshold = (top << 16) | bottom as u32;
-        let ties = low[bottom] as usize;
-        let ties_kept = k - above_top - above_bottom;
-        // Ties at the threshold: keep the first `ties_kept` in index order.
-        let tie_cutoff = if ties_kept >= ties {
-            n
-        } else {
-            let mut seen = 0;
-            let mut cutoff = n;
-            for (i, bits) in mags.iter().enumerate() {
-                if *bits == threshold {
-                    seen += 1;
-                    if seen == ties_kept {
-                        cutoff = i + 1;
-                        break;
+            .try_fold(
+                || pools.histogram(),
+                |mut high, (c, norm)| {
+                    let values = chunk(c)?;
+                    if rescale {
+                        *norm = l1_norm(values);
                     }
-                }
-            }
-            cutoff
-        };
-        let scale = if rescale {
-            // The entries of one low bucket all have the same value, so their sum is the
-            // count times the value (exactly: fewer than 2²⁹ of them).
-            let in_top_above_bottom: f64 = (bottom + 1..1 << 16)
-                .map(|lo| low[lo] as f64 * f32::from_bits((top << 16) | lo as u32) as f64)
-                .sum();
-            let after = kept_above
-                + in_top_above_bottom
-                + ties_kept as f64 * f32::from_bits(threshold) as f64;
-            l1_scale(before, after)
-        } else {
-            1.0
-        };
-        Ok(Keep {
-            rule: KeepRule::Largest {
-                threshold,
-                tie_cutoff,
-            },
-            scale,
-        })
+                    for v in values {
+                        high[(magnitude_bits(*v) >> 16) as usize] += 1;
+                    }
+                    Ok::<_, MergeError>(high)
+                },
+            )
+            .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
+        select_largest(n, k, rescale, &high, norms, pools, chunk, magnitude_bits)
     }
 
     /// DARE: keeps each of `n` entries with probability `density`, drawing one `u32` per
     /// entry from `rng`: entry `i`'s draw is word `i` of the stream from `rng`'s position,
     /// which is left `n` words on, whichever thread draws it. `delta` (as for
-    /// [`plan_magnitude`](Self::plan_magnitude)) is read only when `rescale` needs the norms.
+    /// [`plan_magnitude`](Self::plan_magnitude)) is read only when `rescale` needs the norms;
+    /// `scratch` lends the jobs their buffers.
     pub(crate) fn plan_random(
         n: usize,
         density: f64,
         rescale: bool,
         rng: &mut ChaCha8Rng,
+        scratch: &mut PlanScratch,
         delta: impl Fn(usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<Keep> {
         if density >= 1.0 {
             return Ok(Keep::all());
         }
+        let pools = &scratch.pools;
         // Keep when a uniform u32 is below density · 2³².
         let below = (density.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
         let mut mask = vec![0u64; n.div_ceil(64)];
@@ -272,7 +375,7 @@ impl Keep {
             .enumerate()
             .with_min_len(MIN_CHUNKS_PER_JOB)
             .for_each_init(
-                || (rng.clone(), Vec::new()),
+                || (rng.clone(), pools.words(CHUNK)),
                 |(rng, draws), (c, words)| {
                     let start = c * CHUNK;
                     rng.set_word_pos(origin + start as u128);
@@ -294,17 +397,20 @@ impl Keep {
                 .par_iter_mut()
                 .enumerate()
                 .with_min_len(MIN_CHUNKS_PER_JOB)
-                .try_for_each_init(ReadScratch::default, |scratch, (c, norm)| {
-                    let start = c * CHUNK;
-                    let mut values = std::mem::take(&mut scratch.values);
-                    values.resize(CHUNK.min(n - start), 0.0);
-                    delta(start, &mut values, scratch)?;
-                    let before = l1_norm(&values);
-                    Keep::apply_mask(&mask[start / 64..], &mut values);
-                    *norm = (before, l1_norm(&values));
-                    scratch.values = values;
-                    Ok::<_, MergeError>(())
-                })?;
+                .try_for_each_init(
+                    || pools.read(),
+                    |scratch, (c, norm)| {
+                        let start = c * CHUNK;
+                        let mut values = std::mem::take(&mut scratch.values);
+                        values.resize(CHUNK.min(n - start), 0.0);
+                        delta(start, &mut values, scratch)?;
+                        let before = l1_norm(&values);
+                        Keep::apply_mask(&mask[start / 64..], &mut values);
+                        *norm = (before, l1_norm(&values));
+                        scratch.values = values;
+                        Ok::<_, MergeError>(())
+                    },
+                )?;
             let before: f64 = norms.iter().map(|x| x.0).sum();
             let after: f64 = norms.iter().map(|x| x.1).sum();
             l1_scale(before, after)
@@ -362,6 +468,89 @@ impl Keep {
     }
 }
 
+/// The end of TIES trimming, after pass 1 gave the top-16-bit histogram `high` of the
+/// magnitudes and each chunk's L1 norm (`norms`, when `rescale`): finds the k-th largest
+/// magnitude and how many of its ties to keep. `chunk(c)` gives entries `c·CHUNK..` (at least
+/// [`CHUNK`] of them but in the last chunk; only the first [`CHUNK`] are used) and `bits(v)`
+/// the bits of `|v|`.
+#[allow(clippy::too_many_arguments)]
+fn select_largest<'a, T: Copy + Sync + 'a>(
+    n: usize,
+    k: usize,
+    rescale: bool,
+    high: &[u32],
+    mut norms: Vec<f64>,
+    pools: &Pools,
+    chunk: impl Fn(usize) -> Result<&'a [T]> + Sync,
+    bits: impl Fn(T) -> u32 + Sync,
+) -> Result<Keep> {
+    // Summed in chunk order, as one sequential pass would: the same f64 on every run.
+    let before: f64 = norms.iter().sum();
+    // Pass 2, over the magnitudes in parallel: the low-16-bit histogram of the k-th
+    // value's bucket, and (for the rescale) each chunk's L1 norm of everything above it.
+    let (top, above_top) = bucket_of_rank(high, k);
+    let top = top as u32;
+    let low = norms
+        .par_iter_mut()
+        .enumerate()
+        .with_min_len(MIN_CHUNKS_PER_JOB)
+        .try_fold(
+            || pools.histogram(),
+            |mut low, (c, above)| {
+                let values = chunk(c)?;
+                let values = &values[..values.len().min(CHUNK)];
+                *above = tally_bucket(values, &bits, top, rescale, &mut low);
+                Ok::<_, MergeError>(low)
+            },
+        )
+        .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
+    let kept_above: f64 = norms.iter().sum();
+    let (bottom, above_bottom) = bucket_of_rank(&low, k - above_top);
+    let threshold = (top << 16) | bottom as u32;
+    let ties = low[bottom] as usize;
+    let ties_kept = k - above_top - above_bottom;
+    // Ties at the threshold: keep the first `ties_kept` in index order.
+    let tie_cutoff = if ties_kept >= ties {
+        n
+    } else {
+        let mut seen = 0;
+        let mut cutoff = n;
+        'chunks: for c in 0..n.div_ceil(CHUNK) {
+            let values = chunk(c)?;
+            let values = &values[..values.len().min(CHUNK)];
+            for (j, v) in values.iter().enumerate() {
+                if bits(*v) == threshold {
+                    seen += 1;
+                    if seen == ties_kept {
+                        cutoff = c * CHUNK + j + 1;
+                        break 'chunks;
+                    }
+                }
+            }
+        }
+        cutoff
+    };
+    let scale = if rescale {
+        // The entries of one low bucket all have the same value, so their sum is the
+        // count times the value (exactly: fewer than 2²⁹ of them).
+        let in_top_above_bottom: f64 = (bottom + 1..1 << 16)
+            .map(|lo| low[lo] as f64 * f32::from_bits((top << 16) | lo as u32) as f64)
+            .sum();
+        let after =
+            kept_above + in_top_above_bottom + ties_kept as f64 * f32::from_bits(threshold) as f64;
+        l1_scale(before, after)
+    } else {
+        1.0
+    };
+    Ok(Keep {
+        rule: KeepRule::Largest {
+            threshold,
+            tie_cutoff,
+        },
+        scale,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,7 +572,7 @@ mod tests {
             d.len(),
             density,
             rescale,
-            &mut Vec::new(),
+            &mut PlanScratch::default(),
             from_slice(&orig),
         )?;
         keep.apply(0, d);
@@ -446,7 +635,15 @@ mod tests {
         let keeps: Vec<(Keep, f64)> = [0.5, 0.3]
             .into_iter()
             .map(|p| {
-                let keep = Keep::plan_random(n, p, false, &mut rng, from_slice(&ones)).unwrap();
+                let keep = Keep::plan_random(
+                    n,
+                    p,
+                    false,
+                    &mut rng,
+                    &mut PlanScratch::default(),
+                    from_slice(&ones),
+                )
+                .unwrap();
                 (keep, p)
             })
             .collect();
@@ -470,7 +667,15 @@ mod tests {
         let orig: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
         for density in [0.1, 0.5, 0.9] {
             let mut d = orig.clone();
-            let keep = Keep::plan_random(n, density, true, &mut rng, from_slice(&orig)).unwrap();
+            let keep = Keep::plan_random(
+                n,
+                density,
+                true,
+                &mut rng,
+                &mut PlanScratch::default(),
+                from_slice(&orig),
+            )
+            .unwrap();
             // Applied in two uneven pieces, as a chunked merge would.
             let (a, b) = d.split_at_mut(777);
             keep.apply(0, a);

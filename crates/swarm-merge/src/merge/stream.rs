@@ -29,8 +29,6 @@ pub(crate) enum TensorInput<'a> {
         reader: &'a SafetensorsReader,
         name: &'a str,
         round_to: Option<DType>,
-        /// Raw bytes of 16-bit tensors, reused across reads.
-        bytes: Vec<u8>,
     },
     Loaded {
         name: &'a str,
@@ -52,7 +50,6 @@ impl<'a> TensorInput<'a> {
                 reader,
                 name,
                 round_to,
-                bytes: Vec::new(),
             });
         }
         let mut t = source.load(name, &Device::Cpu)?;
@@ -65,22 +62,10 @@ impl<'a> TensorInput<'a> {
         })
     }
 
-    /// Fills `dst` with elements `start..start + dst.len()`.
-    pub(crate) fn read(&mut self, start: usize, dst: &mut [f32]) -> Result<()> {
-        let mut bytes = match self {
-            TensorInput::File { bytes, .. } => std::mem::take(bytes),
-            TensorInput::Loaded { .. } => Vec::new(),
-        };
-        let done = self.read_shared(start, dst, &mut bytes);
-        if let TensorInput::File { bytes: kept, .. } = self {
-            *kept = bytes;
-        }
-        done
-    }
-
-    /// [`read`](Self::read) through a shared reference, with the caller's byte scratch, so
-    /// that several threads can read pieces of the same tensor at once (the reads are
-    /// positioned, with no shared file offset).
+    /// Fills `dst` with elements `start..start + dst.len()`, through a shared reference and
+    /// with the caller's byte scratch (kept from tensor to tensor), so that several threads
+    /// can read pieces of the same tensor at once (the reads are positioned, with no shared
+    /// file offset).
     pub(crate) fn read_shared(
         &self,
         start: usize,
@@ -92,7 +77,6 @@ impl<'a> TensorInput<'a> {
                 reader,
                 name,
                 round_to,
-                ..
             } => {
                 reader.read_f32(name, start, dst, bytes)?;
                 round(dst, *round_to);

@@ -10,7 +10,7 @@
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{MergeError, Result};
-use crate::merge::sparsify::Keep;
+use crate::merge::sparsify::{Keep, PlanScratch};
 use crate::merge::stream::{ReadScratch, CHUNK};
 
 /// How task vectors are thinned before they are mixed.
@@ -82,14 +82,17 @@ impl GtaMixer {
     /// each. `delta(i, start, chunk, scratch)` fills entries `start..start + chunk.len()` of
     /// task vector `i`; it is called once per chunk of each task vector that is sparsified
     /// (DARE without rescale draws its mask without reading it), from several threads at
-    /// once. `mags` is scratch for one tensor.
+    /// once. `scratch` holds the planning buffers, reused between tensors. With `kept`
+    /// (`kept[c][i]` is chunk `c` of task vector `i`), TIES reads magnitudes from there.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn plan(
         name: &str,
         n: usize,
         params: &GtaParams,
         experts: &[(f64, f64)],
         rng: &mut ChaCha8Rng,
-        mags: &mut Vec<u32>,
+        scratch: &mut PlanScratch,
+        kept: Option<&[Vec<Vec<f32>>]>,
         delta: impl Fn(usize, usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<GtaMixer> {
         let mut keeps = Vec::with_capacity(experts.len());
@@ -100,11 +103,37 @@ impl GtaMixer {
             };
             keeps.push(match params.sparsify {
                 None => Keep::all(),
-                Some(Sparsify::Magnitude) => {
-                    Keep::plan_magnitude(name, n, *density, params.rescale, mags, per_expert)?
-                }
+                Some(Sparsify::Magnitude) => match kept {
+                    // The magnitudes straight from the kept task vector, without a copy.
+                    Some(kept) => Keep::plan_magnitude_kept(
+                        name,
+                        n,
+                        *density,
+                        params.rescale,
+                        scratch,
+                        |c| {
+                            kept.get(c)
+                                .and_then(|chunk| chunk.get(i))
+                                .map(Vec::as_slice)
+                                .ok_or_else(|| {
+                                    MergeError::tensor(
+                                        name,
+                                        format!("task vector {i} has no kept chunk {c}"),
+                                    )
+                                })
+                        },
+                    )?,
+                    None => Keep::plan_magnitude(
+                        name,
+                        n,
+                        *density,
+                        params.rescale,
+                        scratch,
+                        per_expert,
+                    )?,
+                },
                 Some(Sparsify::Random) => {
-                    Keep::plan_random(n, *density, params.rescale, rng, per_expert)?
+                    Keep::plan_random(n, *density, params.rescale, rng, scratch, per_expert)?
                 }
             });
         }
@@ -224,7 +253,8 @@ pub fn mix(
         p,
         &experts,
         rng,
-        &mut Vec::new(),
+        &mut PlanScratch::default(),
+        None,
         |i, start, chunk, _| {
             chunk.copy_from_slice(&tvs[i].delta[start..start + chunk.len()]);
             Ok(())
