@@ -1,10 +1,10 @@
 //! The real engine: continuous batching over swarm-model's `Llama`, on one scheduler thread.
 //!
 //! One thread owns all scheduling state (style §11): jobs arrive over a channel; between two
-//! decode steps the scheduler admits waiting jobs (a left-padded batched prefill per elite,
-//! whose caches [`KvCache::concat`] joins to that elite's running batch), then runs one decode
-//! step per elite batch, samples every row with its own seeded sampler and sends the new text
-//! down each job's channel. A row whose receiver was dropped (the client went away) or whose
+//! decode steps the scheduler admits waiting jobs (a left-padded batched prefill, one per dense
+//! elite and one for all the elites served from factors, whose caches [`KvCache::concat`]
+//! joins to their running batch), then runs one decode step per batch, samples every row with
+//! its own seeded sampler and sends the new text down each job's channel. A row whose receiver was dropped (the client went away) or whose
 //! deadline passed leaves the batch at the next step ([`KvCache::select_rows`]).
 //!
 //! Mixed elites: the elites' models come from an [`EliteCache`], dense (resident in its LRU)
@@ -13,8 +13,10 @@
 //! - Every elite served from factors shares the base's dense weights, so all their rows run
 //!   in **one mixed batch**, grouped contiguously by elite, with one KV cache and one forward
 //!   pass per step ([`Llama::prefill_grouped`], [`Llama::decode_grouped`]): each dense
-//!   product of the base runs once for all those rows, each elite's low-rank deltas, norms
-//!   and biases on its own rows. Jobs admitted together are prefilled in one grouped pass;
+//!   product of the base runs once for all those rows; each elite's norms and biases run on
+//!   its own rows, and its low-rank deltas too, unless (as for a swarm's elites) they share
+//!   the factor set's tensors: then each matrix's deltas are one product pair for all rows,
+//!   each row scaled by its elite's coefficients. Jobs admitted together are prefilled in one grouped pass;
 //!   their rows join the mixed batch next to their elite's rows (the joined cache reordered
 //!   once), and rows that finish leave it in place (groups stay contiguous).
 //! - Each dense (materialised) elite has its own batch and forward pass per step: dense
@@ -595,10 +597,13 @@ impl Scheduler {
             return;
         };
         let elite = first.elite.clone();
-        let home = self
-            .batches
-            .iter_mut()
-            .find(|b| b.factored == factored && (factored || b.groups[0].elite == elite));
+        // A batch emptied by a failure this step is skipped (it is dropped after the step).
+        let home = self.batches.iter_mut().find(|b| {
+            b.factored == factored
+                && b.groups
+                    .first()
+                    .is_some_and(|g| factored || g.elite == elite)
+        });
         match home {
             Some(home) => {
                 if let Err(e) = home.join(batch) {
