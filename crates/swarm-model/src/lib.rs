@@ -7,6 +7,9 @@
 //! - [`TensorSource`]: named tensors in HF layout, streamed one at a time from memory-mapped
 //!   safetensors ([`SafetensorsFiles`]), GGUF, or memory ([`Weights`]).
 //! - [`Tokenizer`]: the `tokenizers` crate with the model's special tokens.
+//! - [`Llama`]: the forward pass, with a [`KvCache`] kept outside; [`Llama::with_delta`] adds
+//!   a [`ModelDelta`] (low-rank deltas, replaced tensors) without copying the base, and
+//!   [`Llama::decode_grouped`] runs a batch mixing such models, grouped by [`RowGroup`].
 //!
 //! Every loader yields the same tensor names and layout (see [`LlamaConfig::tensor_shapes`]),
 //! so weights from a GGUF file and from an HF dir can be merged with each other.
