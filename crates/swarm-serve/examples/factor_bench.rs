@@ -25,6 +25,7 @@
 //!     [model=smollm2] [ranks=full,64] [batches=1,8] [prompt=128] [steps=32] [rel=0.05]
 //! ```
 //! Factor sets are cached in `$SWARM_BENCH_CACHE` (default `/tmp/swarm-factor-bench`).
+//! Several elites in one batch (one grouped forward pass vs one per elite): `mixed_batch_bench`.
 //! Threads: `RAYON_NUM_THREADS`; candle's element-wise pool gets one thread as in
 //! `swarm serve` unless `CANDLE_NUM_THREADS` is set.
 
