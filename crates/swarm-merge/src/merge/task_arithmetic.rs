@@ -170,36 +170,45 @@ impl GtaMixer {
             mixed,
             divisor,
         } = work;
-        mixed.clear();
-        mixed.resize(len, 0.0);
-        match p.consensus {
+        // The accumulators are sized once and not zeroed: the first task vector's pass
+        // assigns `0.0 + x` (the same bits as adding x to a zeroed entry, -0.0 included)
+        // instead of adding. Zeroing three f64 arrays per chunk was 6% of a TIES merge in perf.
+        for v in [&mut *elected, &mut *mixed, &mut *divisor] {
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
+        }
+        let (elected, mixed, divisor) =
+            (&mut elected[..len], &mut mixed[..len], &mut divisor[..len]);
+        if deltas.is_empty() {
+            mixed.fill(0.0);
+            divisor.fill(1.0);
+        }
+        let weighted = deltas.iter().zip(&self.weights).enumerate();
+        let divisor = match p.consensus {
             None => {
-                for (d, w) in deltas.iter().zip(&self.weights) {
+                for (i, (d, w)) in weighted {
                     for (m, x) in mixed.iter_mut().zip(&d[..len]) {
-                        *m += w * *x as f64;
+                        *m = if i == 0 { 0.0 } else { *m } + w * *x as f64;
                     }
                 }
-                divisor.clear();
-                divisor.resize(len, self.global_divisor);
+                None
             }
             Some(c) => {
                 // The elected sign of each entry: of the weighted sum, or of the sign count.
-                elected.clear();
-                elected.resize(len, 0.0);
-                for (d, w) in deltas.iter().zip(&self.weights) {
+                for (i, (d, w)) in weighted.clone() {
                     for (e, x) in elected.iter_mut().zip(&d[..len]) {
                         let wd = w * *x as f64;
-                        *e += match c {
-                            Consensus::Sum => wd,
-                            Consensus::Count => sign(wd),
-                        };
+                        *e = if i == 0 { 0.0 } else { *e }
+                            + match c {
+                                Consensus::Sum => wd,
+                                Consensus::Count => sign(wd),
+                            };
                     }
                 }
                 // Disjoint mean: entries whose sign agrees contribute value and weight;
                 // sign(0) = 0 never agrees.
-                divisor.clear();
-                divisor.resize(len, 0.0);
-                for (d, w) in deltas.iter().zip(&self.weights) {
+                for (i, (d, w)) in weighted {
                     for ((m, dv), (e, x)) in mixed
                         .iter_mut()
                         .zip(divisor.iter_mut())
@@ -207,22 +216,35 @@ impl GtaMixer {
                     {
                         let wd = w * *x as f64;
                         let agrees = if *e >= 0.0 { wd > 0.0 } else { wd < 0.0 };
-                        *m += if agrees { wd } else { 0.0 };
-                        *dv += if agrees { *w } else { 0.0 };
+                        let (m0, dv0) = if i == 0 { (0.0, 0.0) } else { (*m, *dv) };
+                        *m = m0 + if agrees { wd } else { 0.0 };
+                        *dv = dv0 + if agrees { *w } else { 0.0 };
                     }
                 }
                 divisor
                     .iter_mut()
                     .for_each(|dv| *dv = if *dv == 0.0 { 1.0 } else { *dv });
+                Some(&*divisor)
             }
-        }
-        for ((out, m), dv) in base_out.iter_mut().zip(mixed.iter()).zip(divisor.iter()) {
-            let mut m = *m;
+        };
+        let finish = |out: &mut f32, mut m: f64, dv: f64| {
             if p.normalize {
                 m /= dv;
             }
             m *= p.lambda;
             *out = (*out as f64 + m) as f32;
+        };
+        match divisor {
+            Some(divisor) => {
+                for ((out, m), dv) in base_out.iter_mut().zip(mixed.iter()).zip(divisor) {
+                    finish(out, *m, *dv);
+                }
+            }
+            None => {
+                for (out, m) in base_out.iter_mut().zip(mixed.iter()) {
+                    finish(out, *m, self.global_divisor);
+                }
+            }
         }
     }
 }
