@@ -3,12 +3,13 @@
 //! HF dir that appears only when complete.
 //!
 //! Within a tensor the merge works in chunks of [`CHUNK`] entries: each input's chunk is
-//! read (from safetensors, straight into an f32 buffer), combined, and the output chunk is
-//! written before the next is read. Linear, task arithmetic and SLERP's output pass hold only
-//! chunks; TIES holds one tensor's magnitudes while it finds each task vector's threshold,
-//! DARE one bit per entry per model. So a merge's memory is about one tensor, whatever the
-//! number of inputs. Task arithmetic, TIES and DARE work on several chunks at once (on the
-//! rayon threads), each output entry computed as a sequential pass would.
+//! read (from safetensors, straight into an f32 buffer) and combined, several chunks at once
+//! on the rayon threads (each output entry computed as a sequential pass would), and the
+//! output block goes to the writer's thread, which writes it while the next is mixed.
+//! Linear, task arithmetic and SLERP hold only chunks; DARE one bit per entry per model;
+//! TIES, and DARE with `rescale`, keep the task vectors of the tensor while they fit in one
+//! model less its largest tensor (else TIES holds one tensor's magnitudes and re-reads). So a
+//! merge stays below one model plus one tensor, whatever the number of inputs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
