@@ -301,8 +301,9 @@ enum Block {
     Values(Vec<f32>, DType),
 }
 
-/// Blocks queued for the writer thread at most. With ~1 MiB blocks this bounds the extra
-/// memory to a few MiB, and is deep enough that the mixing threads rarely wait on a write.
+/// Blocks queued for the writer thread at most: with ~1 MiB blocks the extra memory stays a
+/// few MiB, while a slow write (a 4 MiB O_DIRECT write, a preempted writer thread) has a few
+/// blocks of slack before the mixing waits. Not tuned: 4 was not compared with other depths.
 const QUEUE_DEPTH: usize = 4;
 
 /// The output file, written by a thread of its own: blocks are queued on a bounded channel
