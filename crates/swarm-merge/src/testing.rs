@@ -116,3 +116,53 @@ pub fn save_hf_dir(dir: &Path, config: &LlamaConfig, weights: &Weights) -> Resul
     swarm_model::write_atomic(&dir.join("config.json"), json.as_bytes())?;
     Ok(())
 }
+
+/// The SVD factors of `experts` (named `expert0`, `expert1`, ...) against `base` at `rank`,
+/// read from `path` when an earlier run saved them there, else factorised and saved to it:
+/// benchmarks on SmolLM2-sized models pay for the SVDs once, not on every run.
+pub fn factors_cached(
+    base: &dyn swarm_model::TensorSource,
+    experts: &[Weights],
+    rank: crate::Rank,
+    path: &Path,
+) -> Result<crate::FactorSet> {
+    if path.is_file() {
+        return crate::FactorSet::load(path);
+    }
+    let names: Vec<String> = (0..experts.len()).map(|k| format!("expert{k}")).collect();
+    let named: Vec<(&str, &dyn swarm_model::TensorSource)> = names
+        .iter()
+        .zip(experts)
+        .map(|(n, w)| (n.as_str(), w as &dyn swarm_model::TensorSource))
+        .collect();
+    let options = crate::FactoriseOptions {
+        rank,
+        measure_error: false,
+        ..crate::FactoriseOptions::default()
+    };
+    let factors = crate::FactorSet::factorise(base, &named, &options)?;
+    factors.save(path)?;
+    Ok(factors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn factors_cached_factorises_once_then_loads_the_same_factors() {
+        let base = random_model(&tiny_config(), 1);
+        let experts = vec![perturbed(&base, 2, 0.1), perturbed(&base, 3, 0.1)];
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("factors.safetensors");
+        let made = factors_cached(&base, &experts, crate::Rank::Top(4), &path).unwrap();
+        assert!(path.is_file());
+        let written = std::fs::read(&path).unwrap();
+        // The second call must not factorise (it would get other experts here) but load.
+        let other = vec![perturbed(&base, 9, 0.5)];
+        let loaded = factors_cached(&base, &other, crate::Rank::Top(4), &path).unwrap();
+        assert_eq!(loaded.layout(), made.layout());
+        assert_eq!(loaded.size_in_bytes(), made.size_in_bytes());
+        assert_eq!(std::fs::read(&path).unwrap(), written);
+    }
+}

@@ -35,10 +35,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
-use swarm_merge::{FactorSet, FactoriseOptions, Genome, Rank, TensorFactors};
-use swarm_model::{
-    argmax_rows, Llama, LowRankDelta, ModelDelta, Precision, Pretrained, TensorSource, Weights,
-};
+use swarm_merge::{FactorSet, Genome, Rank, TensorFactors};
+use swarm_model::{argmax_rows, Llama, LowRankDelta, ModelDelta, Precision, Pretrained, Weights};
 use swarm_serve::{model_bytes, EliteSource, GenomeSwarm};
 
 fn main() -> Result<()> {
@@ -95,25 +93,8 @@ fn main() -> Result<()> {
         ));
         let started = Instant::now();
         let cached = path.is_file();
-        let factors = if cached {
-            FactorSet::load(&path).with_context(|| format!("loading {}", path.display()))?
-        } else {
-            let named: Vec<(String, &dyn TensorSource)> = experts
-                .iter()
-                .enumerate()
-                .map(|(k, w)| (format!("expert{k}"), w as &dyn TensorSource))
-                .collect();
-            let named: Vec<(&str, &dyn TensorSource)> =
-                named.iter().map(|(n, w)| (n.as_str(), *w)).collect();
-            let options = FactoriseOptions {
-                rank,
-                measure_error: false,
-                ..FactoriseOptions::default()
-            };
-            let f = FactorSet::factorise(&base, &named, &options)?;
-            f.save(&path)?;
-            f
-        };
+        let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
+            .with_context(|| format!("factors in {}", path.display()))?;
         println!(
             "rank {rank}: factors {:.0} MB ({:.1} s to {}), max relative truncation error {:.3}",
             factors.size_in_bytes() as f64 / 1e6,

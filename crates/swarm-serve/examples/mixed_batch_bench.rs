@@ -28,10 +28,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
-use swarm_merge::{FactorSet, FactoriseOptions, Genome, Rank};
-use swarm_model::{
-    argmax_rows, KvCache, Llama, Precision, Pretrained, RowGroup, TensorSource, Weights,
-};
+use swarm_merge::{Genome, Rank};
+use swarm_model::{argmax_rows, KvCache, Llama, Precision, Pretrained, RowGroup, Weights};
 use swarm_serve::{EliteSource, GenomeSwarm};
 
 fn main() -> Result<()> {
@@ -80,28 +78,12 @@ fn main() -> Result<()> {
         "{}-{rank}-{rel}.safetensors",
         swarm_serve::model_elite_id(&pretrained.name)
     ));
-    let factors = if path.is_file() {
-        FactorSet::load(&path).with_context(|| format!("loading {}", path.display()))?
-    } else {
-        let experts: Vec<Weights> = (0..3)
-            .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
-            .collect();
-        let named: Vec<(String, &dyn TensorSource)> = experts
-            .iter()
-            .enumerate()
-            .map(|(k, w)| (format!("expert{k}"), w as &dyn TensorSource))
-            .collect();
-        let named: Vec<(&str, &dyn TensorSource)> =
-            named.iter().map(|(n, w)| (n.as_str(), *w)).collect();
-        let options = FactoriseOptions {
-            rank,
-            measure_error: false,
-            ..FactoriseOptions::default()
-        };
-        let f = FactorSet::factorise(&base, &named, &options)?;
-        f.save(&path)?;
-        f
-    };
+    let experts: Vec<Weights> = (0..3)
+        .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
+        .collect();
+    let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
+        .with_context(|| format!("factors in {}", path.display()))?;
+    drop(experts);
 
     // `max k` children of the three experts, each with its own weights.
     let layout = factors.layout().clone();
