@@ -29,12 +29,13 @@
 //! Threads: `RAYON_NUM_THREADS`; candle's element-wise pool gets one thread as in
 //! `swarm serve` unless `CANDLE_NUM_THREADS` is set.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use swarm_merge::{FactorSet, Genome, Rank, TensorFactors};
 use swarm_model::{argmax_rows, Llama, LowRankDelta, ModelDelta, Precision, Pretrained, Weights};
 use swarm_serve::{model_bytes, EliteSource, GenomeSwarm};
@@ -58,10 +59,7 @@ fn main() -> Result<()> {
     if batches.contains(&0) || prompt == 0 || steps == 0 {
         bail!("batch sizes, prompt tokens and decode steps must be positive");
     }
-    let cache_dir = std::env::var_os("SWARM_BENCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/swarm-factor-bench"));
-    std::fs::create_dir_all(&cache_dir)?;
+    let cache_dir = common::factor_cache_dir()?;
 
     let device = Device::Cpu;
     let precision = Precision::F32;
@@ -73,10 +71,7 @@ fn main() -> Result<()> {
         pretrained.name, config.num_hidden_layers, config.hidden_size, config.vocab_size
     );
     let started = Instant::now();
-    let mut base = Weights::new();
-    for name in pretrained.weights.names() {
-        base.insert(name.clone(), pretrained.weights.load(&name, &device)?);
-    }
+    let base = pretrained.load_weights(&device, DType::F32)?;
     let experts: Vec<Weights> = (0..3)
         .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
         .collect();
@@ -87,10 +82,7 @@ fn main() -> Result<()> {
 
     let mut rows = Vec::new();
     for &rank in &ranks {
-        let path = cache_dir.join(format!(
-            "{}-{rank}-{rel}.safetensors",
-            swarm_serve::model_elite_id(&pretrained.name)
-        ));
+        let path = common::factor_path(&cache_dir, &pretrained.name, rank, rel);
         let started = Instant::now();
         let cached = path.is_file();
         let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)

@@ -23,11 +23,12 @@
 //!     [model=smollm2] [rank=64] [elites=1,4,8] [totals=8,32] [prompt=32] [steps=16] [rel=0.05]
 //! ```
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use swarm_merge::{Genome, Rank};
 use swarm_model::{argmax_rows, KvCache, Llama, Precision, Pretrained, RowGroup, Weights};
 use swarm_serve::{EliteSource, GenomeSwarm};
@@ -51,10 +52,7 @@ fn main() -> Result<()> {
     if elite_counts.contains(&0) || totals.contains(&0) || prompt < 4 || steps == 0 {
         bail!("elite counts, totals and decode steps must be positive, prompts >= 4 tokens");
     }
-    let cache_dir = std::env::var_os("SWARM_BENCH_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp/swarm-factor-bench"));
-    std::fs::create_dir_all(&cache_dir)?;
+    let cache_dir = common::factor_cache_dir()?;
 
     let device = Device::Cpu;
     let precision = Precision::F32;
@@ -70,14 +68,8 @@ fn main() -> Result<()> {
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
         load_average()
     );
-    let mut base = Weights::new();
-    for name in pretrained.weights.names() {
-        base.insert(name.clone(), pretrained.weights.load(&name, &device)?);
-    }
-    let path = cache_dir.join(format!(
-        "{}-{rank}-{rel}.safetensors",
-        swarm_serve::model_elite_id(&pretrained.name)
-    ));
+    let base = pretrained.load_weights(&device, DType::F32)?;
+    let path = common::factor_path(&cache_dir, &pretrained.name, rank, rel);
     let experts: Vec<Weights> = (0..3)
         .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
         .collect();
