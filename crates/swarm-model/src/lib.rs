@@ -49,7 +49,7 @@ pub use hub::{
 };
 pub use kv_cache::KvCache;
 pub use linear::Precision;
-pub use llama::{argmax_rows, random_weights, rope_inv_freq, Llama, RowGroup};
+pub use llama::{argmax_rows, random_weights, rope_inv_freq, rope_tables, Llama, RowGroup};
 pub use pretrained::{
     check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
 };

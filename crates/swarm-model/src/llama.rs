@@ -143,6 +143,35 @@ pub fn rope_inv_freq(head_dim: usize, theta: f64, scaling: Option<&Llama3RopeSca
         .collect()
 }
 
+/// RoPE's cosine and sine tables in f32, each (max_position_embeddings, head_dim / 2): row p
+/// holds the angles of position p. The angles are taken in f32 from f64 frequencies, as HF does,
+/// so that training and inference rotate identically.
+pub fn rope_tables(config: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let inv: Vec<f32> = rope_inv_freq(
+        config.head_dim,
+        config.rope_theta,
+        config.rope_scaling.as_ref(),
+    )
+    .iter()
+    .map(|&x| x as f32)
+    .collect();
+    let half = inv.len();
+    let n = config.max_position_embeddings;
+    let mut cos = Vec::with_capacity(n * half);
+    let mut sin = Vec::with_capacity(n * half);
+    for p in 0..n {
+        for &f in &inv {
+            let angle = p as f32 * f;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (n, half), device)?,
+        Tensor::from_vec(sin, (n, half), device)?,
+    ))
+}
+
 /// Cosine and sine tables for every position, computed once; a forward pass gathers the
 /// rows of its positions (different per row of a left-padded batch).
 #[derive(Debug, Clone)]
@@ -155,28 +184,11 @@ struct RotaryEmbedding {
 
 impl RotaryEmbedding {
     fn new(config: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
-        let inv = rope_inv_freq(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-        );
-        // HF computes in f32; f64 here then rounding is at least as accurate.
-        let inv: Vec<f32> = inv.iter().map(|&x| x as f32).collect();
-        let half = inv.len();
-        let n = config.max_position_embeddings;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for &f in &inv {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_tables(config, device)?;
         Ok(Self {
-            cos: Tensor::from_vec(cos, (n, half), device)?.to_dtype(dtype)?,
-            sin: Tensor::from_vec(sin, (n, half), device)?.to_dtype(dtype)?,
-            max_positions: n,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            max_positions: config.max_position_embeddings,
         })
     }
 

@@ -13,7 +13,7 @@ use candle_nn::rotary_emb::rope_slow;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
-use swarm_model::{rope_inv_freq, LlamaConfig, TensorSource, Weights};
+use swarm_model::{rope_tables, LlamaConfig, TensorSource, Weights};
 
 use crate::error::{Result, TrainError};
 
@@ -88,31 +88,13 @@ impl TrainableLlama {
             let var = Var::from_tensor(&t.copy()?)?;
             params.push(Param { name, var });
         }
-        let inv: Vec<f32> = rope_inv_freq(
-            config.head_dim,
-            config.rope_theta,
-            config.rope_scaling.as_ref(),
-        )
-        .into_iter()
-        .map(|x| x as f32)
-        .collect();
-        let half = inv.len();
-        let n = config.max_position_embeddings;
-        let mut cos = Vec::with_capacity(n * half);
-        let mut sin = Vec::with_capacity(n * half);
-        for p in 0..n {
-            for &f in &inv {
-                let angle = p as f32 * f;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
+        let (cos, sin) = rope_tables(config, device)?;
         Ok(Self {
             config: config.clone(),
             device: device.clone(),
             params,
-            cos: Tensor::from_vec(cos, (n, half), device)?,
-            sin: Tensor::from_vec(sin, (n, half), device)?,
+            cos,
+            sin,
         })
     }
 

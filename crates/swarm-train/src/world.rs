@@ -270,6 +270,61 @@ fn with_replay(skill: &[Sequence], replay: &[Sequence], share: f64) -> Vec<Seque
     out
 }
 
+/// The documents a world is trained on.
+pub struct WorldDocuments {
+    /// The base's mix: general documents plus the first few chats of each skill, shuffled.
+    pub base: Vec<Document>,
+    /// Each skill's training chats, in `Skill::ALL` order.
+    pub skills: Vec<Vec<Document>>,
+}
+
+/// The documents of the world `spec` builds for `seed` (deterministic).
+pub fn world_documents(spec: &WorldSpec, seed: u64) -> WorldDocuments {
+    let skills: Vec<Vec<Document>> = Skill::ALL
+        .iter()
+        .map(|&s| skill_documents(s, spec.expert_examples, seed))
+        .collect();
+    let mut base = general_documents(spec.general_docs, spec.general_chat_share, seed);
+    for docs in &skills {
+        base.extend(docs.iter().take(spec.base_skill_examples).cloned());
+    }
+    shuffle(&mut base, seed);
+    WorldDocuments { base, skills }
+}
+
+/// Fine-tunes the expert of `skill` from the base's weights on its skill's sequences, with
+/// `spec.expert_replay` of its sequences replayed from the base's mix. Deterministic for
+/// `seed` and the skill, whatever else runs at the same time.
+#[allow(clippy::too_many_arguments)]
+pub fn train_expert(
+    spec: &WorldSpec,
+    seed: u64,
+    skill: Skill,
+    base_weights: &Weights,
+    config: &LlamaConfig,
+    device: &Device,
+    skill_data: &[Sequence],
+    base_data: &[Sequence],
+    bar: indicatif::ProgressBar,
+) -> Result<(TrainReport, Weights)> {
+    let k = Skill::ALL.iter().position(|&s| s == skill).unwrap_or(0);
+    let expert = TrainableLlama::from_source(base_weights, config, device)?;
+    let settings = TrainSettings {
+        seed: seed.wrapping_add(1 + k as u64),
+        ..spec.expert.clone()
+    };
+    let data = with_replay(skill_data, base_data, spec.expert_replay);
+    let report = train_with_bar(&expert, &data, &settings, skill.name(), bar)?;
+    tracing::info!(
+        skill = skill.name(),
+        first = report.first_loss,
+        last = report.final_loss,
+        secs = report.elapsed.as_secs_f64(),
+        "expert trained"
+    );
+    Ok((report, expert.to_weights()?))
+}
+
 /// Builds the world: data and tokenizer, base, experts, HF dirs, evaluation.
 pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
     let start = Instant::now();
@@ -280,15 +335,10 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
 
     // Data: the skills' training chats (the base gets the first few of each) and general text.
     let t = Instant::now();
-    let skill_docs: Vec<Vec<Document>> = Skill::ALL
-        .iter()
-        .map(|&s| skill_documents(s, spec.expert_examples, seed))
-        .collect();
-    let mut base_docs = general_documents(spec.general_docs, spec.general_chat_share, seed);
-    for docs in &skill_docs {
-        base_docs.extend(docs.iter().take(spec.base_skill_examples).cloned());
-    }
-    shuffle(&mut base_docs, seed);
+    let WorldDocuments {
+        base: base_docs,
+        skills: skill_docs,
+    } = world_documents(spec, seed);
     // The role names the chat template writes are part of the corpus too.
     let roles = ["system\n", "user\n", "assistant\n"];
     let texts = base_docs
@@ -354,22 +404,18 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
                 let bar = bars.add(progress_bar(spec.expert.steps, skill.name()));
                 let (base_weights, config, device) = (&base_weights, &config, &device);
                 let (expert_data, base_data) = (&expert_data[k], &base_data);
-                scope.spawn(move || -> Result<(TrainReport, Weights)> {
-                    let expert = TrainableLlama::from_source(base_weights, config, device)?;
-                    let settings = TrainSettings {
-                        seed: seed.wrapping_add(1 + k as u64),
-                        ..spec.expert.clone()
-                    };
-                    let data = with_replay(expert_data, base_data, spec.expert_replay);
-                    let report = train_with_bar(&expert, &data, &settings, skill.name(), bar)?;
-                    tracing::info!(
-                        skill = skill.name(),
-                        first = report.first_loss,
-                        last = report.final_loss,
-                        secs = report.elapsed.as_secs_f64(),
-                        "expert trained"
-                    );
-                    Ok((report, expert.to_weights()?))
+                scope.spawn(move || {
+                    train_expert(
+                        spec,
+                        seed,
+                        *skill,
+                        base_weights,
+                        config,
+                        device,
+                        expert_data,
+                        base_data,
+                        bar,
+                    )
                 })
             })
             .collect();
