@@ -7,9 +7,8 @@
 //! on the rayon threads (each output entry computed as a sequential pass would), and the
 //! output block goes to the writer's thread, which writes it while the next is mixed.
 //! Linear, task arithmetic and SLERP hold only chunks; DARE one bit per entry per model;
-//! TIES, and DARE with `rescale`, keep the task vectors of the tensor while they fit in one
-//! model less its largest tensor (else TIES holds one tensor's magnitudes and re-reads). So a
-//! merge stays below one model plus one tensor, whatever the number of inputs.
+//! TIES one tensor's magnitudes. So a merge stays below one model plus one tensor, whatever
+//! the number of inputs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,8 +26,8 @@ use crate::merge::linear::{accumulate, finish, linear_scale};
 use crate::merge::plan::{MergePlan, PlanKind};
 use crate::merge::slerp::{combine, SlerpSums};
 use crate::merge::sparsify::PlanScratch;
-use crate::merge::stream::{ReadScratch, TensorInput, CHUNK};
-use crate::merge::task_arithmetic::{GtaMixer, GtaParams, MixWork, Sparsify};
+use crate::merge::stream::{TensorInput, CHUNK};
+use crate::merge::task_arithmetic::{GtaMixer, GtaParams, MixWork};
 use crate::reader::SafetensorsReader;
 use crate::writer::{parse_dtype, torch_dtype_name, HfDirWriter, TensorSpec};
 
@@ -235,11 +234,33 @@ struct Scratch {
     plan: PlanScratch,
     /// Raw bytes of the sequential reads (SLERP).
     bytes: Vec<u8>,
-    /// Kept task vectors: per chunk, one chunk of each (see [`merge_cached_task_vectors`]).
-    deltas: Vec<Vec<Vec<f32>>>,
-    /// Bytes the kept task vectors may take.
-    cache_budget: usize,
     pieces: Vec<Piece>,
+}
+
+/// Writes tensor `name` in blocks of [`PIECES`] chunks, the chunks of a block filled at once
+/// on the rayon threads: `fill(start, out, piece)` fills entries `start..start + out.len()`
+/// with `piece`'s buffers (`deltas` holds `inputs` chunk buffers of [`CHUNK`] entries).
+fn write_in_pieces(
+    writer: &mut HfDirWriter,
+    name: &str,
+    inputs: usize,
+    pieces: &mut Vec<Piece>,
+    fill: impl Fn(usize, &mut [f32], &mut Piece) -> Result<()> + Sync,
+) -> Result<()> {
+    pieces.resize_with(PIECES, Piece::default);
+    for p in pieces.iter_mut() {
+        p.deltas.resize_with(inputs, Vec::new);
+        for d in p.deltas.iter_mut() {
+            d.resize(CHUNK, 0.0);
+        }
+    }
+    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
+        block
+            .par_chunks_mut(CHUNK)
+            .zip(pieces.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(c, (out, p))| fill(block_start + c * CHUNK, out, p))
+    })
 }
 
 /// Linear on one tensor: the weighted sum of a chunk of every input, in f64, several chunks at
@@ -254,35 +275,20 @@ fn merge_linear(
 ) -> Result<()> {
     let weights: Vec<f64> = plan.models.iter().map(|m| m.weight).collect();
     let scale = linear_scale(name, &weights, normalize)?;
-    let pieces = &mut scratch.pieces;
-    pieces.resize_with(PIECES, Piece::default);
-    for p in pieces.iter_mut() {
-        if p.deltas.is_empty() {
-            p.deltas.push(Vec::new());
+    write_in_pieces(writer, name, 1, &mut scratch.pieces, |start, out, p| {
+        let len = out.len();
+        let Piece {
+            deltas, acc, bytes, ..
+        } = p;
+        let x = &mut deltas[0][..len];
+        acc.clear();
+        acc.resize(len, 0.0);
+        for (input, w) in inputs.iter().zip(&weights) {
+            input.read_shared(start, x, bytes)?;
+            accumulate(acc, x, *w);
         }
-    }
-    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
-        block
-            .par_chunks_mut(CHUNK)
-            .zip(pieces.par_iter_mut())
-            .enumerate()
-            .try_for_each(|(c, (out, p))| {
-                let start = block_start + c * CHUNK;
-                let len = out.len();
-                let Piece {
-                    deltas, acc, bytes, ..
-                } = p;
-                let x = &mut deltas[0];
-                acc.clear();
-                acc.resize(len, 0.0);
-                x.resize(len, 0.0);
-                for (input, w) in inputs.iter().zip(&weights) {
-                    input.read_shared(start, &mut x[..len], bytes)?;
-                    accumulate(acc, &x[..len], *w);
-                }
-                finish(out, acc, scale);
-                Ok(())
-            })
+        finish(out, acc, scale);
+        Ok(())
     })
 }
 
@@ -291,11 +297,10 @@ fn merge_linear(
 /// and writes it. Every pass works on several chunks at once, one per rayon thread; each
 /// output entry is computed exactly as a sequential pass would.
 ///
-/// When planning reads the task vectors (TIES; DARE with `rescale`) and they fit in
-/// [`Scratch::cache_budget`], they are computed once, from one read of the base and of every
-/// model, and kept for the plans and the mix, which then reads only the base again: 1 + E + 1
-/// tensor reads instead of 3E + 1 for E models. Otherwise each plan reads the base and its
-/// model, and the mix reads them all again.
+/// Planning reads the base and the model again for each task vector it needs (TIES; DARE with
+/// `rescale`), so 3E + 1 tensor reads for E models, all but the first of each from the page
+/// cache. Keeping the task vectors between the plans and the mix (1 + E + 1 reads) was tried
+/// and measured no faster, at E tensors of memory more (see docs/performance.md).
 #[allow(clippy::too_many_arguments)]
 fn merge_task_vectors(
     plan: &MergePlan,
@@ -309,18 +314,6 @@ fn merge_task_vectors(
 ) -> Result<()> {
     let experts: Vec<(f64, f64)> = plan.models.iter().map(|m| (m.weight, m.density)).collect();
     let mut rng = tensor_rng(plan.seed, name);
-    let planning_reads = experts.iter().any(|(_, density)| *density < 1.0)
-        && match params.sparsify {
-            Some(Sparsify::Magnitude) => true,
-            Some(Sparsify::Random) => params.rescale,
-            None => false,
-        };
-    let cache_bytes = inputs.len() * n * std::mem::size_of::<f32>();
-    if planning_reads && cache_bytes <= scratch.cache_budget {
-        return merge_cached_task_vectors(
-            params, name, n, &experts, &mut rng, base, inputs, writer, scratch,
-        );
-    }
     let Scratch { plan, pieces, .. } = scratch;
     let mixer = GtaMixer::plan(
         name,
@@ -329,7 +322,6 @@ fn merge_task_vectors(
         &experts,
         &mut rng,
         plan,
-        None,
         |i, start, chunk, s| {
             let len = chunk.len();
             s.values.resize(len, 0.0);
@@ -339,121 +331,18 @@ fn merge_task_vectors(
             Ok(())
         },
     )?;
-    pieces.resize_with(PIECES, Piece::default);
-    for p in pieces.iter_mut() {
-        p.deltas.resize_with(inputs.len(), Vec::new);
-        for d in p.deltas.iter_mut() {
-            d.resize(CHUNK.min(n), 0.0);
+    write_in_pieces(writer, name, inputs.len(), pieces, |start, out, p| {
+        let len = out.len();
+        base.read_shared(start, out, &mut p.bytes)?;
+        for (input, d) in inputs.iter().zip(p.deltas.iter_mut()) {
+            input.read_shared(start, &mut d[..len], &mut p.bytes)?;
+            d[..len]
+                .iter_mut()
+                .zip(out.iter())
+                .for_each(|(x, b)| *x -= b);
         }
-    }
-    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
-        block
-            .par_chunks_mut(CHUNK)
-            .zip(pieces.par_iter_mut())
-            .enumerate()
-            .try_for_each(|(c, (out, p))| {
-                let start = block_start + c * CHUNK;
-                let len = out.len();
-                base.read_shared(start, out, &mut p.bytes)?;
-                for (input, d) in inputs.iter().zip(p.deltas.iter_mut()) {
-                    input.read_shared(start, &mut d[..len], &mut p.bytes)?;
-                    d[..len]
-                        .iter_mut()
-                        .zip(out.iter())
-                        .for_each(|(x, b)| *x -= b);
-                }
-                mixer.mix_chunk(start, out, &mut p.deltas, &mut p.work);
-                Ok(())
-            })
-    })
-}
-
-/// [`merge_task_vectors`] with the task vectors kept: one pass reads a chunk of the base and
-/// of every model and keeps the chunk of each task vector (δ = model − base, the same f32
-/// subtraction as the uncached path, so the same bits); the plans read the kept chunks; the
-/// mix reads the base's chunk once more and trims the kept ones in place.
-#[allow(clippy::too_many_arguments)]
-fn merge_cached_task_vectors(
-    params: &GtaParams,
-    name: &str,
-    n: usize,
-    experts: &[(f64, f64)],
-    rng: &mut ChaCha8Rng,
-    base: &TensorInput,
-    inputs: &[TensorInput],
-    writer: &mut HfDirWriter,
-    scratch: &mut Scratch,
-) -> Result<()> {
-    let Scratch {
-        plan,
-        pieces,
-        deltas,
-        ..
-    } = scratch;
-    let chunks = n.div_ceil(CHUNK);
-    // Grown to the largest tensor and kept: fresh buffers are fresh pages to fault in.
-    if deltas.len() < chunks {
-        deltas.resize_with(chunks, Vec::new);
-    }
-    let cache = &mut deltas[..chunks];
-    {
-        let plan = &*plan;
-        cache.par_iter_mut().enumerate().try_for_each_init(
-            || plan.read_scratch(),
-            |s, (c, kept)| {
-                let start = c * CHUNK;
-                let len = CHUNK.min(n - start);
-                let ReadScratch { values, bytes } = &mut **s;
-                values.resize(len, 0.0);
-                base.read_shared(start, values, bytes)?;
-                kept.resize_with(inputs.len(), Vec::new);
-                for (input, d) in inputs.iter().zip(kept.iter_mut()) {
-                    d.resize(len, 0.0);
-                    input.read_shared(start, d, bytes)?;
-                    d.iter_mut().zip(values.iter()).for_each(|(x, b)| *x -= b);
-                }
-                Ok::<_, MergeError>(())
-            },
-        )?;
-    }
-    let mixer = {
-        let cache = &*cache;
-        GtaMixer::plan(
-            name,
-            n,
-            params,
-            experts,
-            rng,
-            plan,
-            Some(cache),
-            |i, start, chunk, _| {
-                // DARE's rescale asks for whole chunks, which are the kept ones.
-                let kept = cache
-                    .get(start / CHUNK)
-                    .and_then(|k| k.get(i))
-                    .and_then(|d| d.get(..chunk.len()))
-                    .ok_or_else(|| {
-                        MergeError::tensor(name, format!("no kept task vector {i} at {start}"))
-                    })?;
-                chunk.copy_from_slice(kept);
-                Ok(())
-            },
-        )?
-    };
-    pieces.resize_with(PIECES, Piece::default);
-    writer.write_f32_chunks(name, PIECES * CHUNK, |block_start, block| {
-        let first = block_start / CHUNK;
-        block
-            .par_chunks_mut(CHUNK)
-            .zip(cache[first..].par_iter_mut())
-            .zip(pieces.par_iter_mut())
-            .enumerate()
-            .try_for_each(|(c, ((out, kept), p))| {
-                let start = block_start + c * CHUNK;
-                base.read_shared(start, out, &mut p.bytes)?;
-                mixer.mix_chunk(start, out, kept, &mut p.work);
-                Ok(())
-            })
+        mixer.mix_chunk(start, out, &mut p.deltas, &mut p.work);
+        Ok(())
     })
 }
 
@@ -497,20 +386,7 @@ pub fn run_with(
     let total = specs.len();
     let mut bytes_written = 0usize;
     let mut writer = HfDirWriter::create(out_dir, specs.clone(), options.overwrite)?;
-    // One model's f32 size less its largest tensor: with the largest tensor's magnitudes (an
-    // uncached TIES tensor) and a few chunks on top, a merge stays below one model plus one
-    // tensor.
-    let tensor_bytes =
-        |s: &TensorSpec| s.shape.iter().product::<usize>() * std::mem::size_of::<f32>();
-    let model_bytes: usize = specs.iter().map(tensor_bytes).sum();
-    let largest = specs.iter().map(tensor_bytes).max().unwrap_or(0);
-    #[cfg(test)]
-    let largest =
-        tests::CACHE_BUDGET_OVERRIDE.with(|o| o.get().map_or(largest, |b| model_bytes - b));
-    let mut scratch = Scratch {
-        cache_budget: model_bytes - largest,
-        ..Scratch::default()
-    };
+    let mut scratch = Scratch::default();
     for (i, spec) in specs.iter().enumerate() {
         let name = spec.name.as_str();
         let n: usize = spec.shape.iter().product();
@@ -663,38 +539,6 @@ mod tests {
         let ta_dir = f.dir.path().join("ta");
         assert!(ta_dir.join("tokenizer.json").exists());
         LlamaConfig::from_file(&ta_dir.join("config.json")).unwrap();
-    }
-
-    thread_local! {
-        /// A cache budget for merges run on this thread (0: never keep task vectors).
-        pub(super) static CACHE_BUDGET_OVERRIDE: std::cell::Cell<Option<usize>> =
-            const { std::cell::Cell::new(None) };
-    }
-
-    /// Kept task vectors and re-read ones give the same bits, for every method that plans.
-    #[test]
-    fn kept_and_reread_task_vectors_give_the_same_output() {
-        let f = fixture();
-        for (method, params) in [
-            ("ties", ""),
-            ("ties", "parameters: {rescale: true}\n"),
-            ("dare_ties", ""),
-            ("dare_linear", ""),
-        ] {
-            let body = format!(
-                "merge_method: {method}\nbase_model: $D/base\nmodels:\n  - model: $D/a\n    parameters: {{weight: 0.7, density: 0.3}}\n  - model: $D/b\n    parameters: {{weight: 0.4, density: 0.6}}\n{params}"
-            );
-            let mut outputs = Vec::new();
-            for budget in [None, Some(0)] {
-                CACHE_BUDGET_OVERRIDE.with(|o| o.set(budget));
-                let out = format!("{method}-{}-{budget:?}", params.len());
-                merge(&f, &body, &out).unwrap();
-                outputs
-                    .push(std::fs::read(f.dir.path().join(out).join("model.safetensors")).unwrap());
-            }
-            CACHE_BUDGET_OVERRIDE.with(|o| o.set(None));
-            assert!(outputs[0] == outputs[1], "{method} {params}");
-        }
     }
 
     #[test]

@@ -90,13 +90,6 @@ pub(crate) struct PlanScratch {
     pools: Pools,
 }
 
-impl PlanScratch {
-    /// A read buffer lent to a parallel job, given back when dropped.
-    pub(crate) fn read_scratch(&self) -> Lease<'_, ReadScratch> {
-        self.pools.read()
-    }
-}
-
 /// Buffers lent to the parallel jobs of a pass and given back when a job's [`Lease`] drops.
 #[derive(Default)]
 struct Pools {
@@ -106,7 +99,7 @@ struct Pools {
 }
 
 /// A buffer lent from a pool; it goes back when dropped.
-pub(crate) struct Lease<'a, T: Default> {
+struct Lease<'a, T: Default> {
     pool: &'a Mutex<Vec<T>>,
     item: T,
 }
@@ -170,16 +163,10 @@ fn add_histograms<'a>(mut a: Lease<'a, Vec<u32>>, b: Lease<'a, Vec<u32>>) -> Lea
     a
 }
 
-/// Pass 2 of the radix select over some magnitudes (`bits(v)` is the bits of `|v|`): counts
-/// the low 16 bits of those in bucket `top` (top 16 bits) into `low`, and returns the L1
-/// norm of those in the buckets above it when `rescale` (else 0).
-fn tally_bucket<T: Copy>(
-    values: &[T],
-    bits: impl Fn(T) -> u32,
-    top: u32,
-    rescale: bool,
-    low: &mut [u32],
-) -> f64 {
+/// Pass 2 of the radix select over some magnitudes' bits: counts the low 16 bits of those in
+/// bucket `top` (top 16 bits) into `low`, and returns the L1 norm of those in the buckets
+/// above it when `rescale` (else 0).
+fn tally_bucket(mags: &[u32], top: u32, rescale: bool, low: &mut [u32]) -> f64 {
     let mut one = |lane: &mut f64, bits: u32| {
         let hi = bits >> 16;
         if hi == top {
@@ -194,14 +181,14 @@ fn tally_bucket<T: Copy>(
     };
     // Four partial sums, so the adds do not wait on each other.
     let mut lanes = [0f64; 4];
-    let mut quads = values.chunks_exact(4);
+    let mut quads = mags.chunks_exact(4);
     for q in &mut quads {
-        for (lane, v) in lanes.iter_mut().zip(q) {
-            one(lane, bits(*v));
+        for (lane, bits) in lanes.iter_mut().zip(q) {
+            one(lane, *bits);
         }
     }
-    for v in quads.remainder() {
-        one(&mut lanes[0], bits(*v));
+    for bits in quads.remainder() {
+        one(&mut lanes[0], *bits);
     }
     lanes.iter().sum()
 }
@@ -291,62 +278,7 @@ impl Keep {
             )
             .map(|r| r.map(|(high, _)| high))
             .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
-        let mags = &*mags;
-        select_largest(
-            n,
-            k,
-            rescale,
-            &high,
-            norms,
-            pools,
-            |c| Ok(&mags[c * CHUNK..]),
-            |bits| bits,
-        )
-    }
-
-    /// [`plan_magnitude`](Self::plan_magnitude) of a task vector kept in memory in chunks:
-    /// `chunk(c)` gives entries `c·CHUNK..` (at most [`CHUNK`] of them). The magnitudes are
-    /// taken from the kept values, so no copy of them is made.
-    pub(crate) fn plan_magnitude_kept<'a>(
-        name: &str,
-        n: usize,
-        density: f64,
-        rescale: bool,
-        scratch: &PlanScratch,
-        chunk: impl Fn(usize) -> Result<&'a [f32]> + Sync,
-    ) -> Result<Keep> {
-        if density >= 1.0 {
-            return Ok(Keep::all());
-        }
-        let k = (density * n as f64) as usize;
-        if k == 0 {
-            return Err(MergeError::tensor(
-                name,
-                format!("density {density} keeps none of its {n} entries"),
-            ));
-        }
-        let pools = &scratch.pools;
-        // Pass 1, as in `plan_magnitude`: the top-16-bit histogram and each chunk's L1 norm.
-        let mut norms = vec![0f64; n.div_ceil(CHUNK)];
-        let high = norms
-            .par_iter_mut()
-            .enumerate()
-            .with_min_len(MIN_CHUNKS_PER_JOB)
-            .try_fold(
-                || pools.histogram(),
-                |mut high, (c, norm)| {
-                    let values = chunk(c)?;
-                    if rescale {
-                        *norm = l1_norm(values);
-                    }
-                    for v in values {
-                        high[(magnitude_bits(*v) >> 16) as usize] += 1;
-                    }
-                    Ok::<_, MergeError>(high)
-                },
-            )
-            .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
-        select_largest(n, k, rescale, &high, norms, pools, chunk, magnitude_bits)
+        select_largest(n, k, rescale, &high, norms, pools, mags)
     }
 
     /// DARE: keeps each of `n` entries with probability `density`, drawing one `u32` per
@@ -468,21 +400,17 @@ impl Keep {
     }
 }
 
-/// The end of TIES trimming, after pass 1 gave the top-16-bit histogram `high` of the
-/// magnitudes and each chunk's L1 norm (`norms`, when `rescale`): finds the k-th largest
-/// magnitude and how many of its ties to keep. `chunk(c)` gives entries `c·CHUNK..` (at least
-/// [`CHUNK`] of them but in the last chunk; only the first [`CHUNK`] are used) and `bits(v)`
-/// the bits of `|v|`.
-#[allow(clippy::too_many_arguments)]
-fn select_largest<'a, T: Copy + Sync + 'a>(
+/// The end of TIES trimming, after pass 1 gave the magnitudes' bits `mags`, their
+/// top-16-bit histogram `high` and each chunk's L1 norm (`norms`, when `rescale`): finds the
+/// k-th largest magnitude and how many of its ties to keep.
+fn select_largest(
     n: usize,
     k: usize,
     rescale: bool,
     high: &[u32],
     mut norms: Vec<f64>,
     pools: &Pools,
-    chunk: impl Fn(usize) -> Result<&'a [T]> + Sync,
-    bits: impl Fn(T) -> u32 + Sync,
+    mags: &[u32],
 ) -> Result<Keep> {
     // Summed in chunk order, as one sequential pass would: the same f64 on every run.
     let before: f64 = norms.iter().sum();
@@ -492,18 +420,16 @@ fn select_largest<'a, T: Copy + Sync + 'a>(
     let top = top as u32;
     let low = norms
         .par_iter_mut()
-        .enumerate()
+        .zip(mags.par_chunks(CHUNK))
         .with_min_len(MIN_CHUNKS_PER_JOB)
-        .try_fold(
+        .fold(
             || pools.histogram(),
-            |mut low, (c, above)| {
-                let values = chunk(c)?;
-                let values = &values[..values.len().min(CHUNK)];
-                *above = tally_bucket(values, &bits, top, rescale, &mut low);
-                Ok::<_, MergeError>(low)
+            |mut low, (above, bits)| {
+                *above = tally_bucket(bits, top, rescale, &mut low);
+                low
             },
         )
-        .try_reduce(|| pools.histogram(), |a, b| Ok(add_histograms(a, b)))?;
+        .reduce(|| pools.histogram(), add_histograms);
     let kept_above: f64 = norms.iter().sum();
     let (bottom, above_bottom) = bucket_of_rank(&low, k - above_top);
     let threshold = (top << 16) | bottom as u32;
@@ -513,22 +439,11 @@ fn select_largest<'a, T: Copy + Sync + 'a>(
     let tie_cutoff = if ties_kept >= ties {
         n
     } else {
-        let mut seen = 0;
-        let mut cutoff = n;
-        'chunks: for c in 0..n.div_ceil(CHUNK) {
-            let values = chunk(c)?;
-            let values = &values[..values.len().min(CHUNK)];
-            for (j, v) in values.iter().enumerate() {
-                if bits(*v) == threshold {
-                    seen += 1;
-                    if seen == ties_kept {
-                        cutoff = c * CHUNK + j + 1;
-                        break 'chunks;
-                    }
-                }
-            }
-        }
-        cutoff
+        mags.iter()
+            .enumerate()
+            .filter(|(_, bits)| **bits == threshold)
+            .nth(ties_kept.saturating_sub(1))
+            .map_or(n, |(i, _)| i + 1)
     };
     let scale = if rescale {
         // The entries of one low bucket all have the same value, so their sum is the

@@ -82,9 +82,7 @@ impl GtaMixer {
     /// each. `delta(i, start, chunk, scratch)` fills entries `start..start + chunk.len()` of
     /// task vector `i`; it is called once per chunk of each task vector that is sparsified
     /// (DARE without rescale draws its mask without reading it), from several threads at
-    /// once. `scratch` holds the planning buffers, reused between tensors. With `kept`
-    /// (`kept[c][i]` is chunk `c` of task vector `i`), TIES reads magnitudes from there.
-    #[allow(clippy::too_many_arguments)]
+    /// once. `scratch` holds the planning buffers, reused between tensors.
     pub(crate) fn plan(
         name: &str,
         n: usize,
@@ -92,7 +90,6 @@ impl GtaMixer {
         experts: &[(f64, f64)],
         rng: &mut ChaCha8Rng,
         scratch: &mut PlanScratch,
-        kept: Option<&[Vec<Vec<f32>>]>,
         delta: impl Fn(usize, usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<GtaMixer> {
         let mut keeps = Vec::with_capacity(experts.len());
@@ -103,35 +100,9 @@ impl GtaMixer {
             };
             keeps.push(match params.sparsify {
                 None => Keep::all(),
-                Some(Sparsify::Magnitude) => match kept {
-                    // The magnitudes straight from the kept task vector, without a copy.
-                    Some(kept) => Keep::plan_magnitude_kept(
-                        name,
-                        n,
-                        *density,
-                        params.rescale,
-                        scratch,
-                        |c| {
-                            kept.get(c)
-                                .and_then(|chunk| chunk.get(i))
-                                .map(Vec::as_slice)
-                                .ok_or_else(|| {
-                                    MergeError::tensor(
-                                        name,
-                                        format!("task vector {i} has no kept chunk {c}"),
-                                    )
-                                })
-                        },
-                    )?,
-                    None => Keep::plan_magnitude(
-                        name,
-                        n,
-                        *density,
-                        params.rescale,
-                        scratch,
-                        per_expert,
-                    )?,
-                },
+                Some(Sparsify::Magnitude) => {
+                    Keep::plan_magnitude(name, n, *density, params.rescale, scratch, per_expert)?
+                }
                 Some(Sparsify::Random) => {
                     Keep::plan_random(n, *density, params.rescale, rng, scratch, per_expert)?
                 }
@@ -276,7 +247,6 @@ pub fn mix(
         &experts,
         rng,
         &mut PlanScratch::default(),
-        None,
         |i, start, chunk, _| {
             chunk.copy_from_slice(&tvs[i].delta[start..start + chunk.len()]);
             Ok(())
