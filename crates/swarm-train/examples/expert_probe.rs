@@ -40,12 +40,8 @@ fn main() -> anyhow::Result<()> {
     let mut spec = report
         .spec
         .context("the world's bootstrap.json does not record its settings")?;
-    if let Some(v) = env("TOY_EXPERT_STEPS") {
-        spec.expert.steps = v;
-    }
-    if let Some(v) = env("TOY_EXPERT_LR") {
-        spec.expert.lr = v;
-    }
+    spec.override_expert(skill, env("TOY_EXPERT_STEPS"), env("TOY_EXPERT_LR"));
+    let settings = spec.expert_settings(skill);
     if let Some(v) = env("TOY_REPLAY") {
         spec.expert_replay = v;
     }
@@ -74,7 +70,7 @@ fn main() -> anyhow::Result<()> {
         &Device::Cpu,
         &skill_data,
         &base_data,
-        progress_bar(spec.expert.steps, skill.name()),
+        progress_bar(settings.steps, skill.name()),
     )?;
     let dir = out.join(skill.name());
     save_hf_dir(
@@ -89,8 +85,8 @@ fn main() -> anyhow::Result<()> {
         "seed {} {} steps {} lr {} replay {}: loss {:.3} -> {:.3}; pass rates {:?}",
         report.seed,
         skill.name(),
-        spec.expert.steps,
-        spec.expert.lr,
+        settings.steps,
+        settings.lr,
         spec.expert_replay,
         train_report.first_loss,
         train_report.final_loss,

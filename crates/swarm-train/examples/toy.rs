@@ -1,7 +1,8 @@
 //! Builds one toy world with a preset, optionally overridden from the environment (for tuning):
 //! `TOY_PRESET`, `TOY_SEED`, `TOY_OUT`, `TOY_BASE_STEPS`, `TOY_EXPERT_STEPS`, `TOY_BASE_LR`,
 //! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`, `TOY_HEADS`, `TOY_REPLAY`,
-//! `TOY_SPLIT_DIGITS` (0 or 1).
+//! `TOY_SPLIT_DIGITS` (0 or 1), and per expert `TOY_EXPERT_STEPS_<SKILL>`, `TOY_EXPERT_LR_<SKILL>`
+//! (`SKILL` = `CODING`, `DATABASE` or `OS`).
 //!
 //! `cargo run --release -p swarm-train --example toy`
 
@@ -60,6 +61,12 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = env::<u8>("TOY_SPLIT_DIGITS") {
         spec.split_digits = v != 0;
+    }
+    for skill in swarm_tasks::Skill::ALL {
+        let upper = skill.name().to_ascii_uppercase();
+        let steps = env(&format!("TOY_EXPERT_STEPS_{upper}"));
+        let lr = env(&format!("TOY_EXPERT_LR_{upper}"));
+        spec.override_expert(skill, steps, lr);
     }
     // TOY_REPORT_FROM=dir,dir,... renders TOY_REPORT from finished worlds' bootstrap.json.
     if let (Ok(dirs), Ok(path)) = (

@@ -54,6 +54,7 @@ pub use report::{
 pub use tokenizer::{train_tokenizer, IM_END, IM_START, PAD_TOKEN};
 pub use trainer::{progress_bar, train, train_with_bar, TrainReport, TrainSettings};
 pub use world::{
-    bootstrap, evaluate_models, train_expert, world_documents, BootstrapOptions, ModelScores,
-    Preset, Timings, WorldDocuments, WorldReport, WorldSpec, MODEL_NAMES, REFERENCE_PROMPT,
+    bootstrap, evaluate_models, train_expert, world_documents, BootstrapOptions, ExpertOverride,
+    ModelScores, Preset, Timings, WorldDocuments, WorldReport, WorldSpec, MODEL_NAMES,
+    REFERENCE_PROMPT,
 };

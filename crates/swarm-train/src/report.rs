@@ -214,7 +214,7 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
          embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus{}; {} \
          parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
          training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
-         of their skill, plus {:.0}% of their sequences replayed from the base's mix (rehearsal). \
+         of their skill, plus {:.0}% of their sequences replayed from the base's mix (rehearsal){}. \
          Loss only on the assistant's answers in chats.\n\n",
         spec.num_layers,
         spec.hidden_size,
@@ -237,7 +237,8 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         spec.expert.batch_size,
         spec.expert.lr,
         spec.expert_examples,
-        spec.expert_replay * 100.0
+        spec.expert_replay * 100.0,
+        overrides_text(&spec),
     ));
     if !first.scores.is_empty() {
         s.push_str("## Mean over seeds (min–max)\n\n");
@@ -249,4 +250,26 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         s.push_str(&markdown_section(r));
     }
     s
+}
+
+/// ", except the coding expert: 2000 steps (lr 0.004)" for the spec's per-expert overrides.
+fn overrides_text(spec: &WorldSpec) -> String {
+    let parts: Vec<String> = spec
+        .expert_overrides
+        .iter()
+        .map(|o| {
+            let settings = spec.expert_settings(o.skill);
+            format!(
+                "the {} expert: {} steps (lr {})",
+                o.skill.name(),
+                settings.steps,
+                settings.lr
+            )
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(", except {}", parts.join(", "))
+    }
 }

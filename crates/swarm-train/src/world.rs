@@ -57,6 +57,18 @@ impl FromStr for Preset {
     }
 }
 
+/// How one skill's expert trains differently from the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExpertOverride {
+    pub skill: Skill,
+    /// Optimiser steps instead of `WorldSpec::expert.steps`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Peak learning rate instead of `WorldSpec::expert.lr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+}
+
 /// Everything that defines a world besides its seed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorldSpec {
@@ -88,6 +100,9 @@ pub struct WorldSpec {
     /// not rewrite what the base does on the others. 0 trains on the skill's chats alone.
     pub expert_replay: f64,
     pub expert: TrainSettings,
+    /// Experts whose training differs from `expert` (none: every expert trains alike).
+    #[serde(default)]
+    pub expert_overrides: Vec<ExpertOverride>,
     /// Test episodes per skill.
     pub test_episodes: usize,
     pub max_new_tokens: usize,
@@ -134,6 +149,7 @@ impl WorldSpec {
                     grad_clip: 1.0,
                     seed: 0,
                 },
+                expert_overrides: Vec::new(),
                 test_episodes: 4,
                 max_new_tokens: 16,
                 eval_batch: 16,
@@ -174,11 +190,47 @@ impl WorldSpec {
                     grad_clip: 1.0,
                     seed: 0,
                 },
+                expert_overrides: Vec::new(),
                 test_episodes: 60,
                 max_new_tokens: 64,
                 eval_batch: 50,
             },
         }
+    }
+
+    /// The training settings of `skill`'s expert: `expert` with that skill's overrides.
+    pub fn expert_settings(&self, skill: Skill) -> TrainSettings {
+        let mut settings = self.expert.clone();
+        for o in self.expert_overrides.iter().filter(|o| o.skill == skill) {
+            if let Some(steps) = o.steps {
+                settings.steps = steps;
+            }
+            if let Some(lr) = o.lr {
+                settings.lr = lr;
+            }
+        }
+        settings
+    }
+
+    /// Sets `skill`'s expert's steps and/or learning rate, replacing an earlier override.
+    pub fn override_expert(&mut self, skill: Skill, steps: Option<usize>, lr: Option<f64>) {
+        if steps.is_none() && lr.is_none() {
+            return;
+        }
+        let o = match self.expert_overrides.iter_mut().find(|o| o.skill == skill) {
+            Some(o) => o,
+            None => {
+                self.expert_overrides.push(ExpertOverride {
+                    skill,
+                    steps: None,
+                    lr: None,
+                });
+                let last = self.expert_overrides.len() - 1;
+                &mut self.expert_overrides[last]
+            }
+        };
+        o.steps = steps.or(o.steps);
+        o.lr = lr.or(o.lr);
     }
 
     /// The model's configuration for a tokenizer.
@@ -311,7 +363,7 @@ pub fn train_expert(
     let expert = TrainableLlama::from_source(base_weights, config, device)?;
     let settings = TrainSettings {
         seed: seed.wrapping_add(1 + k as u64),
-        ..spec.expert.clone()
+        ..spec.expert_settings(skill)
     };
     let data = with_replay(skill_data, base_data, spec.expert_replay);
     let report = train_with_bar(&expert, &data, &settings, skill.name(), bar)?;
@@ -401,7 +453,10 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
             .iter()
             .enumerate()
             .map(|(k, skill)| {
-                let bar = bars.add(progress_bar(spec.expert.steps, skill.name()));
+                let bar = bars.add(progress_bar(
+                    spec.expert_settings(*skill).steps,
+                    skill.name(),
+                ));
                 let (base_weights, config, device) = (&base_weights, &config, &device);
                 let (expert_data, base_data) = (&expert_data[k], &base_data);
                 scope.spawn(move || {
@@ -587,4 +642,37 @@ fn write_reference_logits(
         swarm_model::write_atomic(&path, json.to_string().as_bytes())?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_override_changes_only_its_skills_expert() {
+        let mut spec = WorldSpec::preset(Preset::Full);
+        let plain = spec.expert.clone();
+        spec.override_expert(Skill::Coding, Some(2000), None);
+        spec.override_expert(Skill::Coding, None, Some(4e-3));
+        // Nothing to override: no entry.
+        spec.override_expert(Skill::Os, None, None);
+        assert_eq!(spec.expert_overrides.len(), 1);
+        let coding = spec.expert_settings(Skill::Coding);
+        assert_eq!((coding.steps, coding.lr), (2000, 4e-3));
+        assert_eq!(coding.batch_size, plain.batch_size);
+        for skill in [Skill::Database, Skill::Os] {
+            let s = spec.expert_settings(skill);
+            assert_eq!((s.steps, s.lr), (plain.steps, plain.lr));
+        }
+    }
+
+    #[test]
+    fn specs_written_before_overrides_existed_still_load() {
+        let spec = WorldSpec::preset(Preset::Micro);
+        let mut json = serde_json::to_value(&spec).unwrap();
+        json.as_object_mut().unwrap().remove("expert_overrides");
+        let back: WorldSpec = serde_json::from_value(json).unwrap();
+        assert!(back.expert_overrides.is_empty());
+        assert_eq!(back.expert_settings(Skill::Coding).steps, spec.expert.steps);
+    }
 }
