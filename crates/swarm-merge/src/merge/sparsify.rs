@@ -367,6 +367,7 @@ impl Keep {
 
     /// Zeroes the dropped entries of `chunk` (entries `start..start + chunk.len()` of the task
     /// vector) and scales the kept ones.
+    #[inline(always)]
     pub fn apply(&self, start: usize, chunk: &mut [f32]) {
         match &self.rule {
             KeepRule::All => {}
@@ -374,12 +375,17 @@ impl Keep {
                 threshold,
                 tie_cutoff,
             } => {
-                let (threshold, tie_cutoff) = (*threshold, *tie_cutoff);
-                for (j, v) in chunk.iter_mut().enumerate() {
-                    let bits = v.abs().to_bits();
-                    let kept =
-                        (bits > threshold) | ((bits == threshold) & (start + j < tie_cutoff));
-                    *v = keep_or_zero(*v, kept);
+                // Ties at the threshold are kept before `tie_cutoff` and dropped from there:
+                // `>=` then `>`, so that the loops need no index. |v| has the sign bit clear,
+                // so its bits compare as i32 like as u32, and i32 compares vectorise.
+                let threshold = *threshold as i32;
+                let (ties_kept, rest) =
+                    chunk.split_at_mut(tie_cutoff.saturating_sub(start).min(chunk.len()));
+                for v in ties_kept {
+                    *v = keep_or_zero(*v, v.abs().to_bits() as i32 >= threshold);
+                }
+                for v in rest {
+                    *v = keep_or_zero(*v, v.abs().to_bits() as i32 > threshold);
                 }
             }
             KeepRule::Mask(mask) => {
