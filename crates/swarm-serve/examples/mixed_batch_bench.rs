@@ -25,13 +25,15 @@
 
 mod common;
 
+use common::{cpu_seconds, load_average};
+
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
-use swarm_merge::{Genome, Rank};
-use swarm_model::{argmax_rows, KvCache, Llama, Precision, Pretrained, RowGroup, Weights};
-use swarm_serve::{EliteSource, GenomeSwarm};
+use candle_core::Device;
+use swarm_merge::Rank;
+use swarm_model::{argmax_rows, KvCache, Llama, Precision, RowGroup};
+use swarm_serve::EliteSource;
 
 fn main() -> Result<()> {
     let threads = swarm_model::configure_cpu_threads();
@@ -52,11 +54,10 @@ fn main() -> Result<()> {
     if elite_counts.contains(&0) || totals.contains(&0) || prompt < 4 || steps == 0 {
         bail!("elite counts, totals and decode steps must be positive, prompts >= 4 tokens");
     }
-    let cache_dir = common::factor_cache_dir()?;
-
     let device = Device::Cpu;
     let precision = Precision::F32;
-    let pretrained = Pretrained::open(&reference)?;
+    let max_k = elite_counts.iter().copied().max().unwrap_or(1);
+    let (pretrained, swarm, ids) = common::children_swarm(&reference, rank, rel, max_k)?;
     let config = pretrained.config.clone();
     println!(
         "model {} ({} layers, hidden {}), f32 on the CPU, CANDLE_NUM_THREADS={threads}, \
@@ -68,32 +69,6 @@ fn main() -> Result<()> {
         std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into()),
         load_average()
     );
-    let base = pretrained.load_weights(&device, DType::F32)?;
-    let path = common::factor_path(&cache_dir, &pretrained.name, rank, rel);
-    let experts: Vec<Weights> = (0..3)
-        .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
-        .collect();
-    let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
-        .with_context(|| format!("factors in {}", path.display()))?;
-    drop(experts);
-
-    // `max k` children of the three experts, each with its own weights.
-    let layout = factors.layout().clone();
-    let e: Vec<Genome> = (0..3)
-        .map(|k| Genome::expert(&layout, k))
-        .collect::<Result<_, _>>()?;
-    let max_k = elite_counts.iter().copied().max().unwrap_or(1);
-    let mut genomes = std::collections::BTreeMap::new();
-    for i in 0..max_k {
-        let w = 1.0 + i as f64;
-        let child =
-            e[0].weighted_pair(&e[1], w, 1.0)?
-                .weighted_pair(&e[2], 2.0, 0.5 + 0.25 * i as f64)?;
-        genomes.insert(format!("elite{i:02}"), child);
-    }
-    let ids: Vec<String> = genomes.keys().cloned().collect();
-    let source = Pretrained::open(&reference)?.weights;
-    let swarm = GenomeSwarm::new(config.clone(), source, factors, genomes);
     swarm.prepare_factored(&device, precision)?;
     let factored: Vec<Llama> = ids
         .iter()
@@ -240,30 +215,4 @@ fn timing(mut times: Vec<f64>, cpu: f64, prompts: &[Vec<u32>], prefill_s: f64) -
         cpu_step_s: cpu / steps as f64,
         prefill_tps: tokens as f64 / prefill_s,
     }
-}
-
-/// User + system CPU seconds of this process so far (`/proc/self/stat`, fields 14 and 15,
-/// in clock ticks of 1/100 s).
-fn cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat")?;
-    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("/proc/self/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("/proc/self/stat is short")?
-            .parse::<f64>()?)
-    };
-    // Field 14 is the 12th after the command name (state is field 3, index 0 here).
-    Ok((ticks(11)? + ticks(12)?) / 100.0)
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_string())
 }

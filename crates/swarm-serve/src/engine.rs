@@ -99,6 +99,9 @@ pub struct EngineStatus {
     pub batches: usize,
     /// Forward passes run so far, prefill and decode.
     pub forward_passes: u64,
+    /// Elites materialised into dense weights so far (the warm ones and re-materialisations
+    /// after an eviction included).
+    pub materialisations: u64,
 }
 
 /// Runs generation jobs. Implementations must not block the caller: `submit` queues the job

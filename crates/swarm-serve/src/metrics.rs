@@ -218,13 +218,23 @@ impl Metrics {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
-        let name = "swarm_forward_passes_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Forward passes the engine has run (prefill and decode).\n\
-             # TYPE {name} counter\n{name} {}",
-            engine.forward_passes
-        );
+        for (name, help, v) in [
+            (
+                "swarm_forward_passes_total",
+                "Forward passes the engine has run (prefill and decode).",
+                engine.forward_passes,
+            ),
+            (
+                "swarm_elite_materialisations_total",
+                "Elites materialised into dense weights (after an eviction again).",
+                engine.materialisations,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
         out
     }
 }
@@ -284,6 +294,7 @@ mod tests {
         assert!(text.contains("swarm_queue_depth 2"));
         assert!(text.contains("swarm_batch_size 3"));
         assert!(text.contains("swarm_forward_passes_total 0"));
+        assert!(text.contains("swarm_elite_materialisations_total 0"));
         assert!(text.contains(r#"swarm_completion_tokens_total{elite="e1"} 5"#));
     }
 }

@@ -22,12 +22,14 @@
 //! - Each dense (materialised) elite has its own batch and forward pass per step: dense
 //!   elites share no weights, so grouping them would save nothing.
 //!
-//! When an elite served from factors is materialised (`Auto`, once it has run enough tokens),
-//! its rows already running stay in the mixed batch with the factored model until they end
-//! (the two compute the same function up to float rounding, and moving a row would copy its
-//! cache); its new jobs go to its dense batch. The engine tells the cache how many tokens
-//! each elite runs, which is what decides when an elite served from factors is worth
-//! materialising. [`EngineStatus::forward_passes`] counts the passes run.
+//! When an elite served from factors is materialised (`Auto`, once it has run enough tokens
+//! and carries enough of the mixed batch's rows), its rows already running stay in the mixed
+//! batch with the factored model until they end (the two compute the same function up to
+//! float rounding, and moving a row would copy its cache); its new jobs go to its dense
+//! batch. The engine tells the cache each elite's prompt tokens and, every decode step of
+//! the mixed batch, its rows and the batch's, which is what decides when an elite served
+//! from factors is worth materialising. [`EngineStatus::forward_passes`] counts the passes
+//! run.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -330,6 +332,7 @@ impl Scheduler {
         st.batch_size = self.running();
         st.batches = self.batches.len();
         st.forward_passes = self.forward_passes;
+        st.materialisations = self.elites.loads;
         st.waiting = self.waiting.len();
         st.elites_resident = self.elites.resident();
         st.resident_bytes = self.elites.resident_bytes();
@@ -583,9 +586,11 @@ impl Scheduler {
                 return;
             }
         };
-        for g in &batch.groups {
-            let prompt = g.seqs.iter().map(|s| s.prompt.len()).sum();
-            self.elites.record_tokens(&g.elite, prompt, 0);
+        if factored {
+            for g in &batch.groups {
+                let prompt = g.seqs.iter().map(|s| s.prompt.len()).sum();
+                self.elites.record_prefill(&g.elite, prompt);
+            }
         }
         for (s, row) in batch.seqs_mut().zip(&rows) {
             self.step(s, row);
@@ -700,8 +705,11 @@ impl Scheduler {
             self.forward_passes += 1;
             match logits {
                 Ok(rows) => {
-                    for g in &batch.groups {
-                        self.elites.record_tokens(&g.elite, 0, g.seqs.len());
+                    if batch.factored {
+                        for g in &batch.groups {
+                            self.elites
+                                .record_decode(&g.elite, g.seqs.len(), tokens.len());
+                        }
                     }
                     for (s, row) in batch.seqs_mut().zip(&rows) {
                         self.step(s, row);

@@ -49,14 +49,18 @@ pub trait EliteSource: Send + Sync {
 /// How the [`EliteCache`] serves an elite that is not resident (elites resident in the LRU
 /// are always served from their dense weights).
 ///
-/// The trade-off (docs/performance.md, "Serving from factors vs materialising"): a
-/// materialisation costs seconds and blocks the scheduler, and a dense elite takes a whole
-/// model's memory; an elite served from factors costs no time to set up and almost no
-/// memory, but every token costs `2·r·(in + out)` more FLOP per matrix. `Auto` is the
-/// ski-rental rule: rent (factors) until the rent paid reaches the price of buying
-/// (materialising), then buy; with the threshold at the break-even it never costs more than
-/// twice the better choice made with hindsight (the break-even moves with rank, batch size
-/// and load, so the default threshold is a middle value of the measured ones).
+/// The trade-off (docs/performance.md, "Serving from factors vs materialising" and "Mixed
+/// batches"): a materialisation costs seconds and blocks the scheduler, and a dense elite
+/// takes a whole model's memory and a forward pass of its own every step; the elites served
+/// from factors cost no time to set up and almost no memory, and all share one forward pass
+/// per step (the base's products once for all their rows, the deltas' products once per
+/// matrix). So what materialising an elite saves per step is only its rows' share of that
+/// mixed pass, against the fixed cost of a dense pass of its own: it pays for an elite that
+/// carries many rows (measured on 2 cores, SmolLM2-135M at rank 64: break-even near 14 rows
+/// while other elites keep the mixed pass running), or that has the mixed batch to itself
+/// (materialising then removes the mixed pass, and a dense pass is 1.5-1.8x cheaper at any
+/// row count), and not for many elites with a row or two each (8 x 1 and 4 x 2 rows cost
+/// 1.7-2.2x the CPU materialised).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ServingPolicy {
     /// Materialise every elite into the LRU (an elite waits while the budget is taken by
@@ -65,12 +69,27 @@ pub enum ServingPolicy {
     /// Serve every non-resident elite from factors; never materialise (sources without
     /// factors are materialised all the same).
     Factors,
-    /// Serve an elite from factors until it has generated `materialise_after` tokens
-    /// (counted since it was last evicted; a prompt token counts as
-    /// 1/[`PROMPT_TOKENS_PER_TOKEN`](ServingPolicy::PROMPT_TOKENS_PER_TOKEN) of one), then
-    /// materialise it into the LRU if the budget has room (else keep serving it from
-    /// factors).
-    Auto { materialise_after: u64 },
+    /// Serve an elite from factors until both
+    ///
+    /// - it has generated `materialise_after` tokens from factors since it was last evicted
+    ///   (a prompt token counts as
+    ///   1/[`PROMPT_TOKENS_PER_TOKEN`](ServingPolicy::PROMPT_TOKENS_PER_TOKEN) of one): the
+    ///   ski-rental part, so that the seconds a materialisation costs are only spent on an
+    ///   elite that has already been served a while (an elite that goes cold early has
+    ///   cost at most that many tokens' extra time; the threshold sits in the measured
+    ///   single-elite break-evens), and
+    /// - over its recent decode steps (an exponential average over about
+    ///   [`ROW_AVERAGE_STEPS`](ServingPolicy::ROW_AVERAGE_STEPS)) it carried at least
+    ///   `min_rows` rows of the mixed batch, or had the mixed batch to itself in at least
+    ///   half of them: the mixed-batch part, so that an elite is only taken out of the
+    ///   shared pass when a dense pass of its own is cheaper than its rows' share of it;
+    ///
+    /// then materialise it into the LRU if the budget has room (else keep serving it from
+    /// factors). `min_rows: 0` is the rule before mixed batches (tokens only).
+    Auto {
+        materialise_after: u64,
+        min_rows: u32,
+    },
 }
 
 impl ServingPolicy {
@@ -78,6 +97,21 @@ impl ServingPolicy {
     /// SmolLM2-135M at batch 1 (12-86 tokens at full rank, 9-41 or never at rank 64; 37-348
     /// at batch 8), docs/performance.md, "Serving from factors vs materialising".
     pub const DEFAULT_MATERIALISE_AFTER: u64 = 64;
+
+    /// `Auto`'s default row threshold: above the measured break-even of an elite sharing
+    /// the mixed batch with others (about 14 rows on SmolLM2-135M at rank 64: a dense pass
+    /// costs ~0.030 CPU s plus ~0.0033 s a row, a row of the mixed pass ~0.0055 s), rounded
+    /// up so that a wrong guess errs towards factors, which cost no memory and no stall.
+    /// Through the engine (`examples/policy_bench.rs`, one run each on a loaded machine) 16
+    /// did not lose to 8: with an elite of 12 rows beside six of one, 8 materialised it and
+    /// spent 8% more CPU than 16, which kept it in the mixed batch (docs/performance.md,
+    /// "Which is faster when").
+    pub const DEFAULT_MIN_ROWS: u32 = 16;
+
+    /// How many recent decode steps `Auto`'s row average weighs (exponentially: each step
+    /// counts 1/this of the average): enough to ride out one job ending or starting, few
+    /// enough to follow a change of load within a second or two.
+    pub const ROW_AVERAGE_STEPS: u32 = 8;
 
     /// How many prompt tokens count as one generated token for `Auto`: what a prompt token
     /// costs more from factors than dense is about a tenth of what a generated token costs
@@ -91,27 +125,43 @@ impl Default for ServingPolicy {
     fn default() -> Self {
         ServingPolicy::Auto {
             materialise_after: Self::DEFAULT_MATERIALISE_AFTER,
+            min_rows: Self::DEFAULT_MIN_ROWS,
         }
     }
 }
 
 impl FromStr for ServingPolicy {
     type Err = ServeError;
+    /// `materialise`, `factors`, `auto`, `auto:<tokens>` (the default row threshold) or
+    /// `auto:<tokens>:<rows>`.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim().to_ascii_lowercase();
+        let bad = || {
+            ServeError::Config(format!(
+                "elite serving policy `{s}`: expected `materialise`, `factors`, `auto`, \
+                 `auto:<tokens>` or `auto:<tokens>:<rows>`"
+            ))
+        };
         match s.as_str() {
             "materialise" | "materialize" | "dense" => Ok(ServingPolicy::Materialise),
             "factors" | "factored" => Ok(ServingPolicy::Factors),
             "auto" => Ok(ServingPolicy::default()),
-            other => match other.strip_prefix("auto:").map(str::parse::<u64>) {
-                Some(Ok(n)) => Ok(ServingPolicy::Auto {
-                    materialise_after: n,
-                }),
-                _ => Err(ServeError::Config(format!(
-                    "elite serving policy `{s}`: expected `materialise`, `factors`, `auto` \
-                     or `auto:<tokens>`"
-                ))),
-            },
+            other => {
+                let rest = other.strip_prefix("auto:").ok_or_else(bad)?;
+                let (tokens, rows) = match rest.split_once(':') {
+                    Some((t, r)) => (t, Some(r)),
+                    None => (rest, None),
+                };
+                let materialise_after = tokens.parse::<u64>().map_err(|_| bad())?;
+                let min_rows = match rows {
+                    Some(r) => r.parse::<u32>().map_err(|_| bad())?,
+                    None => Self::DEFAULT_MIN_ROWS,
+                };
+                Ok(ServingPolicy::Auto {
+                    materialise_after,
+                    min_rows,
+                })
+            }
         }
     }
 }
@@ -121,8 +171,53 @@ impl std::fmt::Display for ServingPolicy {
         match self {
             ServingPolicy::Materialise => f.write_str("materialise"),
             ServingPolicy::Factors => f.write_str("factors"),
-            ServingPolicy::Auto { materialise_after } => write!(f, "auto:{materialise_after}"),
+            ServingPolicy::Auto {
+                materialise_after,
+                min_rows,
+            } => write!(f, "auto:{materialise_after}:{min_rows}"),
         }
+    }
+}
+
+/// What `Auto` knows of a non-resident elite since it was last evicted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Heat {
+    /// Tokens run from factors, in units of one prompt token.
+    units: u64,
+    /// Decode steps seen in the mixed batch (the averages below start at the first).
+    steps: u64,
+    /// Its rows per decode step, averaged over its recent steps.
+    rows: f64,
+    /// The fraction of its recent decode steps in which its rows were all the mixed
+    /// batch's rows.
+    alone: f64,
+}
+
+impl Heat {
+    fn decode_step(&mut self, rows: usize, batch_rows: usize) {
+        self.units += rows as u64 * ServingPolicy::PROMPT_TOKENS_PER_TOKEN;
+        let alone = if rows >= batch_rows { 1.0 } else { 0.0 };
+        let rows = rows as f64;
+        if self.steps == 0 {
+            (self.rows, self.alone) = (rows, alone);
+        } else {
+            let w = 1.0 / f64::from(ServingPolicy::ROW_AVERAGE_STEPS);
+            self.rows += w * (rows - self.rows);
+            self.alone += w * (alone - self.alone);
+        }
+        self.steps += 1;
+    }
+
+    /// Whether `Auto { materialise_after, min_rows }` would materialise this elite (room
+    /// in the budget aside).
+    fn is_hot(&self, materialise_after: u64, min_rows: u32) -> bool {
+        let served =
+            self.units >= materialise_after.saturating_mul(ServingPolicy::PROMPT_TOKENS_PER_TOKEN);
+        // Alone in a step, materialising would save the mixed pass's fixed cost (~0.046 CPU s
+        // against ~0.030 for a dense pass, docs/performance.md): worth it for a one-row elite
+        // alone in about 60% of its steps, less with more rows; half is the round middle.
+        let carries = self.rows >= f64::from(min_rows) || self.alone >= 0.5;
+        served && carries
     }
 }
 
@@ -190,8 +285,8 @@ pub struct EliteCache {
     factored: HashMap<String, Arc<Llama>>,
     /// Whether the source has factors (`None` until asked).
     has_factors: Option<bool>,
-    /// Tokens each non-resident elite has run since it was last resident (for `Auto`).
-    tokens: HashMap<String, u64>,
+    /// What each non-resident elite has run since it was last resident (for `Auto`).
+    heat: HashMap<String, Heat>,
     /// Materialisations so far (for metrics and tests).
     pub loads: u64,
     /// Elite models built from factors so far (for metrics and tests).
@@ -217,7 +312,7 @@ impl EliteCache {
             policy: ServingPolicy::Materialise,
             factored: HashMap::new(),
             has_factors: None,
-            tokens: HashMap::new(),
+            heat: HashMap::new(),
             loads: 0,
             factored_builds: 0,
         }
@@ -249,14 +344,21 @@ impl EliteCache {
         self.factored.len()
     }
 
-    /// Counts `generated` tokens (decode steps, one per row) and `prompt` tokens (prefill)
-    /// run by `elite`: `Auto` materialises an elite once it has run enough of them from
-    /// factors.
-    pub fn record_tokens(&mut self, elite: &str, prompt: usize, generated: usize) {
+    /// Counts the `prompt` tokens of `elite` prefilled from factors (for `Auto`).
+    pub fn record_prefill(&mut self, elite: &str, prompt: usize) {
         if !self.is_resident(elite) {
-            // In units of one prompt token.
-            let units = prompt as u64 + generated as u64 * ServingPolicy::PROMPT_TOKENS_PER_TOKEN;
-            *self.tokens.entry(elite.to_string()).or_default() += units;
+            self.heat.entry(elite.to_string()).or_default().units += prompt as u64;
+        }
+    }
+
+    /// Counts one decode step of the mixed batch in which `elite` ran `rows` of its
+    /// `batch_rows` rows (for `Auto`: its tokens, and how many rows it carries).
+    pub fn record_decode(&mut self, elite: &str, rows: usize, batch_rows: usize) {
+        if !self.is_resident(elite) {
+            self.heat
+                .entry(elite.to_string())
+                .or_default()
+                .decode_step(rows, batch_rows);
         }
     }
 
@@ -274,10 +376,15 @@ impl EliteCache {
         match self.policy {
             ServingPolicy::Materialise => false,
             ServingPolicy::Factors => true,
-            ServingPolicy::Auto { materialise_after } => {
-                self.tokens.get(elite).copied().unwrap_or(0)
-                    < materialise_after.saturating_mul(ServingPolicy::PROMPT_TOKENS_PER_TOKEN)
-                    || self.room_for_new() == 0
+            ServingPolicy::Auto {
+                materialise_after,
+                min_rows,
+            } => {
+                let hot = self
+                    .heat
+                    .get(elite)
+                    .is_some_and(|h| h.is_hot(materialise_after, min_rows));
+                !hot || self.room_for_new() == 0
             }
         }
     }
@@ -379,10 +486,10 @@ impl EliteCache {
             model: model.clone(),
             last_used: self.clock,
         });
-        // Resident now: its factored model (if any) is dropped once its batch ends, and its
-        // token count starts again from zero when it is evicted.
+        // Resident now: its factored model (if any) is dropped once its batch ends, and what
+        // `Auto` knows of it starts again from nothing when it is evicted.
         self.factored.remove(elite);
-        self.tokens.remove(elite);
+        self.heat.remove(elite);
         Ok(model)
     }
 

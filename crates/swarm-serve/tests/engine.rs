@@ -16,25 +16,14 @@ use swarm_serve::{
 };
 use tokio::sync::mpsc;
 
+/// swarm-merge's tiny Llama with a tied head (the head path of SmolLM2) and a context of 96
+/// positions (`limits_and_deadlines` runs into it).
 fn config() -> LlamaConfig {
     LlamaConfig {
-        vocab_size: 64,
-        hidden_size: 32,
         intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        rope_scaling: None,
         max_position_embeddings: 96,
         tie_word_embeddings: true,
-        attention_bias: false,
-        mlp_bias: false,
-        bos_token_id: Some(1),
-        eos_token_ids: vec![2],
-        torch_dtype: "float32".to_string(),
+        ..swarm_merge::testing::tiny_config()
     }
 }
 

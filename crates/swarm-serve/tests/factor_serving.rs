@@ -4,7 +4,8 @@
 //! shared, a low-rank delta per matrix) must answer exactly what the same elite materialised
 //! answers (greedy), at full rank and with truncated factors, alone and through the engine
 //! with mixed elites in flight; the `Auto` policy must materialise an elite once it has run
-//! enough tokens from factors, and never wait for room in the budget.
+//! enough tokens from factors carrying enough rows of the mixed batch (or running alone), not
+//! the elites with a row each, and never wait for room in the budget.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -103,6 +104,7 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, one)
         .with_policy(ServingPolicy::Auto {
             materialise_after: 20,
+            min_rows: 4,
         });
     cache.prepare().unwrap();
     // Cold: from factors, nothing materialised, no room needed.
@@ -114,16 +116,22 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     assert!(!cache.needs_room("e7"));
     // Built once: the same model again.
     assert!(Arc::ptr_eq(&e7, &cache.get("e7").unwrap()));
-    // Hot: materialised once it has generated 20 tokens (a prompt token counts as 1/10).
-    cache.record_tokens("e7", 9, 19);
+    // Hot: materialised once it has generated 20 tokens (a prompt token counts as 1/10)
+    // carrying 4 rows of a mixed batch of 6.
+    cache.record_prefill("e7", 39);
+    for _ in 0..4 {
+        cache.record_decode("e7", 4, 6);
+    }
     cache.get("e7").unwrap();
-    assert_eq!(cache.loads, 0);
-    cache.record_tokens("e7", 1, 0);
+    assert_eq!(cache.loads, 0, "19.9 tokens");
+    cache.record_prefill("e7", 1);
     let dense = cache.get("e7").unwrap();
     assert_eq!((cache.loads, cache.resident(), cache.factored()), (1, 1, 0));
     // Another hot elite while e7 is in use (its Arc held) and the budget holds one: it is
     // served from factors instead of waiting or going over the budget.
-    cache.record_tokens("e9", 0, 100);
+    for _ in 0..25 {
+        cache.record_decode("e9", 4, 4);
+    }
     let e9 = cache.get("e9").unwrap();
     assert_eq!((cache.loads, cache.resident()), (1, 1));
     assert!(cache.is_resident("e7") && !cache.is_resident("e9"));
@@ -132,9 +140,50 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     cache.get("e9").unwrap();
     assert_eq!((cache.loads, cache.resident()), (2, 1));
     assert!(cache.is_resident("e9"));
-    // e7 starts again from zero after its eviction: from factors.
+    // e7 starts again from nothing after its eviction: from factors.
     cache.get("e7").unwrap();
     assert_eq!(cache.loads, 2);
+
+    // Many tokens but few rows among others' (one of five, or three on average over the
+    // recent steps): it stays in the mixed batch; alone in most of its recent steps, even
+    // with one row, it is materialised.
+    let opened = open_swarm(&s.swarm).unwrap();
+    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, 4 * one)
+        .with_policy(ServingPolicy::Auto {
+            materialise_after: 20,
+            min_rows: 4,
+        });
+    for _ in 0..100 {
+        cache.record_decode("e7", 1, 5);
+    }
+    for _ in 0..10 {
+        cache.record_decode("e7", 8, 9);
+        cache.record_decode("e7", 1, 9);
+        cache.record_decode("e7", 1, 9);
+        cache.record_decode("e7", 2, 9);
+    }
+    cache.get("e7").unwrap();
+    assert_eq!(
+        cache.loads, 0,
+        "few rows among others' stay in the mixed batch"
+    );
+    for _ in 0..8 {
+        cache.record_decode("e7", 1, 1);
+    }
+    cache.get("e7").unwrap();
+    assert_eq!(cache.loads, 1, "alone: materialised");
+    // `min_rows: 0` is the rule before mixed batches: tokens only.
+    let opened = open_swarm(&s.swarm).unwrap();
+    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, 4 * one)
+        .with_policy(ServingPolicy::Auto {
+            materialise_after: 20,
+            min_rows: 0,
+        });
+    for _ in 0..20 {
+        cache.record_decode("e7", 1, 8);
+    }
+    cache.get("e7").unwrap();
+    assert_eq!(cache.loads, 1);
 
     // `Materialise` never serves from factors, and waits for room.
     let opened = open_swarm(&s.swarm).unwrap();
@@ -144,25 +193,43 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     cache.get("e7").unwrap();
     assert_eq!((cache.loads, cache.factored_builds), (1, 0));
 
-    // The policy's text forms.
+    // The policy's text forms; `auto:<tokens>` (the form before row thresholds) keeps the
+    // default row threshold.
+    let auto = |materialise_after, min_rows| ServingPolicy::Auto {
+        materialise_after,
+        min_rows,
+    };
     for (text, policy) in [
         ("materialise", ServingPolicy::Materialise),
         ("factors", ServingPolicy::Factors),
-        (
-            "auto:7",
-            ServingPolicy::Auto {
-                materialise_after: 7,
-            },
-        ),
+        ("auto:7", auto(7, ServingPolicy::DEFAULT_MIN_ROWS)),
+        ("auto:7:3", auto(7, 3)),
+        ("auto:64:0", auto(64, 0)),
         ("auto", ServingPolicy::default()),
     ] {
         assert_eq!(text.parse::<ServingPolicy>().unwrap(), policy);
+        if text.matches(':').count() == 2 {
+            assert_eq!(policy.to_string(), text);
+        }
     }
-    let err = "sometimes"
-        .parse::<ServingPolicy>()
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("auto:<tokens>"), "{err}");
+    assert_eq!(
+        ServingPolicy::default(),
+        auto(
+            ServingPolicy::DEFAULT_MATERIALISE_AFTER,
+            ServingPolicy::DEFAULT_MIN_ROWS
+        )
+    );
+    for bad in [
+        "sometimes",
+        "auto:",
+        "auto:x",
+        "auto:7:",
+        "auto:7:-1",
+        "auto:7:3:1",
+    ] {
+        let err = bad.parse::<ServingPolicy>().unwrap_err().to_string();
+        assert!(err.contains("auto:<tokens>:<rows>"), "{bad}: {err}");
+    }
 }
 
 /// The swarm served in-process with `policy`, once the engine is ready.
@@ -200,6 +267,7 @@ async fn the_engine_serves_mixed_elites_from_factors() {
     // (over a budget of one elite, so the LRU turns over), and answers alike.
     let auto = ServingPolicy::Auto {
         materialise_after: MAX_TOKENS as u64,
+        min_rows: ServingPolicy::DEFAULT_MIN_ROWS,
     };
     let (state, _engine) = serve(&s.swarm, auto, one).await;
     for round in 0..2 {
@@ -371,12 +439,13 @@ async fn an_elite_materialised_while_its_rows_run_from_factors_keeps_their_text(
         alone.push(collect(engine.submit(job.clone()).unwrap()).await);
     }
 
-    // `Auto` materialises an elite after 2 tokens: `first` and `other` start from factors
-    // in the mixed batch; `second`, submitted once `first` has generated 3 tokens (2 decode
-    // steps), finds its elite hot and materialises it (a dense batch of its own) while
-    // `first` still runs from factors.
+    // `Auto` materialises an elite after 2 tokens with a row of the mixed batch: `first`
+    // and `other` start from factors in the mixed batch; `second`, submitted once `first`
+    // has generated 3 tokens (2 decode steps), finds its elite hot and materialises it (a
+    // dense batch of its own) while `first` still runs from factors.
     let auto = ServingPolicy::Auto {
         materialise_after: 2,
+        min_rows: 1,
     };
     let (engine, gate) = gated_engine(&s.swarm, auto, one);
     let mut rx_first = engine.submit(first).unwrap();
@@ -401,4 +470,81 @@ async fn an_elite_materialised_while_its_rows_run_from_factors_keeps_their_text(
     assert_eq!(collect(rx_other).await, alone[1]);
     assert_eq!(collect(rx_second).await, alone[2]);
     assert_eq!(engine.status().elites_resident, 1);
+}
+
+/// Two waves of the same jobs through an engine with `policy` (a budget for every elite):
+/// the texts of each wave, and the elites resident after the second.
+async fn two_waves(
+    dir: &Path,
+    policy: ServingPolicy,
+    jobs: &[GenerateJob],
+) -> (Vec<(String, usize)>, Vec<(String, usize)>, u64) {
+    let all = 5 * swarm_serve::model_bytes(&tiny_config(), Precision::F32);
+    let (engine, gate) = gated_engine(dir, policy, all);
+    let receivers: Vec<_> = jobs
+        .iter()
+        .map(|j| engine.submit(j.clone()).unwrap())
+        .collect();
+    gate.send(()).unwrap();
+    let first = futures_util::future::join_all(receivers.into_iter().map(collect)).await;
+    assert_eq!(
+        engine.status().materialisations,
+        0,
+        "{policy}: the first wave"
+    );
+    let receivers: Vec<_> = jobs
+        .iter()
+        .map(|j| engine.submit(j.clone()).unwrap())
+        .collect();
+    let second = futures_util::future::join_all(receivers.into_iter().map(collect)).await;
+    let status = engine.status();
+    assert_eq!(status.materialisations, status.elites_resident as u64);
+    (first, second, status.materialisations)
+}
+
+#[tokio::test]
+async fn auto_materialises_an_elite_with_many_rows_not_elites_with_one() {
+    let (s, ids) = build_swarm(Rank::Full);
+    // `Auto` after 6 tokens, for an elite with 3 rows or more (or alone).
+    let auto = ServingPolicy::Auto {
+        materialise_after: 6,
+        min_rows: 3,
+    };
+    let prompt = |i: usize| vec![5 + i as u32, 17, 33, 8 + 2 * i as u32];
+
+    // One row each for every elite, many tokens each: the elites stay in the mixed batch
+    // (nothing materialised), and answer as they do from factors.
+    let one_each: Vec<GenerateJob> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| sampled(id, prompt(i), 16, 100 + i as u64))
+        .collect();
+    let (want, _, _) = two_waves(&s.swarm, ServingPolicy::Factors, &one_each).await;
+    let (first, second, materialised) = two_waves(&s.swarm, auto, &one_each).await;
+    assert_eq!(materialised, 0);
+    assert_eq!((&first, &second), (&want, &want));
+    // The rule before mixed batches (tokens only) materialises every one of them that ran
+    // 6 decode steps (a job may end early, at the end-of-sequence token).
+    let tokens_only = ServingPolicy::Auto {
+        materialise_after: 6,
+        min_rows: 0,
+    };
+    let (_, second, materialised) = two_waves(&s.swarm, tokens_only, &one_each).await;
+    let long = want.iter().filter(|(_, n)| *n > 6).count() as u64;
+    assert!(long >= 3, "the jobs end too early: {want:?}");
+    assert_eq!(materialised, long);
+    assert_eq!(second, want);
+
+    // One elite with six rows beside two elites with one: the first is materialised for
+    // the second wave (its rows a dense batch of their own), the others stay in the mixed
+    // batch; every text as from factors.
+    let mut hot_and_cold: Vec<GenerateJob> = (0..6)
+        .map(|i| sampled(&ids[0], prompt(i), 16, 200 + i as u64))
+        .collect();
+    hot_and_cold.push(sampled(&ids[1], prompt(6), 16, 300));
+    hot_and_cold.push(sampled(&ids[2], prompt(7), 16, 301));
+    let (want, _, _) = two_waves(&s.swarm, ServingPolicy::Factors, &hot_and_cold).await;
+    let (first, second, materialised) = two_waves(&s.swarm, auto, &hot_and_cold).await;
+    assert_eq!(materialised, 1);
+    assert_eq!((&first, &second), (&want, &want));
 }

@@ -1,9 +1,19 @@
-//! What `factor_bench` and `mixed_batch_bench` share: where the synthetic experts' factor sets
-//! are cached between runs, and under which name.
+//! What `factor_bench`, `mixed_batch_bench` and `policy_bench` share: where the synthetic
+//! experts' factor sets are cached between runs, and under which name; the swarm of
+//! children of those experts that the last two serve; the process's CPU time and the load
+//! average, printed next to every timing (the benches run on a shared machine).
 
+// Each example uses its own part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use swarm_merge::Rank;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device};
+use swarm_merge::{Genome, Rank};
+use swarm_model::{Pretrained, Weights};
+use swarm_serve::GenomeSwarm;
 
 /// `$SWARM_BENCH_CACHE`, else `/tmp/swarm-factor-bench`, created if missing.
 pub fn factor_cache_dir() -> std::io::Result<PathBuf> {
@@ -20,4 +30,71 @@ pub fn factor_path(cache_dir: &Path, model: &str, rank: Rank, rel: f32) -> PathB
         "{}-{rank}-{rel}.safetensors",
         swarm_serve::model_elite_id(model)
     ))
+}
+
+/// `k` elites `elite00`, `elite01`, ... over `reference`'s base, each a different child of
+/// all three of its perturbed experts (Gaussian noise of `rel` times each tensor's RMS,
+/// factorised at `rank`, the factor set cached): every matrix's delta sums three low-rank
+/// terms, and no two elites have the same weights. With the opened model (its weights
+/// moved into the swarm: its name, config, tokenizer and template stay) and the ids.
+pub fn children_swarm(
+    reference: &str,
+    rank: Rank,
+    rel: f32,
+    k: usize,
+) -> Result<(Pretrained, GenomeSwarm, Vec<String>)> {
+    let cache_dir = factor_cache_dir()?;
+    let pretrained = Pretrained::open(reference)?;
+    let base = pretrained.load_weights(&Device::Cpu, DType::F32)?;
+    let path = factor_path(&cache_dir, &pretrained.name, rank, rel);
+    let experts: Vec<Weights> = (0..3)
+        .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
+        .collect();
+    let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
+        .with_context(|| format!("factors in {}", path.display()))?;
+    drop((experts, base));
+    let layout = factors.layout().clone();
+    let e: Vec<Genome> = (0..3)
+        .map(|k| Genome::expert(&layout, k))
+        .collect::<Result<_, _>>()?;
+    let mut genomes = BTreeMap::new();
+    for i in 0..k {
+        let w = 1.0 + i as f64;
+        let child =
+            e[0].weighted_pair(&e[1], w, 1.0)?
+                .weighted_pair(&e[2], 2.0, 0.5 + 0.25 * i as f64)?;
+        genomes.insert(format!("elite{i:02}"), child);
+    }
+    let ids: Vec<String> = genomes.keys().cloned().collect();
+    // The base as the server reads it (a GGUF file is dequantised tensor by tensor).
+    let source = Pretrained::open(reference)?.weights;
+    let swarm = GenomeSwarm::new(pretrained.config.clone(), source, factors, genomes);
+    Ok((pretrained, swarm, ids))
+}
+
+/// User + system CPU seconds of this process so far, all its threads (`/proc/self/stat`,
+/// fields 14 and 15, in clock ticks of 1/100 s).
+pub fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("/proc/self/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("/proc/self/stat is short")?
+            .parse::<f64>()?)
+    };
+    // Field 14 is the 12th after the command name (state is field 3, index 0 here).
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_string())
 }
