@@ -234,6 +234,11 @@ impl SafetensorsReader {
             ));
         }
         let size = entry.dtype.size_in_bytes();
+        if entry.dtype == DType::F32 && cfg!(target_endian = "little") {
+            // Stored as the f32s wanted: read straight into them, with no decoding copy (a
+            // merge reads each input several times; the copy was ~6% of a TIES merge).
+            return self.read_bytes(entry, (start * size) as u64, f32s_as_bytes_mut(dst));
+        }
         // Bytes are read and decoded a cache-sized piece at a time.
         const PIECE: usize = 1 << 16;
         let mut done = 0;
@@ -254,6 +259,16 @@ impl SafetensorsReader {
         self.read_f32(name, 0, &mut values, &mut Vec::new())?;
         Ok(values)
     }
+}
+
+/// The bytes of `values`, to read f32s into (valid for little-endian files on a little-endian
+/// machine only).
+fn f32s_as_bytes_mut(values: &mut [f32]) -> &mut [u8] {
+    let len = std::mem::size_of_val(values);
+    // SAFETY: the pointer and length come from a live, exclusively borrowed slice of
+    // initialised f32s; u8 has no alignment requirement, every bit pattern is a valid f32
+    // (whatever is written through the bytes), and the borrow's lifetime carries over.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) }
 }
 
 /// Little-endian f32/bf16/f16/f64 bytes to f32 values (`bytes.len()` is `dst.len()` times

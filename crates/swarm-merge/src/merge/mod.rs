@@ -5,6 +5,7 @@
 pub mod linear;
 pub mod plan;
 pub mod run;
+mod simd;
 pub mod slerp;
 pub mod sparsify;
 mod stream;

@@ -10,6 +10,7 @@
 use rand_chacha::ChaCha8Rng;
 
 use crate::error::{MergeError, Result};
+use crate::merge::simd;
 use crate::merge::sparsify::{Keep, PlanScratch};
 use crate::merge::stream::{ReadScratch, CHUNK};
 
@@ -57,8 +58,6 @@ pub(crate) struct GtaMixer {
     keeps: Vec<Keep>,
     /// `Σ w_i` (1 when it is ~0): the divisor of `normalize` without a sign consensus.
     global_divisor: f64,
-    /// The CPU has AVX2 (see [`mix_chunk`](Self::mix_chunk)).
-    avx2: bool,
 }
 
 /// Entries mixed at a time within a chunk (see [`GtaMixer::mix_tiles`]): three f64
@@ -124,10 +123,6 @@ impl GtaMixer {
             } else {
                 weight_sum
             },
-            #[cfg(target_arch = "x86_64")]
-            avx2: std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(not(target_arch = "x86_64"))]
-            avx2: false,
         })
     }
 
@@ -141,28 +136,7 @@ impl GtaMixer {
         deltas: &mut [Vec<f32>],
         work: &mut MixWork,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.avx2 {
-            // SAFETY: `avx2` is set only where the CPU has AVX2 (checked in `plan`).
-            return unsafe { self.mix_chunk_avx2(start, base_out, deltas, work) };
-        }
-        self.mix_tiles(start, base_out, deltas, work);
-    }
-
-    /// [`mix_tiles`](Self::mix_tiles) compiled for AVX2: the workspace builds for baseline
-    /// x86-64, where the f64 loops are 2 lanes wide; AVX2 makes them 4. IEEE adds, multiplies
-    /// and divides round the same whatever the width, and Rust never fuses a multiply and an
-    /// add on its own, so the output bits do not change.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn mix_chunk_avx2(
-        &self,
-        start: usize,
-        base_out: &mut [f32],
-        deltas: &mut [Vec<f32>],
-        work: &mut MixWork,
-    ) {
-        self.mix_tiles(start, base_out, deltas, work);
+        simd::fast(|| self.mix_tiles(start, base_out, deltas, work));
     }
 
     /// The chunk [`TILE`] entries at a time, so that a tile's f64 accumulators and task
