@@ -71,9 +71,10 @@ pub struct ServeArgs {
     pub memory_budget_mb: usize,
     /// How a swarm's elites are served: `materialise` (dense weights in the LRU),
     /// `factors` (the base's weights plus low-rank deltas, nothing materialised), or
-    /// `auto[:N]` (from factors until an elite has generated N tokens, then materialised
-    /// while the budget has room; N = 64 by default). docs/performance.md measures when
-    /// each is faster.
+    /// `auto[:N[:R]]` (from factors in the mixed batch until an elite has generated N tokens
+    /// and carries R rows of the batch on average, or runs alone; then materialised while the
+    /// budget has room; `auto` is `auto:64:16`, `auto:N:0` counts tokens only).
+    /// docs/performance.md measures when each is faster.
     #[arg(long, env = "SWARM_ELITE_SERVING", default_value = "auto")]
     pub elite_serving: String,
     /// Router training data: JSON lines `{"skill": ..., "text": ...}`.
