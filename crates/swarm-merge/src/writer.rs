@@ -454,14 +454,28 @@ fn write_blocks(
                 let _ = bytes_back.send(bytes);
             }
             Block::Values(values, dtype) => {
-                encoded.clear();
-                encode(&values, dtype, &mut encoded);
-                sink.write(&encoded)?;
+                if dtype == DType::F32 && cfg!(target_endian = "little") {
+                    // The encoding is the values' own bytes: no copy (and no zeroing of the
+                    // copy's buffer) on the way to the sink.
+                    sink.write(f32s_as_bytes(&values))?;
+                } else {
+                    encoded.clear();
+                    encode(&values, dtype, &mut encoded);
+                    sink.write(&encoded)?;
+                }
                 let _ = values_back.send(values);
             }
         }
     }
     sink.finish()
+}
+
+/// The bytes of `values` (their little-endian encoding on a little-endian machine).
+fn f32s_as_bytes(values: &[f32]) -> &[u8] {
+    let len = std::mem::size_of_val(values);
+    // SAFETY: the pointer and length come from a live slice of initialised f32s, u8 has no
+    // alignment or validity requirements, and the lifetime is tied to the borrow.
+    unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), len) }
 }
 
 /// Appends f32 values to `out` as little-endian `dtype` (f32, f16, bf16 or f64).
