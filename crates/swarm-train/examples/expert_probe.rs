@@ -6,6 +6,9 @@
 //! `TOY_WORLD=<world dir> TOY_SKILL=coding TOY_OUT=<dir> [TOY_EXPERT_STEPS, TOY_EXPERT_LR,
 //! TOY_REPLAY] cargo run --release -p swarm-train --example expert_probe`
 
+mod common;
+
+use common::env;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -16,16 +19,8 @@ use swarm_train::{
     encode_all, evaluate_models, progress_bar, train_expert, world_documents, WorldReport,
 };
 
-fn env<T: std::str::FromStr>(key: &str) -> Option<T> {
-    std::env::var(key).ok()?.parse().ok()
-}
-
 fn main() -> anyhow::Result<()> {
-    swarm_model::configure_cpu_threads();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .init();
+    common::start();
     let world: PathBuf = env("TOY_WORLD").context("set TOY_WORLD to a finished world's dir")?;
     let out: PathBuf = env("TOY_OUT").context("set TOY_OUT")?;
     let skill: Skill = std::env::var("TOY_SKILL")

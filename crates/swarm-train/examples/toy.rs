@@ -6,20 +6,15 @@
 //!
 //! `cargo run --release -p swarm-train --example toy`
 
+mod common;
+
+use common::env;
 use swarm_train::{
     bootstrap, markdown_report, score_table, summary, BootstrapOptions, Preset, WorldSpec,
 };
 
-fn env<T: std::str::FromStr>(key: &str) -> Option<T> {
-    std::env::var(key).ok()?.parse().ok()
-}
-
 fn main() -> anyhow::Result<()> {
-    swarm_model::configure_cpu_threads();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
-        .with_writer(std::io::stderr)
-        .init();
+    common::start();
     let preset: Preset = std::env::var("TOY_PRESET")
         .unwrap_or_else(|_| "full".into())
         .parse()?;
