@@ -99,13 +99,18 @@ fn factored_elites_answer_what_materialised_elites_answer_truncated() {
 #[test]
 fn auto_policy_materialises_hot_elites_and_never_waits() {
     let (s, _) = build_swarm(Rank::Full);
-    let opened = open_swarm(&s.swarm).unwrap();
     let one = swarm_serve::model_bytes(&tiny_config(), Precision::F32);
-    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, one)
-        .with_policy(ServingPolicy::Auto {
-            materialise_after: 20,
-            min_rows: 4,
-        });
+    // A fresh cache over the swarm with room for `budget` bytes, serving by `policy`.
+    let cache_with = |budget: usize, policy: ServingPolicy| {
+        let opened = open_swarm(&s.swarm).unwrap();
+        EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, budget)
+            .with_policy(policy)
+    };
+    let auto = |materialise_after, min_rows| ServingPolicy::Auto {
+        materialise_after,
+        min_rows,
+    };
+    let mut cache = cache_with(one, auto(20, 4));
     cache.prepare().unwrap();
     // Cold: from factors, nothing materialised, no room needed.
     let e7 = cache.get("e7").unwrap();
@@ -147,12 +152,7 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     // Many tokens but few rows among others' (one of five, or three on average over the
     // recent steps): it stays in the mixed batch; alone in most of its recent steps, even
     // with one row, it is materialised.
-    let opened = open_swarm(&s.swarm).unwrap();
-    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, 4 * one)
-        .with_policy(ServingPolicy::Auto {
-            materialise_after: 20,
-            min_rows: 4,
-        });
+    let mut cache = cache_with(4 * one, auto(20, 4));
     for _ in 0..100 {
         cache.record_decode("e7", 1, 5);
     }
@@ -173,12 +173,7 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     cache.get("e7").unwrap();
     assert_eq!(cache.loads, 1, "alone: materialised");
     // `min_rows: 0` is the rule before mixed batches: tokens only.
-    let opened = open_swarm(&s.swarm).unwrap();
-    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, 4 * one)
-        .with_policy(ServingPolicy::Auto {
-            materialise_after: 20,
-            min_rows: 0,
-        });
+    let mut cache = cache_with(4 * one, auto(20, 0));
     for _ in 0..20 {
         cache.record_decode("e7", 1, 8);
     }
@@ -186,19 +181,13 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     assert_eq!(cache.loads, 1);
 
     // `Materialise` never serves from factors, and waits for room.
-    let opened = open_swarm(&s.swarm).unwrap();
-    let mut cache = EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, one)
-        .with_policy(ServingPolicy::Materialise);
+    let mut cache = cache_with(one, ServingPolicy::Materialise);
     assert!(cache.needs_room("e7"));
     cache.get("e7").unwrap();
     assert_eq!((cache.loads, cache.factored_builds), (1, 0));
 
     // The policy's text forms; `auto:<tokens>` (the form before row thresholds) keeps the
     // default row threshold.
-    let auto = |materialise_after, min_rows| ServingPolicy::Auto {
-        materialise_after,
-        min_rows,
-    };
     for (text, policy) in [
         ("materialise", ServingPolicy::Materialise),
         ("factors", ServingPolicy::Factors),
