@@ -27,6 +27,7 @@ mod kv_cache;
 mod linear;
 mod llama;
 mod pretrained;
+mod products;
 mod sampling;
 mod tokenizer;
 mod weights;

@@ -9,10 +9,11 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::delta::LowRankDelta;
 use crate::error::{ModelError, Result};
+use crate::products;
 
 /// How a model's weights are held and its activations computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -216,6 +217,69 @@ impl Linear {
         }
     }
 
+    /// Several layers that read the same `x` (q, k and v): as [`Linear::forward_grouped`]
+    /// for each, with the dense products in one parallel region when they are plain (see
+    /// [`products`]).
+    pub(crate) fn forward_grouped_many(
+        layers: &[&[LinearGroup]],
+        x: &Tensor,
+    ) -> Result<Vec<Tensor>> {
+        let weights: Option<Vec<&Tensor>> = layers.iter().map(|g| Self::plain_weight(g)).collect();
+        if let Some(weights) = weights {
+            let (x2, dims) = rows_of(x)?;
+            if products::applies(&x2, &weights) {
+                let ys = products::products(&x2, &weights)?;
+                return ys
+                    .into_iter()
+                    .zip(layers)
+                    .map(|(y, groups)| {
+                        let y = match &groups[0].0.bias {
+                            Some(b) => y.broadcast_add(b)?,
+                            None => y,
+                        };
+                        with_rows(y, &dims)
+                    })
+                    .collect();
+            }
+        }
+        layers
+            .iter()
+            .map(|groups| Self::forward_grouped(groups, x))
+            .collect()
+    }
+
+    /// `silu(gate(x)) ⊙ up(x)`, the gated MLP's hidden activations: one parallel region for
+    /// both products and the SiLU when they are plain and unbiased (see [`products`]).
+    pub(crate) fn gated_grouped(
+        gate: &[LinearGroup],
+        up: &[LinearGroup],
+        x: &Tensor,
+    ) -> Result<Tensor> {
+        let plain = Self::plain_weight(gate).zip(Self::plain_weight(up));
+        if let Some((g, u)) = plain {
+            let unbiased = gate[0].0.bias.is_none() && up[0].0.bias.is_none();
+            let (x2, dims) = rows_of(x)?;
+            if unbiased && products::applies(&x2, &[g, u]) {
+                return with_rows(products::gated_product(&x2, g, u)?, &dims);
+            }
+        }
+        let gate = Self::forward_grouped(gate, x)?.silu()?;
+        Ok((gate * Self::forward_grouped(up, x)?)?)
+    }
+
+    /// The dense weight that every group runs with nothing else but one shared bias (no
+    /// low-rank deltas): the one product `x·Wᵀ` is then the whole layer but its bias.
+    fn plain_weight<'a>(groups: &[LinearGroup<'a>]) -> Option<&'a Tensor> {
+        let (first, _) = groups.first()?;
+        let plain = groups
+            .iter()
+            .all(|(l, _)| l.deltas.is_empty() && l.shares_weight(first) && l.shares_bias(first));
+        match &first.weight {
+            Weight::Dense(w) if plain => Some(w),
+            _ => None,
+        }
+    }
+
     fn forward_groups(groups: &[LinearGroup], x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let batch = dims[0];
@@ -353,67 +417,30 @@ impl Linear {
     }
 }
 
-/// Up to this many rows (a decode step's batch, a short prompt), a dense CPU product runs as
-/// `yᵀ = W xᵀ` and transposes the small result.
-///
-/// Why: gemm computes into a column-major destination, so `y = x Wᵀ` makes the weight the
-/// left operand with the wrong stride, and gemm copies ("packs") the whole weight matrix on
-/// every call: for SmolLM2 at batch 32 that was ~23% of a decode step (perf). As the right
-/// operand of `W xᵀ` the weight is read in place (gemm packs a right operand only beyond
-/// 128 x 16 rows on x86), and transposing `yᵀ` back costs `rows x out` copies, ~4% of it.
-const WEIGHT_IN_PLACE_MAX_ROWS: usize = 256;
-
 /// `x` (rows, in) times the transpose of `w` (out, in).
 pub(crate) fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let rows = x.dim(0)?;
-    if (2..=WEIGHT_IN_PLACE_MAX_ROWS).contains(&rows)
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && w.dtype() == DType::F32
-    {
-        let y_t = w.matmul(&x.t()?)?;
-        return Ok(y_t.apply_op1_no_bwd(&TransposeF32)?);
+    if products::applies(x, &[w]) {
+        let mut ys = products::products(x, &[w])?;
+        if let Some(y) = ys.pop() {
+            return Ok(y);
+        }
     }
     Ok(x.matmul(&w.t()?)?)
 }
 
-/// The transpose of a contiguous f32 matrix, as a contiguous matrix (candle's strided copy
-/// goes element by element through an index iterator; this goes tile by tile).
-struct TransposeF32;
+/// `x` (..., in) as a (rows, in) matrix, and its leading dims.
+fn rows_of(x: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    let dims = x.dims().to_vec();
+    let in_dim = dims.last().copied().unwrap_or(0);
+    let rows: usize = dims[..dims.len().saturating_sub(1)].iter().product();
+    Ok((x.reshape((rows, in_dim))?, dims))
+}
 
-impl CustomOp1 for TransposeF32 {
-    fn name(&self) -> &'static str {
-        "transpose-f32"
+/// `y` (rows, out) back in the leading dims of the input it came from.
+fn with_rows(y: Tensor, input_dims: &[usize]) -> Result<Tensor> {
+    let mut dims = input_dims.to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = y.dim(1)?;
     }
-
-    fn cpu_fwd(
-        &self,
-        storage: &CpuStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("transpose-f32 takes f32 tensors");
-        };
-        let [m, n] = *layout.dims() else {
-            candle_core::bail!("transpose-f32 takes matrices, got {:?}", layout.dims());
-        };
-        if !layout.is_contiguous() {
-            candle_core::bail!("transpose-f32 takes contiguous matrices");
-        }
-        let src = &data[layout.start_offset()..][..m * n];
-        let mut dst = vec![0f32; m * n];
-        // Tiles of TILE x TILE keep both the rows read and the rows written in L1.
-        const TILE: usize = 16;
-        for i0 in (0..m).step_by(TILE) {
-            for j0 in (0..n).step_by(TILE) {
-                for i in i0..(i0 + TILE).min(m) {
-                    let row = &src[i * n..(i + 1) * n];
-                    for j in j0..(j0 + TILE).min(n) {
-                        dst[j * m + i] = row[j];
-                    }
-                }
-            }
-        }
-        Ok((CpuStorage::F32(dst), Shape::from_dims(&[n, m])))
-    }
+    Ok(y.reshape(dims)?)
 }

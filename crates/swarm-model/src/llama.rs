@@ -226,10 +226,9 @@ impl Mlp {
     }
 
     fn forward(mlps: &[(&Mlp, usize)], x: &Tensor) -> Result<Tensor> {
-        let linear = |l: &[LinearGroup], x: &Tensor| Linear::forward_grouped(l, x);
-        let gate = linear(&parts(mlps, |m| &m.gate_proj), x)?.silu()?;
-        let up = linear(&parts(mlps, |m| &m.up_proj), x)?;
-        linear(&parts(mlps, |m| &m.down_proj), &(gate * up)?)
+        let (gate, up) = (parts(mlps, |m| &m.gate_proj), parts(mlps, |m| &m.up_proj));
+        let hidden = Linear::gated_grouped(&gate, &up, x)?;
+        Linear::forward_grouped(&parts(mlps, |m| &m.down_proj), &hidden)
     }
 }
 
@@ -281,9 +280,17 @@ impl Attention {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             Ok(y.reshape((b, t, n, d))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(linear(&parts(attns, |a| &a.q_proj), x)?, h)?;
-        let k = heads(linear(&parts(attns, |a| &a.k_proj), x)?, kvh)?;
-        let v = heads(linear(&parts(attns, |a| &a.v_proj), x)?, kvh)?;
+        let (qs, ks, vs) = (
+            parts(attns, |a| &a.q_proj),
+            parts(attns, |a| &a.k_proj),
+            parts(attns, |a| &a.v_proj),
+        );
+        let [q, k, v]: [Tensor; 3] = Linear::forward_grouped_many(&[&qs, &ks, &vs], x)?
+            .try_into()
+            .map_err(|_| ModelError::Generation("q, k and v: three products".to_string()))?;
+        let q = heads(q, h)?;
+        let k = heads(k, kvh)?;
+        let v = heads(v, kvh)?;
         let (cos, sin) = rope_cs;
         let q = rope(&q, cos, sin)?;
         let k = rope(&k, cos, sin)?;
