@@ -37,6 +37,7 @@
 mod error;
 mod factor;
 mod genome;
+mod mapping;
 mod materialise;
 pub mod merge;
 mod reader;

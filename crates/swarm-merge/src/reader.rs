@@ -1,15 +1,15 @@
-//! A safetensors [`TensorSource`] that reads each tensor's bytes with a positioned read.
+//! A safetensors [`TensorSource`] that reads each tensor's bytes with a positioned read, or,
+//! for a merge, straight from the mapped file.
 //!
-//! Memory-mapped reading (swarm-model's `SafetensorsFiles`) is fastest for a forward pass, but
-//! every page it touches counts towards the process's resident memory until the kernel reclaims
-//! it, so a merge that streams three models through a mmap looks (and, under pressure, is) as
-//! big as the three models. Reading tensor by tensor keeps the resident set at the tensors in
-//! flight; the kernel's page cache still makes repeated reads fast.
-//!
-//! Reads are positioned (`pread`), so several threads can read one file at once, and go
-//! through a cache-sized byte buffer decoded into the destination f32 buffer, so a big
-//! tensor is never held twice. [`SafetensorsReader::read_f32`] reads any element range,
-//! converted from the stored dtype, which is what lets a merge stream a tensor in chunks.
+//! Memory-mapped reading of whole tensors (swarm-model's `SafetensorsFiles`) is fastest for a
+//! forward pass, but every page it touches counts towards the process's resident memory
+//! until the kernel reclaims it, so a merge that streamed three models through a plain mmap
+//! would look (and, under pressure, be) as big as the three models. So reads here are either
+//! positioned (`pread`), through a cache-sized byte buffer decoded into the destination f32
+//! buffer, or (f32 tensors, once [`SafetensorsReader::map_files`] has mapped the files)
+//! windows of the map that leave the resident set when dropped (see `mapping.rs`). Either
+//! way several threads can read one file at once, any element range, which is what lets a
+//! merge stream a tensor in chunks.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -20,6 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use swarm_model::{ModelError, TensorSource};
 
 use crate::error::{MergeError, Result};
+use crate::mapping::{F32View, FileMap};
 
 struct Entry {
     file: usize,
@@ -34,6 +35,8 @@ struct Entry {
 pub struct SafetensorsReader {
     description: String,
     files: Vec<(PathBuf, File)>,
+    /// Each file mapped, after [`map_files`](Self::map_files) (where mapping works).
+    maps: Vec<Option<FileMap>>,
     entries: BTreeMap<String, Entry>,
     metadata: BTreeMap<String, String>,
 }
@@ -126,6 +129,7 @@ impl SafetensorsReader {
         Ok(Self {
             description,
             files,
+            maps: Vec::new(),
             entries,
             metadata,
         })
@@ -168,6 +172,57 @@ impl SafetensorsReader {
         let mut reader = Self::open(&[single])?;
         reader.description = dir.display().to_string();
         Ok(reader)
+    }
+
+    /// Maps the files, so that [`f32_view`](Self::f32_view) can read f32 tensors without a
+    /// copy (see `mapping.rs`). A file that cannot be mapped is read as before.
+    pub(crate) fn map_files(mut self) -> Self {
+        self.maps = self
+            .files
+            .iter()
+            .map(|(_, f)| FileMap::new(f, f.metadata().ok()?.len()))
+            .collect();
+        self
+    }
+
+    /// Elements `start..start + len` of tensor `name` straight from the mapped file, when it
+    /// is mapped and stored as aligned little-endian f32; `Ok(None)` otherwise (read them with
+    /// [`read_f32`](Self::read_f32)).
+    pub(crate) fn f32_view(
+        &self,
+        name: &str,
+        start: usize,
+        len: usize,
+    ) -> Result<Option<F32View<'_>>> {
+        let entry = self.entry(name)?;
+        let Some(Some(map)) = self.maps.get(entry.file) else {
+            return Ok(None);
+        };
+        if entry.dtype != DType::F32 {
+            return Ok(None);
+        }
+        let n: usize = entry.shape.iter().product();
+        if start + len > n {
+            return Err(MergeError::tensor(
+                name,
+                format!(
+                    "elements {start}..{} requested from a tensor of {n}",
+                    start + len
+                ),
+            ));
+        }
+        let at = entry.start as usize + start * 4;
+        Ok(F32View::mapped(map, at..at + len * 4))
+    }
+
+    /// Drops tensor `name`'s pages from the resident set, once no view of it is left (see
+    /// `FileMap::release_all`).
+    pub(crate) fn release(&self, name: &str) {
+        if let Some(entry) = self.entries.get(name) {
+            if let Some(Some(map)) = self.maps.get(entry.file) {
+                map.release_all(&(entry.start as usize..entry.end as usize));
+            }
+        }
     }
 
     /// The header's `__metadata__` (all files merged).

@@ -54,8 +54,9 @@ impl InputModel {
         if dir.is_dir() && dir.join("config.json").is_file() {
             let config = LlamaConfig::from_file(&dir.join("config.json"))?;
             let weights = Box::new(SafetensorsReader::open_dir(&dir)?);
-            // A second handle on the same files: only headers are parsed twice.
-            let files = Some(SafetensorsReader::open_dir(&dir)?);
+            // A second handle on the same files, mapped for the merge's chunked reads: only
+            // headers are parsed twice.
+            let files = Some(SafetensorsReader::open_dir(&dir)?.map_files());
             return Ok(InputModel {
                 reference: reference.to_string(),
                 config,
@@ -222,6 +223,10 @@ struct Piece {
     /// Linear: the f64 sums of one chunk.
     acc: Vec<f64>,
     work: MixWork,
+    /// What views of the inputs fall back on (see `TensorInput::view`): the base's chunk,
+    /// another input's, their raw bytes.
+    base: Vec<f32>,
+    input: Vec<f32>,
     bytes: Vec<u8>,
 }
 
@@ -278,14 +283,16 @@ fn merge_linear(
     write_in_pieces(writer, name, 1, &mut scratch.pieces, |start, out, p| {
         let len = out.len();
         let Piece {
-            deltas, acc, bytes, ..
+            acc,
+            input: buf,
+            bytes,
+            ..
         } = p;
-        let x = &mut deltas[0][..len];
         acc.clear();
         acc.resize(len, 0.0);
         for (input, w) in inputs.iter().zip(&weights) {
-            input.read_shared(start, x, bytes)?;
-            accumulate(acc, x, *w);
+            let x = input.view(start, len, buf, bytes)?;
+            accumulate(acc, &x, *w);
         }
         finish(out, acc, scale);
         Ok(())
@@ -324,26 +331,39 @@ fn merge_task_vectors(
         plan,
         |i, start, chunk, s| {
             let len = chunk.len();
-            s.values.resize(len, 0.0);
-            base.read_shared(start, &mut s.values, &mut s.bytes)?;
-            inputs[i].read_shared(start, chunk, &mut s.bytes)?;
-            chunk.iter_mut().zip(&s.values).for_each(|(x, b)| *x -= b);
+            let b = base.view(start, len, &mut s.a, &mut s.bytes)?;
+            let x = inputs[i].view(start, len, &mut s.b, &mut s.bytes)?;
+            subtract(chunk, &x, &b);
             Ok(())
         },
     )?;
     write_in_pieces(writer, name, inputs.len(), pieces, |start, out, p| {
         let len = out.len();
-        base.read_shared(start, out, &mut p.bytes)?;
-        for (input, d) in inputs.iter().zip(p.deltas.iter_mut()) {
-            input.read_shared(start, &mut d[..len], &mut p.bytes)?;
-            d[..len]
-                .iter_mut()
-                .zip(out.iter())
-                .for_each(|(x, b)| *x -= b);
+        let Piece {
+            deltas,
+            work,
+            base: base_buf,
+            input: buf,
+            bytes,
+            ..
+        } = p;
+        let b = base.view(start, len, base_buf, bytes)?;
+        out.copy_from_slice(&b);
+        for (input, d) in inputs.iter().zip(deltas.iter_mut()) {
+            let x = input.view(start, len, buf, bytes)?;
+            subtract(&mut d[..len], &x, &b);
         }
-        mixer.mix_chunk(start, out, &mut p.deltas, &mut p.work);
+        drop(b);
+        mixer.mix_chunk(start, out, deltas, work);
         Ok(())
     })
+}
+
+/// `d = x - b`, entry by entry (a task vector's chunk).
+fn subtract(d: &mut [f32], x: &[f32], b: &[f32]) {
+    for ((d, x), b) in d.iter_mut().zip(x).zip(b) {
+        *d = x - b;
+    }
 }
 
 /// Runs `plan` on models opened by `open` (pass [`InputModel::open`] for HF dirs), writing an

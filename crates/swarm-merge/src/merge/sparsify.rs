@@ -217,6 +217,74 @@ fn tally_bucket(mags: &[u32], top: u32, rescale: bool, low: &mut [u32]) -> f64 {
     lanes.iter().sum()
 }
 
+/// Pass 1 of the radix select on one chunk: the magnitudes' bits and their top-16-bit
+/// histogram.
+struct Magnitudes<'a> {
+    values: &'a [f32],
+    mags: &'a mut [u32],
+    high: &'a mut [u32],
+}
+
+impl simd::Kernel for Magnitudes<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (bits, v) in self.mags.iter_mut().zip(self.values) {
+            *bits = magnitude_bits(*v);
+            self.high[(*bits >> 16) as usize] += 1;
+        }
+    }
+}
+
+/// [`tally_bucket`] through [`simd::fast`].
+struct TallyBucket<'a> {
+    mags: &'a [u32],
+    top: u32,
+    rescale: bool,
+    low: &'a mut [u32],
+}
+
+impl simd::Kernel for TallyBucket<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn run(self) -> f64 {
+        tally_bucket(self.mags, self.top, self.rescale, self.low)
+    }
+}
+
+/// DARE's mask words from a chunk's draws (see [`pack_below`]).
+struct PackMask<'a> {
+    draws: &'a [u32],
+    below: u32,
+    words: &'a mut [u64],
+}
+
+impl simd::Kernel for PackMask<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        for (word, group) in self.words.iter_mut().zip(self.draws.chunks(64)) {
+            *word = pack_below(group, self.below);
+        }
+    }
+}
+
+/// A chunk's L1 norms before and after DARE's drops (applied to `values` in place).
+struct MaskedNorms<'a> {
+    words: &'a [u64],
+    values: &'a mut [f32],
+}
+
+impl simd::Kernel for MaskedNorms<'_> {
+    type Output = (f64, f64);
+    #[inline(always)]
+    fn run(self) -> (f64, f64) {
+        let before = l1_norm(self.values);
+        Keep::apply_mask(self.words, self.values);
+        (before, l1_norm(self.values))
+    }
+}
+
 /// The bits of `|v|`, which for non-negative floats order like the values.
 #[inline(always)]
 fn magnitude_bits(v: f32) -> u32 {
@@ -292,11 +360,10 @@ impl Keep {
                     if rescale {
                         *norm = l1_norm(&values);
                     }
-                    simd::fast(|| {
-                        for (bits, v) in mags.iter_mut().zip(&values) {
-                            *bits = magnitude_bits(*v);
-                            high[(*bits >> 16) as usize] += 1;
-                        }
+                    simd::fast(Magnitudes {
+                        values: &values,
+                        mags,
+                        high: &mut high,
                     });
                     scratch.values = values;
                     Ok::<_, MergeError>((high, scratch))
@@ -340,10 +407,10 @@ impl Keep {
                     rng.set_word_pos(origin + start as u128);
                     draws.resize(CHUNK.min(n - start), 0u32);
                     rng.fill(&mut draws[..]);
-                    simd::fast(|| {
-                        for (word, group) in words.iter_mut().zip(draws.chunks(64)) {
-                            *word = pack_below(group, below);
-                        }
+                    simd::fast(PackMask {
+                        draws,
+                        below,
+                        words,
                     });
                 },
             );
@@ -362,10 +429,9 @@ impl Keep {
                         let mut values = std::mem::take(&mut scratch.values);
                         values.resize(CHUNK.min(n - start), 0.0);
                         delta(start, &mut values, scratch)?;
-                        *norm = simd::fast(|| {
-                            let before = l1_norm(&values);
-                            Keep::apply_mask(&mask[start / 64..], &mut values);
-                            (before, l1_norm(&values))
+                        *norm = simd::fast(MaskedNorms {
+                            words: &mask[start / 64..],
+                            values: &mut values,
                         });
                         scratch.values = values;
                         Ok::<_, MergeError>(())
@@ -460,7 +526,12 @@ fn select_largest(
         .fold(
             || pools.histogram(),
             |mut low, (above, bits)| {
-                *above = simd::fast(|| tally_bucket(bits, top, rescale, &mut low));
+                *above = simd::fast(TallyBucket {
+                    mags: bits,
+                    top,
+                    rescale,
+                    low: &mut low,
+                });
                 low
             },
         )

@@ -1,25 +1,29 @@
 //! One input tensor read as f32 in element ranges, so that a merge holds a few chunks of each
 //! input rather than whole tensors.
 //!
-//! Safetensors inputs (HF dirs) are read chunk by chunk with positioned reads straight into
-//! the chunk buffer; other inputs (GGUF files, hub models, in-memory weights) are loaded whole
+//! Safetensors inputs (HF dirs) are read chunk by chunk: f32 tensors as views of the mapped
+//! file ([`TensorInput::view`], no copy), others with positioned reads into the chunk buffer;
+//! other inputs (GGUF files, hub models, in-memory weights) are loaded whole
 //! through swarm-model, which dequantises them, and served from that buffer.
 
 use candle_core::{DType, Device};
 use swarm_model::TensorSource;
 
 use crate::error::{MergeError, Result};
+use crate::mapping::F32View;
 use crate::reader::SafetensorsReader;
 
 /// Elements per chunk: 256 KiB of f32, so the chunks of a few inputs stay in the L2/L3
 /// caches while they are combined, and a read is big enough that the syscall is noise.
 pub(crate) const CHUNK: usize = 1 << 16;
 
-/// Buffers of one thread's reads in a parallel pass over a tensor: one chunk of values and
-/// the raw bytes behind it.
+/// Buffers of one thread's reads in a parallel pass over a tensor: one chunk of values, the
+/// buffers two views fall back on (see [`TensorInput::view`]) and raw bytes.
 #[derive(Default)]
 pub(crate) struct ReadScratch {
     pub(crate) values: Vec<f32>,
+    pub(crate) a: Vec<f32>,
+    pub(crate) b: Vec<f32>,
     pub(crate) bytes: Vec<u8>,
 }
 
@@ -62,6 +66,45 @@ impl<'a> TensorInput<'a> {
         })
     }
 
+    /// Elements `start..start + len`: a view of the mapped file where the tensor is stored as
+    /// f32 and used as is, else read (or copied) into `buf`, through `bytes`.
+    pub(crate) fn view<'s>(
+        &'s self,
+        start: usize,
+        len: usize,
+        buf: &'s mut Vec<f32>,
+        bytes: &mut Vec<u8>,
+    ) -> Result<F32View<'s>> {
+        match self {
+            TensorInput::File {
+                reader,
+                name,
+                round_to,
+            } if !matches!(round_to, Some(DType::BF16 | DType::F16)) => {
+                if let Some(view) = reader.f32_view(name, start, len)? {
+                    return Ok(view);
+                }
+            }
+            TensorInput::Loaded { name, values } => {
+                let src = values.get(start..start + len).ok_or_else(|| {
+                    MergeError::tensor(
+                        *name,
+                        format!(
+                            "elements {start}..{} requested from a tensor of {}",
+                            start + len,
+                            values.len()
+                        ),
+                    )
+                })?;
+                return Ok(F32View::buffered(src));
+            }
+            _ => {}
+        }
+        buf.resize(len, 0.0);
+        self.read_shared(start, buf, bytes)?;
+        Ok(F32View::buffered(buf))
+    }
+
     /// Fills `dst` with elements `start..start + dst.len()`, through a shared reference and
     /// with the caller's byte scratch (kept from tensor to tensor), so that several threads
     /// can read pieces of the same tensor at once (the reads are positioned, with no shared
@@ -96,6 +139,16 @@ impl<'a> TensorInput<'a> {
                 dst.copy_from_slice(src);
                 Ok(())
             }
+        }
+    }
+}
+
+impl Drop for TensorInput<'_> {
+    /// The tensor's pages leave the resident set: the views of a chunk leave the pages they
+    /// share with the next chunk (see `FileMap::release`).
+    fn drop(&mut self) {
+        if let TensorInput::File { reader, name, .. } = self {
+            reader.release(name);
         }
     }
 }

@@ -136,7 +136,13 @@ impl GtaMixer {
         deltas: &mut [Vec<f32>],
         work: &mut MixWork,
     ) {
-        simd::fast(|| self.mix_tiles(start, base_out, deltas, work));
+        simd::fast(MixKernel {
+            mixer: self,
+            start,
+            base_out,
+            deltas,
+            work,
+        });
     }
 
     /// The chunk [`TILE`] entries at a time, so that a tile's f64 accumulators and task
@@ -258,6 +264,30 @@ impl GtaMixer {
                 }
             }
         }
+    }
+}
+
+/// [`GtaMixer::mix_chunk`]'s arguments, run through [`simd::fast`].
+struct MixKernel<'a> {
+    mixer: &'a GtaMixer,
+    start: usize,
+    base_out: &'a mut [f32],
+    deltas: &'a mut [Vec<f32>],
+    work: &'a mut MixWork,
+}
+
+impl simd::Kernel for MixKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let MixKernel {
+            mixer,
+            start,
+            base_out,
+            deltas,
+            work,
+        } = self;
+        mixer.mix_tiles(start, base_out, deltas, work);
     }
 }
 

@@ -1,0 +1,188 @@
+//! Read-only memory maps of input files, read in windows: a window's page-table entries are
+//! filled at once before it is read (`MADV_POPULATE_READ`) and dropped when it has been read
+//! (`MADV_DONTNEED`), so a merge reads the page cache without copying it (`pread`'s copy was
+//! a quarter of a TIES merge's CPU) and still counts only its windows in flight as resident.
+//!
+//! Linux only; elsewhere (or where `mmap` fails) there is no map and readers fall back to
+//! positioned reads. An input file must not change while it is mapped: a truncated file
+//! makes reads of the lost pages fault (SIGBUS), as with any mapped file.
+
+use std::fs::File;
+use std::ops::Range;
+
+/// One file mapped whole, read-only and shared with the page cache.
+pub(crate) struct FileMap {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the map is read-only and never moved or remapped while it lives; reading it from
+// several threads at once is reading shared immutable memory.
+unsafe impl Send for FileMap {}
+// SAFETY: as above.
+unsafe impl Sync for FileMap {}
+
+#[cfg(target_os = "linux")]
+const PAGE: usize = 4096;
+
+impl FileMap {
+    /// Maps `file` (`len` bytes long), or `None` where that is not possible.
+    #[cfg(target_os = "linux")]
+    pub(crate) fn new(file: &File, len: u64) -> Option<FileMap> {
+        use std::os::fd::AsRawFd;
+        let len = usize::try_from(len).ok().filter(|l| *l > 0)?;
+        // SAFETY: a fresh read-only shared mapping of an open file; the kernel picks the
+        // address. Failure is reported as MAP_FAILED and handled.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return None;
+        }
+        Some(FileMap {
+            ptr: ptr.cast::<u8>(),
+            len,
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(crate) fn new(_file: &File, _len: u64) -> Option<FileMap> {
+        None
+    }
+
+    /// The file's bytes.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives (unmapped only
+        // in `drop`); the file is not written while it is merged (see the module docs).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The pages that hold any of byte range `r` (`outer`), or only those wholly inside it,
+    /// as an address and a length.
+    #[cfg(target_os = "linux")]
+    fn pages(&self, r: &Range<usize>, outer: bool) -> (*mut libc::c_void, usize) {
+        let (start, end) = if outer {
+            (r.start / PAGE * PAGE, r.end.div_ceil(PAGE) * PAGE)
+        } else {
+            (r.start.div_ceil(PAGE) * PAGE, r.end / PAGE * PAGE)
+        };
+        let (start, end) = (start.min(self.len), end.min(self.len));
+        // SAFETY (of the `add`): `start <= self.len`, inside the mapping or one past it.
+        (
+            unsafe { self.ptr.add(start) }.cast_mut().cast(),
+            end.saturating_sub(start),
+        )
+    }
+
+    /// Fills the page tables of byte range `r` in one call, so that reading it takes no page
+    /// faults (a fault maps at most 16 pages). Only a hint: an old kernel refuses it.
+    pub(crate) fn populate(&self, r: &Range<usize>) {
+        #[cfg(target_os = "linux")]
+        {
+            const MADV_POPULATE_READ: libc::c_int = 22;
+            let (addr, len) = self.pages(r, true);
+            // SAFETY: `addr..addr + len` lies inside this mapping; the advice does not change
+            // its contents.
+            unsafe { libc::madvise(addr, len, MADV_POPULATE_READ) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = r;
+    }
+
+    /// Drops the pages wholly inside byte range `r` from this process's resident set (they
+    /// stay in the page cache; a later read maps them again, with the same bytes). A page
+    /// shared with a neighbouring range stays: a thread reading that range would fault it in
+    /// again, and a fault maps 15 more pages around it, some perhaps already released.
+    pub(crate) fn release(&self, r: &Range<usize>) {
+        self.release_pages(r, false);
+    }
+
+    /// Drops every page that holds any of byte range `r` from the resident set (a whole
+    /// tensor, once no thread reads it).
+    pub(crate) fn release_all(&self, r: &Range<usize>) {
+        self.release_pages(r, true);
+    }
+
+    fn release_pages(&self, r: &Range<usize>, outer: bool) {
+        #[cfg(target_os = "linux")]
+        {
+            let (addr, len) = self.pages(r, outer);
+            if len == 0 {
+                return;
+            }
+            // SAFETY: as in `populate`; for a shared file mapping, MADV_DONTNEED only unmaps
+            // pages, whose contents come back from the file.
+            unsafe { libc::madvise(addr, len, libc::MADV_DONTNEED) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (r, outer);
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        #[cfg(target_os = "linux")]
+        // SAFETY: the mapping made in `new`, unmapped once; no borrow of it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast_mut().cast(), self.len);
+        }
+    }
+}
+
+/// A window of f32 values: borrowed from a [`FileMap`] (released from the resident set when
+/// dropped) or from a buffer the values were read into.
+pub(crate) struct F32View<'a> {
+    values: &'a [f32],
+    mapped: Option<(&'a FileMap, Range<usize>)>,
+}
+
+impl<'a> F32View<'a> {
+    /// Values in a buffer.
+    pub(crate) fn buffered(values: &'a [f32]) -> Self {
+        F32View {
+            values,
+            mapped: None,
+        }
+    }
+
+    /// Bytes `r` of `map` as f32 values, populated, or `None` when they are not 4-byte
+    /// aligned or the machine is not little-endian.
+    pub(crate) fn mapped(map: &'a FileMap, r: Range<usize>) -> Option<Self> {
+        if !cfg!(target_endian = "little") {
+            return None;
+        }
+        let bytes = map.bytes().get(r.clone())?;
+        // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle.
+        let (head, values, tail) = unsafe { bytes.align_to::<f32>() };
+        if !head.is_empty() || !tail.is_empty() {
+            return None;
+        }
+        map.populate(&r);
+        Some(F32View {
+            values,
+            mapped: Some((map, r)),
+        })
+    }
+}
+
+impl std::ops::Deref for F32View<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        self.values
+    }
+}
+
+impl Drop for F32View<'_> {
+    fn drop(&mut self) {
+        if let Some((map, r)) = &self.mapped {
+            map.release(r);
+        }
+    }
+}
