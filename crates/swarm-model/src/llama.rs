@@ -402,6 +402,26 @@ pub struct Llama {
     rotary: RotaryEmbedding,
 }
 
+/// Runs `f` (a forward pass) on a thread of rayon's pool when called on the CPU from a thread
+/// outside it.
+///
+/// Why: each parallel region a CPU op opens from outside the pool (candle's products, norms
+/// and RoPE, our attention and products) hands its job to the pool and puts the caller to
+/// sleep until the job is done: a wake-up and a sleep per region, ~300 regions in a decode
+/// step of SmolLM2, ~10% of a batch-32 step's CPU in the scheduler (perf). Inside the pool a
+/// region is a fork-join that the running worker takes part in, and the step pays for one
+/// hand-off.
+fn in_cpu_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu()
+        && rayon::current_thread_index().is_none()
+        && rayon::current_num_threads() > 1
+    {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
+}
+
 /// Rows of a mixed batch and the model that runs them: the next `rows` rows of the batch
 /// (contiguous, in order). See [`Llama::decode_grouped`].
 #[derive(Debug, Clone, Copy)]
@@ -618,8 +638,10 @@ impl Llama {
     /// position, (b, t, vocab). The rows continue at their own positions (left padding).
     pub fn forward(&self, input_ids: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
         let groups = [(self, input_ids.dim(0)?)];
-        let hidden = Self::hidden(&groups, input_ids, cache)?;
-        self.lm_head.forward(&hidden)
+        in_cpu_pool(&self.device, || {
+            let hidden = Self::hidden(&groups, input_ids, cache)?;
+            self.lm_head.forward(&hidden)
+        })
     }
 
     /// Like [`Llama::forward`] but returns only the logits of the last position, (b, vocab):
@@ -633,10 +655,12 @@ impl Llama {
         input_ids: &Tensor,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let hidden = Self::hidden(groups, input_ids, cache)?;
-        let t = hidden.dim(1)?;
-        let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
-        Linear::forward_grouped(&parts(groups, |m| &m.lm_head), &last)
+        in_cpu_pool(&groups[0].0.device, || {
+            let hidden = Self::hidden(groups, input_ids, cache)?;
+            let t = hidden.dim(1)?;
+            let last = hidden.narrow(1, t - 1, 1)?.squeeze(1)?;
+            Linear::forward_grouped(&parts(groups, |m| &m.lm_head), &last)
+        })
     }
 
     /// Prefills an empty `cache` with prompts of different lengths, left-padded into one
