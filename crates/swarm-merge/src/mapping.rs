@@ -164,7 +164,10 @@ impl<'a> F32View<'a> {
         if !head.is_empty() || !tail.is_empty() {
             return None;
         }
-        map.populate(&r);
+        // A fault maps 16 pages (fault-around); a smaller window is not worth the call.
+        if r.len() > 1 << 16 {
+            map.populate(&r);
+        }
         Some(F32View {
             values,
             mapped: Some((map, r)),

@@ -10,3 +10,4 @@ pub mod slerp;
 pub mod sparsify;
 mod stream;
 pub mod task_arithmetic;
+mod trim;

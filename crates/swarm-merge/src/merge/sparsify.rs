@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::error::{MergeError, Result};
 use crate::merge::simd;
 use crate::merge::stream::{ReadScratch, CHUNK};
+use crate::merge::trim::ChunkTally;
 
 /// Which entries of a task vector survive sparsification, and the factor the survivors are
 /// scaled by.
@@ -100,7 +101,7 @@ fn keep_or_zero(v: f32, keep: bool) -> f32 {
 }
 
 /// Chunks a parallel job takes at least, so that a small tensor is one job.
-const MIN_CHUNKS_PER_JOB: usize = 2;
+pub(crate) const MIN_CHUNKS_PER_JOB: usize = 2;
 
 /// Buffers of the planning passes, kept from tensor to tensor by the caller. Why: the
 /// parallel jobs used to allocate their histograms and read buffers afresh, and fresh memory
@@ -110,19 +111,21 @@ const MIN_CHUNKS_PER_JOB: usize = 2;
 pub(crate) struct PlanScratch {
     /// One tensor's magnitudes (TIES), grown to the largest tensor and never shrunk.
     mags: Vec<u32>,
-    pools: Pools,
+    pub(crate) pools: Pools,
+    /// Per chunk, what the one-pass trimming found (see `trim.rs`).
+    pub(crate) tallies: Vec<ChunkTally>,
 }
 
 /// Buffers lent to the parallel jobs of a pass and given back when a job's [`Lease`] drops.
 #[derive(Default)]
-struct Pools {
+pub(crate) struct Pools {
     /// [`CHUNK`]-long `u32` buffers: histograms of 16-bit keys, or DARE's draws.
     words: Mutex<Vec<Vec<u32>>>,
     reads: Mutex<Vec<ReadScratch>>,
 }
 
 /// A buffer lent from a pool; it goes back when dropped.
-struct Lease<'a, T: Default> {
+pub(crate) struct Lease<'a, T: Default> {
     pool: &'a Mutex<Vec<T>>,
     item: T,
 }
@@ -176,7 +179,7 @@ impl Pools {
         w
     }
 
-    fn read(&self) -> Lease<'_, ReadScratch> {
+    pub(crate) fn read(&self) -> Lease<'_, ReadScratch> {
         Lease::take(&self.reads)
     }
 }
@@ -287,7 +290,7 @@ impl simd::Kernel for MaskedNorms<'_> {
 
 /// The bits of `|v|`, which for non-negative floats order like the values.
 #[inline(always)]
-fn magnitude_bits(v: f32) -> u32 {
+pub(crate) fn magnitude_bits(v: f32) -> u32 {
     v.abs().to_bits()
 }
 
@@ -310,6 +313,18 @@ impl Keep {
     pub fn all() -> Keep {
         Keep {
             rule: KeepRule::All,
+            scale: 1.0,
+        }
+    }
+
+    /// Keeps the entries of `|δ|` bits above `threshold`, and those equal to it before index
+    /// `tie_cutoff`.
+    pub(crate) fn largest(threshold: u32, tie_cutoff: usize) -> Keep {
+        Keep {
+            rule: KeepRule::Largest {
+                threshold,
+                tie_cutoff,
+            },
             scale: 1.0,
         }
     }
@@ -338,7 +353,7 @@ impl Keep {
         }
         // Pass 1, chunks in parallel: magnitudes (as bits), their top-16-bit histogram (one
         // per job, added up) and each chunk's L1 norm.
-        let PlanScratch { mags, pools } = scratch;
+        let PlanScratch { mags, pools, .. } = scratch;
         let pools = &*pools;
         // Every entry is written below: only growth needs initialising.
         if mags.len() < n {

@@ -13,6 +13,7 @@ use crate::error::{MergeError, Result};
 use crate::merge::simd;
 use crate::merge::sparsify::{Keep, PlanScratch};
 use crate::merge::stream::{ReadScratch, CHUNK};
+use crate::merge::trim;
 
 /// How task vectors are thinned before they are mixed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,24 +98,32 @@ impl GtaMixer {
         scratch: &mut PlanScratch,
         delta: impl Fn(usize, usize, &mut [f32], &mut ReadScratch) -> Result<()> + Sync,
     ) -> Result<GtaMixer> {
-        let mut keeps = Vec::with_capacity(experts.len());
         let delta = &delta;
+        if params.sparsify == Some(Sparsify::Magnitude) {
+            let densities: Vec<f64> = experts.iter().map(|e| e.1).collect();
+            let keeps = trim::plan_magnitudes(name, n, &densities, params.rescale, scratch, delta)?;
+            return Ok(GtaMixer::new(params, experts, keeps));
+        }
+        let mut keeps = Vec::with_capacity(experts.len());
         for (i, (_, density)) in experts.iter().enumerate() {
             let per_expert = move |start: usize, chunk: &mut [f32], s: &mut ReadScratch| {
                 delta(i, start, chunk, s)
             };
             keeps.push(match params.sparsify {
                 None => Keep::all(),
-                Some(Sparsify::Magnitude) => {
-                    Keep::plan_magnitude(name, n, *density, params.rescale, scratch, per_expert)?
-                }
+                // All task vectors at once, above.
+                Some(Sparsify::Magnitude) => unreachable!("TIES trimming is planned by trim.rs"),
                 Some(Sparsify::Random) => {
                     Keep::plan_random(n, *density, params.rescale, rng, scratch, per_expert)?
                 }
             });
         }
+        Ok(GtaMixer::new(params, experts, keeps))
+    }
+
+    fn new(params: &GtaParams, experts: &[(f64, f64)], keeps: Vec<Keep>) -> GtaMixer {
         let weight_sum: f64 = experts.iter().map(|e| e.0).sum();
-        Ok(GtaMixer {
+        GtaMixer {
             params: *params,
             weights: experts.iter().map(|e| e.0).collect(),
             keeps,
@@ -123,7 +132,7 @@ impl GtaMixer {
             } else {
                 weight_sum
             },
-        })
+        }
     }
 
     /// Mixes one chunk: `base_out` holds the base's entries `start..start + len` and
