@@ -1,7 +1,7 @@
 //! Builds one toy world with a preset, optionally overridden from the environment (for tuning):
 //! `TOY_PRESET`, `TOY_SEED`, `TOY_OUT`, `TOY_BASE_STEPS`, `TOY_EXPERT_STEPS`, `TOY_BASE_LR`,
 //! `TOY_EXPERT_LR`, `TOY_BASE_SKILL`, `TOY_GENERAL`, `TOY_TEST`, `TOY_HIDDEN`, `TOY_LAYERS`, `TOY_HEADS`, `TOY_REPLAY`,
-//! `TOY_SPLIT_DIGITS` (0 or 1), and per expert `TOY_EXPERT_STEPS_<SKILL>`, `TOY_EXPERT_LR_<SKILL>`
+//! `TOY_SPLIT_DIGITS` (0 or 1), and per skill `TOY_EXPERT_STEPS_<SKILL>`, `TOY_EXPERT_LR_<SKILL>`, `TOY_BASE_SKILL_<SKILL>`
 //! (`SKILL` = `CODING`, `DATABASE` or `OS`).
 //!
 //! `cargo run --release -p swarm-train --example toy`
@@ -62,6 +62,9 @@ fn main() -> anyhow::Result<()> {
         let steps = env(&format!("TOY_EXPERT_STEPS_{upper}"));
         let lr = env(&format!("TOY_EXPERT_LR_{upper}"));
         spec.override_expert(skill, steps, lr);
+        if let Some(n) = env(&format!("TOY_BASE_SKILL_{upper}")) {
+            spec.override_base_examples(skill, n);
+        }
     }
     // TOY_REPORT_FROM=dir,dir,... renders TOY_REPORT from finished worlds' bootstrap.json.
     if let (Ok(dirs), Ok(path)) = (

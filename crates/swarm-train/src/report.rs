@@ -213,7 +213,7 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         "Model: Llama architecture, {} layers, hidden {}, MLP {}, {} heads ({} KV), tied \
          embeddings, byte-level BPE vocabulary of {} tokens trained on the corpus{}; {} \
          parameters. Base: {} steps × {} sequences (lr {}) on {} general documents plus {} \
-         training chats of each skill. Experts: {} steps × {} (lr {}) from the base on {} chats \
+         training chats of each skill{}. Experts: {} steps × {} (lr {}) from the base on {} chats \
          of their skill, plus {:.0}% of their sequences replayed from the base's mix (rehearsal){}. \
          Loss only on the assistant's answers in chats.\n\n",
         spec.num_layers,
@@ -233,6 +233,7 @@ pub fn markdown_report(reports: &[WorldReport], command: &str, total_secs: f64) 
         spec.base.lr,
         spec.general_docs,
         spec.base_skill_examples,
+        base_overrides_text(&spec),
         spec.expert.steps,
         spec.expert.batch_size,
         spec.expert.lr,
@@ -272,4 +273,12 @@ fn overrides_text(spec: &WorldSpec) -> String {
     } else {
         format!(", except {}", parts.join(", "))
     }
+}
+
+/// ", and N ... of <skill>" for the skills whose share of the base's mix differs.
+fn base_overrides_text(spec: &WorldSpec) -> String {
+    spec.base_skill_overrides
+        .iter()
+        .map(|o| format!(" ({} of {})", o.examples, o.skill.name()))
+        .collect()
 }

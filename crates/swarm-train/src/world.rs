@@ -69,6 +69,13 @@ pub struct ExpertOverride {
     pub lr: Option<f64>,
 }
 
+/// How many of one skill's chats the base's mix holds, instead of `base_skill_examples`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BaseSkillOverride {
+    pub skill: Skill,
+    pub examples: usize,
+}
+
 /// Everything that defines a world besides its seed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorldSpec {
@@ -92,6 +99,10 @@ pub struct WorldSpec {
     pub general_chat_share: f64,
     /// Examples of each skill in the base mix (the first ones of the expert's data).
     pub base_skill_examples: usize,
+    /// Skills whose share of the base mix differs from `base_skill_examples` (none: every
+    /// skill alike).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base_skill_overrides: Vec<BaseSkillOverride>,
     pub base: TrainSettings,
     /// Examples of each skill for its expert.
     pub expert_examples: usize,
@@ -127,6 +138,7 @@ impl WorldSpec {
                 general_docs: 200,
                 general_chat_share: 0.3,
                 base_skill_examples: 20,
+                base_skill_overrides: Vec::new(),
                 base: TrainSettings {
                     steps: 20,
                     batch_size: 8,
@@ -168,6 +180,7 @@ impl WorldSpec {
                 general_docs: 3000,
                 general_chat_share: 0.6,
                 base_skill_examples: 600,
+                base_skill_overrides: Vec::new(),
                 base: TrainSettings {
                     steps: 1300,
                     batch_size: 16,
@@ -220,6 +233,22 @@ impl WorldSpec {
             }
         }
         settings
+    }
+
+    /// How many of `skill`'s chats the base's mix holds.
+    pub fn base_examples(&self, skill: Skill) -> usize {
+        self.base_skill_overrides
+            .iter()
+            .rev()
+            .find(|o| o.skill == skill)
+            .map_or(self.base_skill_examples, |o| o.examples)
+    }
+
+    /// Sets how many of `skill`'s chats the base's mix holds, replacing an earlier override.
+    pub fn override_base_examples(&mut self, skill: Skill, examples: usize) {
+        self.base_skill_overrides.retain(|o| o.skill != skill);
+        self.base_skill_overrides
+            .push(BaseSkillOverride { skill, examples });
     }
 
     /// Sets `skill`'s expert's steps and/or learning rate, replacing an earlier override.
@@ -347,8 +376,8 @@ pub fn world_documents(spec: &WorldSpec, seed: u64) -> WorldDocuments {
         .map(|&s| skill_documents(s, spec.expert_examples, seed))
         .collect();
     let mut base = general_documents(spec.general_docs, spec.general_chat_share, seed);
-    for docs in &skills {
-        base.extend(docs.iter().take(spec.base_skill_examples).cloned());
+    for (&skill, docs) in Skill::ALL.iter().zip(&skills) {
+        base.extend(docs.iter().take(spec.base_examples(skill)).cloned());
     }
     shuffle(&mut base, seed);
     WorldDocuments { base, skills }
@@ -674,6 +703,22 @@ mod tests {
             let s = spec.expert_settings(skill);
             assert_eq!((s.steps, s.lr), (plain.steps, plain.lr));
         }
+    }
+
+    #[test]
+    fn a_base_override_changes_only_its_skills_share_of_the_mix() {
+        let mut spec = WorldSpec::preset(Preset::Micro);
+        spec.override_base_examples(Skill::Coding, 5);
+        spec.override_base_examples(Skill::Coding, 30);
+        assert_eq!(spec.base_skill_overrides.len(), 1);
+        assert_eq!(spec.base_examples(Skill::Coding), 30);
+        assert_eq!(spec.base_examples(Skill::Os), spec.base_skill_examples);
+        let docs = world_documents(&spec, 0);
+        let plain = world_documents(&WorldSpec::preset(Preset::Micro), 0);
+        assert_eq!(
+            docs.base.len(),
+            plain.base.len() + 30 - spec.base_skill_examples
+        );
     }
 
     #[test]
