@@ -1,7 +1,11 @@
-//! Read-only memory maps of input files, read in windows: a window's page-table entries are
-//! filled at once before it is read (`MADV_POPULATE_READ`) and dropped when it has been read
-//! (`MADV_DONTNEED`), so a merge reads the page cache without copying it (`pread`'s copy was
-//! a quarter of a TIES merge's CPU) and still counts only its windows in flight as resident.
+//! Read-only memory maps of input files, so that a merge reads the page cache without
+//! copying it (`pread`'s copy was a quarter of a TIES merge's CPU). A window is populated
+//! before it is read (`MADV_POPULATE_READ`: its page tables filled in one call rather than a
+//! fault per 16 pages), and a tensor's pages leave the process's resident set once the
+//! tensor is merged (`MADV_DONTNEED`), so a merge holds at most one tensor of each input
+//! mapped. Dropping each window after use as well kept the resident set at a few MiB but
+//! cost 0.05-0.15 s of system time per merge (a TLB flush on every core per window), for
+//! memory that is page cache either way.
 //!
 //! Linux only; elsewhere (or where `mmap` fails) there is no map and readers fall back to
 //! positioned reads. An input file must not change while it is mapped: a truncated file
@@ -64,16 +68,11 @@ impl FileMap {
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 
-    /// The pages that hold any of byte range `r` (`outer`), or only those wholly inside it,
-    /// as an address and a length.
+    /// The pages that hold any of byte range `r`, as an address and a length.
     #[cfg(target_os = "linux")]
-    fn pages(&self, r: &Range<usize>, outer: bool) -> (*mut libc::c_void, usize) {
-        let (start, end) = if outer {
-            (r.start / PAGE * PAGE, r.end.div_ceil(PAGE) * PAGE)
-        } else {
-            (r.start.div_ceil(PAGE) * PAGE, r.end / PAGE * PAGE)
-        };
-        let (start, end) = (start.min(self.len), end.min(self.len));
+    fn pages(&self, r: &Range<usize>) -> (*mut libc::c_void, usize) {
+        let start = (r.start / PAGE * PAGE).min(self.len);
+        let end = (r.end.div_ceil(PAGE) * PAGE).min(self.len);
         // SAFETY (of the `add`): `start <= self.len`, inside the mapping or one past it.
         (
             unsafe { self.ptr.add(start) }.cast_mut().cast(),
@@ -87,7 +86,7 @@ impl FileMap {
         #[cfg(target_os = "linux")]
         {
             const MADV_POPULATE_READ: libc::c_int = 22;
-            let (addr, len) = self.pages(r, true);
+            let (addr, len) = self.pages(r);
             // SAFETY: `addr..addr + len` lies inside this mapping; the advice does not change
             // its contents.
             unsafe { libc::madvise(addr, len, MADV_POPULATE_READ) };
@@ -96,24 +95,13 @@ impl FileMap {
         let _ = r;
     }
 
-    /// Drops the pages wholly inside byte range `r` from this process's resident set (they
-    /// stay in the page cache; a later read maps them again, with the same bytes). A page
-    /// shared with a neighbouring range stays: a thread reading that range would fault it in
-    /// again, and a fault maps 15 more pages around it, some perhaps already released.
+    /// Drops every page that holds any of byte range `r` from this process's resident set,
+    /// once no thread reads it (the pages stay in the page cache; a later read maps them
+    /// again, with the same bytes).
     pub(crate) fn release(&self, r: &Range<usize>) {
-        self.release_pages(r, false);
-    }
-
-    /// Drops every page that holds any of byte range `r` from the resident set (a whole
-    /// tensor, once no thread reads it).
-    pub(crate) fn release_all(&self, r: &Range<usize>) {
-        self.release_pages(r, true);
-    }
-
-    fn release_pages(&self, r: &Range<usize>, outer: bool) {
         #[cfg(target_os = "linux")]
         {
-            let (addr, len) = self.pages(r, outer);
+            let (addr, len) = self.pages(r);
             if len == 0 {
                 return;
             }
@@ -122,7 +110,7 @@ impl FileMap {
             unsafe { libc::madvise(addr, len, libc::MADV_DONTNEED) };
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = (r, outer);
+        let _ = r;
     }
 }
 
@@ -136,56 +124,22 @@ impl Drop for FileMap {
     }
 }
 
-/// A window of f32 values: borrowed from a [`FileMap`] (released from the resident set when
-/// dropped) or from a buffer the values were read into.
-pub(crate) struct F32View<'a> {
-    values: &'a [f32],
-    mapped: Option<(&'a FileMap, Range<usize>)>,
-}
-
-impl<'a> F32View<'a> {
-    /// Values in a buffer.
-    pub(crate) fn buffered(values: &'a [f32]) -> Self {
-        F32View {
-            values,
-            mapped: None,
-        }
+/// Bytes `r` of `map` as f32 values, populated, or `None` when they are not 4-byte aligned
+/// or the machine is not little-endian.
+pub(crate) fn f32_window(map: &FileMap, r: std::ops::Range<usize>) -> Option<&[f32]> {
+    if !cfg!(target_endian = "little") {
+        return None;
     }
-
-    /// Bytes `r` of `map` as f32 values, populated, or `None` when they are not 4-byte
-    /// aligned or the machine is not little-endian.
-    pub(crate) fn mapped(map: &'a FileMap, r: Range<usize>) -> Option<Self> {
-        if !cfg!(target_endian = "little") {
-            return None;
-        }
-        let bytes = map.bytes().get(r.clone())?;
-        // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle.
-        let (head, values, tail) = unsafe { bytes.align_to::<f32>() };
-        if !head.is_empty() || !tail.is_empty() {
-            return None;
-        }
-        // A fault maps 16 pages (fault-around); a smaller window is not worth the call.
-        if r.len() > 1 << 16 {
-            map.populate(&r);
-        }
-        Some(F32View {
-            values,
-            mapped: Some((map, r)),
-        })
+    let bytes = map.bytes().get(r.clone())?;
+    // SAFETY: every bit pattern is a valid f32; `align_to` only yields the aligned middle.
+    let (head, values, tail) = unsafe { bytes.align_to::<f32>() };
+    if !head.is_empty() || !tail.is_empty() {
+        return None;
     }
-}
-
-impl std::ops::Deref for F32View<'_> {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        self.values
+    // A fault maps 16 pages (fault-around) or a whole large folio; a smaller window is not
+    // worth the call.
+    if r.len() > 1 << 16 {
+        map.populate(&r);
     }
-}
-
-impl Drop for F32View<'_> {
-    fn drop(&mut self) {
-        if let Some((map, r)) = &self.mapped {
-            map.release(r);
-        }
-    }
+    Some(values)
 }

@@ -7,7 +7,7 @@
 //! would look (and, under pressure, be) as big as the three models. So reads here are either
 //! positioned (`pread`), through a cache-sized byte buffer decoded into the destination f32
 //! buffer, or (f32 tensors, once [`SafetensorsReader::map_files`] has mapped the files)
-//! windows of the map that leave the resident set when dropped (see `mapping.rs`). Either
+//! windows of the map, released tensor by tensor (see `mapping.rs`). Either
 //! way several threads can read one file at once, any element range, which is what lets a
 //! merge stream a tensor in chunks.
 
@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use swarm_model::{ModelError, TensorSource};
 
 use crate::error::{MergeError, Result};
-use crate::mapping::{F32View, FileMap};
+use crate::mapping::{f32_window, FileMap};
 
 struct Entry {
     file: usize,
@@ -188,12 +188,7 @@ impl SafetensorsReader {
     /// Elements `start..start + len` of tensor `name` straight from the mapped file, when it
     /// is mapped and stored as aligned little-endian f32; `Ok(None)` otherwise (read them with
     /// [`read_f32`](Self::read_f32)).
-    pub(crate) fn f32_view(
-        &self,
-        name: &str,
-        start: usize,
-        len: usize,
-    ) -> Result<Option<F32View<'_>>> {
+    pub(crate) fn f32_view(&self, name: &str, start: usize, len: usize) -> Result<Option<&[f32]>> {
         let entry = self.entry(name)?;
         let Some(Some(map)) = self.maps.get(entry.file) else {
             return Ok(None);
@@ -212,15 +207,14 @@ impl SafetensorsReader {
             ));
         }
         let at = entry.start as usize + start * 4;
-        Ok(F32View::mapped(map, at..at + len * 4))
+        Ok(f32_window(map, at..at + len * 4))
     }
 
-    /// Drops tensor `name`'s pages from the resident set, once no view of it is left (see
-    /// `FileMap::release_all`).
+    /// Drops tensor `name`'s mapped pages from the resident set, once no thread reads it.
     pub(crate) fn release(&self, name: &str) {
         if let Some(entry) = self.entries.get(name) {
             if let Some(Some(map)) = self.maps.get(entry.file) {
-                map.release_all(&(entry.start as usize..entry.end as usize));
+                map.release(&(entry.start as usize..entry.end as usize));
             }
         }
     }

@@ -292,7 +292,7 @@ fn merge_linear(
         acc.resize(len, 0.0);
         for (input, w) in inputs.iter().zip(&weights) {
             let x = input.view(start, len, buf, bytes)?;
-            accumulate(acc, &x, *w);
+            accumulate(acc, x, *w);
         }
         finish(out, acc, scale);
         Ok(())
@@ -333,7 +333,7 @@ fn merge_task_vectors(
             let len = chunk.len();
             let b = base.view(start, len, &mut s.a, &mut s.bytes)?;
             let x = inputs[i].view(start, len, &mut s.b, &mut s.bytes)?;
-            subtract(chunk, &x, &b);
+            subtract(chunk, x, b);
             Ok(())
         },
     )?;
@@ -348,12 +348,11 @@ fn merge_task_vectors(
             ..
         } = p;
         let b = base.view(start, len, base_buf, bytes)?;
-        out.copy_from_slice(&b);
+        out.copy_from_slice(b);
         for (input, d) in inputs.iter().zip(deltas.iter_mut()) {
             let x = input.view(start, len, buf, bytes)?;
-            subtract(&mut d[..len], &x, &b);
+            subtract(&mut d[..len], x, b);
         }
-        drop(b);
         mixer.mix_chunk(start, out, deltas, work);
         Ok(())
     })

@@ -10,7 +10,6 @@ use candle_core::{DType, Device};
 use swarm_model::TensorSource;
 
 use crate::error::{MergeError, Result};
-use crate::mapping::F32View;
 use crate::reader::SafetensorsReader;
 
 /// Elements per chunk: 256 KiB of f32, so the chunks of a few inputs stay in the L2/L3
@@ -74,7 +73,7 @@ impl<'a> TensorInput<'a> {
         len: usize,
         buf: &'s mut Vec<f32>,
         bytes: &mut Vec<u8>,
-    ) -> Result<F32View<'s>> {
+    ) -> Result<&'s [f32]> {
         match self {
             TensorInput::File {
                 reader,
@@ -96,13 +95,13 @@ impl<'a> TensorInput<'a> {
                         ),
                     )
                 })?;
-                return Ok(F32View::buffered(src));
+                return Ok(src);
             }
             _ => {}
         }
         buf.resize(len, 0.0);
         self.read_shared(start, buf, bytes)?;
-        Ok(F32View::buffered(buf))
+        Ok(buf)
     }
 
     /// Fills `dst` with elements `start..start + dst.len()`, through a shared reference and
@@ -144,8 +143,7 @@ impl<'a> TensorInput<'a> {
 }
 
 impl Drop for TensorInput<'_> {
-    /// The tensor's pages leave the resident set: the views of a chunk leave the pages they
-    /// share with the next chunk (see `FileMap::release`).
+    /// The tensor's mapped pages leave the resident set (see `mapping.rs`): it is merged.
     fn drop(&mut self) {
         if let TensorInput::File { reader, name, .. } = self {
             reader.release(name);
