@@ -1,11 +1,9 @@
 //! Read-only memory maps of input files, so that a merge reads the page cache without
 //! copying it (`pread`'s copy was a quarter of a TIES merge's CPU). A window is populated
 //! before it is read (`MADV_POPULATE_READ`: its page tables filled in one call rather than a
-//! fault per 16 pages), and a tensor's pages leave the process's resident set once the
-//! tensor is merged (`MADV_DONTNEED`), so a merge holds at most one tensor of each input
-//! mapped. Dropping each window after use as well kept the resident set at a few MiB but
-//! cost 0.05-0.15 s of system time per merge (a TLB flush on every core per window), for
-//! memory that is page cache either way.
+//! fault per 16 pages), and its pages leave the process's resident set (`MADV_DONTNEED`) a
+//! few MiB behind a pass (see `merge/stream.rs`) and when the tensor is merged, so a merge
+//! holds a few MiB of each input mapped, not whole tensors.
 //!
 //! Linux only; elsewhere (or where `mmap` fails) there is no map and readers fall back to
 //! positioned reads. An input file must not change while it is mapped: a truncated file

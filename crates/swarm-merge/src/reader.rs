@@ -210,6 +210,17 @@ impl SafetensorsReader {
         Ok(f32_window(map, at..at + len * 4))
     }
 
+    /// Drops elements `start..start + len` of tensor `name` from the resident set (see
+    /// `mapping.rs`); a thread still reading them maps them again.
+    pub(crate) fn release_range(&self, name: &str, start: usize, len: usize) {
+        if let Some(entry) = self.entries.get(name) {
+            if let (Some(Some(map)), DType::F32) = (self.maps.get(entry.file), entry.dtype) {
+                let at = entry.start as usize + start * 4;
+                map.release(&(at..(at + len * 4).min(entry.end as usize)));
+            }
+        }
+    }
+
     /// Drops tensor `name`'s mapped pages from the resident set, once no thread reads it.
     pub(crate) fn release(&self, name: &str) {
         if let Some(entry) = self.entries.get(name) {
