@@ -23,6 +23,11 @@ pub(crate) const CHUNK: usize = 1 << 16;
 /// thread still reads a dropped window, it only maps it again.
 const RELEASE_WINDOW: usize = 16 * CHUNK;
 
+/// Views shorter than this are read with `pread` rather than mapped: a fault on a freshly
+/// written file maps a whole large folio (up to MiBs), so TIES's scattered 2 KiB samples
+/// (`trim.rs`) mapped most of the embedding of every input (332 MiB peak) before its pass.
+const MAPPED_MIN: usize = 4096;
+
 /// Buffers of one thread's reads in a parallel pass over a tensor: one chunk of values, the
 /// buffers two views fall back on (see [`TensorInput::view`]) and raw bytes.
 #[derive(Default)]
@@ -73,7 +78,7 @@ impl<'a> TensorInput<'a> {
     }
 
     /// Elements `start..start + len`: a view of the mapped file where the tensor is stored as
-    /// f32 and used as is, else read (or copied) into `buf`, through `bytes`.
+    /// f32 and used as is and the view is not small, else read (or copied) into `buf`, through `bytes`.
     pub(crate) fn view<'s>(
         &'s self,
         start: usize,
@@ -86,7 +91,7 @@ impl<'a> TensorInput<'a> {
                 reader,
                 name,
                 round_to,
-            } if !matches!(round_to, Some(DType::BF16 | DType::F16)) => {
+            } if len >= MAPPED_MIN && !matches!(round_to, Some(DType::BF16 | DType::F16)) => {
                 if let Some(view) = reader.f32_view(name, start, len)? {
                     // A pass reads a tensor from its start on (each thread its own run of
                     // chunks): the window two behind the one this view ends in is read.
