@@ -3,12 +3,13 @@
 //! HF dir that appears only when complete.
 //!
 //! Within a tensor the merge works in chunks of [`CHUNK`] entries: each input's chunk is
-//! read (from safetensors, straight into an f32 buffer) and combined, several chunks at once
-//! on the rayon threads (each output entry computed as a sequential pass would), and the
-//! output block goes to the writer's thread, which writes it while the next is mixed.
-//! Linear, task arithmetic and SLERP hold only chunks; DARE one bit per entry per model;
-//! TIES one tensor's magnitudes. So a merge stays below one model plus one tensor, whatever
-//! the number of inputs.
+//! viewed in the mapped safetensors file (f32; other dtypes are read into an f32 buffer)
+//! and combined, several chunks at once on the rayon threads (each output entry computed as
+//! a sequential pass would), and the output block goes to the writer's thread, which writes
+//! it while the next is mixed. Linear, task arithmetic and SLERP hold only chunks (and a few
+//! MiB of each input mapped); DARE one bit per entry per model; TIES the entries near each
+//! threshold (or, with `rescale`, one tensor's magnitudes). So a merge stays below one model
+//! plus one tensor, whatever the number of inputs.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -304,9 +305,9 @@ fn merge_linear(
 /// and writes it. Every pass works on several chunks at once, one per rayon thread; each
 /// output entry is computed exactly as a sequential pass would.
 ///
-/// Planning reads the base and the model again for each task vector it needs (TIES; DARE with
-/// `rescale`), so 3E + 1 tensor reads for E models, all but the first of each from the page
-/// cache. Keeping the task vectors between the plans and the mix (1 + E + 1 reads) was tried
+/// Planning reads the base and the model again for each task vector it needs (TIES, in one
+/// pass for all of them; DARE with `rescale`), so 3E + 1 tensor reads for E models, all but
+/// the first of each from the page cache (through the map, without a copy). Keeping the task vectors between the plans and the mix (1 + E + 1 reads) was tried
 /// and measured no faster, at E tensors of memory more (see docs/performance.md).
 #[allow(clippy::too_many_arguments)]
 fn merge_task_vectors(
