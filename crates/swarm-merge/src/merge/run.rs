@@ -605,6 +605,60 @@ mod tests {
         assert!((frac - 0.3).abs() < 0.01, "kept {frac}");
     }
 
+    /// Mapped inputs (HF dirs, views of the files) merge to the same bits as in-memory ones,
+    /// on tensors big enough for the mapped views (4096 entries), TIES's one-pass trimming
+    /// (4 chunks) and the release of windows behind a pass (two 4 MiB windows): a 70000-row
+    /// embedding and LM head.
+    #[test]
+    fn mapped_and_in_memory_inputs_merge_to_the_same_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = tiny_config();
+        cfg.vocab_size = 70_000;
+        let base = random_model(&cfg, 1);
+        let models = [
+            ("base", base.clone()),
+            ("a", perturbed(&base, 2, 0.1)),
+            ("b", perturbed(&base, 3, 0.1)),
+        ];
+        for (name, w) in &models {
+            save_hf_dir(&dir.path().join(name), &cfg, w).unwrap();
+        }
+        let d = dir.path().display().to_string();
+        let in_memory = |reference: &str| {
+            let (_, w) = models
+                .iter()
+                .find(|(name, _)| reference.ends_with(&format!("/{name}")))
+                .unwrap();
+            Ok(InputModel::from_source(
+                reference,
+                cfg.clone(),
+                Box::new(w.clone()),
+            ))
+        };
+        for method in ["ties", "dare_ties"] {
+            let yaml = format!(
+                "merge_method: {method}\nbase_model: {d}/base\nmodels:\n  - model: {d}/a\n    parameters: {{weight: 0.5, density: 0.5}}\n  - model: {d}/b\n    parameters: {{weight: 0.5, density: 0.3}}\ndtype: float32\n"
+            );
+            let plan = MergePlan::from_yaml(&yaml).unwrap();
+            let (mapped, loaded) = (dir.path().join("mapped"), dir.path().join("loaded"));
+            let options = RunOptions { overwrite: true };
+            run(&plan, &mapped, &options, &mut |_, _, _| {}).unwrap();
+            run_with(&plan, &loaded, &options, &in_memory, &mut |_, _, _| {}).unwrap();
+            let (mapped, loaded) = (
+                SafetensorsReader::open_dir(&mapped).unwrap(),
+                SafetensorsReader::open_dir(&loaded).unwrap(),
+            );
+            for name in mapped.names() {
+                let (x, y) = (
+                    mapped.read_f32_vec(&name).unwrap(),
+                    loaded.read_f32_vec(&name).unwrap(),
+                );
+                let same = x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits());
+                assert!(same && x.len() == y.len(), "{method}: {name}");
+            }
+        }
+    }
+
     #[test]
     fn mismatched_inputs_are_refused_naming_the_tensor_and_leave_nothing() {
         let f = fixture();
