@@ -349,12 +349,11 @@ fn merge_task_vectors(
             ..
         } = p;
         let b = base.view(start, len, base_buf, bytes)?;
-        out.copy_from_slice(b);
         for (input, d) in inputs.iter().zip(deltas.iter_mut()) {
             let x = input.view(start, len, buf, bytes)?;
             subtract(&mut d[..len], x, b);
         }
-        mixer.mix_chunk(start, out, deltas, work);
+        mixer.mix_chunk(start, b, out, deltas, work);
         Ok(())
     })
 }
