@@ -18,6 +18,9 @@ use rayon::prelude::*;
 use crate::error::{ModelError, Result};
 
 /// Up to this many rows (a decode step's batch, a short prompt), dense CPU products run here.
+/// From one row on: candle runs a one-row product (batch-1 decode) on one thread, and one
+/// thread cannot read SmolLM2's 540 MB of weights as fast as two (batch-1 step 57 -> 31 ms
+/// on 2 cores, docs/performance.md).
 ///
 /// Why not more: gemm computes into a column-major destination, so `y = x Wᵀ` with a
 /// row-major `y` makes the weight gemm's left operand with the wrong stride, and gemm copies
@@ -35,7 +38,7 @@ const MIN_PIECE_ROWS: usize = 32;
 /// Whether [`products`] and [`gated_product`] take `x` and these weights.
 pub(crate) fn applies(x: &Tensor, weights: &[&Tensor]) -> bool {
     let rows = x.dims().iter().rev().skip(1).product::<usize>();
-    (2..=SMALL_BATCH_MAX_ROWS).contains(&rows)
+    (1..=SMALL_BATCH_MAX_ROWS).contains(&rows)
         && x.rank() == 2
         && x.device().is_cpu()
         && x.dtype() == DType::F32
@@ -315,15 +318,18 @@ mod tests {
 
     #[test]
     fn products_match_candle_for_uneven_widths() {
-        let x = random((7, 40), 1);
-        let ws = [random((96, 40), 2), random((33, 40), 3), random((1, 40), 4)];
-        let refs: Vec<&Tensor> = ws.iter().collect();
-        assert!(applies(&x, &refs));
-        let ys = products(&x, &refs).unwrap();
-        for (y, w) in ys.iter().zip(&ws) {
-            let expected = x.matmul(&w.t().unwrap()).unwrap();
-            assert_eq!(y.dims(), expected.dims());
-            assert!(max_rel_diff(y, &expected) < 1e-5);
+        // One row (batch-1 decode) takes gemm's other path: dst is then a single column.
+        for rows in [1, 7] {
+            let x = random((rows, 40), 1);
+            let ws = [random((96, 40), 2), random((33, 40), 3), random((1, 40), 4)];
+            let refs: Vec<&Tensor> = ws.iter().collect();
+            assert!(applies(&x, &refs));
+            let ys = products(&x, &refs).unwrap();
+            for (y, w) in ys.iter().zip(&ws) {
+                let expected = x.matmul(&w.t().unwrap()).unwrap();
+                assert_eq!(y.dims(), expected.dims());
+                assert!(max_rel_diff(y, &expected) < 1e-5);
+            }
         }
     }
 
