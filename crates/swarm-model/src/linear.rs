@@ -158,10 +158,7 @@ impl Linear {
 
     /// `x`: (..., in) -> (..., out).
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows: usize = dims[..dims.len() - 1].iter().product();
-        let x2 = x.reshape((rows, in_dim))?;
+        let (x2, dims) = rows_of(x)?;
         let mut y = self.dense(&x2)?;
         for d in &self.deltas {
             y = (y + d.apply(&x2)?)?;
@@ -170,10 +167,7 @@ impl Linear {
             Some(b) => y.broadcast_add(b)?,
             None => y,
         };
-        let mut out_dims = dims;
-        let last = out_dims.len() - 1;
-        out_dims[last] = y.dim(1)?;
-        Ok(y.reshape(out_dims)?)
+        with_rows(y, &dims)
     }
 }
 
