@@ -275,7 +275,7 @@ fn overrides_text(spec: &WorldSpec) -> String {
     }
 }
 
-/// ", and N ... of <skill>" for the skills whose share of the base's mix differs.
+/// " (N of <skill>)" for each skill whose share of the base's mix differs.
 fn base_overrides_text(spec: &WorldSpec) -> String {
     spec.base_skill_overrides
         .iter()
