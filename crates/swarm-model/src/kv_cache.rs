@@ -15,8 +15,15 @@
 //! the batch with two operations that copy once: [`KvCache::select_rows`] drops finished rows
 //! and [`KvCache::concat`] joins the caches of newly prefilled requests, left-padding the
 //! shorter ones so every row ends at the same slot.
+//!
+//! Keys and values are stored in the model's activation dtype unless
+//! [`KvCache::with_dtype`] asks for another: an f16 cache of an f32 model halves the cache's
+//! memory and the bytes a decode step reads from it, which at long contexts and large batches
+//! is most of what the step reads.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Shape, Tensor};
+use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
@@ -32,6 +39,8 @@ pub struct KvCache {
     len: usize,
     capacity: usize,
     padding: Vec<usize>,
+    /// The dtype keys and values are stored in (`None`: the dtype they arrive in).
+    storage: Option<DType>,
 }
 
 /// Slots are allocated in multiples of this when the cache grows.
@@ -47,7 +56,22 @@ impl KvCache {
             len: 0,
             capacity,
             padding: vec![0; batch],
+            storage: None,
         }
+    }
+
+    /// Stores keys and values in `dtype` whatever the model computes them in. On the CPU,
+    /// `DType::F16` with an f32 model halves the cache and the bytes each decode step reads
+    /// from it; the logits then differ from an f32 cache's by about 1e-3 relative (f16 keeps
+    /// 11 significant bits), so exact-reference checks use the default.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.storage = Some(dtype);
+        self
+    }
+
+    /// The dtype keys and values are stored in, when set by [`KvCache::with_dtype`].
+    pub fn dtype(&self) -> Option<DType> {
+        self.storage
     }
 
     /// Number of rows (sequences).
@@ -116,6 +140,10 @@ impl KvCache {
         v: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (b, kv_heads, t, head_dim) = k.dims4()?;
+        let (k, v) = match self.storage {
+            Some(dtype) if dtype != k.dtype() => (k.to_dtype(dtype)?, v.to_dtype(dtype)?),
+            _ => (k.clone(), v.clone()),
+        };
         if b != self.batch {
             return Err(ModelError::Generation(format!(
                 "a batch of {b} rows given to a cache of {} rows",
@@ -255,6 +283,11 @@ impl KvCache {
                 "caches of models with different layer counts cannot be joined".to_string(),
             ));
         }
+        if caches.iter().any(|c| c.storage != first.storage) {
+            return Err(ModelError::Generation(
+                "caches stored in different dtypes cannot be joined".to_string(),
+            ));
+        }
         let len = caches.iter().map(|c| c.len).max().unwrap_or(0);
         let capacity = caches
             .iter()
@@ -298,6 +331,7 @@ impl KvCache {
             len,
             capacity,
             padding,
+            storage: first.storage,
         })
     }
 }
@@ -364,10 +398,18 @@ impl CustomOp3 for CachedAttention {
         v_storage: &CpuStorage,
         v_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) =
-            (q_storage, k_storage, v_storage)
-        else {
-            candle_core::bail!("cached attention runs on f32 tensors only");
+        let (q, cache) = match (q_storage, k_storage, v_storage) {
+            (CpuStorage::F32(q), CpuStorage::F32(k), CpuStorage::F32(v)) => {
+                (q, CacheData::F32(k, v))
+            }
+            (CpuStorage::F32(q), CpuStorage::F16(k), CpuStorage::F16(v)) => {
+                (q, CacheData::F16(k, v))
+            }
+            _ => candle_core::bail!(
+                "cached attention runs on f32 queries over an f32 or f16 cache, got {:?} over {:?}",
+                q_storage.dtype(),
+                k_storage.dtype()
+            ),
         };
         let [b, kv_heads, rows, d] = *q_layout.dims() else {
             candle_core::bail!("cached attention: q must be 4-d, got {:?}", q_layout.dims());
@@ -394,8 +436,6 @@ impl CustomOp3 for CachedAttention {
             );
         }
         let q = &q[q_layout.start_offset()..];
-        let keys = Strided::new(k, k_layout);
-        let values = Strided::new(v, v_layout);
         let group = rows / self.t;
         let offset = len - self.t;
         let simd = Simd::detect();
@@ -403,12 +443,32 @@ impl CustomOp3 for CachedAttention {
         let task = |(index, out): (usize, &mut [f32])| {
             let (r, g) = (index / kv_heads, index % kv_heads);
             let pad = self.padding[r];
-            let heads = Heads {
-                k: keys.head(r, g),
-                v: values.head(r, g),
-                k_stride: keys.row_stride,
-                v_stride: values.row_stride,
-                d,
+            // An f16 cache is widened one head at a time into f32 buffers that stay in L2:
+            // memory is read at half width, and the kernel below stays one f32 kernel.
+            let mut widened = (Vec::new(), Vec::new());
+            let heads = match &cache {
+                CacheData::F32(k, v) => {
+                    let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
+                    Heads {
+                        k: keys.head(r, g),
+                        v: values.head(r, g),
+                        k_stride: keys.row_stride,
+                        v_stride: values.row_stride,
+                        d,
+                    }
+                }
+                CacheData::F16(k, v) => {
+                    let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
+                    widened.0 = widen_head(simd, &keys, r, g, len, d);
+                    widened.1 = widen_head(simd, &values, r, g, len, d);
+                    Heads {
+                        k: &widened.0,
+                        v: &widened.1,
+                        k_stride: d,
+                        v_stride: d,
+                        d,
+                    }
+                }
             };
             let q = &q[index * rows * d..][..rows * d];
             let mut scores = vec![0f32; group * len];
@@ -440,17 +500,70 @@ impl CustomOp3 for CachedAttention {
     }
 }
 
+/// The cache's keys and values as the kernel received them.
+enum CacheData<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
+}
+
+/// Slots `0..len` of row `r`, head `g` of an f16 cache, as packed f32 rows of `d`.
+fn widen_head(
+    simd: Simd,
+    heads: &Strided<f16>,
+    r: usize,
+    g: usize,
+    len: usize,
+    d: usize,
+) -> Vec<f32> {
+    let src = heads.head(r, g);
+    let mut out = vec![0f32; len * d];
+    for (slot, out) in out.chunks_exact_mut(d).enumerate() {
+        widen(simd, &src[slot * heads.row_stride..][..d], out);
+    }
+    out
+}
+
+/// `out[i] = src[i]` as f32, 8 at a time with F16C where the CPU has it.
+fn widen(simd: Simd, src: &[f16], out: &mut [f32]) {
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2Fma { f16c: true } => {
+            // SAFETY: `Simd::detect` found F16C (and AVX) on this CPU.
+            unsafe { widen_f16c(src, out) }
+        }
+        _ => out.iter_mut().zip(src).for_each(|(o, s)| *o = s.to_f32()),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn widen_f16c(src: &[f16], out: &mut [f32]) {
+    use std::arch::x86_64::{__m128i, _mm256_cvtph_ps, _mm256_storeu_ps, _mm_loadu_si128};
+    let n = src.len().min(out.len());
+    let full = n - n % 8;
+    for i in (0..full).step_by(8) {
+        // SAFETY: i + 8 <= n, within both slices; the loads and stores are unaligned.
+        unsafe {
+            let halves = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtph_ps(halves));
+        }
+    }
+    for i in full..n {
+        out[i] = src[i].to_f32();
+    }
+}
+
 /// A (batch, heads, slots, head_dim) view with unit stride in the last dimension.
-struct Strided<'a> {
-    data: &'a [f32],
+struct Strided<'a, T> {
+    data: &'a [T],
     start: usize,
     batch_stride: usize,
     head_stride: usize,
     row_stride: usize,
 }
 
-impl<'a> Strided<'a> {
-    fn new(data: &'a [f32], layout: &Layout) -> Self {
+impl<'a, T> Strided<'a, T> {
+    fn new(data: &'a [T], layout: &Layout) -> Self {
         let stride = layout.stride();
         Self {
             data,
@@ -462,7 +575,7 @@ impl<'a> Strided<'a> {
     }
 
     /// The slots of row `r`, head `g`, from slot 0 on.
-    fn head(&self, r: usize, g: usize) -> &'a [f32] {
+    fn head(&self, r: usize, g: usize) -> &'a [T] {
         &self.data[self.start + r * self.batch_stride + g * self.head_stride..]
     }
 }
@@ -493,7 +606,10 @@ struct Query<'a> {
 enum Simd {
     Baseline,
     #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
+    Avx2Fma {
+        /// Also F16C, to widen an f16 cache.
+        f16c: bool,
+    },
 }
 
 impl Simd {
@@ -501,7 +617,9 @@ impl Simd {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            return Simd::Avx2Fma;
+            return Simd::Avx2Fma {
+                f16c: std::arch::is_x86_feature_detected!("f16c"),
+            };
         }
         Simd::Baseline
     }
@@ -514,7 +632,7 @@ fn attend(simd: Simd, heads: &Heads, query: &Query, scores: &mut [f32], out: &mu
         Simd::Baseline => attend_generic::<false>(heads, query, scores, out),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Simd::detect` found AVX2 and FMA on this CPU.
-        Simd::Avx2Fma => unsafe { attend_avx2_fma(heads, query, scores, out) },
+        Simd::Avx2Fma { .. } => unsafe { attend_avx2_fma(heads, query, scores, out) },
     }
 }
 

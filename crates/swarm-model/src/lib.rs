@@ -14,6 +14,7 @@
 //! Every loader yields the same tensor names and layout (see [`LlamaConfig::tensor_shapes`]),
 //! so weights from a GGUF file and from an HF dir can be merged with each other.
 
+mod allocator;
 mod chat_template;
 mod config;
 mod delta;
@@ -32,6 +33,7 @@ mod sampling;
 mod tokenizer;
 mod weights;
 
+pub use allocator::configure_allocator;
 pub use chat_template::{ChatMessage, ChatTemplate, CHATML_TEMPLATE};
 pub use config::{HfConfig, Llama3RopeScaling, LlamaConfig};
 pub use delta::{LowRankDelta, ModelDelta};

@@ -296,6 +296,14 @@ impl Attention {
         let k = rope(&k, cos, sin)?;
         let (k, v) = cache.append(layer, &k, &v)?;
         let len = k.dim(2)?;
+        let in_kernel = matches!(masking, Masking::InKernel { .. });
+        // A cache stored in another dtype (KvCache::with_dtype) is widened for the products;
+        // the CPU kernel reads an f16 cache itself.
+        let (k, v) = if k.dtype() != q.dtype() && !in_kernel {
+            (k.to_dtype(q.dtype())?, v.to_dtype(q.dtype())?)
+        } else {
+            (k, v)
+        };
 
         // Grouped-query attention without repeating K and V: the `group` query heads that
         // share a KV head are stacked into the rows of one product per KV head.
@@ -400,6 +408,8 @@ pub struct Llama {
     norm: Tensor,
     lm_head: Linear,
     rotary: RotaryEmbedding,
+    /// What [`Llama::new_cache`] stores keys and values in (`None`: the activation dtype).
+    kv_cache_dtype: Option<DType>,
 }
 
 /// Runs `f` (a forward pass) on a thread of rayon's pool when called on the CPU from a thread
@@ -481,6 +491,7 @@ impl Llama {
             norm,
             lm_head,
             rotary,
+            kv_cache_dtype: None,
         })
     }
 
@@ -631,7 +642,40 @@ impl Llama {
 
     /// An empty cache for `batch` sequences, with room for `capacity` tokens before it grows.
     pub fn new_cache(&self, batch: usize, capacity: usize) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, batch, capacity)
+        let cache = KvCache::new(self.config.num_hidden_layers, batch, capacity);
+        match self.kv_cache_dtype {
+            Some(dtype) => cache.with_dtype(dtype),
+            None => cache,
+        }
+    }
+
+    /// Makes [`Llama::new_cache`] store keys and values in `dtype` (see
+    /// [`KvCache::with_dtype`]); `None` restores the activation dtype. Floating-point dtypes
+    /// only; an f32 model on the CPU takes f32 or f16 (what its attention kernel reads).
+    pub fn set_kv_cache_dtype(&mut self, dtype: Option<DType>) -> Result<()> {
+        if let Some(dtype) = dtype {
+            let cpu_kernel =
+                self.device.is_cpu() && self.precision.activation_dtype() == DType::F32;
+            let supported = if cpu_kernel {
+                matches!(dtype, DType::F32 | DType::F16)
+            } else {
+                dtype.is_float()
+            };
+            if !supported {
+                return Err(ModelError::Generation(format!(
+                    "a KV cache in {} is not supported here (an f32 model on the CPU takes \
+                     f32 or f16)",
+                    dtype.as_str()
+                )));
+            }
+        }
+        self.kv_cache_dtype = dtype;
+        Ok(())
+    }
+
+    /// The dtype set by [`Llama::set_kv_cache_dtype`].
+    pub fn kv_cache_dtype(&self) -> Option<DType> {
+        self.kv_cache_dtype
     }
 
     /// Runs `input_ids` (b, t) after what `cache` holds and returns the logits of every
@@ -1068,6 +1112,48 @@ pub(crate) mod tests {
         });
         let w = random_weights(&config, 3);
         check_paths_agree(&Llama::load(&w, &config, &Device::Cpu, Precision::F32).unwrap());
+    }
+
+    #[test]
+    fn an_f16_cache_is_half_the_size_and_close_to_f32() {
+        let mut model = tiny_model(false, 4, 2);
+        let prompts: Vec<Vec<u32>> = vec![vec![1, 5, 9, 33, 12, 40, 7], vec![1, 17, 4]];
+        let run = |model: &Llama| {
+            let mut cache = model.new_cache(prompts.len(), 0);
+            let mut logits = vec![model.prefill(&prompts, &mut cache).unwrap()];
+            let mut tokens = vec![8u32, 61];
+            for _ in 0..5 {
+                let step = model.decode(&tokens, &mut cache).unwrap();
+                tokens = step.argmax(1).unwrap().to_vec1::<u32>().unwrap();
+                logits.push(step);
+            }
+            // Dropping a row and joining caches keep the dtype.
+            cache.select_rows(&[1]).unwrap();
+            let joined = KvCache::concat(&[cache, model.new_cache(1, 0)]).unwrap();
+            (logits, joined)
+        };
+        let (exact, exact_cache) = run(&model);
+        model.set_kv_cache_dtype(Some(DType::F16)).unwrap();
+        let (half, half_cache) = run(&model);
+        assert_eq!(half_cache.dtype(), Some(DType::F16));
+        assert_eq!(2 * half_cache.size_in_bytes(), exact_cache.size_in_bytes());
+        for (step, (a, b)) in exact.iter().zip(&half).enumerate() {
+            let scale = a.abs().unwrap().max_keepdim(1).unwrap().max(0).unwrap();
+            let scale = scale.to_vec1::<f32>().unwrap()[0];
+            let diff = max_abs_diff(a, b);
+            assert!(diff > 0.0, "step {step}: an f16 cache changed nothing");
+            assert!(
+                diff < 1e-2 * scale,
+                "step {step}: f16 cache off by {diff} (scale {scale})"
+            );
+        }
+        // Joining caches of different dtypes is refused.
+        let f16_cache = model.new_cache(1, 0);
+        model.set_kv_cache_dtype(None).unwrap();
+        let err = KvCache::concat(&[f16_cache, model.new_cache(1, 0)]).unwrap_err();
+        assert!(err.to_string().contains("dtypes"), "{err}");
+        let err = model.set_kv_cache_dtype(Some(DType::BF16)).unwrap_err();
+        assert!(err.to_string().contains("bf16"), "{err}");
     }
 
     #[test]

@@ -53,8 +53,9 @@ enum Command {
 }
 
 fn main() {
-    // Before any tensor exists: candle sizes its CPU pool once.
+    // Before any tensor exists: candle sizes its CPU pool once, and malloc keeps its tuning.
     swarm_model::configure_cpu_threads();
+    swarm_model::configure_allocator();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
