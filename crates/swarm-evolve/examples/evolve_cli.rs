@@ -20,6 +20,7 @@ struct Cli {
 fn main() {
     // As the `swarm` binary's main does, before any tensor exists.
     swarm_model::configure_cpu_threads();
+    swarm_model::configure_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)

@@ -122,6 +122,7 @@ fn main() -> anyhow::Result<()> {
     // Before any tensor exists, as the `swarm` binary does (scripts run this binary directly,
     // without cargo's [env]).
     swarm_model::configure_cpu_threads();
+    swarm_model::configure_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
         .with_writer(std::io::stderr)

@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 use swarm_model::{ChatTemplate, Tokenizer};
 
 use crate::corpus::Document;
@@ -76,16 +77,17 @@ pub fn encode_all(
     template: &ChatTemplate,
     max_len: usize,
 ) -> Result<(Vec<Sequence>, usize)> {
-    let mut kept = Vec::with_capacity(docs.len());
-    let mut dropped = 0;
-    for d in docs {
-        let s = encode(d, tokenizer, template)?;
-        if s.len() > max_len || s.trained_tokens() == 0 {
-            dropped += 1;
-        } else {
-            kept.push(s);
-        }
-    }
+    // Documents encode independently: spread them over rayon's threads, keeping their order.
+    let encoded: Vec<Sequence> = docs
+        .par_iter()
+        .map(|d| encode(d, tokenizer, template))
+        .collect::<Result<_>>()?;
+    let total = encoded.len();
+    let kept: Vec<Sequence> = encoded
+        .into_iter()
+        .filter(|s| s.len() <= max_len && s.trained_tokens() > 0)
+        .collect();
+    let dropped = total - kept.len();
     Ok((kept, dropped))
 }
 

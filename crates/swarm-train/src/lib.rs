@@ -35,6 +35,7 @@ mod agent;
 mod corpus;
 mod data;
 mod error;
+mod fused;
 mod model;
 mod report;
 mod tokenizer;

@@ -3,12 +3,12 @@
 //!
 //! measured-facts: candle-nn's fused kernels (`ops::rms_norm`, `softmax_last_dim`,
 //! `rotary_emb::rope`) have no backward and stop gradients silently. Here RMSNorm is written
-//! out, softmax is `ops::softmax` and RoPE is `rope_slow` (half-split, as HF). The unit tests
+//! out, RoPE is `rope_slow` (half-split, as HF), and the causal softmax and the loss are the
+//! fused kernels of [`crate::fused`], which carry their own backward passes. The unit tests
 //! prove that every variable gets a gradient and that the inference forward of swarm-model,
 //! loading [`TrainableLlama::to_weights`], gives the same logits.
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::ops::{log_softmax, softmax};
 use candle_nn::rotary_emb::rope_slow;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -16,6 +16,7 @@ use rand_distr::{Distribution, Normal};
 use swarm_model::{rope_tables, LlamaConfig, TensorSource, Weights};
 
 use crate::error::{Result, TrainError};
+use crate::fused::{causal_softmax, weighted_cross_entropy};
 
 /// One named trainable tensor.
 #[derive(Debug, Clone)]
@@ -155,11 +156,10 @@ impl TrainableLlama {
             .reshape((b, t, h))?;
         let cos = self.cos.narrow(0, 0, t)?;
         let sin = self.sin.narrow(0, 0, t)?;
-        let mask = causal_mask(t, &self.device)?;
         for l in 0..c.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let normed = rms_norm(&x, self.get(&format!("{p}.input_layernorm.weight"))?, eps)?;
-            let attn = self.attention(&normed, &p, &cos, &sin, &mask)?;
+            let attn = self.attention(&normed, &p, &cos, &sin)?;
             x = (x + attn)?;
             let normed = rms_norm(
                 &x,
@@ -188,14 +188,7 @@ impl TrainableLlama {
         Ok(linear(x, w, b)?)
     }
 
-    fn attention(
-        &self,
-        x: &Tensor,
-        prefix: &str,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: &Tensor,
-    ) -> Result<Tensor> {
+    fn attention(&self, x: &Tensor, prefix: &str, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let c = &self.config;
         let (nh, nkv, d) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
@@ -218,9 +211,7 @@ impl TrainableLlama {
         let q = rope_slow(&q, cos, sin)?;
         let k = rope_slow(&k, cos, sin)?;
         let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
-        let scores = scores.broadcast_add(mask)?;
-        let probs = softmax(&scores, D::Minus1)?;
+        let probs = causal_softmax(&q.matmul(&k.t()?)?, 1.0 / (d as f64).sqrt())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
         self.proj(&y, &format!("{prefix}.self_attn.o_proj"), false)
     }
@@ -245,16 +236,16 @@ impl TrainableLlama {
 /// Weighted mean of `-log p(target)` over the positions with non-zero weight.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
-    let logp = log_softmax(&logits.reshape((b * t, v))?, D::Minus1)?;
-    let picked = logp
-        .gather(&targets.reshape((b * t, 1))?, 1)?
-        .reshape(b * t)?;
     let w = weights.reshape(b * t)?;
     let total = w.sum_all()?.to_scalar::<f32>()?;
     if total <= 0.0 {
         return Err(TrainError::NoData("a batch with no target tokens".into()));
     }
-    Ok(((picked * w)?.sum_all()? * (-1.0 / total as f64))?)
+    Ok(weighted_cross_entropy(
+        &logits.reshape((b * t, v))?,
+        &targets.reshape(b * t)?,
+        &w,
+    )?)
 }
 
 fn check_config(config: &LlamaConfig) -> Result<()> {
@@ -307,13 +298,6 @@ fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
 }
 
 /// Additive causal mask (t, t): 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize, device: &Device) -> candle_core::Result<Tensor> {
-    let mask: Vec<f32> = (0..t)
-        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (t, t), device)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,425 @@
+//! Fused CPU kernels for the two widest steps of a training pass, with their backward passes:
+//! the causal softmax over attention scores and the cross-entropy over the vocabulary.
+//!
+//! Why: candle composes a softmax from five element-wise ops (max, subtract, exp, sum, divide)
+//! and the causal mask and scaling add two more; log-softmax, gather and the weighted mean add
+//! as many for the loss. Each op allocates and walks a whole tensor, and these are the largest
+//! tensors of a step: the scores are batch × heads × t × t, the logits batch × t × vocab (12 and
+//! 16 MiB each for the toy world's batches of 16 sequences of 256 tokens). On the 2-core
+//! machine a step spent more time in those passes and their allocations than in the matrix
+//! products. Here each direction is one pass per row, rows spread over rayon's threads.
+//!
+//! Every row is computed by one thread in a fixed order, and per-row losses are added in row
+//! order, so results do not depend on the number of threads. On devices other than the CPU the
+//! functions fall back to candle's composed ops.
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_nn::ops::{log_softmax, softmax};
+use rayon::prelude::*;
+
+/// `softmax(scale · scores + causal mask)` over the last dimension.
+///
+/// `scores` is `(.., t, t)`: row `i` of each `t × t` block holds one query's scores against
+/// keys `0..t`, and the query sees keys `0..=i`. The probabilities of the keys it does not see
+/// are exactly zero, as with an additive `-inf` mask.
+pub fn causal_softmax(scores: &Tensor, scale: f64) -> candle_core::Result<Tensor> {
+    let dims = scores.dims();
+    let (t, t_keys) = match dims {
+        [.., q, k] => (*q, *k),
+        _ => candle_core::bail!("causal_softmax: scores must have at least 2 dims, got {dims:?}"),
+    };
+    if t != t_keys {
+        candle_core::bail!("causal_softmax: scores must be (.., t, t), got {dims:?}");
+    }
+    if !scores.device().is_cpu() || scores.dtype() != DType::F32 {
+        let mask = causal_mask(t, scores.device())?.to_dtype(scores.dtype())?;
+        return softmax(&(scores * scale)?.broadcast_add(&mask)?, D::Minus1);
+    }
+    scores.contiguous()?.apply_op1(CausalSoftmax {
+        scale: scale as f32,
+        t,
+    })
+}
+
+/// An additive causal mask: 0 where the key is visible, `-inf` after the query.
+pub fn causal_mask(t: usize, device: &candle_core::Device) -> candle_core::Result<Tensor> {
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| (0..t).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (t, t), device)
+}
+
+struct CausalSoftmax {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let scores = contiguous_f32(storage, layout, self.name())?;
+        let (t, scale) = (self.t, self.scale);
+        let mut probs = vec![0f32; scores.len()];
+        probs
+            .par_chunks_mut(t)
+            .zip(scores.par_chunks(t))
+            .enumerate()
+            .for_each(|(row, (p, s))| {
+                let seen = row % t + 1;
+                let (p, s) = (&mut p[..seen], &s[..seen]);
+                let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x * scale));
+                let mut sum = 0f32;
+                for (p, &s) in p.iter_mut().zip(s) {
+                    *p = (s * scale - max).exp();
+                    sum += *p;
+                }
+                let inv = 1.0 / sum;
+                p.iter_mut().for_each(|p| *p *= inv);
+            });
+        Ok((CpuStorage::F32(probs), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _scores: &Tensor,
+        probs: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad = grad.contiguous()?;
+        let back = CausalSoftmaxBackward {
+            scale: self.scale,
+            t: self.t,
+        };
+        Ok(Some(probs.apply_op2_no_bwd(&grad, &back)?))
+    }
+}
+
+/// d scores = scale · p ⊙ (g − ⟨p, g⟩) per row, zero on the masked keys.
+struct CausalSoftmaxBackward {
+    scale: f32,
+    t: usize,
+}
+
+impl CustomOp2 for CausalSoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "causal-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        probs: &CpuStorage,
+        probs_layout: &Layout,
+        grad: &CpuStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let probs = contiguous_f32(probs, probs_layout, self.name())?;
+        let grad = contiguous_f32(grad, grad_layout, self.name())?;
+        if probs.len() != grad.len() {
+            candle_core::bail!(
+                "{}: {} probabilities, {} gradients",
+                self.name(),
+                probs.len(),
+                grad.len()
+            );
+        }
+        let (t, scale) = (self.t, self.scale);
+        let mut out = vec![0f32; probs.len()];
+        out.par_chunks_mut(t)
+            .zip(probs.par_chunks(t).zip(grad.par_chunks(t)))
+            .enumerate()
+            .for_each(|(row, (o, (p, g)))| {
+                let seen = row % t + 1;
+                let (o, p, g) = (&mut o[..seen], &p[..seen], &g[..seen]);
+                let dot: f32 = p.iter().zip(g).map(|(p, g)| p * g).sum();
+                for ((o, &p), &g) in o.iter_mut().zip(p).zip(g) {
+                    *o = scale * p * (g - dot);
+                }
+            });
+        Ok((CpuStorage::F32(out), probs_layout.shape().clone()))
+    }
+}
+
+/// The mean of `−log softmax(logits)[target]` over the positions, weighted by `weights`.
+///
+/// `logits` is `(n, vocab)`, `targets` (u32) and `weights` (f32) are `(n,)`; positions of
+/// weight 0 (padding, prompts) do not count. The caller checks that the weights do not sum to
+/// zero.
+pub fn weighted_cross_entropy(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (n, vocab) = logits.dims2()?;
+    if targets.dims1()? != n || weights.dims1()? != n {
+        candle_core::bail!(
+            "cross-entropy: {n} rows of logits, {:?} targets, {:?} weights",
+            targets.dims(),
+            weights.dims()
+        );
+    }
+    let total = weights
+        .sum_all()?
+        .to_dtype(DType::F32)?
+        .to_scalar::<f32>()?;
+    if !logits.device().is_cpu() || logits.dtype() != DType::F32 {
+        let logp = log_softmax(logits, D::Minus1)?;
+        let picked = logp.gather(&targets.reshape((n, 1))?, 1)?.reshape(n)?;
+        return (picked * weights)?.sum_all()? * (-1.0 / total as f64);
+    }
+    let targets = targets.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+    if let Some(bad) = targets.iter().find(|&&id| id as usize >= vocab) {
+        candle_core::bail!("cross-entropy: target id {bad} is outside the vocabulary of {vocab}");
+    }
+    let weights = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    logits.contiguous()?.apply_op1(CrossEntropy {
+        targets,
+        weights,
+        total,
+        vocab,
+    })
+}
+
+struct CrossEntropy {
+    targets: Vec<u32>,
+    weights: Vec<f32>,
+    total: f32,
+    vocab: usize,
+}
+
+/// `ln Σ exp(row)`, computed from the row's maximum.
+fn log_sum_exp(row: &[f32]) -> f32 {
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let sum: f32 = row.iter().map(|&x| (x - max).exp()).sum();
+    max + sum.ln()
+}
+
+impl CustomOp1 for CrossEntropy {
+    fn name(&self) -> &'static str {
+        "weighted-cross-entropy"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let logits = contiguous_f32(storage, layout, self.name())?;
+        let per_row: Vec<f32> = logits
+            .par_chunks(self.vocab)
+            .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+            .map(|(row, (&target, &w))| {
+                if w == 0.0 {
+                    0.0
+                } else {
+                    w * (log_sum_exp(row) - row[target as usize])
+                }
+            })
+            .collect();
+        // Row order, whatever the threads: the loss is the same bits on any machine.
+        let loss = per_row.iter().sum::<f32>() / self.total;
+        Ok((CpuStorage::F32(vec![loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        logits: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let scale = grad.to_dtype(DType::F32)?.to_scalar::<f32>()? / self.total;
+        let back = CrossEntropyBackward {
+            targets: &self.targets,
+            weights: &self.weights,
+            scale,
+            vocab: self.vocab,
+        };
+        let grad_logits = logits.apply_op1_no_bwd(&back)?;
+        Ok(Some(grad_logits))
+    }
+}
+
+/// d logits = scale · w · (softmax(row) − onehot(target)) per row.
+struct CrossEntropyBackward<'a> {
+    targets: &'a [u32],
+    weights: &'a [f32],
+    scale: f32,
+    vocab: usize,
+}
+
+impl CustomOp1 for CrossEntropyBackward<'_> {
+    fn name(&self) -> &'static str {
+        "weighted-cross-entropy-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let logits = contiguous_f32(storage, layout, self.name())?;
+        let mut out = vec![0f32; logits.len()];
+        out.par_chunks_mut(self.vocab)
+            .zip(logits.par_chunks(self.vocab))
+            .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+            .for_each(|((o, row), (&target, &w))| {
+                if w == 0.0 {
+                    return;
+                }
+                let lse = log_sum_exp(row);
+                let factor = self.scale * w;
+                for (o, &x) in o.iter_mut().zip(row) {
+                    *o = factor * (x - lse).exp();
+                }
+                o[target as usize] -= factor;
+            });
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+/// The elements of an f32 storage in layout order, which must be contiguous.
+fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("{op}: expected f32, got {:?}", storage.dtype());
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{op}: the input must be contiguous"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= tol * (1.0 + y.abs()),
+                "element {i}: {x} vs {y}"
+            );
+        }
+    }
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        // A small LCG: the values only have to be varied, not good random numbers.
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let values: Vec<f32> = (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 6.0 - 3.0
+            })
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+    }
+
+    /// candle's composed ops: what the fused kernels replace.
+    fn composed_softmax(scores: &Tensor, scale: f64) -> Tensor {
+        let t = scores.dim(D::Minus1).unwrap();
+        let mask = causal_mask(t, scores.device()).unwrap();
+        softmax(
+            &(scores * scale).unwrap().broadcast_add(&mask).unwrap(),
+            D::Minus1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn causal_softmax_and_its_gradient_match_the_composed_ops() {
+        let scores = Var::from_tensor(&random(&[2, 3, 7, 7], 1)).unwrap();
+        let upstream = random(&[2, 3, 7, 7], 2);
+        let fused = causal_softmax(scores.as_tensor(), 0.35).unwrap();
+        let composed = composed_softmax(scores.as_tensor(), 0.35);
+        close(&fused, &composed, 1e-6);
+        let row = fused
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(
+            row[3..].iter().all(|&p| p == 0.0),
+            "keys after the query are seen: {row:?}"
+        );
+
+        let g_fused = (fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_composed = (composed * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            g_fused.get(scores.as_tensor()).unwrap(),
+            g_composed.get(scores.as_tensor()).unwrap(),
+            1e-5,
+        );
+    }
+
+    #[test]
+    fn cross_entropy_and_its_gradient_match_the_composed_ops() {
+        let logits = Var::from_tensor(&random(&[6, 11], 3)).unwrap();
+        let targets = Tensor::new(&[0u32, 10, 3, 3, 7, 1], &Device::Cpu).unwrap();
+        let weights = Tensor::new(&[1f32, 0.0, 1.0, 2.0, 0.0, 1.0], &Device::Cpu).unwrap();
+        let fused = weighted_cross_entropy(logits.as_tensor(), &targets, &weights).unwrap();
+
+        let logp = log_softmax(logits.as_tensor(), D::Minus1).unwrap();
+        let picked = logp
+            .gather(&targets.reshape((6, 1)).unwrap(), 1)
+            .unwrap()
+            .reshape(6)
+            .unwrap();
+        let composed = ((picked * &weights).unwrap().sum_all().unwrap() * (-1.0 / 5.0)).unwrap();
+        close(&fused, &composed, 1e-6);
+
+        let g_fused = (fused * 3.0).unwrap().backward().unwrap();
+        let g_composed = (composed * 3.0).unwrap().backward().unwrap();
+        close(
+            g_fused.get(logits.as_tensor()).unwrap(),
+            g_composed.get(logits.as_tensor()).unwrap(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn bad_shapes_and_targets_are_errors() {
+        let scores = random(&[2, 3, 4], 4);
+        let err = causal_softmax(&scores, 1.0).unwrap_err().to_string();
+        assert!(err.contains("(.., t, t)"), "{err}");
+        let logits = random(&[2, 5], 5);
+        let weights = Tensor::new(&[1f32, 1.0], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[1u32, 5], &Device::Cpu).unwrap();
+        let err = weighted_cross_entropy(&logits, &targets, &weights)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target id 5"), "{err}");
+    }
+}
