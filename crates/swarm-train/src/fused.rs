@@ -1,5 +1,5 @@
-//! Fused CPU kernels for the two widest steps of a training pass, with their backward passes:
-//! the causal softmax over attention scores and the cross-entropy over the vocabulary.
+//! Fused CPU kernels for a training pass, with their backward passes: the causal softmax over
+//! attention scores, the cross-entropy over the vocabulary, RMSNorm and RoPE.
 //!
 //! Why: candle composes a softmax from five element-wise ops (max, subtract, exp, sum, divide)
 //! and the causal mask and scaling add two more; log-softmax, gather and the weighted mean add
@@ -8,13 +8,15 @@
 //! 16 MiB each for the toy world's batches of 16 sequences of 256 tokens). On the 2-core
 //! machine a step spent more time in those passes and their allocations than in the matrix
 //! products. Here each direction is one pass per row, rows spread over rayon's threads.
+//! RMSNorm (six ops) and RoPE (seven) touch smaller tensors, but they are half the nodes of a
+//! layer's graph, and candle's backward pass allocates, zeroes and adds a gradient per node.
 //!
 //! Every row is computed by one thread in a fixed order, and per-row losses are added in row
 //! order, so results do not depend on the number of threads. On devices other than the CPU the
 //! functions fall back to candle's composed ops.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
 use candle_nn::ops::{log_softmax, softmax};
 use rayon::prelude::*;
 
@@ -284,6 +286,223 @@ impl CustomOp1 for CrossEntropyBackward<'_> {
     }
 }
 
+/// `x / sqrt(mean(x²) + eps) * weight` over the last dimension; `weight` is `(hidden,)`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
+    let hidden = weight.dims1()?;
+    if x.dim(D::Minus1)? != hidden {
+        candle_core::bail!("rms_norm: x is {:?}, the weight ({hidden},)", x.dims());
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        return x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(weight);
+    }
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
+}
+
+struct RmsNorm {
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// `1 / sqrt(mean(row²) + eps)`.
+    fn inv_rms(&self, row: &[f32]) -> f32 {
+        let ms = row.iter().map(|x| x * x).sum::<f32>() / row.len() as f32;
+        1.0 / (ms + self.eps).sqrt()
+    }
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "rms-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, x_layout, self.name())?;
+        let w = contiguous_f32(w, w_layout, self.name())?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(w.len())
+            .zip(x.par_chunks(w.len()))
+            .for_each(|(y, x)| {
+                let r = self.inv_rms(x);
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x * r * w;
+                }
+            });
+        Ok((CpuStorage::F32(y), x_layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let hidden = w.dims1()?;
+        let rows = x.elem_count() / hidden;
+        let back = RmsNormBackward { eps: self.eps };
+        // One output holds both gradients: rows of dx, then the row of dw.
+        let both = x.apply_op3_no_bwd(w, &grad.contiguous()?, &back)?;
+        let dx = both.narrow(0, 0, rows)?.reshape(x.shape())?;
+        let dw = both.narrow(0, rows, 1)?.reshape(hidden)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Rows per block of the weight gradient's partial sums: fixed, so the sum is the same on any
+/// number of threads.
+const RMS_NORM_BLOCK: usize = 32;
+
+/// With `u = g ⊙ w`, `r = 1 / rms(x)`: `dx = r·u − x·r³·mean(u ⊙ x)`, `dw = Σ_rows g ⊙ x·r`.
+struct RmsNormBackward {
+    eps: f32,
+}
+
+impl CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        x_layout: &Layout,
+        w: &CpuStorage,
+        w_layout: &Layout,
+        g: &CpuStorage,
+        g_layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(x, x_layout, self.name())?;
+        let w = contiguous_f32(w, w_layout, self.name())?;
+        let g = contiguous_f32(g, g_layout, self.name())?;
+        let h = w.len();
+        if x.len() != g.len() || h == 0 || !x.len().is_multiple_of(h) {
+            candle_core::bail!("{}: x {}, g {}, weight {h}", self.name(), x.len(), g.len());
+        }
+        let rows = x.len() / h;
+        let norm = RmsNorm { eps: self.eps };
+        let mut out = vec![0f32; (rows + 1) * h];
+        let (dx, _) = out.split_at_mut(rows * h);
+        let block = RMS_NORM_BLOCK * h;
+        let partials: Vec<Vec<f32>> = dx
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(g.par_chunks(block)))
+            .map(|(dx, (x, g))| {
+                let mut dw = vec![0f32; h];
+                for ((dx, x), g) in dx.chunks_mut(h).zip(x.chunks(h)).zip(g.chunks(h)) {
+                    let r = norm.inv_rms(x);
+                    let mean_ux = g
+                        .iter()
+                        .zip(w)
+                        .zip(x)
+                        .map(|((g, w), x)| g * w * x)
+                        .sum::<f32>()
+                        / h as f32;
+                    let r3 = r * r * r;
+                    for j in 0..h {
+                        dx[j] = r * g[j] * w[j] - x[j] * r3 * mean_ux;
+                        dw[j] += g[j] * x[j] * r;
+                    }
+                }
+                dw
+            })
+            .collect();
+        let dw = &mut out[rows * h..];
+        for partial in &partials {
+            dw.iter_mut().zip(partial).for_each(|(d, p)| *d += p);
+        }
+        Ok((CpuStorage::F32(out), Shape::from_dims(&[rows + 1, h])))
+    }
+}
+
+/// Rotary position embedding, half-split as HF Llama (candle's `rope_slow`): for `x` of shape
+/// `(b, heads, t, d)` and `cos`, `sin` of `(t, d / 2)`, the first and second halves of each
+/// row become `x1·cos − x2·sin` and `x2·cos + x1·sin`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let (_, _, t, d) = x.dims4()?;
+    if cos.dims() != [t, d / 2] || sin.dims() != [t, d / 2] || !d.is_multiple_of(2) {
+        candle_core::bail!(
+            "rope: x {:?} needs cos and sin of ({t}, {}), got {:?} and {:?}",
+            x.dims(),
+            d / 2,
+            cos.dims(),
+            sin.dims()
+        );
+    }
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+        return candle_nn::rotary_emb::rope_slow(x, cos, sin);
+    }
+    let table = |m: &Tensor| -> candle_core::Result<Vec<f32>> {
+        m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+    };
+    x.contiguous()?.apply_op1(Rope {
+        cos: table(cos)?,
+        sin: table(sin)?,
+        t,
+        sin_sign: 1.0,
+    })
+}
+
+struct Rope {
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    t: usize,
+    /// −1 rotates the other way: the backward pass of the rotation (its transpose).
+    sin_sign: f32,
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(storage, layout, self.name())?;
+        let half = self.cos.len() / self.t;
+        let d = 2 * half;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(d)
+            .zip(x.par_chunks(d))
+            .enumerate()
+            .for_each(|(row, (y, x))| {
+                let pos = row % self.t;
+                let (cos, sin) = (
+                    &self.cos[pos * half..][..half],
+                    &self.sin[pos * half..][..half],
+                );
+                let (x1, x2) = x.split_at(half);
+                let (y1, y2) = y.split_at_mut(half);
+                for i in 0..half {
+                    let s = self.sin_sign * sin[i];
+                    y1[i] = x1[i] * cos[i] - x2[i] * s;
+                    y2[i] = x2[i] * cos[i] + x1[i] * s;
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let back = Rope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            t: self.t,
+            sin_sign: -self.sin_sign,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
+
 /// The elements of an f32 storage in layout order, which must be contiguous.
 fn contiguous_f32<'a>(
     storage: &'a CpuStorage,
@@ -405,6 +624,74 @@ mod tests {
         close(
             g_fused.get(logits.as_tensor()).unwrap(),
             g_composed.get(logits.as_tensor()).unwrap(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn rms_norm_and_its_gradients_match_the_composed_ops() {
+        let x = Var::from_tensor(&random(&[3, 70, 8], 6)).unwrap();
+        let w = Var::from_tensor(&random(&[8], 7)).unwrap();
+        let upstream = random(&[3, 70, 8], 8);
+        let fused = rms_norm(x.as_tensor(), w.as_tensor(), 1e-5).unwrap();
+        let ms = x
+            .as_tensor()
+            .sqr()
+            .unwrap()
+            .mean_keepdim(D::Minus1)
+            .unwrap();
+        let composed = x
+            .as_tensor()
+            .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+            .unwrap()
+            .broadcast_mul(w.as_tensor())
+            .unwrap();
+        close(&fused, &composed, 1e-6);
+        let g_fused = (fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_composed = (composed * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for var in [&x, &w] {
+            close(
+                g_fused.get(var.as_tensor()).unwrap(),
+                g_composed.get(var.as_tensor()).unwrap(),
+                1e-5,
+            );
+        }
+    }
+
+    #[test]
+    fn rope_and_its_gradient_match_candles_rope_slow() {
+        let x = Var::from_tensor(&random(&[2, 3, 5, 8], 9)).unwrap();
+        let cos = random(&[5, 4], 10);
+        let sin = random(&[5, 4], 11);
+        let upstream = random(&[2, 3, 5, 8], 12);
+        let fused = rope(x.as_tensor(), &cos, &sin).unwrap();
+        let composed = candle_nn::rotary_emb::rope_slow(x.as_tensor(), &cos, &sin).unwrap();
+        close(&fused, &composed, 1e-6);
+        let g_fused = (fused * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_composed = (composed * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        close(
+            g_fused.get(x.as_tensor()).unwrap(),
+            g_composed.get(x.as_tensor()).unwrap(),
             1e-6,
         );
     }

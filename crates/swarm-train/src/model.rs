@@ -2,21 +2,20 @@
 //! that have a backward pass, on [`Var`]s named with the HF tensor names.
 //!
 //! measured-facts: candle-nn's fused kernels (`ops::rms_norm`, `softmax_last_dim`,
-//! `rotary_emb::rope`) have no backward and stop gradients silently. Here RMSNorm is written
-//! out, RoPE is `rope_slow` (half-split, as HF), and the causal softmax and the loss are the
-//! fused kernels of [`crate::fused`], which carry their own backward passes. The unit tests
+//! `rotary_emb::rope`) have no backward and stop gradients silently. Here RMSNorm, RoPE
+//! (half-split, as HF), the causal softmax and the loss are the fused kernels of
+//! [`crate::fused`], which carry their own backward passes. The unit tests
 //! prove that every variable gets a gradient and that the inference forward of swarm-model,
 //! loading [`TrainableLlama::to_weights`], gives the same logits.
 
-use candle_core::{DType, Device, Tensor, Var, D};
-use candle_nn::rotary_emb::rope_slow;
+use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 use swarm_model::{rope_tables, LlamaConfig, TensorSource, Weights};
 
 use crate::error::{Result, TrainError};
-use crate::fused::{causal_softmax, weighted_cross_entropy};
+use crate::fused::{causal_softmax, rms_norm, rope, weighted_cross_entropy};
 
 /// One named trainable tensor.
 #[derive(Debug, Clone)]
@@ -208,8 +207,8 @@ impl TrainableLlama {
             self.proj(x, &format!("{prefix}.self_attn.v_proj"), bias)?,
             nkv,
         )?;
-        let q = rope_slow(&q, cos, sin)?;
-        let k = rope_slow(&k, cos, sin)?;
+        let q = rope(&q, cos, sin)?;
+        let k = rope(&k, cos, sin)?;
         let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
         let probs = causal_softmax(&q.matmul(&k.t()?)?, 1.0 / (d as f64).sqrt())?;
         let y = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, nh * d))?;
@@ -283,12 +282,6 @@ fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> candle_core::Result<Ten
 }
 
 /// RMSNorm written with differentiable ops: `x / sqrt(mean(x²) + eps) * w`.
-fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> candle_core::Result<Tensor> {
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(w)
-}
-
-/// (b, kv, t, d) -> (b, kv * n, t, d), each KV head repeated for its `n` query heads.
 fn repeat_kv(x: Tensor, n: usize) -> candle_core::Result<Tensor> {
     if n == 1 {
         return Ok(x);
