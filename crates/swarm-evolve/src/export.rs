@@ -164,14 +164,15 @@ pub fn export_swarm(
             .skills
             .iter()
             .zip(&state.progress.ranges)
-            .map(|(s, r)| SkillEntry {
-                name: s.name().into(),
-                suite: s.fitness.suite.clone(),
-                split: s.fitness.split.to_string(),
-                episodes: s.fitness.limit,
-                bins: s.bins,
-                range: *r,
-                metric: "mean episode score".into(),
+            .map(|(s, r)| {
+                SkillEntry::new(
+                    s.name(),
+                    s.fitness.suite.clone(),
+                    s.fitness.split.to_string(),
+                    s.fitness.limit,
+                    s.bins,
+                    *r,
+                )
             })
             .collect(),
         factors: FactorEntry {

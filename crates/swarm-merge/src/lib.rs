@@ -60,7 +60,7 @@ pub use merge::run::{run, run_with, InputModel, MergeReport, RunOptions};
 pub use merge::task_arithmetic::{Consensus, GtaParams, Sparsify};
 pub use reader::SafetensorsReader;
 pub use swarm_manifest::{
-    CellEntry, EliteEntry, FactorEntry, ModelEntry, SkillEntry, SwarmManifest, SWARM_FORMAT,
-    SWARM_GENOMES_FILE, SWARM_MANIFEST_FILE,
+    CellEntry, EliteEntry, FactorEntry, ModelEntry, SkillEntry, SwarmManifest, MEAN_EPISODE_SCORE,
+    SWARM_FORMAT, SWARM_GENOMES_FILE, SWARM_MANIFEST_FILE,
 };
 pub use writer::{parse_dtype, torch_dtype_name, HfDirWriter, SafetensorsStreamWriter, TensorSpec};

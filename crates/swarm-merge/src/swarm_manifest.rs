@@ -46,6 +46,33 @@ pub struct SkillEntry {
     pub metric: String,
 }
 
+/// The metric every score in a swarm is: each episode scores in [0, 1], a skill's score is
+/// their mean.
+pub const MEAN_EPISODE_SCORE: &str = "mean episode score";
+
+impl SkillEntry {
+    /// A skill scored by [`MEAN_EPISODE_SCORE`] on `episodes` episodes (all when `None`) of
+    /// `suite`'s `split`, with `bins` bins over `range` as a behaviour axis.
+    pub fn new(
+        name: impl Into<String>,
+        suite: impl Into<String>,
+        split: impl Into<String>,
+        episodes: Option<usize>,
+        bins: usize,
+        range: (f64, f64),
+    ) -> Self {
+        Self {
+            name: name.into(),
+            suite: suite.into(),
+            split: split.into(),
+            episodes,
+            bins,
+            range,
+            metric: MEAN_EPISODE_SCORE.into(),
+        }
+    }
+}
+
 /// Where an elite sits in one archive.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CellEntry {
@@ -249,15 +276,14 @@ mod tests {
             name: "t".into(),
             base: model("base"),
             experts: vec![model("coding")],
-            skills: vec![SkillEntry {
-                name: "coding".into(),
-                suite: "synthetic".into(),
-                split: "validation".into(),
-                episodes: Some(8),
-                bins: 5,
-                range: (0.0, 1.0),
-                metric: "mean episode score".into(),
-            }],
+            skills: vec![SkillEntry::new(
+                "coding",
+                "synthetic",
+                "validation",
+                Some(8),
+                5,
+                (0.0, 1.0),
+            )],
             factors: FactorEntry {
                 file: "factors.safetensors".into(),
                 id: "f".into(),

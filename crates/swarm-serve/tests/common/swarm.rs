@@ -130,15 +130,7 @@ impl TinySwarm {
                 .collect(),
             skills: SKILLS
                 .iter()
-                .map(|s| SkillEntry {
-                    name: s.to_string(),
-                    suite: "synthetic".into(),
-                    split: "validation".into(),
-                    episodes: Some(8),
-                    bins: 5,
-                    range: (0.0, 1.0),
-                    metric: "mean episode score".into(),
-                })
+                .map(|s| SkillEntry::new(*s, "synthetic", "validation", Some(8), 5, (0.0, 1.0)))
                 .collect(),
             factors: FactorEntry {
                 file: "factors.safetensors".into(),
