@@ -643,9 +643,8 @@ unsafe fn attend_avx2_fma(heads: &Heads, query: &Query, scores: &mut [f32], out:
 }
 
 /// Softmax of the scaled dot products of each query with the keys, then the weighted sum of
-/// the values, written to the query's rows of `out`. The keys of one head (~136 KB at 532
-/// slots) stay in L2 from the first query of the group to the last; each value is loaded once
-/// for all of them.
+/// the values, written to the query's rows of `out`; head sizes of 32, 64 and 128 get a copy
+/// of the kernel compiled for that size (see [`attend_fixed`]).
 #[inline(always)]
 fn attend_generic<const FMA: bool>(
     heads: &Heads,
@@ -653,10 +652,60 @@ fn attend_generic<const FMA: bool>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    match heads.d {
+        32 => attend_fixed::<FMA, 32>(heads, query, scores, out),
+        64 => attend_fixed::<FMA, 64>(heads, query, scores, out),
+        128 => attend_fixed::<FMA, 128>(heads, query, scores, out),
+        _ => attend_any::<FMA>(heads, query, scores, out),
+    }
+}
+
+/// [`attend_generic`] for heads of `D` values. Knowing `D`, the compiler keeps a query's whole
+/// output row in registers while it adds up the values (8 AVX registers for `D` = 64), where
+/// the general kernel loads and stores it for every slot; and each row's softmax uses the
+/// branch-free [`exp_nonpositive`], which vectorises, instead of a libm call per score.
+#[inline(always)]
+fn attend_fixed<const FMA: bool, const D: usize>(
+    heads: &Heads,
+    query: &Query,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let (n, group) = (query.n, query.group);
+    let row = |i: usize| (query.row0 + i * query.row_step) * D;
+    let fixed = |s: &[f32], at: usize| -> [f32; D] {
+        let mut a = [0f32; D];
+        a.copy_from_slice(&s[at..][..D]);
+        a
+    };
+    let scores = &mut scores[..group * n];
+    // Query by query: the first pulls this head's keys into L2, the others find them there.
+    for (i, scores) in scores.chunks_exact_mut(n).enumerate() {
+        let q = fixed(query.q, row(i));
+        for (j, score) in scores.iter_mut().enumerate() {
+            let key = &heads.k[(query.first + j) * heads.k_stride..][..D];
+            *score = dot::<FMA>(&q, key) * query.scale;
+        }
+    }
+    softmax_rows::<FMA>(scores, n);
+    for (i, probs) in scores.chunks_exact(n).enumerate() {
+        let mut acc = [0f32; D];
+        for (j, &p) in probs.iter().enumerate() {
+            let value = &heads.v[(query.first + j) * heads.v_stride..][..D];
+            for (a, &v) in acc.iter_mut().zip(value) {
+                *a = fma::<FMA>(p, v, *a);
+            }
+        }
+        out[row(i)..][..D].copy_from_slice(&acc);
+    }
+}
+
+/// [`attend_generic`] for any head size.
+#[inline(always)]
+fn attend_any<const FMA: bool>(heads: &Heads, query: &Query, scores: &mut [f32], out: &mut [f32]) {
     let (d, n, group) = (heads.d, query.n, query.group);
     let row = |i: usize| (query.row0 + i * query.row_step) * d;
     let scores = &mut scores[..group * n];
-    // Query by query: the first pulls this head's keys into L2, the others find them there.
     for (i, scores) in scores.chunks_exact_mut(n).enumerate() {
         let q = &query.q[row(i)..][..d];
         for (j, score) in scores.iter_mut().enumerate() {
@@ -664,19 +713,7 @@ fn attend_generic<const FMA: bool>(
             *score = dot::<FMA>(q, key) * query.scale;
         }
     }
-    // Normalised probabilities, as a softmax followed by a product with the values would use.
-    for probs in scores.chunks_exact_mut(n) {
-        let max = probs.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-        let mut sum = 0f32;
-        for p in probs.iter_mut() {
-            *p = (*p - max).exp();
-            sum += *p;
-        }
-        let inv = 1.0 / sum;
-        for p in probs.iter_mut() {
-            *p *= inv;
-        }
-    }
+    softmax_rows::<FMA>(scores, n);
     for i in 0..group {
         out[row(i)..][..d].fill(0.0);
     }
@@ -686,6 +723,63 @@ fn attend_generic<const FMA: bool>(
             axpy::<FMA>(scores[i * n + j], value, &mut out[row(i)..][..d]);
         }
     }
+}
+
+/// Each row of `n` scores becomes its softmax, as a softmax followed by a product with the
+/// values would use.
+#[inline(always)]
+fn softmax_rows<const FMA: bool>(scores: &mut [f32], n: usize) {
+    for probs in scores.chunks_exact_mut(n) {
+        let max = lanes8(probs, f32::NEG_INFINITY, f32::max);
+        for p in probs.iter_mut() {
+            *p = exp_nonpositive::<FMA>(*p - max);
+        }
+        let inv = 1.0 / lanes8(probs, 0.0, |a, b| a + b);
+        for p in probs.iter_mut() {
+            *p *= inv;
+        }
+    }
+}
+
+/// Folds `values` with `op` in eight independent lanes (one SIMD register), then the lanes.
+#[inline(always)]
+fn lanes8(values: &[f32], init: f32, op: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 8];
+    let chunks = values.chunks_exact(8);
+    let tail = chunks.remainder().iter().fold(init, |a, &v| op(a, v));
+    for chunk in chunks {
+        for (a, &v) in acc.iter_mut().zip(chunk) {
+            *a = op(*a, v);
+        }
+    }
+    let lanes = op(
+        op(op(acc[0], acc[4]), op(acc[1], acc[5])),
+        op(op(acc[2], acc[6]), op(acc[3], acc[7])),
+    );
+    op(lanes, tail)
+}
+
+/// `e^x` for `x <= 0` (a score minus its row's maximum), within ~2 ulp: Cody-Waite reduction
+/// to `x = k·ln 2 + r`, Cephes' degree-6 polynomial for `e^r`, and `2^k` built from its
+/// exponent bits. Branch-free, so a loop over a row vectorises; below -87 it returns
+/// `e^-87` (~1.6e-38) instead of underflowing.
+#[inline(always)]
+fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = x.max(-87.0);
+    let k = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    let r = fma::<FMA>(k, -LN2_LO, fma::<FMA>(k, -LN2_HI, x));
+    let mut p = 1.987_569_1e-4f32;
+    p = fma::<FMA>(p, r, 1.398_199_9e-3);
+    p = fma::<FMA>(p, r, 8.333_452e-3);
+    p = fma::<FMA>(p, r, 4.166_579_6e-2);
+    p = fma::<FMA>(p, r, 1.666_666_5e-1);
+    p = fma::<FMA>(p, r, 5.000_000_1e-1);
+    let e_r = fma::<FMA>(p, r * r, r) + 1.0;
+    // k is in [-126, 0] here: 2^k is a normal number.
+    let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
+    e_r * two_k
 }
 
 #[inline(always)]
@@ -733,6 +827,21 @@ mod tests {
 
     fn kv(b: usize, t: usize, fill: f32) -> Tensor {
         (Tensor::ones((b, 2, t, 4), DType::F32, &Device::Cpu).unwrap() * fill as f64).unwrap()
+    }
+
+    #[test]
+    fn exp_nonpositive_is_within_a_few_ulp_of_libm() {
+        let mut x = 0.0f32;
+        while x > -100.0 {
+            let (ours, libm) = (exp_nonpositive::<false>(x), x.exp());
+            let want = libm.max((-87.0f32).exp());
+            assert!(
+                (ours - want).abs() <= 4.0 * f32::EPSILON * want,
+                "e^{x}: {ours} vs {want}"
+            );
+            x -= 0.0137;
+        }
+        assert_eq!(exp_nonpositive::<true>(0.0), 1.0);
     }
 
     #[test]
