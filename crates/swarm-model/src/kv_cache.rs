@@ -775,7 +775,7 @@ fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     p = fma::<FMA>(p, r, 8.333_452e-3);
     p = fma::<FMA>(p, r, 4.166_579_6e-2);
     p = fma::<FMA>(p, r, 1.666_666_5e-1);
-    p = fma::<FMA>(p, r, 5.000_000_1e-1);
+    p = fma::<FMA>(p, r, 0.5);
     let e_r = fma::<FMA>(p, r * r, r) + 1.0;
     // k is in [-126, 0] here: 2^k is a normal number.
     let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
