@@ -535,6 +535,34 @@ mod tests {
         }
     }
 
+    /// The fused and composed outputs agree, and so do the gradients of `⟨output, upstream⟩`
+    /// with respect to each of `vars` (values to 1e-6, gradients to `grad_tol`).
+    fn same_values_and_gradients(
+        fused: Tensor,
+        composed: Tensor,
+        upstream: &Tensor,
+        vars: &[&Var],
+        grad_tol: f32,
+    ) {
+        close(&fused, &composed, 1e-6);
+        let grads = |y: Tensor| {
+            (y * upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (g_fused, g_composed) = (grads(fused), grads(composed));
+        for var in vars {
+            close(
+                g_fused.get(var.as_tensor()).unwrap(),
+                g_composed.get(var.as_tensor()).unwrap(),
+                grad_tol,
+            );
+        }
+    }
+
     fn random(shape: &[usize], seed: u64) -> Tensor {
         let n: usize = shape.iter().product();
         // A small LCG: the values only have to be varied, not good random numbers.
@@ -569,7 +597,6 @@ mod tests {
         let upstream = random(&[2, 3, 7, 7], 2);
         let fused = causal_softmax(scores.as_tensor(), 0.35).unwrap();
         let composed = composed_softmax(scores.as_tensor(), 0.35);
-        close(&fused, &composed, 1e-6);
         let row = fused
             .get(0)
             .unwrap()
@@ -584,23 +611,7 @@ mod tests {
             "keys after the query are seen: {row:?}"
         );
 
-        let g_fused = (fused * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_composed = (composed * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        close(
-            g_fused.get(scores.as_tensor()).unwrap(),
-            g_composed.get(scores.as_tensor()).unwrap(),
-            1e-5,
-        );
+        same_values_and_gradients(fused, composed, &upstream, &[&scores], 1e-5);
     }
 
     #[test]
@@ -617,15 +628,8 @@ mod tests {
             .reshape(6)
             .unwrap();
         let composed = ((picked * &weights).unwrap().sum_all().unwrap() * (-1.0 / 5.0)).unwrap();
-        close(&fused, &composed, 1e-6);
-
-        let g_fused = (fused * 3.0).unwrap().backward().unwrap();
-        let g_composed = (composed * 3.0).unwrap().backward().unwrap();
-        close(
-            g_fused.get(logits.as_tensor()).unwrap(),
-            g_composed.get(logits.as_tensor()).unwrap(),
-            1e-6,
-        );
+        let upstream = Tensor::new(3f32, &Device::Cpu).unwrap();
+        same_values_and_gradients(fused, composed, &upstream, &[&logits], 1e-6);
     }
 
     #[test]
@@ -646,26 +650,7 @@ mod tests {
             .unwrap()
             .broadcast_mul(w.as_tensor())
             .unwrap();
-        close(&fused, &composed, 1e-6);
-        let g_fused = (fused * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_composed = (composed * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for var in [&x, &w] {
-            close(
-                g_fused.get(var.as_tensor()).unwrap(),
-                g_composed.get(var.as_tensor()).unwrap(),
-                1e-5,
-            );
-        }
+        same_values_and_gradients(fused, composed, &upstream, &[&x, &w], 1e-5);
     }
 
     #[test]
@@ -676,24 +661,7 @@ mod tests {
         let upstream = random(&[2, 3, 5, 8], 12);
         let fused = rope(x.as_tensor(), &cos, &sin).unwrap();
         let composed = candle_nn::rotary_emb::rope_slow(x.as_tensor(), &cos, &sin).unwrap();
-        close(&fused, &composed, 1e-6);
-        let g_fused = (fused * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_composed = (composed * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        close(
-            g_fused.get(x.as_tensor()).unwrap(),
-            g_composed.get(x.as_tensor()).unwrap(),
-            1e-6,
-        );
+        same_values_and_gradients(fused, composed, &upstream, &[&x], 1e-6);
     }
 
     #[test]
