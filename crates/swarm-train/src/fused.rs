@@ -521,7 +521,7 @@ fn contiguous_f32<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, IndexOp, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -597,15 +597,7 @@ mod tests {
         let upstream = random(&[2, 3, 7, 7], 2);
         let fused = causal_softmax(scores.as_tensor(), 0.35).unwrap();
         let composed = composed_softmax(scores.as_tensor(), 0.35);
-        let row = fused
-            .get(0)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .get(2)
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let row = fused.i((0, 0, 2)).unwrap().to_vec1::<f32>().unwrap();
         assert!(
             row[3..].iter().all(|&p| p == 0.0),
             "keys after the query are seen: {row:?}"
