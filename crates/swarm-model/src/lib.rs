@@ -15,6 +15,7 @@
 //! so weights from a GGUF file and from an HF dir can be merged with each other.
 
 mod allocator;
+mod attention;
 mod chat_template;
 mod config;
 mod delta;

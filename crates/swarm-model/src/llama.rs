@@ -21,10 +21,11 @@ use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::{rms_norm, softmax_last_dim};
 use candle_nn::rotary_emb::rope;
 
+use crate::attention::cached_attention;
 use crate::config::{Llama3RopeScaling, LlamaConfig};
 use crate::delta::{LowRankDelta, ModelDelta};
 use crate::error::{ModelError, Result};
-use crate::kv_cache::{cached_attention, KvCache};
+use crate::kv_cache::KvCache;
 use crate::linear::{Linear, LinearGroup, Precision};
 use crate::weights::{TensorSource, Weights};
 
