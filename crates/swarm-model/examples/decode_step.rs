@@ -16,6 +16,8 @@ use candle_core::Device;
 use swarm_model::{argmax_rows, random_weights, Llama, LlamaConfig, Precision};
 
 fn main() -> Result<()> {
+    // As the `swarm` binary does, so that timings match it.
+    swarm_model::configure_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());
     let precision: Precision = arg(0, "f32").parse()?;

@@ -36,6 +36,7 @@ use swarm_model::{argmax_rows, KvCache, Llama, Precision, RowGroup};
 use swarm_serve::EliteSource;
 
 fn main() -> Result<()> {
+    swarm_model::configure_allocator();
     let threads = swarm_model::configure_cpu_threads();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize, default: &str| args.get(i).cloned().unwrap_or_else(|| default.into());

@@ -21,6 +21,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    swarm_model::configure_allocator();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
