@@ -1,7 +1,7 @@
-//! What `factor_bench`, `mixed_batch_bench` and `policy_bench` share: where the synthetic
-//! experts' factor sets are cached between runs, and under which name; the swarm of
-//! children of those experts that the last two serve; the process's CPU time and the load
-//! average, printed next to every timing (the benches run on a shared machine).
+//! What `factor_bench`, `mixed_batch_bench`, `policy_bench` and `make_bench_swarm` share:
+//! where the synthetic experts' factor sets are cached between runs, and under which name;
+//! the swarm of children of those experts that the middle two serve; the process's CPU time
+//! and the load average, printed next to every timing (the benches run on a shared machine).
 
 // Each example uses its own part of this module.
 #![allow(dead_code)]
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
-use swarm_merge::{Genome, Rank};
+use swarm_merge::{FactorSet, Genome, Rank};
 use swarm_model::{Pretrained, Weights};
 use swarm_serve::GenomeSwarm;
 
@@ -32,6 +32,28 @@ pub fn factor_path(cache_dir: &Path, model: &str, rank: Rank, rel: f32) -> PathB
     ))
 }
 
+/// How many perturbed experts [`perturbed_factors`] makes.
+pub const EXPERTS: usize = 3;
+
+/// The seed of perturbed expert `k`'s noise.
+pub fn expert_seed(k: usize) -> u64 {
+    1000 + k as u64
+}
+
+/// The factor set of [`EXPERTS`] "experts" of `pretrained`'s base (Gaussian noise of `rel`
+/// times each tensor's RMS, seeds [`expert_seed`]), factorised at `rank`: read from the
+/// cache ([`factor_path`]) when an earlier run made it, else made and cached.
+pub fn perturbed_factors(pretrained: &Pretrained, rank: Rank, rel: f32) -> Result<FactorSet> {
+    let cache_dir = factor_cache_dir()?;
+    let base = pretrained.load_weights(&Device::Cpu, DType::F32)?;
+    let path = factor_path(&cache_dir, &pretrained.name, rank, rel);
+    let experts: Vec<Weights> = (0..EXPERTS)
+        .map(|k| swarm_merge::testing::perturbed(&base, expert_seed(k), rel))
+        .collect();
+    swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
+        .with_context(|| format!("factors in {}", path.display()))
+}
+
 /// `k` elites `elite00`, `elite01`, ... over `reference`'s base, each a different child of
 /// all three of its perturbed experts (Gaussian noise of `rel` times each tensor's RMS,
 /// factorised at `rank`, the factor set cached): every matrix's delta sums three low-rank
@@ -43,18 +65,10 @@ pub fn children_swarm(
     rel: f32,
     k: usize,
 ) -> Result<(Pretrained, GenomeSwarm, Vec<String>)> {
-    let cache_dir = factor_cache_dir()?;
     let pretrained = Pretrained::open(reference)?;
-    let base = pretrained.load_weights(&Device::Cpu, DType::F32)?;
-    let path = factor_path(&cache_dir, &pretrained.name, rank, rel);
-    let experts: Vec<Weights> = (0..3)
-        .map(|k| swarm_merge::testing::perturbed(&base, 1000 + k, rel))
-        .collect();
-    let factors = swarm_merge::testing::factors_cached(&base, &experts, rank, &path)
-        .with_context(|| format!("factors in {}", path.display()))?;
-    drop((experts, base));
+    let factors = perturbed_factors(&pretrained, rank, rel)?;
     let layout = factors.layout().clone();
-    let e: Vec<Genome> = (0..3)
+    let e: Vec<Genome> = (0..EXPERTS)
         .map(|k| Genome::expert(&layout, k))
         .collect::<Result<_, _>>()?;
     let mut genomes = BTreeMap::new();
