@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! cargo run --release -p swarm-model --example decode_step -- \
-//!     [precision=f32] [batches=1,8,32] [prompt_tokens=500] [decode_steps=16]
+//!     [precision=f32] [batches=1,8,32] [prompt_tokens=500] [decode_steps=16] [kv_cache=f32|f16]
 //! ```
 //! Threads: `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS`.
 
@@ -27,15 +27,25 @@ fn main() -> Result<()> {
         .collect::<Result<_, _>>()?;
     let prompt_tokens: usize = arg(2, "500").parse()?;
     let decode_steps: usize = arg(3, "16").parse()?;
+    let kv_cache = match arg(4, "default").as_str() {
+        "default" => None,
+        "f32" => Some(candle_core::DType::F32),
+        "f16" => Some(candle_core::DType::F16),
+        other => bail!("kv_cache must be f32 or f16, got {other:?}"),
+    };
     if batches.contains(&0) || prompt_tokens == 0 || decode_steps == 0 {
         bail!("batch sizes, prompt tokens and decode steps must be positive");
     }
     let config = LlamaConfig::smollm2_135m();
     let device = Device::Cpu;
     let weights = random_weights(&config, 0, &device)?;
-    let model = Llama::load(&weights, &config, &device, precision)?;
+    let mut model = Llama::load(&weights, &config, &device, precision)?;
+    model.set_kv_cache_dtype(kv_cache)?;
     drop(weights);
-    println!("{precision}, prompt {prompt_tokens} tokens, {decode_steps} decode steps");
+    println!(
+        "{precision}, prompt {prompt_tokens} tokens, {decode_steps} decode steps, KV cache {}",
+        kv_cache.map_or("as activations".to_string(), |d| format!("{d:?}"))
+    );
     for &batch in &batches {
         let prompts: Vec<Vec<u32>> = (0..batch)
             .map(|b| {

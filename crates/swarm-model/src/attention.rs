@@ -7,6 +7,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::simd::{self, dot, fma, Simd};
 
 /// Attention of a few new queries per row over the slots a
 /// [`KvCache::append`](crate::KvCache::append) returned, on the CPU in f32, without a mask
@@ -271,30 +272,6 @@ struct Query<'a> {
     scale: f32,
 }
 
-/// Which instructions the kernel may use, checked once per call.
-#[derive(Clone, Copy)]
-enum Simd {
-    Baseline,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma {
-        /// Also F16C, to widen an f16 cache.
-        f16c: bool,
-    },
-}
-
-impl Simd {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Simd::Avx2Fma {
-                f16c: std::arch::is_x86_feature_detected!("f16c"),
-            };
-        }
-        Simd::Baseline
-    }
-}
-
 /// Runs [`attend_generic`] compiled for the best instructions the CPU has: the workspace
 /// builds for baseline x86-64, where the loops below get 4-wide SSE without FMA.
 fn attend(simd: Simd, heads: &Heads, query: &Query, scores: &mut [f32], out: &mut [f32]) {
@@ -368,12 +345,8 @@ fn attend_fixed<const FMA: bool, const D: usize>(
     }
 }
 
-/// `scores[j] = scale * q·keys[j * stride..][..D]` for every score.
-///
-/// With `FMA` (which only [`attend_avx2_fma`] instantiates) the keys go eight at a time:
-/// eight running sums, one per key, take turns on the FMA units, where one dot product after
-/// another waits on each FMA's latency (a 64-wide dot is eight dependent FMAs, then a
-/// horizontal sum: ~40 cycles a key, against ~5 here).
+/// `scores[j] = scale * q·keys[j * stride..][..D]` for every score; with `FMA` (which only
+/// [`attend_avx2_fma`] instantiates) eight keys at a time (see [`simd::dots`]).
 #[inline(always)]
 fn score_keys<const FMA: bool, const D: usize>(
     q: &[f32; D],
@@ -382,74 +355,14 @@ fn score_keys<const FMA: bool, const D: usize>(
     scale: f32,
     scores: &mut [f32],
 ) {
-    let mut done = 0;
     #[cfg(target_arch = "x86_64")]
-    if FMA && D.is_multiple_of(8) {
+    if FMA {
         // SAFETY: `attend_generic::<true>` runs only inside `attend_avx2_fma`, which
         // `Simd::detect` allows only where the CPU has AVX2 and FMA.
-        done = unsafe { score_keys_by_eight_avx2::<D>(q, keys, stride, scale, scores) };
+        unsafe { simd::dots_avx2_fma(q, keys, stride, scale, scores) };
+        return;
     }
-    for (j, score) in scores.iter_mut().enumerate().skip(done) {
-        *score = dot::<FMA>(q, &keys[j * stride..][..D]) * scale;
-    }
-}
-
-/// The first `scores.len() / 8 * 8` scores of [`score_keys`], eight keys at a time; returns
-/// how many it wrote.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn score_keys_by_eight_avx2<const D: usize>(
-    q: &[f32; D],
-    keys: &[f32],
-    stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-) -> usize {
-    use std::arch::x86_64::*;
-    let blocks = scores.len() / 8;
-    // The last key read starts at (8 * blocks - 1) * stride; checked once here rather than
-    // per load.
-    if blocks == 0 || keys.len() < (8 * blocks - 1) * stride + D || !D.is_multiple_of(8) {
-        return 0;
-    }
-    let scale = _mm256_set1_ps(scale);
-    for block in 0..blocks {
-        let mut sums = [_mm256_setzero_ps(); 8];
-        for c in (0..D).step_by(8) {
-            // SAFETY: c + 8 <= D = q.len(); key (8 * block + k) starts at most at
-            // (8 * blocks - 1) * stride and its lanes c..c + 8 end within keys (checked above).
-            unsafe {
-                let q = _mm256_loadu_ps(q.as_ptr().add(c));
-                for (k, sum) in sums.iter_mut().enumerate() {
-                    let key = keys.as_ptr().add((8 * block + k) * stride + c);
-                    *sum = _mm256_fmadd_ps(q, _mm256_loadu_ps(key), *sum);
-                }
-            }
-        }
-        // Eight sums of eight lanes each into one register of eight dot products.
-        let pairs = [
-            _mm256_hadd_ps(sums[0], sums[1]),
-            _mm256_hadd_ps(sums[2], sums[3]),
-            _mm256_hadd_ps(sums[4], sums[5]),
-            _mm256_hadd_ps(sums[6], sums[7]),
-        ];
-        let (low, high) = (
-            _mm256_hadd_ps(pairs[0], pairs[1]),
-            _mm256_hadd_ps(pairs[2], pairs[3]),
-        );
-        let dots = _mm256_add_ps(
-            _mm256_permute2f128_ps(low, high, 0x20),
-            _mm256_permute2f128_ps(low, high, 0x31),
-        );
-        // SAFETY: 8 * block + 8 <= 8 * blocks <= scores.len().
-        unsafe {
-            _mm256_storeu_ps(
-                scores.as_mut_ptr().add(8 * block),
-                _mm256_mul_ps(dots, scale),
-            )
-        };
-    }
-    8 * blocks
+    simd::dots_generic::<FMA>(q, keys, stride, scale, scores);
 }
 
 /// [`attend_generic`] for any head size.
@@ -532,37 +445,6 @@ fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
     // k is in [-126, 0] here: 2^k is a normal number.
     let two_k = f32::from_bits(((k as i32 + 127) as u32) << 23);
     e_r * two_k
-}
-
-#[inline(always)]
-fn fma<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
-    if FMA {
-        a.mul_add(b, c)
-    } else {
-        a * b + c
-    }
-}
-
-/// Dot product with eight independent partial sums, which the compiler turns into one SIMD
-/// register (the chunks are arrays so that it knows their length).
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (a_chunks, b_chunks) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .fold(0f32, |s, (x, y)| fma::<FMA>(*x, *y, s));
-    for (x, y) in a_chunks.zip(b_chunks) {
-        let (Ok(x), Ok(y)) = (<&[f32; 8]>::try_from(x), <&[f32; 8]>::try_from(y)) else {
-            continue; // unreachable: chunks_exact yields 8 values
-        };
-        for l in 0..8 {
-            acc[l] = fma::<FMA>(x[l], y[l], acc[l]);
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// `out += p * x`.

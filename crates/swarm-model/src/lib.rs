@@ -31,6 +31,7 @@ mod llama;
 mod pretrained;
 mod products;
 mod sampling;
+mod simd;
 mod tokenizer;
 mod weights;
 
