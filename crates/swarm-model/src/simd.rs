@@ -119,12 +119,8 @@ pub(crate) unsafe fn dots_avx2_fma(
     scale: f32,
     out: &mut [f32],
 ) {
-    let done = if x.len().is_multiple_of(8) {
-        // SAFETY: the caller's promise; lengths are checked inside.
-        unsafe { dots_by_eight_avx2(x, rows, stride, scale, out) }
-    } else {
-        0
-    };
+    // SAFETY: the caller's promise; widths and lengths are checked inside.
+    let done = unsafe { dots_by_eight_avx2(x, rows, stride, scale, out) };
     if done < out.len() {
         dots_generic::<true>(x, &rows[done * stride..], stride, scale, &mut out[done..]);
     }
