@@ -30,6 +30,7 @@ mod linear;
 mod llama;
 mod pretrained;
 mod products;
+mod q8_0;
 mod sampling;
 mod simd;
 mod tokenizer;

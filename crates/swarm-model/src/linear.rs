@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 
 use crate::delta::LowRankDelta;
 use crate::error::{ModelError, Result};
-use crate::products;
+use crate::products::{self, ProductWeight};
 
 /// How a model's weights are held and its activations computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -104,10 +104,10 @@ enum Weight {
 }
 
 /// From this many input rows on, a Q8_0 product dequantises the weight and runs a dense
-/// f32 GEMM: candle's quantised kernel is a row-at-a-time dot product, fast for decode
-/// (1-8 rows, memory-bound) but ~10x slower than GEMM for prefill, where dequantising once
-/// per call costs a few percent.
-const DEQUANTIZE_FROM_ROWS: usize = 16;
+/// f32 GEMM: the quantised kernels (ours, see [`products`], and candle's) go a row at a
+/// time, fast for decode (memory-bound) but ~10x slower than GEMM for prefill, where
+/// dequantising once per call costs a few percent.
+const DEQUANTIZE_FROM_ROWS: usize = products::Q8_0_MAX_ROWS + 1;
 
 impl Linear {
     /// Builds from an (out, in) weight already in the activation dtype; quantises it when
@@ -218,7 +218,8 @@ impl Linear {
         layers: &[&[LinearGroup]],
         x: &Tensor,
     ) -> Result<Vec<Tensor>> {
-        let weights: Option<Vec<&Tensor>> = layers.iter().map(|g| Self::plain_weight(g)).collect();
+        let weights: Option<Vec<ProductWeight>> =
+            layers.iter().map(|g| Self::plain_weight(g)).collect();
         if let Some(weights) = weights {
             let (x2, dims) = rows_of(x)?;
             if products::applies(&x2, &weights) {
@@ -261,17 +262,17 @@ impl Linear {
         Ok((gate * Self::forward_grouped(up, x)?)?)
     }
 
-    /// The dense weight that every group runs with nothing else but one shared bias (no
-    /// low-rank deltas): the one product `x·Wᵀ` is then the whole layer but its bias.
-    fn plain_weight<'a>(groups: &[LinearGroup<'a>]) -> Option<&'a Tensor> {
+    /// The weight that every group runs with nothing else but one shared bias (no low-rank
+    /// deltas): the one product `x·Wᵀ` is then the whole layer but its bias.
+    fn plain_weight<'a>(groups: &[LinearGroup<'a>]) -> Option<ProductWeight<'a>> {
         let (first, _) = groups.first()?;
         let plain = groups
             .iter()
             .all(|(l, _)| l.deltas.is_empty() && l.shares_weight(first) && l.shares_bias(first));
-        match &first.weight {
-            Weight::Dense(w) if plain => Some(w),
-            _ => None,
+        if !plain {
+            return None;
         }
+        Some(first.weight.as_product_weight())
     }
 
     fn forward_groups(groups: &[LinearGroup], x: &Tensor) -> Result<Tensor> {
@@ -406,20 +407,39 @@ impl Linear {
             Weight::Quantized(q, _) if rows >= DEQUANTIZE_FROM_ROWS => {
                 dense_product(x2, &q.dequantize(x2.device())?)
             }
-            Weight::Quantized(_, q) => Ok(q.forward(x2)?),
+            Weight::Quantized(q, matmul) => {
+                match small_batch_product(x2, ProductWeight::Q8_0(q))? {
+                    Some(y) => Ok(y),
+                    None => Ok(matmul.forward(x2)?),
+                }
+            }
+        }
+    }
+}
+
+impl Weight {
+    fn as_product_weight(&self) -> ProductWeight<'_> {
+        match self {
+            Weight::Dense(w) => ProductWeight::F32(w),
+            Weight::Quantized(q, _) => ProductWeight::Q8_0(q),
         }
     }
 }
 
 /// `x` (rows, in) times the transpose of `w` (out, in).
 pub(crate) fn dense_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    if products::applies(x, &[w]) {
-        let mut ys = products::products(x, &[w])?;
-        if let Some(y) = ys.pop() {
-            return Ok(y);
-        }
+    match small_batch_product(x, ProductWeight::F32(w))? {
+        Some(y) => Ok(y),
+        None => Ok(x.matmul(&w.t()?)?),
     }
-    Ok(x.matmul(&w.t()?)?)
+}
+
+/// `x Wᵀ` by [`products`] when it takes them (a small batch on the CPU).
+fn small_batch_product(x: &Tensor, w: ProductWeight) -> Result<Option<Tensor>> {
+    if !products::applies(x, &[w]) {
+        return Ok(None);
+    }
+    Ok(products::products(x, &[w])?.pop())
 }
 
 /// `x` (..., in) as a (rows, in) matrix, and its leading dims.

@@ -1,5 +1,5 @@
-//! Dense f32 products of a small batch on the CPU: several weights against one input in a
-//! single parallel region, with the result's transpose and (for the MLP) the gate's SiLU
+//! Products of a small batch on the CPU with dense f32 or Q8_0 weights: several weights
+//! against one input in a single parallel region, with the result's transpose and (for the MLP) the gate's SiLU
 //! done by the thread that computed each piece.
 //!
 //! Why: a decode step at batch 32 is ~240 products, each a separate gemm call that wakes the
@@ -12,10 +12,14 @@
 //! into the output. The weights keep their own storage (no concatenated copy), so a model
 //! built from in-memory weights still shares them with the caller.
 
+use std::borrow::Cow;
+
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::q8_0::{self, QuantizedRows};
 use crate::simd::{self, Simd};
 
 /// Up to this many rows (a decode step's batch, a short prompt), dense CPU products run here.
@@ -36,29 +40,63 @@ pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 256;
 /// call) than they gain in balance.
 const MIN_PIECE_ROWS: usize = 32;
 
+/// Up to this many rows, products with Q8_0 weights run here (the input quantised to Q8_0
+/// too, see [`q8_0`]). Beyond, the caller dequantises the weight and runs a dense product:
+/// a row-at-a-time integer kernel is fast where the step is memory-bound (decode) and far
+/// slower than a dense GEMM where it is compute-bound (prefill).
+pub(crate) const Q8_0_MAX_ROWS: usize = 15;
+
+/// A weight (out, in) as the products here read it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ProductWeight<'a> {
+    F32(&'a Tensor),
+    /// In GGML's Q8_0 blocks, row after row.
+    Q8_0(&'a QTensor),
+}
+
+impl ProductWeight<'_> {
+    fn dims2(&self) -> Result<(usize, usize)> {
+        match self {
+            ProductWeight::F32(w) => Ok(w.dims2()?),
+            ProductWeight::Q8_0(q) => Ok(q.shape().dims2()?),
+        }
+    }
+
+    /// Whether the products here read this weight for `rows` input rows.
+    fn runs(&self, rows: usize) -> bool {
+        match self {
+            ProductWeight::F32(w) => {
+                w.dtype() == DType::F32 && w.rank() == 2 && w.device().is_cpu()
+            }
+            ProductWeight::Q8_0(q) => {
+                rows <= Q8_0_MAX_ROWS
+                    && q.dtype() == GgmlDType::Q8_0
+                    && q.rank() == 2
+                    && q.device().is_cpu()
+                    && q.shape().dims()[1].is_multiple_of(q8_0::BLOCK_VALUES)
+            }
+        }
+    }
+}
+
 /// Whether [`products`] and [`gated_product`] take `x` and these weights.
-pub(crate) fn applies(x: &Tensor, weights: &[&Tensor]) -> bool {
+pub(crate) fn applies(x: &Tensor, weights: &[ProductWeight]) -> bool {
     let rows = x.dims().iter().rev().skip(1).product::<usize>();
     (1..=SMALL_BATCH_MAX_ROWS).contains(&rows)
         && x.rank() == 2
         && x.device().is_cpu()
         && x.dtype() == DType::F32
-        && weights
-            .iter()
-            .all(|w| w.dtype() == DType::F32 && w.rank() == 2 && w.device().is_cpu())
+        && weights.iter().all(|w| w.runs(rows))
 }
 
 /// `x` (rows, in) times the transpose of each weight (out_i, in): one (rows, out_i) result
 /// per weight.
-pub(crate) fn products(x: &Tensor, weights: &[&Tensor]) -> Result<Vec<Tensor>> {
+pub(crate) fn products(x: &Tensor, weights: &[ProductWeight]) -> Result<Vec<Tensor>> {
     let (rows, in_dim) = x.dims2()?;
     let outs = output_widths(weights, in_dim)?;
     let x = x.contiguous()?;
-    let x_data = F32Slice::of(&x)?;
-    let w_data: Vec<F32Slice> = weights
-        .iter()
-        .map(|w| F32Slice::of(w))
-        .collect::<Result<_>>()?;
+    let input = Input::of(&x, weights)?;
+    let w_data: Vec<Operand> = weights.iter().map(Operand::of).collect::<Result<_>>()?;
     let mut results: Vec<Vec<f32>> = outs.iter().map(|&o| vec![0f32; rows * o]).collect();
     {
         let targets: Vec<SharedOut> = results
@@ -67,8 +105,7 @@ pub(crate) fn products(x: &Tensor, weights: &[&Tensor]) -> Result<Vec<Tensor>> {
             .collect();
         let pieces = pieces(&outs);
         run_pieces(&pieces, |piece| {
-            let w = &w_data[piece.weight].get()[piece.start * in_dim..][..piece.len * in_dim];
-            let part = product_t(x_data.get(), w, rows, in_dim, piece.len);
+            let part = w_data[piece.weight].product_t(&input, piece);
             // SAFETY: pieces cover disjoint column ranges of their weight's result, which
             // outlives the region; every write below stays inside `start..start + len` of a
             // row of `rows x out` values.
@@ -93,7 +130,7 @@ pub(crate) fn products(x: &Tensor, weights: &[&Tensor]) -> Result<Vec<Tensor>> {
 /// `silu(x Gᵀ) ⊙ (x Uᵀ)`, the gated MLP's hidden activations, for `x` (rows, in) and the
 /// gate and up weights (inter, in): each piece of output columns is computed for both
 /// weights by the same thread and combined there.
-pub(crate) fn gated_product(x: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+pub(crate) fn gated_product(x: &Tensor, gate: ProductWeight, up: ProductWeight) -> Result<Tensor> {
     let (rows, in_dim) = x.dims2()?;
     let outs = output_widths(&[gate, up], in_dim)?;
     if outs[0] != outs[1] {
@@ -104,22 +141,15 @@ pub(crate) fn gated_product(x: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Te
     }
     let inter = outs[0];
     let x = x.contiguous()?;
-    let x_data = F32Slice::of(&x)?;
-    let (g_data, u_data) = (F32Slice::of(gate)?, F32Slice::of(up)?);
+    let input = Input::of(&x, &[gate, up])?;
+    let (g_data, u_data) = (Operand::of(&gate)?, Operand::of(&up)?);
     let mut result = vec![0f32; rows * inter];
     {
         let target = SharedOut(result.as_mut_ptr());
         let pieces = pieces(&[inter]);
         run_pieces(&pieces, |piece| {
-            let range = piece.start * in_dim..(piece.start + piece.len) * in_dim;
-            let g = product_t(
-                x_data.get(),
-                &g_data.get()[range.clone()],
-                rows,
-                in_dim,
-                piece.len,
-            );
-            let u = product_t(x_data.get(), &u_data.get()[range], rows, in_dim, piece.len);
+            let g = g_data.product_t(&input, piece);
+            let u = u_data.product_t(&input, piece);
             // Same formula as candle's `silu`, so the model's numbers do not depend on the path.
             let hidden: Vec<f32> = g
                 .iter()
@@ -134,7 +164,7 @@ pub(crate) fn gated_product(x: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Te
 }
 
 /// Each weight's output width, after checking it reads `in_dim` inputs.
-fn output_widths(weights: &[&Tensor], in_dim: usize) -> Result<Vec<usize>> {
+fn output_widths(weights: &[ProductWeight], in_dim: usize) -> Result<Vec<usize>> {
     weights
         .iter()
         .map(|w| {
@@ -147,6 +177,73 @@ fn output_widths(weights: &[&Tensor], in_dim: usize) -> Result<Vec<usize>> {
             Ok(out)
         })
         .collect()
+}
+
+/// The input rows as the weights of one call read them: f32, and quantised to Q8_0 blocks
+/// once for all pieces when a weight is Q8_0.
+struct Input<'a> {
+    values: F32Slice<'a>,
+    quantized: Option<QuantizedRows>,
+    rows: usize,
+    in_dim: usize,
+}
+
+impl<'a> Input<'a> {
+    fn of(x: &'a Tensor, weights: &[ProductWeight]) -> Result<Self> {
+        let (rows, in_dim) = x.dims2()?;
+        let values = F32Slice::of(x)?;
+        let quantized = weights
+            .iter()
+            .any(|w| matches!(w, ProductWeight::Q8_0(_)))
+            .then(|| QuantizedRows::quantize(values.get(), rows, in_dim));
+        Ok(Self {
+            values,
+            quantized,
+            rows,
+            in_dim,
+        })
+    }
+}
+
+/// A weight's values, borrowed from its storage.
+enum Operand<'a> {
+    F32(F32Slice<'a>),
+    /// Q8_0 blocks, row after row.
+    Q8_0(Cow<'a, [u8]>),
+}
+
+impl<'a> Operand<'a> {
+    fn of(w: &ProductWeight<'a>) -> Result<Self> {
+        match *w {
+            ProductWeight::F32(w) => Ok(Operand::F32(F32Slice::of(w)?)),
+            ProductWeight::Q8_0(q) => Ok(Operand::Q8_0(q.data()?)),
+        }
+    }
+
+    /// `W xᵀ` for the piece's output rows of this weight: (len, rows), row-major.
+    fn product_t(&self, x: &Input, piece: Piece) -> Vec<f32> {
+        let (rows, in_dim) = (x.rows, x.in_dim);
+        match self {
+            Operand::Q8_0(bytes) => {
+                let quantized_here;
+                let xq = match &x.quantized {
+                    Some(xq) => xq,
+                    // Not reached: `Input::of` quantises whenever a weight is Q8_0.
+                    None => {
+                        quantized_here = QuantizedRows::quantize(x.values.get(), rows, in_dim);
+                        &quantized_here
+                    }
+                };
+                let row_bytes = in_dim / q8_0::BLOCK_VALUES * q8_0::BLOCK_BYTES;
+                let w = &bytes[piece.start * row_bytes..][..piece.len * row_bytes];
+                q8_0::products_t(Simd::detect(), xq, w, piece.len)
+            }
+            Operand::F32(w) => {
+                let w = &w.get()[piece.start * in_dim..][..piece.len * in_dim];
+                product_t(x.values.get(), w, rows, in_dim, piece.len)
+            }
+        }
+    }
 }
 
 /// Output rows `start..start + len` of weight `weight`.
@@ -331,7 +428,7 @@ mod tests {
         for rows in [1, 7] {
             let x = random((rows, 40), 1);
             let ws = [random((96, 40), 2), random((33, 40), 3), random((1, 40), 4)];
-            let refs: Vec<&Tensor> = ws.iter().collect();
+            let refs: Vec<ProductWeight> = ws.iter().map(ProductWeight::F32).collect();
             assert!(applies(&x, &refs));
             let ys = products(&x, &refs).unwrap();
             for (y, w) in ys.iter().zip(&ws) {
@@ -346,10 +443,57 @@ mod tests {
     fn gated_product_is_silu_of_gate_times_up() {
         let x = random((32, 64), 5);
         let (g, u) = (random((200, 64), 6), random((200, 64), 7));
-        let got = gated_product(&x, &g, &u).unwrap();
+        let got = gated_product(&x, ProductWeight::F32(&g), ProductWeight::F32(&u)).unwrap();
         let gate = x.matmul(&g.t().unwrap()).unwrap().silu().unwrap();
         let up = x.matmul(&u.t().unwrap()).unwrap();
         assert!(max_rel_diff(&got, &(gate * up).unwrap()) < 1e-5);
+    }
+
+    #[test]
+    fn q8_0_products_match_candles_quantized_product() {
+        use candle_core::quantized::QMatMul;
+        use candle_core::Module;
+        let quantize =
+            |w: &Tensor| std::sync::Arc::new(QTensor::quantize(w, GgmlDType::Q8_0).unwrap());
+        for rows in [1, 4, Q8_0_MAX_ROWS] {
+            let x = random((rows, 96), 10);
+            let ws = [
+                random((96, 96), 11),
+                random((33, 96), 12),
+                random((200, 96), 13),
+            ];
+            let qs: Vec<_> = ws.iter().map(quantize).collect();
+            // A Q8_0 weight beside an f32 one in the same call.
+            let weights = [
+                ProductWeight::Q8_0(&qs[0]),
+                ProductWeight::F32(&ws[1]),
+                ProductWeight::Q8_0(&qs[2]),
+            ];
+            assert!(applies(&x, &weights));
+            let ys = products(&x, &weights).unwrap();
+            for (i, y) in ys.iter().enumerate() {
+                let expected = match i {
+                    1 => x.matmul(&ws[1].t().unwrap()).unwrap(),
+                    _ => QMatMul::from_arc(qs[i].clone())
+                        .unwrap()
+                        .forward(&x)
+                        .unwrap(),
+                };
+                assert!(max_rel_diff(y, &expected) < 1e-5, "rows {rows}, weight {i}");
+            }
+            let got = gated_product(&x, weights[2], ProductWeight::Q8_0(&qs[2])).unwrap();
+            let dense = qs[2].dequantize(&Device::Cpu).unwrap();
+            let h = x.matmul(&dense.t().unwrap()).unwrap();
+            let want = (h.silu().unwrap() * &h).unwrap();
+            // Against the dequantised weight: the input's own quantisation differs a little.
+            assert!(max_rel_diff(&got, &want) < 2e-2, "rows {rows}");
+        }
+        // Beyond Q8_0_MAX_ROWS the caller dequantises.
+        let q = quantize(&random((32, 96), 14));
+        assert!(!applies(
+            &random((Q8_0_MAX_ROWS + 1, 96), 15),
+            &[ProductWeight::Q8_0(&q)]
+        ));
     }
 
     #[test]
@@ -377,9 +521,12 @@ mod tests {
     fn mismatched_widths_are_refused() {
         let x = random((4, 8), 8);
         let w = random((6, 9), 9);
-        let err = products(&x, &[&w]).unwrap_err().to_string();
+        let err = products(&x, &[ProductWeight::F32(&w)])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("width 8"), "{err}");
-        let err = gated_product(&x, &random((6, 8), 1), &random((5, 8), 2))
+        let (g, u) = (random((6, 8), 1), random((5, 8), 2));
+        let err = gated_product(&x, ProductWeight::F32(&g), ProductWeight::F32(&u))
             .unwrap_err()
             .to_string();
         assert!(err.contains("gate has 6 outputs, up 5"), "{err}");
