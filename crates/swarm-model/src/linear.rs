@@ -103,11 +103,11 @@ enum Weight {
     Quantized(Arc<QTensor>, QMatMul),
 }
 
-/// From this many input rows on, a Q8_0 product dequantises the weight and runs a dense
-/// f32 GEMM: the quantised kernels (ours, see [`products`], and candle's) go a row at a
-/// time, fast for decode (memory-bound) but ~10x slower than GEMM for prefill, where
-/// dequantising once per call costs a few percent.
-const DEQUANTIZE_FROM_ROWS: usize = products::Q8_0_MAX_ROWS + 1;
+/// From this many input rows on, a Q8_0 product that [`products`] does not take (prefill
+/// beyond its small batches, or not on the CPU) dequantises the weight and runs a dense
+/// GEMM: candle's quantised kernel goes a row at a time, fast for decode (memory-bound) but
+/// ~10x slower than GEMM for prefill, where dequantising once per call costs a few percent.
+const DEQUANTIZE_FROM_ROWS: usize = 16;
 
 impl Linear {
     /// Builds from an (out, in) weight already in the activation dtype; quantises it when
@@ -404,12 +404,12 @@ impl Linear {
         let rows = x2.dim(0)?;
         match &self.weight {
             Weight::Dense(w) => dense_product(x2, w),
-            Weight::Quantized(q, _) if rows >= DEQUANTIZE_FROM_ROWS => {
-                dense_product(x2, &q.dequantize(x2.device())?)
-            }
             Weight::Quantized(q, matmul) => {
                 match small_batch_product(x2, ProductWeight::Q8_0(q))? {
                     Some(y) => Ok(y),
+                    None if rows >= DEQUANTIZE_FROM_ROWS => {
+                        dense_product(x2, &q.dequantize(x2.device())?)
+                    }
                     None => Ok(matmul.forward(x2)?),
                 }
             }

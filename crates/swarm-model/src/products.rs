@@ -40,11 +40,19 @@ pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 256;
 /// call) than they gain in balance.
 const MIN_PIECE_ROWS: usize = 32;
 
-/// Up to this many rows, products with Q8_0 weights run here (the input quantised to Q8_0
-/// too, see [`q8_0`]). Beyond, the caller dequantises the weight and runs a dense product:
-/// a row-at-a-time integer kernel is fast where the step is memory-bound (decode) and far
-/// slower than a dense GEMM where it is compute-bound (prefill).
-pub(crate) const Q8_0_MAX_ROWS: usize = 15;
+/// Up to this many rows, a product with Q8_0 weights quantises the input to Q8_0 too and
+/// runs on integers ([`q8_0::products_t`]): the fastest where the step is bound by reading
+/// the weights (decode at small batches). Beyond, each thread widens its piece of the weight
+/// to f32, [`DEQUANTIZED_ROWS`] rows at a time (they stay in cache), and runs the f32 kernel
+/// on them: one byte-product instruction per 32 products does not keep up with an f32 GEMM
+/// once the weights are reused across many rows (decode_step q8_0, 2026-12-03, Zen 4: batch
+/// 8 37-44 ms per step on integers vs 51-58 ms widened, batch 16 even, batch 32 145-164 vs
+/// 122-125 ms).
+const INTEGER_MAX_ROWS: usize = 15;
+
+/// Weight rows widened at a time beyond [`INTEGER_MAX_ROWS`]: 64 x 576 f32 (SmolLM2's
+/// hidden width) is 144 KiB, within L2.
+const DEQUANTIZED_ROWS: usize = 64;
 
 /// A weight (out, in) as the products here read it.
 #[derive(Debug, Clone, Copy)]
@@ -62,15 +70,14 @@ impl ProductWeight<'_> {
         }
     }
 
-    /// Whether the products here read this weight for `rows` input rows.
-    fn runs(&self, rows: usize) -> bool {
+    /// Whether the products here read this weight.
+    fn runs(&self) -> bool {
         match self {
             ProductWeight::F32(w) => {
                 w.dtype() == DType::F32 && w.rank() == 2 && w.device().is_cpu()
             }
             ProductWeight::Q8_0(q) => {
-                rows <= Q8_0_MAX_ROWS
-                    && q.dtype() == GgmlDType::Q8_0
+                q.dtype() == GgmlDType::Q8_0
                     && q.rank() == 2
                     && q.device().is_cpu()
                     && q.shape().dims()[1].is_multiple_of(q8_0::BLOCK_VALUES)
@@ -86,7 +93,7 @@ pub(crate) fn applies(x: &Tensor, weights: &[ProductWeight]) -> bool {
         && x.rank() == 2
         && x.device().is_cpu()
         && x.dtype() == DType::F32
-        && weights.iter().all(|w| w.runs(rows))
+        && weights.iter().all(ProductWeight::runs)
 }
 
 /// `x` (rows, in) times the transpose of each weight (out_i, in): one (rows, out_i) result
@@ -236,7 +243,18 @@ impl<'a> Operand<'a> {
                 };
                 let row_bytes = in_dim / q8_0::BLOCK_VALUES * q8_0::BLOCK_BYTES;
                 let w = &bytes[piece.start * row_bytes..][..piece.len * row_bytes];
-                q8_0::products_t(Simd::detect(), xq, w, piece.len)
+                if rows <= INTEGER_MAX_ROWS {
+                    return q8_0::products_t(Simd::detect(), xq, w, piece.len);
+                }
+                let mut out = vec![0f32; piece.len * rows];
+                let mut dense = vec![0f32; DEQUANTIZED_ROWS.min(piece.len) * in_dim];
+                for (c, chunk) in w.chunks(DEQUANTIZED_ROWS * row_bytes).enumerate() {
+                    let n = chunk.len() / row_bytes;
+                    q8_0::dequantize(Simd::detect(), chunk, &mut dense[..n * in_dim]);
+                    let part = product_t(x.values.get(), &dense[..n * in_dim], rows, in_dim, n);
+                    out[c * DEQUANTIZED_ROWS * rows..][..n * rows].copy_from_slice(&part);
+                }
+                out
             }
             Operand::F32(w) => {
                 let w = &w.get()[piece.start * in_dim..][..piece.len * in_dim];
@@ -455,7 +473,7 @@ mod tests {
         use candle_core::Module;
         let quantize =
             |w: &Tensor| std::sync::Arc::new(QTensor::quantize(w, GgmlDType::Q8_0).unwrap());
-        for rows in [1, 4, Q8_0_MAX_ROWS] {
+        for rows in [1, 4, INTEGER_MAX_ROWS, INTEGER_MAX_ROWS + 1, 80] {
             let x = random((rows, 96), 10);
             let ws = [
                 random((96, 96), 11),
@@ -472,8 +490,14 @@ mod tests {
             assert!(applies(&x, &weights));
             let ys = products(&x, &weights).unwrap();
             for (i, y) in ys.iter().enumerate() {
+                // Up to INTEGER_MAX_ROWS the input is quantised as candle's kernel does it;
+                // beyond, the weight is widened and the product is exact in f32.
                 let expected = match i {
                     1 => x.matmul(&ws[1].t().unwrap()).unwrap(),
+                    _ if rows > INTEGER_MAX_ROWS => {
+                        let w = qs[i].dequantize(&Device::Cpu).unwrap();
+                        x.matmul(&w.t().unwrap()).unwrap()
+                    }
                     _ => QMatMul::from_arc(qs[i].clone())
                         .unwrap()
                         .forward(&x)
@@ -488,12 +512,10 @@ mod tests {
             // Against the dequantised weight: the input's own quantisation differs a little.
             assert!(max_rel_diff(&got, &want) < 2e-2, "rows {rows}");
         }
-        // Beyond Q8_0_MAX_ROWS the caller dequantises.
+        // Beyond SMALL_BATCH_MAX_ROWS (prefill) the caller dequantises.
         let q = quantize(&random((32, 96), 14));
-        assert!(!applies(
-            &random((Q8_0_MAX_ROWS + 1, 96), 15),
-            &[ProductWeight::Q8_0(&q)]
-        ));
+        let x = random((SMALL_BATCH_MAX_ROWS + 1, 96), 15);
+        assert!(!applies(&x, &[ProductWeight::Q8_0(&q)]));
     }
 
     #[test]

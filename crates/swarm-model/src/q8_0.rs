@@ -91,6 +91,47 @@ pub(crate) fn products_t(simd: Simd, x: &QuantizedRows, weights: &[u8], len: usi
     out
 }
 
+/// Q8_0 rows (`out.len() / 32` blocks, row after row) widened into `out`: `d · q`.
+///
+/// # Panics
+/// If `weights` holds fewer blocks than `out` has values for.
+pub(crate) fn dequantize(simd: Simd, weights: &[u8], out: &mut [f32]) {
+    let blocks = weights
+        .chunks_exact(BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(BLOCK_VALUES));
+    match simd {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Simd::detect` found AVX2, FMA and F16C on this CPU.
+        Simd::Avx2Fma { f16c: true } => unsafe { dequantize_avx2(blocks) },
+        _ => {
+            for (block, values) in blocks {
+                let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+                for (v, &q) in values.iter_mut().zip(&block[2..]) {
+                    *v = d * f32::from(q as i8);
+                }
+            }
+        }
+    }
+}
+
+/// [`dequantize`] with the loop compiled for AVX2 (eight values per instruction) and the
+/// scale widened by F16C.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dequantize_avx2<'a>(blocks: impl Iterator<Item = (&'a [u8], &'a mut [f32])>) {
+    use std::arch::x86_64::*;
+    for (block, values) in blocks {
+        let bits = u16::from_le_bytes([block[0], block[1]]);
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
+        for (v, &q) in values.iter_mut().zip(&block[2..]) {
+            *v = d * f32::from(q as i8);
+        }
+    }
+}
+
 /// One Q8_0 weight row with one quantised input row, block by block.
 fn dot_generic((scales, values): (&[f32], &[i8]), weight_row: &[u8]) -> f32 {
     let mut sum = 0f32;
