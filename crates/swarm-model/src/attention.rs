@@ -1,6 +1,8 @@
 //! Attention of a few new tokens per row over a [`KvCache`](crate::KvCache), computed on the
 //! CPU straight from the cache's memory: the kernel every decode step runs.
 
+use std::cell::RefCell;
+
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use half::f16;
@@ -114,49 +116,51 @@ impl CustomOp3 for CachedAttention {
         let task = |(index, out): (usize, &mut [f32])| {
             let (r, g) = (index / kv_heads, index % kv_heads);
             let pad = self.padding[r];
-            // An f16 cache is widened one head at a time into f32 buffers that stay in L2:
-            // memory is read at half width, and the kernel below stays one f32 kernel.
-            let mut widened = (Vec::new(), Vec::new());
-            let heads = match &cache {
-                CacheData::F32(k, v) => {
-                    let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
-                    Heads {
-                        k: keys.head(r, g),
-                        v: values.head(r, g),
-                        k_stride: keys.row_stride,
-                        v_stride: values.row_stride,
-                        d,
+            // An f16 cache is widened one head at a time into f32 buffers that stay in L2
+            // (one pair per thread, reused): memory is read at half width, and the kernel
+            // below stays one f32 kernel.
+            WIDENED.with_borrow_mut(|widened| {
+                let heads = match &cache {
+                    CacheData::F32(k, v) => {
+                        let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
+                        Heads {
+                            k: keys.head(r, g),
+                            v: values.head(r, g),
+                            k_stride: keys.row_stride,
+                            v_stride: values.row_stride,
+                            d,
+                        }
                     }
-                }
-                CacheData::F16(k, v) => {
-                    let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
-                    widened.0 = widen_head(simd, &keys, r, g, len, d);
-                    widened.1 = widen_head(simd, &values, r, g, len, d);
-                    Heads {
-                        k: &widened.0,
-                        v: &widened.1,
-                        k_stride: d,
-                        v_stride: d,
-                        d,
+                    CacheData::F16(k, v) => {
+                        let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
+                        widen_head(simd, &keys, r, g, len, d, &mut widened.0);
+                        widen_head(simd, &values, r, g, len, d, &mut widened.1);
+                        Heads {
+                            k: &widened.0,
+                            v: &widened.1,
+                            k_stride: d,
+                            v_stride: d,
+                            d,
+                        }
                     }
-                }
-            };
-            let q = &q[index * rows * d..][..rows * d];
-            let mut scores = vec![0f32; group * len];
-            for i in 0..self.t {
-                let slot = offset + i;
-                let first = if slot < pad { slot } else { pad };
-                let query = Query {
-                    q,
-                    row0: i,
-                    row_step: self.t,
-                    group,
-                    first,
-                    n: slot + 1 - first,
-                    scale: self.scale,
                 };
-                attend(simd, &heads, &query, &mut scores, out);
-            }
+                let q = &q[index * rows * d..][..rows * d];
+                let mut scores = vec![0f32; group * len];
+                for i in 0..self.t {
+                    let slot = offset + i;
+                    let first = if slot < pad { slot } else { pad };
+                    let query = Query {
+                        q,
+                        row0: i,
+                        row_step: self.t,
+                        group,
+                        first,
+                        n: slot + 1 - first,
+                        scale: self.scale,
+                    };
+                    attend(simd, &heads, &query, &mut scores, out);
+                }
+            });
         };
         let chunk = rows * d;
         if rayon::current_num_threads() > 1 && b * kv_heads > 1 {
@@ -177,7 +181,13 @@ enum CacheData<'a> {
     F16(&'a [f16], &'a [f16]),
 }
 
-/// Slots `0..len` of row `r`, head `g` of an f16 cache, as packed f32 rows of `d`.
+thread_local! {
+    /// The keys and values of the head a thread attends over, widened from an f16 cache.
+    static WIDENED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Slots `0..len` of row `r`, head `g` of an f16 cache, as packed f32 rows of `d`, into
+/// `out` (resized to `len · d`).
 fn widen_head(
     simd: Simd,
     heads: &Strided<f16>,
@@ -185,13 +195,13 @@ fn widen_head(
     g: usize,
     len: usize,
     d: usize,
-) -> Vec<f32> {
+    out: &mut Vec<f32>,
+) {
     let src = heads.head(r, g);
-    let mut out = vec![0f32; len * d];
+    out.resize(len * d, 0.0);
     for (slot, out) in out.chunks_exact_mut(d).enumerate() {
         widen(simd, &src[slot * heads.row_stride..][..d], out);
     }
-    out
 }
 
 /// `out[i] = src[i]` as f32, 8 at a time with F16C where the CPU has it.
