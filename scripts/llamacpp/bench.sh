@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# llama.cpp's own benchmark on the default model, for the batch-1 comparison in
-# docs/performance.md ("Batch-1 decode vs llama.cpp").
+# llama.cpp's own benchmarks on the default model, for the comparisons in
+# docs/performance.md: batch-1 decode (llama-bench) and decode at batch 1, 8 and 32
+# (llama-batched-bench: independent sequences, as `swarm bench --batch 1,8,32` runs them).
 #
 # llama.cpp comes from PyPI (the only registry these machines reach): the sdist of
-# llama-cpp-python vendors its source. Only the three tools needed are built (~15 min on
+# llama-cpp-python vendors its source. Only the four tools needed are built (~15 min on
 # 2 cores), with -DGGML_NATIVE=ON as a local build would be. SmolLM2's shipped Q4_1 GGUF is
 # requantised to F32 (the same dequantised weights swarm runs in f32) and Q8_0.
 #
@@ -35,10 +36,12 @@ PY
   tar xzf "llama_cpp_python-$VERSION.tar.gz"
 fi
 BIN="$SRC/build/bin"
-if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ]; then
+if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ] ||
+  [ ! -x "$BIN/llama-batched-bench" ]; then
   cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF >/dev/null
-  cmake --build "$SRC/build" -j"$(nproc)" --target llama-bench llama-quantize >/dev/null
+  cmake --build "$SRC/build" -j"$(nproc)" --target llama-bench llama-quantize \
+    llama-batched-bench >/dev/null
 fi
 for TYPE in F32 Q8_0; do
   [ -f "smollm2-$TYPE.gguf" ] ||
@@ -48,4 +51,11 @@ uptime
 # Prefill of a 500-token prompt and 128 decoded tokens after it, 3 repetitions each.
 "$BIN/llama-bench" -m smollm2-F32.gguf,smollm2-Q8_0.gguf -t "$THREADS" -p 500 -n 128 -r 3 2>/dev/null
 "$BIN/llama-bench" -m smollm2-F32.gguf -t "$THREADS" -p 0 -n 128 -d 500 -r 3 2>/dev/null
+# 1, 8 and 32 sequences of 100- and 500-token prompts, 32 tokens decoded by each: S_TG is
+# the decode throughput over all sequences.
+for TYPE in Q8_0 F32; do
+  echo "$TYPE"
+  "$BIN/llama-batched-bench" -m "smollm2-$TYPE.gguf" -c 17500 -b 2048 -ub 512 -npp 100,500 \
+    -ntg 32 -npl 1,8,32 -t "$THREADS" 2>/dev/null | grep '^|'
+done
 uptime
