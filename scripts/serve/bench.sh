@@ -38,6 +38,8 @@
 #                 SmolLM2-135M elites of 538 MB; a swarm's base and factors, loaded once,
 #                 are outside the budget).
 #   LRU_BUDGET_MB the budget of the mode `lru` (default 1100: 2 dense elites).
+#   PRECISION     `--precision` of the server (default: its own, f32 on the CPU; `q8_0`
+#                 for 8-bit weights).
 #   PORT          default 18181.
 # The LRU turns over when the elites that are materialised need more than the budget:
 #   MODES=lru     shorthand for `100,materialise,$LRU_BUDGET_MB`: 100 elites, each
@@ -93,6 +95,7 @@ metric() { curl -sf "127.0.0.1:$PORT/metrics" | awk -v n="$1" '$1 ~ "^"n {s += $
 run_server() {  # $1 = elites (copies), $2 = policy, $3 = budget MiB
   local source=(--copies "$1")
   [ -n "$SWARM_DIR" ] && source=(--swarm "$SWARM_DIR" --elite-serving "$2")
+  [ -n "${PRECISION:-}" ] && source+=(--precision "$PRECISION")
   "$BIN" --port "$PORT" "${source[@]}" --max-batch 32 --queue-capacity 1024 \
     --memory-budget-mb "$3" > "$WORK/server.log" 2>&1 &
   SERVER_PID=$!
@@ -101,9 +104,9 @@ run_server() {  # $1 = elites (copies), $2 = policy, $3 = budget MiB
 }
 
 if [ -n "$SWARM_DIR" ]; then
-  echo "swarm $SWARM_DIR; $DURATION s per row, max_tokens $MAX_TOKENS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "swarm $SWARM_DIR; precision ${PRECISION:-default}; $DURATION s per row, max_tokens $MAX_TOKENS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 else
-  echo "copies of the default model; $DURATION s per row, max_tokens $MAX_TOKENS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo "copies of the default model; precision ${PRECISION:-default}; $DURATION s per row, max_tokens $MAX_TOKENS; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 fi
 echo
 echo "| elites | serving | budget MiB | concurrency | req/s | completion tok/s | p50 s | p90 s | p99 s | errors | peak RSS MiB | elites resident | materialised |"
