@@ -1,6 +1,6 @@
 //! Products of a small batch on the CPU with dense f32 or Q8_0 weights: several weights
-//! against one input in a single parallel region, with the result's transpose and (for the MLP) the gate's SiLU
-//! done by the thread that computed each piece.
+//! against one input in a single parallel region, with the result's transpose and (for the
+//! MLP) the gate's SiLU done by the thread that computed each piece.
 //!
 //! Why: a decode step at batch 32 is ~240 products, each a separate gemm call that wakes the
 //! thread pool and lets it fall asleep again, plus a transpose and an element-wise pass run
@@ -13,6 +13,7 @@
 //! built from in-memory weights still shares them with the caller.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
@@ -108,7 +109,7 @@ pub(crate) fn products(x: &Tensor, weights: &[ProductWeight]) -> Result<Vec<Tens
     let (rows, in_dim) = x.dims2()?;
     let outs = output_widths(weights, in_dim)?;
     let x = x.contiguous()?;
-    let input = Input::of(&x, weights)?;
+    let input = Input::of(&x)?;
     let w_data: Vec<Operand> = weights.iter().map(Operand::of).collect::<Result<_>>()?;
     let mut results: Vec<Vec<f32>> = outs.iter().map(|&o| vec![0f32; rows * o]).collect();
     {
@@ -154,7 +155,7 @@ pub(crate) fn gated_product(x: &Tensor, gate: ProductWeight, up: ProductWeight) 
     }
     let inter = outs[0];
     let x = x.contiguous()?;
-    let input = Input::of(&x, &[gate, up])?;
+    let input = Input::of(&x)?;
     let (g_data, u_data) = (Operand::of(&gate)?, Operand::of(&up)?);
     let mut result = vec![0f32; rows * inter];
     {
@@ -193,28 +194,29 @@ fn output_widths(weights: &[ProductWeight], in_dim: usize) -> Result<Vec<usize>>
 }
 
 /// The input rows as the weights of one call read them: f32, and quantised to Q8_0 blocks
-/// once for all pieces when a weight is Q8_0.
+/// once for all pieces when a Q8_0 weight runs on integers.
 struct Input<'a> {
     values: F32Slice<'a>,
-    quantized: Option<QuantizedRows>,
+    /// Quantised by the first piece that needs it, then shared by all.
+    quantized: OnceLock<QuantizedRows>,
     rows: usize,
     in_dim: usize,
 }
 
 impl<'a> Input<'a> {
-    fn of(x: &'a Tensor, weights: &[ProductWeight]) -> Result<Self> {
+    fn of(x: &'a Tensor) -> Result<Self> {
         let (rows, in_dim) = x.dims2()?;
-        let values = F32Slice::of(x)?;
-        let quantized = weights
-            .iter()
-            .any(|w| matches!(w, ProductWeight::Q8_0(_)))
-            .then(|| QuantizedRows::quantize(values.get(), rows, in_dim));
         Ok(Self {
-            values,
-            quantized,
+            values: F32Slice::of(x)?,
+            quantized: OnceLock::new(),
             rows,
             in_dim,
         })
+    }
+
+    fn quantized(&self) -> &QuantizedRows {
+        self.quantized
+            .get_or_init(|| QuantizedRows::quantize(self.values.get(), self.rows, self.in_dim))
     }
 }
 
@@ -238,19 +240,10 @@ impl<'a> Operand<'a> {
         let (rows, in_dim) = (x.rows, x.in_dim);
         match self {
             Operand::Q8_0(bytes) => {
-                let quantized_here;
-                let xq = match &x.quantized {
-                    Some(xq) => xq,
-                    // Not reached: `Input::of` quantises whenever a weight is Q8_0.
-                    None => {
-                        quantized_here = QuantizedRows::quantize(x.values.get(), rows, in_dim);
-                        &quantized_here
-                    }
-                };
                 let row_bytes = in_dim / q8_0::BLOCK_VALUES * q8_0::BLOCK_BYTES;
                 let w = &bytes[piece.start * row_bytes..][..piece.len * row_bytes];
                 if rows <= INTEGER_MAX_ROWS {
-                    return q8_0::products_t(Simd::detect(), xq, w, piece.len);
+                    return q8_0::products_t(Simd::detect(), x.quantized(), w, piece.len);
                 }
                 let mut out = Vec::with_capacity(piece.len * rows);
                 WIDENED.with_borrow_mut(|dense| {
