@@ -1,5 +1,5 @@
 //! Products of a few f32 rows with weights in GGML's Q8_0 blocks, the decode step of a
-//! `q8_0` model on the CPU.
+//! `q8_0` model on the CPU, and the widening of such weights to f32 for larger batches.
 //!
 //! A Q8_0 weight row is a run of 34-byte blocks: one f16 scale `d` and 32 signed bytes `q`,
 //! standing for the values `d · q`. As llama.cpp and candle do, the input rows are quantised
@@ -91,10 +91,9 @@ pub(crate) fn products_t(simd: Simd, x: &QuantizedRows, weights: &[u8], len: usi
     out
 }
 
-/// Q8_0 rows (`out.len() / 32` blocks, row after row) widened into `out`: `d · q`.
-///
-/// # Panics
-/// If `weights` holds fewer blocks than `out` has values for.
+/// Q8_0 rows (`out.len() / 32` blocks, row after row) widened into `out`: `d · q`. The
+/// caller sizes both alike; were `weights` shorter, the values of `out` past its blocks
+/// would be left as they are.
 pub(crate) fn dequantize(simd: Simd, weights: &[u8], out: &mut [f32]) {
     let blocks = weights
         .chunks_exact(BLOCK_BYTES)
