@@ -104,7 +104,7 @@ pub(crate) fn dequantize(simd: Simd, weights: &[u8], out: &mut [f32]) {
         Simd::Avx2Fma { f16c: true } => unsafe { dequantize_avx2(blocks) },
         _ => {
             for (block, values) in blocks {
-                let d = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+                let d = f16::from_bits(scale_bits(block)).to_f32();
                 for (v, &q) in values.iter_mut().zip(&block[2..]) {
                     *v = d * f32::from(q as i8);
                 }
@@ -121,14 +121,27 @@ pub(crate) fn dequantize(simd: Simd, weights: &[u8], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dequantize_avx2<'a>(blocks: impl Iterator<Item = (&'a [u8], &'a mut [f32])>) {
-    use std::arch::x86_64::*;
     for (block, values) in blocks {
-        let bits = u16::from_le_bytes([block[0], block[1]]);
-        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))));
+        let d = widen_scale_f16c(scale_bits(block));
         for (v, &q) in values.iter_mut().zip(&block[2..]) {
             *v = d * f32::from(q as i8);
         }
     }
+}
+
+/// The bits of a block's f16 scale (its first two bytes, little-endian).
+#[inline(always)]
+fn scale_bits(block: &[u8]) -> u16 {
+    u16::from_le_bytes([block[0], block[1]])
+}
+
+/// An f16 scale as f32, in one F16C instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+fn widen_scale_f16c(bits: u16) -> f32 {
+    use std::arch::x86_64::*;
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(bits))))
 }
 
 /// One Q8_0 weight row with one quantised input row, block by block.
@@ -139,7 +152,7 @@ fn dot_generic((scales, values): (&[f32], &[i8]), weight_row: &[u8]) -> f32 {
         .zip(scales)
         .zip(values.chunks_exact(BLOCK_VALUES))
     {
-        let dw = f16::from_bits(u16::from_le_bytes([block[0], block[1]])).to_f32();
+        let dw = f16::from_bits(scale_bits(block)).to_f32();
         let integer: i32 = block[2..]
             .iter()
             .zip(xs)
@@ -195,8 +208,7 @@ unsafe fn dot_avx2((scales, values): (&[f32], &[i8]), weight_row: &[u8]) -> f32 
         .zip(scales)
         .zip(values.chunks_exact(BLOCK_VALUES))
     {
-        let dw_bits = u16::from_le_bytes([block[0], block[1]]);
-        let dw = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(dw_bits))));
+        let dw = widen_scale_f16c(scale_bits(block));
         // SAFETY: `block` holds 2 + 32 bytes and `xs` 32 (chunks_exact); unaligned loads.
         let (wq, xq) = unsafe {
             (
@@ -247,7 +259,7 @@ mod tests {
                         let want: f64 = (0..in_dim / 32)
                             .map(|b| {
                                 let block = &w[b * BLOCK_BYTES..];
-                                let dw = f16::from_bits(u16::from_le_bytes([block[0], block[1]]));
+                                let dw = f16::from_bits(scale_bits(block));
                                 let integer: i64 = (0..32)
                                     .map(|i| {
                                         i64::from(block[2 + i] as i8) * i64::from(xs[b * 32 + i])
