@@ -21,6 +21,7 @@ mod config;
 mod delta;
 mod device;
 mod error;
+mod f32_kernel;
 mod fsutil;
 mod generation;
 mod gguf;

@@ -8,8 +8,9 @@
 //! parking and waking (`__schedule`), 4.5% to the single-threaded transpose. Here the
 //! products that read the same input (q, k and v; gate and up) are cut into pieces of
 //! output rows that the pool's threads take in one region; each piece is one single-threaded
-//! gemm call with the weight read in place, and its result is written, transposed, straight
-//! into the output. The weights keep their own storage (no concatenated copy), so a model
+//! kernel call with the weight read in place (our own f32 kernel, [`crate::f32_kernel`],
+//! where the CPU has AVX2 or AVX-512, else gemm), and its result is written, transposed,
+//! straight into the output. The weights keep their own storage (no concatenated copy), so a model
 //! built from in-memory weights still shares them with the caller.
 
 use std::borrow::Cow;
@@ -20,6 +21,7 @@ use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
+use crate::f32_kernel::{self, TransposedRows};
 use crate::q8_0::{self, QuantizedRows};
 use crate::simd::{self, Simd};
 
@@ -199,6 +201,8 @@ struct Input<'a> {
     values: F32Slice<'a>,
     /// Quantised by the first piece that needs it, then shared by all.
     quantized: OnceLock<QuantizedRows>,
+    /// Transposed by the first piece that needs it, then shared by all.
+    transposed: OnceLock<TransposedRows>,
     rows: usize,
     in_dim: usize,
 }
@@ -209,6 +213,7 @@ impl<'a> Input<'a> {
         Ok(Self {
             values: F32Slice::of(x)?,
             quantized: OnceLock::new(),
+            transposed: OnceLock::new(),
             rows,
             in_dim,
         })
@@ -217,6 +222,11 @@ impl<'a> Input<'a> {
     fn quantized(&self) -> &QuantizedRows {
         self.quantized
             .get_or_init(|| QuantizedRows::quantize(self.values.get(), self.rows, self.in_dim))
+    }
+
+    fn transposed(&self) -> &TransposedRows {
+        self.transposed
+            .get_or_init(|| TransposedRows::of(self.values.get(), self.rows, self.in_dim))
     }
 }
 
@@ -253,15 +263,14 @@ impl<'a> Operand<'a> {
                     for chunk in w.chunks(DEQUANTIZED_ROWS * row_bytes) {
                         let dense = &mut dense[..chunk.len() / row_bytes * in_dim];
                         q8_0::dequantize(Simd::detect(), chunk, dense);
-                        let n = chunk.len() / row_bytes;
-                        out.extend(product_t(x.values.get(), dense, rows, in_dim, n));
+                        out.extend(dense_product_t(x, dense, chunk.len() / row_bytes));
                     }
                 });
                 out
             }
             Operand::F32(w) => {
                 let w = &w.get()[piece.start * in_dim..][..piece.len * in_dim];
-                product_t(x.values.get(), w, rows, in_dim, piece.len)
+                dense_product_t(x, w, piece.len)
             }
         }
     }
@@ -307,6 +316,18 @@ fn run_pieces(pieces: &[Piece], task: impl Fn(Piece) + Sync) {
     } else {
         pieces.iter().for_each(|&p| task(p));
     }
+}
+
+/// `W xᵀ` for `w` (len, in) f32 row-major: (len, rows), row-major. Single-threaded: the
+/// caller runs pieces side by side. Several rows run in our own kernel where the CPU has
+/// AVX-512 ([`f32_kernel`]), else in gemm.
+fn dense_product_t(x: &Input, w: &[f32], len: usize) -> Vec<f32> {
+    if x.rows > 1 {
+        if let Some(kernel) = f32_kernel::Kernel::detect() {
+            return f32_kernel::products_t(kernel, x.transposed(), w, len);
+        }
+    }
+    product_t(x.values.get(), w, x.rows, x.in_dim, len)
 }
 
 /// `W xᵀ` for `w` (len, in) and `x` (rows, in), both row-major: (len, rows), row-major.

@@ -1,0 +1,353 @@
+//! Our own f32 kernel for `W xᵀ` at small batches (2 to 256 input rows): the weight is read
+//! in place, in one pass, and each of its values is used for many input rows while it sits
+//! in a register.
+//!
+//! Why not gemm: its AVX2 micro-kernel (16 x 6 outputs) packs the weight into panels on
+//! every call, and in a batch-32 decode step on a Zen 4 it ran at ~55% of the CPU's FMA peak
+//! (~30 of 55 GMAC/s a core, perf; docs/performance.md). Here the input is transposed once
+//! per call (`in` x `rows`, a few hundred KiB at most) so that one input position's values
+//! for all rows are contiguous, and a tile of weight rows x input rows keeps its sums in
+//! registers: per input position, a few vector loads of the input and one broadcast per
+//! weight row feed `weight rows x input rows / lanes` fused multiply-adds. With AVX-512 (32
+//! registers) a tile is 12 weight rows x 32 input rows (24 sums of 16 lanes), 24 x 16 for a
+//! block of 9-16 input rows; with AVX2 (16 registers) 6 x 16 (12 sums of 8 lanes); blocks of
+//! up to 8 input rows take 12 x 8 on both.
+//!
+//! Each output is one sum over the input positions in order, one FMA per position.
+
+/// Input rows, transposed and padded with zeros to whole tiles, so that the values of one
+/// input position for all rows are contiguous.
+pub(crate) struct TransposedRows {
+    values: Vec<f32>,
+    /// Columns of `values`: `rows` rounded up to [`COLUMN_PADDING`].
+    cols: usize,
+    rows: usize,
+    in_dim: usize,
+}
+
+/// Every tile's columns lie within `rows` rounded up to this, so tiles load whole vectors.
+const COLUMN_PADDING: usize = 32;
+
+impl TransposedRows {
+    /// `x` (rows, in_dim) row-major, transposed. `x` must hold `rows * in_dim` values.
+    pub(crate) fn of(x: &[f32], rows: usize, in_dim: usize) -> Self {
+        let cols = rows.div_ceil(COLUMN_PADDING) * COLUMN_PADDING;
+        let mut values = vec![0f32; in_dim * cols];
+        for (r, row) in x.chunks_exact(in_dim.max(1)).take(rows).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                values[k * cols + r] = v;
+            }
+        }
+        Self {
+            values,
+            cols,
+            rows,
+            in_dim,
+        }
+    }
+}
+
+/// Which vector instructions run the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    Avx512,
+    Avx2,
+}
+
+impl Kernel {
+    /// The best kernel this CPU runs, if any.
+    pub(crate) fn detect() -> Option<Self> {
+        [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .find(|k| k.runs_here())
+    }
+
+    /// Whether this CPU has the kernel's instructions.
+    pub(crate) fn runs_here(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Kernel::Avx512 => has!("avx512f") && has!("avx512vl"),
+                Kernel::Avx2 => has!("avx2") && has!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+/// `W xᵀ` for `w` (len, in) row-major: (len, rows), row-major.
+///
+/// # Panics
+/// If `w` holds fewer than `len * in` values, or this CPU lacks the kernel's instructions
+/// (take it from [`Kernel::detect`]).
+pub(crate) fn products_t(kernel: Kernel, x: &TransposedRows, w: &[f32], len: usize) -> Vec<f32> {
+    assert!(w.len() >= len * x.in_dim, "weight shorter than {len} rows");
+    assert!(kernel.runs_here(), "this CPU lacks {kernel:?}");
+    let mut out = vec![0f32; len * x.rows];
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has the kernel's instructions (asserted above); `w` holds len x in
+    // values and `out` len x rows.
+    unsafe {
+        match kernel {
+            Kernel::Avx512 => products_t_avx512(x, w, len, &mut out),
+            Kernel::Avx2 => products_t_avx2(x, w, len, &mut out),
+        }
+    }
+    out
+}
+
+/// Input rows at a time in one pass over the weight, with AVX-512.
+const AVX512_BLOCK: usize = 32;
+/// Input rows at a time in one pass over the weight, with AVX2.
+const AVX2_BLOCK: usize = 16;
+
+/// Tiles by the width of each block of input rows: as many weight rows as leave room in the
+/// registers for their sums (32 registers with AVX-512, 16 with AVX2), and for narrow blocks
+/// (a batch of 8) the narrowest vectors that hold them, so that no lanes are spent on
+/// padding.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn products_t_avx512(x: &TransposedRows, w: &[f32], len: usize, out: &mut [f32]) {
+    for c0 in (0..x.rows).step_by(AVX512_BLOCK) {
+        let width = (x.rows - c0).min(AVX512_BLOCK);
+        // SAFETY: the caller's promise; each block's columns lie within the padding.
+        unsafe {
+            match width {
+                17.. => column_block::<x86::Zmm, 2, 12>(x, w, len, c0, width, out),
+                9..=16 => column_block::<x86::Zmm, 1, 24>(x, w, len, c0, width, out),
+                _ => column_block::<x86::Ymm, 1, 12>(x, w, len, c0, width, out),
+            }
+        }
+    }
+}
+
+/// As [`products_t_avx512`], with 16 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn products_t_avx2(x: &TransposedRows, w: &[f32], len: usize, out: &mut [f32]) {
+    for c0 in (0..x.rows).step_by(AVX2_BLOCK) {
+        let width = (x.rows - c0).min(AVX2_BLOCK);
+        // SAFETY: as above.
+        unsafe {
+            if width > 8 {
+                column_block::<x86::Ymm, 2, 6>(x, w, len, c0, width, out);
+            } else {
+                column_block::<x86::Ymm, 1, 12>(x, w, len, c0, width, out);
+            }
+        }
+    }
+}
+
+/// A vector of f32 lanes with the few operations a tile needs.
+///
+/// # Safety
+/// Only to be called where the CPU has the instructions (inside the `target_feature`
+/// functions above), with pointers to `LANES` readable (or, for stores, `lanes` writable)
+/// values.
+trait Lanes: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn splat(p: *const f32) -> Self;
+    /// `a * b + self`, fused.
+    unsafe fn fma(self, a: Self, b: Self) -> Self;
+    /// Stores the first `lanes` lanes (at most `LANES`).
+    unsafe fn store_first(self, p: *mut f32, lanes: usize);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Zmm(__m512);
+
+    impl Lanes for Zmm {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Zmm(unsafe { _mm512_setzero_ps() })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Zmm(unsafe { _mm512_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            Zmm(unsafe { _mm512_set1_ps(*p) })
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Zmm(unsafe { _mm512_fmadd_ps(a.0, b.0, self.0) })
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, lanes: usize) {
+            let mask = ((1u32 << lanes) - 1) as __mmask16;
+            unsafe { _mm512_mask_storeu_ps(p, mask, self.0) }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Ymm(__m256);
+
+    impl Lanes for Ymm {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Ymm(unsafe { _mm256_setzero_ps() })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Ymm(unsafe { _mm256_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            Ymm(unsafe { _mm256_set1_ps(*p) })
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Ymm(unsafe { _mm256_fmadd_ps(a.0, b.0, self.0) })
+        }
+        #[inline(always)]
+        unsafe fn store_first(self, p: *mut f32, lanes: usize) {
+            if lanes == 8 {
+                return unsafe { _mm256_storeu_ps(p, self.0) };
+            }
+            // Lane i is stored where its mask lane has the top bit set: i < lanes.
+            let mask = unsafe {
+                _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(lanes as i32),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                )
+            };
+            unsafe { _mm256_maskstore_ps(p, mask, self.0) }
+        }
+    }
+}
+
+/// The outputs of input rows `c0..c0 + width` for all weight rows, `MR` at a time (then one
+/// at a time).
+///
+/// # Safety
+/// The CPU has `V`'s instructions; `w` holds len x in values, `out` len x rows; `c0` is a
+/// multiple of `NV * LANES`, which divides [`COLUMN_PADDING`], and `width` is at most
+/// `NV * LANES`.
+#[inline(always)]
+unsafe fn column_block<V: Lanes, const NV: usize, const MR: usize>(
+    x: &TransposedRows,
+    w: &[f32],
+    len: usize,
+    c0: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    let mut i0 = 0;
+    // SAFETY: the caller's promise; a tile of MR rows runs only where they all exist.
+    unsafe {
+        while i0 + MR <= len {
+            tile::<V, NV, MR>(x, w, i0, c0, width, out);
+            i0 += MR;
+        }
+        while i0 < len {
+            tile::<V, NV, 1>(x, w, i0, c0, width, out);
+            i0 += 1;
+        }
+    }
+}
+
+/// Outputs of weight rows `i0..i0 + MR` for input rows `c0..c0 + width` (width at most
+/// `NV * LANES`).
+///
+/// # Safety
+/// As [`column_block`], and rows `i0..i0 + MR` of `w` exist.
+#[inline(always)]
+unsafe fn tile<V: Lanes, const NV: usize, const MR: usize>(
+    x: &TransposedRows,
+    w: &[f32],
+    i0: usize,
+    c0: usize,
+    width: usize,
+    out: &mut [f32],
+) {
+    let (k, cols) = (x.in_dim, x.cols);
+    // SAFETY: weight rows i0..i0 + MR (k values each) lie in `w`; the input's columns
+    // c0..c0 + NV * LANES lie within the padded `cols` (c0 is a multiple of NV * LANES, which
+    // divides the padding); the stores write columns c0..c0 + width <= rows of rows
+    // i0..i0 + MR of `out`.
+    unsafe {
+        let mut acc = [[V::zero(); NV]; MR];
+        let xp = x.values.as_ptr().add(c0);
+        let wp = w.as_ptr().add(i0 * k);
+        for kk in 0..k {
+            let mut xv = [V::zero(); NV];
+            for (v, xv) in xv.iter_mut().enumerate() {
+                *xv = V::load(xp.add(kk * cols + v * V::LANES));
+            }
+            for (m, acc) in acc.iter_mut().enumerate() {
+                let b = V::splat(wp.add(m * k + kk));
+                for v in 0..NV {
+                    acc[v] = acc[v].fma(b, xv[v]);
+                }
+            }
+        }
+        for (m, acc) in acc.iter().enumerate() {
+            for (v, acc) in acc.iter().enumerate() {
+                let lanes = width.saturating_sub(v * V::LANES).min(V::LANES);
+                if lanes > 0 {
+                    let dst = out.as_mut_ptr().add((i0 + m) * x.rows + c0 + v * V::LANES);
+                    acc.store_first(dst, lanes);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kernel this CPU has, against sums in f64, for row counts around the tiles'
+    /// widths and weight heights around their heights.
+    #[test]
+    fn products_match_sums_in_f64() {
+        let value = |i: usize| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5;
+        let kernels: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect();
+        if kernels.is_empty() {
+            eprintln!("no AVX2 or AVX-512 on this CPU: the kernel does not run here");
+        }
+        for kernel in kernels {
+            for in_dim in [1, 5, 64, 576] {
+                for rows in [2, 7, 8, 9, 16, 17, 31, 32, 33, 64, 100] {
+                    for len in [1, 5, 6, 7, 11, 12, 13, 25] {
+                        let x: Vec<f32> = (0..rows * in_dim).map(value).collect();
+                        let w: Vec<f32> = (0..len * in_dim).map(|i| value(i + 11)).collect();
+                        let got =
+                            products_t(kernel, &TransposedRows::of(&x, rows, in_dim), &w, len);
+                        assert_eq!(got.len(), len * rows);
+                        for j in 0..len {
+                            for r in 0..rows {
+                                let want: f64 = (0..in_dim)
+                                    .map(|i| x[r * in_dim + i] as f64 * w[j * in_dim + i] as f64)
+                                    .sum();
+                                let got = got[j * rows + r] as f64;
+                                assert!(
+                                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                    "{kernel:?}, in {in_dim}, rows {rows}, len {len}: \
+                                     ({j}, {r}) = {got}, want {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
