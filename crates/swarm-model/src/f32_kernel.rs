@@ -13,7 +13,7 @@
 //! block of 9-16 input rows; with AVX2 (16 registers) 6 x 16 (12 sums of 8 lanes); blocks of
 //! up to 8 input rows take 12 x 8 on both.
 //!
-//! Each output is one sum over the input positions in order, one FMA per position.
+//! Two to four input rows run as dot products instead ([`narrow_products_t`]).
 
 /// Input rows, transposed and padded with zeros to whole tiles, so that the values of one
 /// input position for all rows are contiguous.
@@ -142,6 +142,90 @@ unsafe fn products_t_avx2(x: &TransposedRows, w: &[f32], len: usize, out: &mut [
     }
 }
 
+/// Up to this many input rows, [`narrow_products_t`] runs the product as dot products along
+/// the input positions instead: each loaded vector of a weight row then feeds one FMA per
+/// input row on full vectors, where a tile of [`products_t`] would fill a few lanes of each
+/// and spend a broadcast on every weight value. Why not more: at 8 rows the tiles were as
+/// fast or faster (decode_step f32, Zen 4, CPU time per step: batch 2 61-71 ms narrow vs
+/// 76-86 tiled, batch 4 67-88 vs 83-88, batch 8 97-105 vs 88-94).
+pub(crate) const NARROW_MAX_ROWS: usize = 4;
+
+/// `W xᵀ` for `x` (rows, in) and `w` (len, in), both row-major: (len, rows), row-major, as
+/// dot products along `in`, for 2 to [`NARROW_MAX_ROWS`] rows and `in` a multiple of 16;
+/// `None` for other shapes.
+///
+/// # Panics
+/// As [`products_t`].
+pub(crate) fn narrow_products_t(
+    kernel: Kernel,
+    x: &[f32],
+    rows: usize,
+    in_dim: usize,
+    w: &[f32],
+    len: usize,
+) -> Option<Vec<f32>> {
+    if !(2..=NARROW_MAX_ROWS).contains(&rows)
+        || !in_dim.is_multiple_of(16)
+        || x.len() < rows * in_dim
+    {
+        return None;
+    }
+    assert!(w.len() >= len * in_dim, "weight shorter than {len} rows");
+    assert!(kernel.runs_here(), "this CPU lacks {kernel:?}");
+    let mut out = vec![0f32; len * rows];
+    let shape = Narrow { x, in_dim, w, len };
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: the CPU has the kernel's instructions (asserted above); `x` holds rows x in
+    // values, `w` len x in, `out` len x rows, and `in` is a multiple of both kernels' lanes.
+    unsafe {
+        match kernel {
+            Kernel::Avx512 => narrow_avx512(&shape, rows, &mut out),
+            Kernel::Avx2 => narrow_avx2(&shape, rows, &mut out),
+        }
+    }
+    Some(out)
+}
+
+/// The operands of [`narrow_products_t`].
+struct Narrow<'a> {
+    x: &'a [f32],
+    in_dim: usize,
+    w: &'a [f32],
+    len: usize,
+}
+
+/// Weight rows per tile for each number of input rows: as many as leave room in the
+/// registers for `weight rows x input rows` sums, the weight rows' vectors and one input
+/// vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn narrow_avx512(p: &Narrow, rows: usize, out: &mut [f32]) {
+    use x86::Zmm;
+    // SAFETY: the caller's promise.
+    unsafe {
+        match rows {
+            2 => dot_tiles::<Zmm, 2, 8>(p, out),
+            3 => dot_tiles::<Zmm, 3, 6>(p, out),
+            _ => dot_tiles::<Zmm, 4, 6>(p, out),
+        }
+    }
+}
+
+/// As [`narrow_avx512`], with 16 registers.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn narrow_avx2(p: &Narrow, rows: usize, out: &mut [f32]) {
+    use x86::Ymm;
+    // SAFETY: the caller's promise.
+    unsafe {
+        match rows {
+            2 => dot_tiles::<Ymm, 2, 4>(p, out),
+            3 => dot_tiles::<Ymm, 3, 3>(p, out),
+            _ => dot_tiles::<Ymm, 4, 3>(p, out),
+        }
+    }
+}
+
 /// A vector of f32 lanes with the few operations a tile needs.
 ///
 /// # Safety
@@ -157,6 +241,8 @@ trait Lanes: Copy {
     unsafe fn fma(self, a: Self, b: Self) -> Self;
     /// Stores the first `lanes` lanes (at most `LANES`).
     unsafe fn store_first(self, p: *mut f32, lanes: usize);
+    /// The sum of the lanes.
+    unsafe fn sum(self) -> f32;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -189,6 +275,10 @@ mod x86 {
         unsafe fn store_first(self, p: *mut f32, lanes: usize) {
             let mask = ((1u32 << lanes) - 1) as __mmask16;
             unsafe { _mm512_mask_storeu_ps(p, mask, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe { _mm512_reduce_add_ps(self.0) }
         }
     }
 
@@ -226,6 +316,17 @@ mod x86 {
                 )
             };
             unsafe { _mm256_maskstore_ps(p, mask, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn sum(self) -> f32 {
+            unsafe {
+                let quad = _mm_add_ps(
+                    _mm256_castps256_ps128(self.0),
+                    _mm256_extractf128_ps(self.0, 1),
+                );
+                let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
+                _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
+            }
         }
     }
 }
@@ -307,12 +408,72 @@ unsafe fn tile<V: Lanes, const NV: usize, const MR: usize>(
     }
 }
 
+/// All of [`narrow_products_t`]'s outputs: weight rows `R` at a time (then one at a time),
+/// each with all `B` input rows.
+///
+/// # Safety
+/// The CPU has `V`'s instructions; `p.x` holds B x in values, `p.w` len x in, `out` len x B;
+/// `in` is a multiple of `LANES`.
+#[inline(always)]
+unsafe fn dot_tiles<V: Lanes, const B: usize, const R: usize>(p: &Narrow, out: &mut [f32]) {
+    let mut j0 = 0;
+    // SAFETY: the caller's promise; a tile of R rows runs only where they all exist.
+    unsafe {
+        while j0 + R <= p.len {
+            dot_tile::<V, B, R>(p, j0, out);
+            j0 += R;
+        }
+        while j0 < p.len {
+            dot_tile::<V, B, 1>(p, j0, out);
+            j0 += 1;
+        }
+    }
+}
+
+/// Weight rows `j0..j0 + R` with all `B` input rows: `R x B` running sums of `LANES` lanes
+/// over the input positions, summed across lanes at the end.
+///
+/// # Safety
+/// As [`dot_tiles`], and rows `j0..j0 + R` of `p.w` exist.
+#[inline(always)]
+unsafe fn dot_tile<V: Lanes, const B: usize, const R: usize>(
+    p: &Narrow,
+    j0: usize,
+    out: &mut [f32],
+) {
+    let k = p.in_dim;
+    // SAFETY: every load reads LANES values at position c < k (a multiple of LANES) of an
+    // input row < B or of a weight row j0 + m < len; the results go to rows j0..j0 + R of
+    // `out` (len x B).
+    unsafe {
+        let mut acc = [[V::zero(); B]; R];
+        let (xp, wp) = (p.x.as_ptr(), p.w.as_ptr().add(j0 * k));
+        for c in (0..k).step_by(V::LANES) {
+            let mut wv = [V::zero(); R];
+            for (m, wv) in wv.iter_mut().enumerate() {
+                *wv = V::load(wp.add(m * k + c));
+            }
+            for b in 0..B {
+                let xv = V::load(xp.add(b * k + c));
+                for (acc, wv) in acc.iter_mut().zip(&wv) {
+                    acc[b] = acc[b].fma(*wv, xv);
+                }
+            }
+        }
+        for (m, acc) in acc.iter().enumerate() {
+            for (b, acc) in acc.iter().enumerate() {
+                *out.get_unchecked_mut((j0 + m) * B + b) = acc.sum();
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every kernel this CPU has, against sums in f64, for row counts around the tiles'
-    /// widths and weight heights around their heights.
+    /// Every kernel this CPU has, tiled and (where it applies) narrow, against sums in f64,
+    /// for row counts around the tiles' widths and weight heights around their heights.
     #[test]
     fn products_match_sums_in_f64() {
         let value = |i: usize| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5;
@@ -325,24 +486,32 @@ mod tests {
         }
         for kernel in kernels {
             for in_dim in [1, 5, 64, 576] {
-                for rows in [2, 7, 8, 9, 16, 17, 31, 32, 33, 64, 100] {
+                for rows in [2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 31, 32, 33, 64, 100] {
                     for len in [1, 5, 6, 7, 11, 12, 13, 25] {
                         let x: Vec<f32> = (0..rows * in_dim).map(value).collect();
                         let w: Vec<f32> = (0..len * in_dim).map(|i| value(i + 11)).collect();
-                        let got =
-                            products_t(kernel, &TransposedRows::of(&x, rows, in_dim), &w, len);
-                        assert_eq!(got.len(), len * rows);
-                        for j in 0..len {
-                            for r in 0..rows {
-                                let want: f64 = (0..in_dim)
-                                    .map(|i| x[r * in_dim + i] as f64 * w[j * in_dim + i] as f64)
-                                    .sum();
-                                let got = got[j * rows + r] as f64;
-                                assert!(
-                                    (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                                    "{kernel:?}, in {in_dim}, rows {rows}, len {len}: \
-                                     ({j}, {r}) = {got}, want {want}"
-                                );
+                        let transposed = TransposedRows::of(&x, rows, in_dim);
+                        let tiled = products_t(kernel, &transposed, &w, len);
+                        let narrow = narrow_products_t(kernel, &x, rows, in_dim, &w, len);
+                        let narrow_applies = rows <= NARROW_MAX_ROWS && in_dim % 16 == 0;
+                        assert_eq!(narrow.is_some(), narrow_applies, "in {in_dim}, rows {rows}");
+                        for (path, got) in [("tiled", Some(tiled)), ("narrow", narrow)] {
+                            let Some(got) = got else { continue };
+                            assert_eq!(got.len(), len * rows);
+                            for j in 0..len {
+                                for r in 0..rows {
+                                    let want: f64 = (0..in_dim)
+                                        .map(|i| {
+                                            x[r * in_dim + i] as f64 * w[j * in_dim + i] as f64
+                                        })
+                                        .sum();
+                                    let got = got[j * rows + r] as f64;
+                                    assert!(
+                                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                        "{kernel:?} {path}, in {in_dim}, rows {rows}, len \
+                                         {len}: ({j}, {r}) = {got}, want {want}"
+                                    );
+                                }
                             }
                         }
                     }

@@ -324,6 +324,12 @@ fn run_pieces(pieces: &[Piece], task: impl Fn(Piece) + Sync) {
 fn dense_product_t(x: &Input, w: &[f32], len: usize) -> Vec<f32> {
     if x.rows > 1 {
         if let Some(kernel) = f32_kernel::Kernel::detect() {
+            let values = x.values.get();
+            if let Some(out) =
+                f32_kernel::narrow_products_t(kernel, values, x.rows, x.in_dim, w, len)
+            {
+                return out;
+            }
             return f32_kernel::products_t(kernel, x.transposed(), w, len);
         }
     }
