@@ -10,8 +10,8 @@
 //! output rows that the pool's threads take in one region; each piece is one single-threaded
 //! kernel call with the weight read in place (our own f32 kernel, [`crate::f32_kernel`],
 //! where the CPU has AVX2 or AVX-512, else gemm), and its result is written, transposed,
-//! straight into the output. The weights keep their own storage (no concatenated copy), so a model
-//! built from in-memory weights still shares them with the caller.
+//! straight into the output. The weights keep their own storage (no concatenated copy), so
+//! a model built from in-memory weights still shares them with the caller.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -36,7 +36,8 @@ use crate::simd::{self, Simd};
 /// decode step (perf). Computing `yᵀ = W xᵀ` instead reads the weight in place as the right
 /// operand (gemm packs a right operand only beyond 128 x 16 rows on x86) at the cost of
 /// transposing `yᵀ`, `rows x out` copies; beyond a few hundred rows (prefill) gemm's own
-/// blocking of `x Wᵀ` wins.
+/// blocking of `x Wᵀ` wins, also over our own kernel (prefill of 32 x 500 tokens through it:
+/// 132-172 against 190-205 tok/s, docs/performance.md).
 pub(crate) const SMALL_BATCH_MAX_ROWS: usize = 256;
 
 /// Output rows per piece, at least: smaller pieces spend more on packing `x` (once per gemm
@@ -320,7 +321,7 @@ fn run_pieces(pieces: &[Piece], task: impl Fn(Piece) + Sync) {
 
 /// `W xᵀ` for `w` (len, in) f32 row-major: (len, rows), row-major. Single-threaded: the
 /// caller runs pieces side by side. Several rows run in our own kernel where the CPU has
-/// AVX-512 ([`f32_kernel`]), else in gemm.
+/// AVX2 or AVX-512 ([`f32_kernel`]), else in gemm; one row in [`product_t`].
 fn dense_product_t(x: &Input, w: &[f32], len: usize) -> Vec<f32> {
     if x.rows > 1 {
         if let Some(kernel) = f32_kernel::Kernel::detect() {
