@@ -9,7 +9,11 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{ModelError, Result};
-use crate::simd::{self, dot, fma, Simd};
+use crate::f32_kernel::Kernel;
+use crate::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::{Ymm, Zmm};
+use crate::simd::{dot, fma, Simd};
 
 /// Attention of a few new queries per row over the slots a
 /// [`KvCache::append`](crate::KvCache::append) returned, on the CPU in f32, without a mask
@@ -113,9 +117,44 @@ impl CustomOp3 for CachedAttention {
         let offset = len - self.t;
         let simd = Simd::detect();
         let mut out = vec![0f32; b * kv_heads * rows * d];
+        let fused = fused_kernel(&cache, d);
         let task = |(index, out): (usize, &mut [f32])| {
             let (r, g) = (index / kv_heads, index % kv_heads);
             let pad = self.padding[r];
+            let q = &q[index * rows * d..][..rows * d];
+            // The slots new token i sees: `first..first + n`.
+            let seen = |i: usize| {
+                let slot = offset + i;
+                let first = if slot < pad { slot } else { pad };
+                (first, slot + 1 - first)
+            };
+            if let Some(kernel) = fused {
+                SCORES.with_borrow_mut(|scores| {
+                    for i in 0..self.t {
+                        let (first, n) = seen(i);
+                        let queries = QueryRows {
+                            first: i,
+                            step: self.t,
+                            count: group,
+                        };
+                        match &cache {
+                            CacheData::F32(k, v) => {
+                                let head = KvHead::new(k, k_layout, v, v_layout, r, g, first, n);
+                                fused_attention(
+                                    kernel, head, q, queries, d, self.scale, scores, out,
+                                )
+                            }
+                            CacheData::F16(k, v) => {
+                                let head = KvHead::new(k, k_layout, v, v_layout, r, g, first, n);
+                                fused_attention(
+                                    kernel, head, q, queries, d, self.scale, scores, out,
+                                )
+                            }
+                        }
+                    }
+                });
+                return;
+            }
             // An f16 cache is widened one head at a time into f32 buffers that stay in L2
             // (one pair per thread, reused): memory is read at half width, and the kernel
             // below stays one f32 kernel.
@@ -144,18 +183,16 @@ impl CustomOp3 for CachedAttention {
                         }
                     }
                 };
-                let q = &q[index * rows * d..][..rows * d];
                 let mut scores = vec![0f32; group * len];
                 for i in 0..self.t {
-                    let slot = offset + i;
-                    let first = if slot < pad { slot } else { pad };
+                    let (first, n) = seen(i);
                     let query = Query {
                         q,
                         row0: i,
                         row_step: self.t,
                         group,
                         first,
-                        n: slot + 1 - first,
+                        n,
                         scale: self.scale,
                     };
                     attend(simd, &heads, &query, &mut scores, out);
@@ -184,6 +221,337 @@ enum CacheData<'a> {
 thread_local! {
     /// The keys and values of the head a thread attends over, widened from an f16 cache.
     static WIDENED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The scores of the queries [`fused_attention`] runs at once, one buffer per thread.
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The kernel [`fused_attention`] runs for this cache and head size, if this CPU has one.
+fn fused_kernel(cache: &CacheData, d: usize) -> Option<Kernel> {
+    if !FUSED_HEAD_SIZES.contains(&d) {
+        return None;
+    }
+    let kernel = Kernel::detect()?;
+    let widens_f16 = match kernel {
+        Kernel::Avx512 => true,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => std::arch::is_x86_feature_detected!("f16c"),
+        #[cfg(not(target_arch = "x86_64"))]
+        Kernel::Avx2 => false,
+    };
+    match cache {
+        CacheData::F16(..) if !widens_f16 => None,
+        _ => Some(kernel),
+    }
+}
+
+/// Head sizes [`fused_attention`] has a kernel for.
+const FUSED_HEAD_SIZES: [usize; 3] = [32, 64, 128];
+
+/// A value of the cache, as a kernel loads it: `LANES` at a time, widened to f32.
+trait CacheElement: Copy {
+    /// # Safety
+    /// As [`Lanes::load`].
+    unsafe fn load<V: Lanes>(p: *const Self) -> V;
+}
+
+impl CacheElement for f32 {
+    #[inline(always)]
+    unsafe fn load<V: Lanes>(p: *const Self) -> V {
+        // SAFETY: the caller's promise.
+        unsafe { V::load(p) }
+    }
+}
+
+impl CacheElement for f16 {
+    #[inline(always)]
+    unsafe fn load<V: Lanes>(p: *const Self) -> V {
+        // SAFETY: the caller's promise.
+        unsafe { V::load_f16(p) }
+    }
+}
+
+/// The slots `first..first + n` of one row's KV head, in the cache's own element type.
+struct KvHead<'a, E> {
+    k: &'a [E],
+    v: &'a [E],
+    k_stride: usize,
+    v_stride: usize,
+    n: usize,
+}
+
+impl<'a, E> KvHead<'a, E> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        k: &'a [E],
+        k_layout: &Layout,
+        v: &'a [E],
+        v_layout: &Layout,
+        r: usize,
+        g: usize,
+        first: usize,
+        n: usize,
+    ) -> Self {
+        let (keys, values) = (Strided::new(k, k_layout), Strided::new(v, v_layout));
+        Self {
+            k: &keys.head(r, g)[first * keys.row_stride..],
+            v: &values.head(r, g)[first * values.row_stride..],
+            k_stride: keys.row_stride,
+            v_stride: values.row_stride,
+            n,
+        }
+    }
+}
+
+/// The query rows `first, first + step, ...` (`count` of them) of a KV head's queries: the
+/// query heads that share the head, for one new token.
+#[derive(Clone, Copy)]
+struct QueryRows {
+    first: usize,
+    step: usize,
+    count: usize,
+}
+
+/// Attention of the query rows `rows` of `q` (each `d` wide) over `head`, into the same rows
+/// of `out`: the queries that share a KV head go through its keys and values together, a
+/// few at a time ([`attend_queries`]).
+///
+/// Why: at 500 slots of context a batch-32 step of SmolLM2 reads ~750 MB of f32 keys and
+/// values, and attention took about a third of the step; one query after another re-read
+/// every key and value from L2 for each query of the group and reduced every dot product on
+/// its own. Here each key and value is loaded once per pass for up to 4 queries (3 with AVX2's
+/// 16 registers), four keys' dot products share one reduction, and an f16 cache is widened
+/// in registers as it is read, so that it costs half the memory traffic and no extra pass.
+///
+/// # Panics
+/// If `head`, `q` or `out` is shorter than the rows need, or `d` is not one of
+/// [`FUSED_HEAD_SIZES`], or this CPU lacks the kernel's instructions (take it from
+/// [`fused_kernel`]).
+#[allow(clippy::too_many_arguments)]
+fn fused_attention<E: CacheElement>(
+    kernel: Kernel,
+    head: KvHead<E>,
+    q: &[f32],
+    rows: QueryRows,
+    d: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let n = head.n;
+    let last_row = rows.first + rows.count.saturating_sub(1) * rows.step;
+    assert!(
+        FUSED_HEAD_SIZES.contains(&d),
+        "no fused kernel for heads of {d}"
+    );
+    assert!(kernel.runs_here(), "this CPU lacks {kernel:?}");
+    assert!(
+        n > 0
+            && head.k.len() >= (n - 1) * head.k_stride + d
+            && head.v.len() >= (n - 1) * head.v_stride + d
+            && q.len() >= (last_row + 1) * d
+            && out.len() >= (last_row + 1) * d,
+        "fused attention: {n} slots or {} query rows out of bounds",
+        rows.count
+    );
+    scores.resize(FUSED_MAX_QUERIES * n, 0.0);
+    for start in (0..rows.count).step_by(kernel_queries(kernel)) {
+        let count = (rows.count - start).min(kernel_queries(kernel));
+        let row = |i: usize| (rows.first + (start + i) * rows.step) * d;
+        let queries: [*const f32; FUSED_MAX_QUERIES] =
+            std::array::from_fn(|i| q[row(i.min(count - 1))..].as_ptr());
+        let outs: [*mut f32; FUSED_MAX_QUERIES] =
+            std::array::from_fn(|i| out[row(i.min(count - 1))..].as_mut_ptr());
+        let call = Queries {
+            q: queries,
+            out: outs,
+            count,
+            scale,
+        };
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has the kernel's instructions (asserted above; f16 with AVX2 also
+        // needs F16C, which `fused_kernel` checked); every pointer has `d` values behind it
+        // and `head` its `n` slots (asserted above); `scores` holds FUSED_MAX_QUERIES * n.
+        unsafe {
+            match kernel {
+                Kernel::Avx512 => fused_avx512(&head, &call, d, scores),
+                Kernel::Avx2 => fused_avx2(&head, &call, d, scores),
+            }
+        }
+    }
+}
+
+/// Queries per pass with AVX-512 (32 registers: 4 queries x 4 keys of sums, then 4 queries x
+/// 4 vectors of output).
+const FUSED_MAX_QUERIES: usize = 4;
+
+/// Queries per pass for `kernel`: with AVX2's 16 registers, 3 x 4 sums leave room for the key.
+fn kernel_queries(kernel: Kernel) -> usize {
+    match kernel {
+        Kernel::Avx512 => FUSED_MAX_QUERIES,
+        Kernel::Avx2 => 3,
+    }
+}
+
+/// The first `count` of up to [`FUSED_MAX_QUERIES`] query rows and their output rows.
+struct Queries {
+    q: [*const f32; FUSED_MAX_QUERIES],
+    out: [*mut f32; FUSED_MAX_QUERIES],
+    count: usize,
+    scale: f32,
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl")]
+unsafe fn fused_avx512<E: CacheElement>(
+    head: &KvHead<E>,
+    queries: &Queries,
+    d: usize,
+    scores: &mut [f32],
+) {
+    // SAFETY: the caller's promise.
+    unsafe { by_head_size::<Zmm, E>(head, queries, d, scores) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fused_avx2<E: CacheElement>(
+    head: &KvHead<E>,
+    queries: &Queries,
+    d: usize,
+    scores: &mut [f32],
+) {
+    // SAFETY: the caller's promise.
+    unsafe { by_head_size::<Ymm, E>(head, queries, d, scores) }
+}
+
+/// [`attend_queries`] for the head size and the number of queries, which it takes as
+/// constants: the compiler then keeps the sums in registers.
+#[inline(always)]
+unsafe fn by_head_size<V: Lanes, E: CacheElement>(
+    head: &KvHead<E>,
+    queries: &Queries,
+    d: usize,
+    scores: &mut [f32],
+) {
+    // SAFETY (all arms): the caller's promise.
+    unsafe {
+        match d {
+            32 => by_count::<V, E, 32>(head, queries, scores),
+            64 => by_count::<V, E, 64>(head, queries, scores),
+            _ => by_count::<V, E, 128>(head, queries, scores),
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn by_count<V: Lanes, E: CacheElement, const D: usize>(
+    head: &KvHead<E>,
+    queries: &Queries,
+    scores: &mut [f32],
+) {
+    // SAFETY (all arms): the caller's promise.
+    unsafe {
+        match queries.count {
+            1 => attend_queries::<V, E, D, 1>(head, queries, scores),
+            2 => attend_queries::<V, E, D, 2>(head, queries, scores),
+            3 => attend_queries::<V, E, D, 3>(head, queries, scores),
+            _ => attend_queries::<V, E, D, 4>(head, queries, scores),
+        }
+    }
+}
+
+/// Vectors of each output row summed per pass over the values.
+const VALUE_VECTORS: usize = 4;
+
+/// Attention of `G` queries over the same slots: their scores in one pass over the keys
+/// (four keys at a time, `G x 4` sums in registers), a softmax per query, then their outputs
+/// in passes over the values (`G x` [`VALUE_VECTORS`] vectors of sums in registers, one pass
+/// for heads up to that many vectors wide).
+///
+/// # Safety
+/// The CPU has `V`'s instructions; the first `G` query and output pointers have `D` values
+/// behind them, `head` has its `n` slots of `D` values, `scores` at least `G * n` values.
+// Indexed loops over the register arrays: the indices pick a key, a query and a vector at
+// once, which iterators would hide.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn attend_queries<V: Lanes, E: CacheElement, const D: usize, const G: usize>(
+    head: &KvHead<E>,
+    queries: &Queries,
+    scores: &mut [f32],
+) {
+    let n = head.n;
+    // Scaled once here, the dot products come out as scores.
+    let mut q = [[0f32; D]; G];
+    for (g, q) in q.iter_mut().enumerate() {
+        // SAFETY: the caller's promise: D values behind each query pointer.
+        let row = unsafe { std::slice::from_raw_parts(queries.q[g], D) };
+        for (q, &x) in q.iter_mut().zip(row) {
+            *q = x * queries.scale;
+        }
+    }
+    let scores = &mut scores[..G * n];
+    let (keys, values) = (head.k.as_ptr(), head.v.as_ptr());
+    // SAFETY: every key and value read below is within slots 0..n of D values (the caller's
+    // promise); scores are written at g * n + j < G * n.
+    unsafe {
+        let mut j = 0;
+        while j + 4 <= n {
+            let mut sums = [[V::zero(); 4]; G];
+            for c in (0..D).step_by(V::LANES) {
+                for k in 0..4 {
+                    let key = E::load::<V>(keys.add((j + k) * head.k_stride + c));
+                    for g in 0..G {
+                        sums[g][k] = sums[g][k].fma(V::load(q[g].as_ptr().add(c)), key);
+                    }
+                }
+            }
+            for (g, sums) in sums.into_iter().enumerate() {
+                V::sums4(sums, scores.as_mut_ptr().add(g * n + j));
+            }
+            j += 4;
+        }
+        while j < n {
+            let mut sums = [V::zero(); G];
+            for c in (0..D).step_by(V::LANES) {
+                let key = E::load::<V>(keys.add(j * head.k_stride + c));
+                for g in 0..G {
+                    sums[g] = sums[g].fma(V::load(q[g].as_ptr().add(c)), key);
+                }
+            }
+            for (g, sum) in sums.into_iter().enumerate() {
+                scores[g * n + j] = sum.sum();
+            }
+            j += 1;
+        }
+    }
+    softmax_rows::<true>(scores, n);
+    let width = (VALUE_VECTORS * V::LANES).min(D);
+    // SAFETY: as above; output columns c0 + i * LANES + LANES <= D.
+    unsafe {
+        for c0 in (0..D).step_by(width) {
+            let mut sums = [[V::zero(); VALUE_VECTORS]; G];
+            for j in 0..n {
+                let row = values.add(j * head.v_stride + c0);
+                let probs: [V; G] = std::array::from_fn(|g| V::splat(&scores[g * n + j]));
+                for i in 0..VALUE_VECTORS {
+                    if i * V::LANES < width {
+                        let value = E::load::<V>(row.add(i * V::LANES));
+                        for g in 0..G {
+                            sums[g][i] = sums[g][i].fma(probs[g], value);
+                        }
+                    }
+                }
+            }
+            for (g, sums) in sums.into_iter().enumerate() {
+                for (i, sum) in sums.into_iter().enumerate() {
+                    if i * V::LANES < width {
+                        sum.store(queries.out[g].add(c0 + i * V::LANES));
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Slots `0..len` of row `r`, head `g` of an f16 cache, as packed f32 rows of `d`, into
@@ -300,8 +668,8 @@ unsafe fn attend_avx2_fma(heads: &Heads, query: &Query, scores: &mut [f32], out:
 }
 
 /// Softmax of the scaled dot products of each query with the keys, then the weighted sum of
-/// the values, written to the query's rows of `out`; head sizes of 32, 64 and 128 get a copy
-/// of the kernel compiled for that size (see [`attend_fixed`]).
+/// the values, written to the query's rows of `out`: for head sizes and CPUs that
+/// [`fused_attention`] has no kernel for.
 #[inline(always)]
 fn attend_generic<const FMA: bool>(
     heads: &Heads,
@@ -309,75 +677,6 @@ fn attend_generic<const FMA: bool>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    match heads.d {
-        32 => attend_fixed::<FMA, 32>(heads, query, scores, out),
-        64 => attend_fixed::<FMA, 64>(heads, query, scores, out),
-        128 => attend_fixed::<FMA, 128>(heads, query, scores, out),
-        _ => attend_any::<FMA>(heads, query, scores, out),
-    }
-}
-
-/// [`attend_generic`] for heads of `D` values. Knowing `D`, the compiler keeps a query's whole
-/// output row in registers while it adds up the values (8 AVX registers for `D` = 64), where
-/// the general kernel loads and stores it for every slot; and each row's softmax uses the
-/// branch-free [`exp_nonpositive`], which vectorises, instead of a libm call per score.
-#[inline(always)]
-fn attend_fixed<const FMA: bool, const D: usize>(
-    heads: &Heads,
-    query: &Query,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let (n, group) = (query.n, query.group);
-    let row = |i: usize| (query.row0 + i * query.row_step) * D;
-    let fixed = |s: &[f32], at: usize| -> [f32; D] {
-        let mut a = [0f32; D];
-        a.copy_from_slice(&s[at..][..D]);
-        a
-    };
-    let scores = &mut scores[..group * n];
-    // Query by query: the first pulls this head's keys into L2, the others find them there.
-    for (i, scores) in scores.chunks_exact_mut(n).enumerate() {
-        let q = fixed(query.q, row(i));
-        let keys = &heads.k[query.first * heads.k_stride..];
-        score_keys::<FMA, D>(&q, keys, heads.k_stride, query.scale, scores);
-    }
-    softmax_rows::<FMA>(scores, n);
-    for (i, probs) in scores.chunks_exact(n).enumerate() {
-        let mut acc = [0f32; D];
-        for (j, &p) in probs.iter().enumerate() {
-            let value = &heads.v[(query.first + j) * heads.v_stride..][..D];
-            for (a, &v) in acc.iter_mut().zip(value) {
-                *a = fma::<FMA>(p, v, *a);
-            }
-        }
-        out[row(i)..][..D].copy_from_slice(&acc);
-    }
-}
-
-/// `scores[j] = scale * q·keys[j * stride..][..D]` for every score; with `FMA` (which only
-/// [`attend_avx2_fma`] instantiates) eight keys at a time (see [`simd::dots`]).
-#[inline(always)]
-fn score_keys<const FMA: bool, const D: usize>(
-    q: &[f32; D],
-    keys: &[f32],
-    stride: usize,
-    scale: f32,
-    scores: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        // SAFETY: `attend_generic::<true>` runs only inside `attend_avx2_fma`, which
-        // `Simd::detect` allows only where the CPU has AVX2 and FMA.
-        unsafe { simd::dots_avx2_fma(q, keys, stride, scale, scores) };
-        return;
-    }
-    simd::dots_generic::<FMA>(q, keys, stride, scale, scores);
-}
-
-/// [`attend_generic`] for any head size.
-#[inline(always)]
-fn attend_any<const FMA: bool>(heads: &Heads, query: &Query, scores: &mut [f32], out: &mut [f32]) {
     let (d, n, group) = (heads.d, query.n, query.group);
     let row = |i: usize| (query.row0 + i * query.row_step) * d;
     let scores = &mut scores[..group * n];
@@ -543,6 +842,133 @@ mod tests {
                             (a - w).abs() <= 1e-5 * (1.0 + w.abs()),
                             "d {d}, len {len}, t {t}: element {i} is {a}, want {w}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Softmax attention of one query over `n` slots (`stride` apart), in f64.
+    fn one_query(q: &[f32], k: &[f32], v: &[f32], stride: usize, n: usize) -> Vec<f64> {
+        let d = q.len();
+        let scale = 1.0 / (d as f64).sqrt();
+        let scores: Vec<f64> = (0..n)
+            .map(|j| {
+                (0..d)
+                    .map(|x| q[x] as f64 * k[j * stride + x] as f64)
+                    .sum::<f64>()
+                    * scale
+            })
+            .collect();
+        let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+        let total: f64 = weights.iter().sum();
+        (0..d)
+            .map(|x| {
+                (0..n)
+                    .map(|j| weights[j] * v[j * stride + x] as f64)
+                    .sum::<f64>()
+                    / total
+            })
+            .collect()
+    }
+
+    #[test]
+    fn fused_kernels_match_one_query_at_a_time_over_f32_and_f16_caches() {
+        let mut seed = 12345u64;
+        let mut random = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+        };
+        let kernels: Vec<Kernel> = [Kernel::Avx512, Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.runs_here())
+            .collect();
+        let mut scores = Vec::new();
+        for &kernel in &kernels {
+            for d in FUSED_HEAD_SIZES {
+                // Groups of one pass and of several (4 + 1 with AVX-512, 3 + 2 with AVX2);
+                // slot counts around multiples of the four keys scored at a time.
+                for group in [1, 2, 3, 4, 5] {
+                    for n in [1, 3, 4, 5, 9, 41] {
+                        // Slots with a gap between them, query rows of one token of two.
+                        let stride = d + 8;
+                        let (step, first) = (2, 1);
+                        let rows = QueryRows {
+                            first,
+                            step,
+                            count: group,
+                        };
+                        let q: Vec<f32> = (0..group * step * d).map(|_| random()).collect();
+                        let k: Vec<f32> = (0..n * stride).map(|_| random()).collect();
+                        let v: Vec<f32> = (0..n * stride).map(|_| random()).collect();
+                        let (k16, v16): (Vec<f16>, Vec<f16>) = (
+                            k.iter().map(|&x| f16::from_f32(x)).collect(),
+                            v.iter().map(|&x| f16::from_f32(x)).collect(),
+                        );
+                        let widened = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<_>>();
+                        let scale = 1.0 / (d as f32).sqrt();
+                        let mut out32 = vec![f32::NAN; q.len()];
+                        let mut out16 = vec![f32::NAN; q.len()];
+                        let head = |k, v| KvHead {
+                            k,
+                            v,
+                            k_stride: stride,
+                            v_stride: stride,
+                            n,
+                        };
+                        fused_attention(
+                            kernel,
+                            head(&k, &v),
+                            &q,
+                            rows,
+                            d,
+                            scale,
+                            &mut scores,
+                            &mut out32,
+                        );
+                        if fused_kernel(&CacheData::F16(&k16, &v16), d).is_some() {
+                            let head16 = KvHead {
+                                k: &k16[..],
+                                v: &v16[..],
+                                k_stride: stride,
+                                v_stride: stride,
+                                n,
+                            };
+                            fused_attention(
+                                kernel,
+                                head16,
+                                &q,
+                                rows,
+                                d,
+                                scale,
+                                &mut scores,
+                                &mut out16,
+                            );
+                        }
+                        for i in 0..group {
+                            let at = (first + i * step) * d;
+                            let query = &q[at..][..d];
+                            let mut cases = vec![(&out32, one_query(query, &k, &v, stride, n))];
+                            if !out16[at].is_nan() {
+                                let (k, v) = (widened(&k16), widened(&v16));
+                                cases.push((&out16, one_query(query, &k, &v, stride, n)));
+                            }
+                            for (out, want) in cases {
+                                for (x, w) in want.iter().enumerate() {
+                                    let got = out[at + x] as f64;
+                                    assert!(
+                                        (got - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                                        "{kernel:?}, d {d}, group {group}, {n} slots: query {i}, \
+                                         value {x} is {got}, want {w}"
+                                    );
+                                }
+                            }
+                        }
+                        // Rows that are not the group's queries stay untouched.
+                        assert!(out32[..first * d].iter().all(|x| x.is_nan()));
                     }
                 }
             }

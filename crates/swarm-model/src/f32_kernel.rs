@@ -15,6 +15,10 @@
 //!
 //! Two to four input rows run as dot products instead ([`narrow_products_t`]).
 
+use crate::lanes::Lanes;
+#[cfg(target_arch = "x86_64")]
+use crate::lanes::{Ymm, Zmm};
+
 /// Input rows, transposed and padded with zeros to whole tiles, so that the values of one
 /// input position for all rows are contiguous.
 pub(crate) struct TransposedRows {
@@ -117,9 +121,9 @@ unsafe fn products_t_avx512(x: &TransposedRows, w: &[f32], len: usize, out: &mut
         // SAFETY: the caller's promise; each block's columns lie within the padding.
         unsafe {
             match width {
-                17.. => column_block::<x86::Zmm, 2, 12>(x, w, len, c0, width, out),
-                9..=16 => column_block::<x86::Zmm, 1, 24>(x, w, len, c0, width, out),
-                _ => column_block::<x86::Ymm, 1, 12>(x, w, len, c0, width, out),
+                17.. => column_block::<Zmm, 2, 12>(x, w, len, c0, width, out),
+                9..=16 => column_block::<Zmm, 1, 24>(x, w, len, c0, width, out),
+                _ => column_block::<Ymm, 1, 12>(x, w, len, c0, width, out),
             }
         }
     }
@@ -134,9 +138,9 @@ unsafe fn products_t_avx2(x: &TransposedRows, w: &[f32], len: usize, out: &mut [
         // SAFETY: as above.
         unsafe {
             if width > 8 {
-                column_block::<x86::Ymm, 2, 6>(x, w, len, c0, width, out);
+                column_block::<Ymm, 2, 6>(x, w, len, c0, width, out);
             } else {
-                column_block::<x86::Ymm, 1, 12>(x, w, len, c0, width, out);
+                column_block::<Ymm, 1, 12>(x, w, len, c0, width, out);
             }
         }
     }
@@ -200,7 +204,6 @@ struct Narrow<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn narrow_avx512(p: &Narrow, rows: usize, out: &mut [f32]) {
-    use x86::Zmm;
     // SAFETY: the caller's promise.
     unsafe {
         match rows {
@@ -215,118 +218,12 @@ unsafe fn narrow_avx512(p: &Narrow, rows: usize, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn narrow_avx2(p: &Narrow, rows: usize, out: &mut [f32]) {
-    use x86::Ymm;
     // SAFETY: the caller's promise.
     unsafe {
         match rows {
             2 => dot_tiles::<Ymm, 2, 4>(p, out),
             3 => dot_tiles::<Ymm, 3, 3>(p, out),
             _ => dot_tiles::<Ymm, 4, 3>(p, out),
-        }
-    }
-}
-
-/// A vector of f32 lanes with the few operations a tile needs.
-///
-/// # Safety
-/// Only to be called where the CPU has the instructions (inside the `target_feature`
-/// functions above), with pointers to `LANES` readable (or, for stores, `lanes` writable)
-/// values.
-trait Lanes: Copy {
-    const LANES: usize;
-    unsafe fn zero() -> Self;
-    unsafe fn load(p: *const f32) -> Self;
-    unsafe fn splat(p: *const f32) -> Self;
-    /// `a * b + self`, fused.
-    unsafe fn fma(self, a: Self, b: Self) -> Self;
-    /// Stores the first `lanes` lanes (at most `LANES`).
-    unsafe fn store_first(self, p: *mut f32, lanes: usize);
-    /// The sum of the lanes.
-    unsafe fn sum(self) -> f32;
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::Lanes;
-    use std::arch::x86_64::*;
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Zmm(__m512);
-
-    impl Lanes for Zmm {
-        const LANES: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Zmm(unsafe { _mm512_setzero_ps() })
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Zmm(unsafe { _mm512_loadu_ps(p) })
-        }
-        #[inline(always)]
-        unsafe fn splat(p: *const f32) -> Self {
-            Zmm(unsafe { _mm512_set1_ps(*p) })
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            Zmm(unsafe { _mm512_fmadd_ps(a.0, b.0, self.0) })
-        }
-        #[inline(always)]
-        unsafe fn store_first(self, p: *mut f32, lanes: usize) {
-            let mask = ((1u32 << lanes) - 1) as __mmask16;
-            unsafe { _mm512_mask_storeu_ps(p, mask, self.0) }
-        }
-        #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            unsafe { _mm512_reduce_add_ps(self.0) }
-        }
-    }
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Ymm(__m256);
-
-    impl Lanes for Ymm {
-        const LANES: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            Ymm(unsafe { _mm256_setzero_ps() })
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            Ymm(unsafe { _mm256_loadu_ps(p) })
-        }
-        #[inline(always)]
-        unsafe fn splat(p: *const f32) -> Self {
-            Ymm(unsafe { _mm256_set1_ps(*p) })
-        }
-        #[inline(always)]
-        unsafe fn fma(self, a: Self, b: Self) -> Self {
-            Ymm(unsafe { _mm256_fmadd_ps(a.0, b.0, self.0) })
-        }
-        #[inline(always)]
-        unsafe fn store_first(self, p: *mut f32, lanes: usize) {
-            if lanes == 8 {
-                return unsafe { _mm256_storeu_ps(p, self.0) };
-            }
-            // Lane i is stored where its mask lane has the top bit set: i < lanes.
-            let mask = unsafe {
-                _mm256_cmpgt_epi32(
-                    _mm256_set1_epi32(lanes as i32),
-                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                )
-            };
-            unsafe { _mm256_maskstore_ps(p, mask, self.0) }
-        }
-        #[inline(always)]
-        unsafe fn sum(self) -> f32 {
-            unsafe {
-                let quad = _mm_add_ps(
-                    _mm256_castps256_ps128(self.0),
-                    _mm256_extractf128_ps(self.0, 1),
-                );
-                let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
-                _mm_cvtss_f32(_mm_add_ss(pair, _mm_movehdup_ps(pair)))
-            }
         }
     }
 }

@@ -27,6 +27,7 @@ mod generation;
 mod gguf;
 mod hub;
 mod kv_cache;
+mod lanes;
 mod linear;
 mod llama;
 mod pretrained;

@@ -88,7 +88,7 @@ pub(crate) fn dots(
 
 /// [`dots`] one row at a time, compiled for whatever the caller is compiled for.
 #[inline(always)]
-pub(crate) fn dots_generic<const FMA: bool>(
+fn dots_generic<const FMA: bool>(
     x: &[f32],
     rows: &[f32],
     stride: usize,
@@ -112,13 +112,7 @@ pub(crate) fn dots_generic<const FMA: bool>(
 /// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn dots_avx2_fma(
-    x: &[f32],
-    rows: &[f32],
-    stride: usize,
-    scale: f32,
-    out: &mut [f32],
-) {
+unsafe fn dots_avx2_fma(x: &[f32], rows: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
     // SAFETY: the caller's promise; widths and lengths are checked inside.
     let done = unsafe { dots_by_eight_avx2(x, rows, stride, scale, out) };
     if done < out.len() {
