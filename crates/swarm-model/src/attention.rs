@@ -704,7 +704,9 @@ fn attend_generic<const FMA: bool>(
 #[inline(always)]
 fn softmax_rows<const FMA: bool>(scores: &mut [f32], n: usize) {
     for probs in scores.chunks_exact_mut(n) {
-        let max = lanes8(probs, f32::NEG_INFINITY, f32::max);
+        // A compare and select, which vectorises; `f32::max`'s NaN rule kept it scalar (a
+        // NaN score still gives NaN probabilities: `exp(NaN - max)`).
+        let max = lanes8(probs, f32::NEG_INFINITY, |a, b| if b > a { b } else { a });
         for p in probs.iter_mut() {
             *p = exp_nonpositive::<FMA>(*p - max);
         }
