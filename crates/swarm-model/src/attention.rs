@@ -25,7 +25,9 @@ use crate::simd::{dot, fma, Simd};
 /// packing its operands; then softmax and mask work on padded score tensors (a decode step
 /// at batch 32 took twice as long that way: 473 vs 228 ms, perf: most of it in gemm calls and
 /// packing). This reads every key and value from memory once, in place in the cache, for all
-/// the query heads that share it, and splits the work over rows and KV heads.
+/// the query heads that share it, and splits the work over rows and KV heads; where the CPU
+/// has AVX2 or AVX-512, those query heads go through the keys and values together
+/// ([`fused_attention`]).
 ///
 /// `q`: `(batch, kv_heads, group * t, head_dim)` (query head `g * group + i` of KV head `g`,
 /// then position), not yet scaled; `k`, `v`: `(batch, kv_heads, len, head_dim)` with unit
@@ -155,9 +157,10 @@ impl CustomOp3 for CachedAttention {
                 });
                 return;
             }
-            // An f16 cache is widened one head at a time into f32 buffers that stay in L2
-            // (one pair per thread, reused): memory is read at half width, and the kernel
-            // below stays one f32 kernel.
+            // Without a fused kernel (no AVX2, or another head size), an f16 cache is widened
+            // one head at a time into f32 buffers that stay in L2 (one pair per thread,
+            // reused): memory is read at half width, and the kernel below stays one f32
+            // kernel.
             WIDENED.with_borrow_mut(|widened| {
                 let heads = match &cache {
                     CacheData::F32(k, v) => {
