@@ -234,16 +234,20 @@ fn fused_kernel(cache: &CacheData, d: usize) -> Option<Kernel> {
         return None;
     }
     let kernel = Kernel::detect()?;
-    let widens_f16 = match kernel {
+    match cache {
+        CacheData::F16(..) if !widens_f16(kernel) => None,
+        _ => Some(kernel),
+    }
+}
+
+/// Whether `kernel` can widen f16 values on this CPU (AVX2 needs F16C besides).
+fn widens_f16(kernel: Kernel) -> bool {
+    match kernel {
         Kernel::Avx512 => true,
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => std::arch::is_x86_feature_detected!("f16c"),
         #[cfg(not(target_arch = "x86_64"))]
         Kernel::Avx2 => false,
-    };
-    match cache {
-        CacheData::F16(..) if !widens_f16 => None,
-        _ => Some(kernel),
     }
 }
 
@@ -252,12 +256,15 @@ const FUSED_HEAD_SIZES: [usize; 3] = [32, 64, 128];
 
 /// A value of the cache, as a kernel loads it: `LANES` at a time, widened to f32.
 trait CacheElement: Copy {
+    /// Whether loading widens f16 values (F16C with AVX2).
+    const HALF: bool;
     /// # Safety
     /// As [`Lanes::load`].
     unsafe fn load<V: Lanes>(p: *const Self) -> V;
 }
 
 impl CacheElement for f32 {
+    const HALF: bool = false;
     #[inline(always)]
     unsafe fn load<V: Lanes>(p: *const Self) -> V {
         // SAFETY: the caller's promise.
@@ -266,6 +273,7 @@ impl CacheElement for f32 {
 }
 
 impl CacheElement for f16 {
+    const HALF: bool = true;
     #[inline(always)]
     unsafe fn load<V: Lanes>(p: *const Self) -> V {
         // SAFETY: the caller's promise.
@@ -346,7 +354,10 @@ fn fused_attention<E: CacheElement>(
         FUSED_HEAD_SIZES.contains(&d),
         "no fused kernel for heads of {d}"
     );
-    assert!(kernel.runs_here(), "this CPU lacks {kernel:?}");
+    assert!(
+        kernel.runs_here() && (!E::HALF || widens_f16(kernel)),
+        "this CPU lacks {kernel:?} or its f16 conversions"
+    );
     assert!(
         n > 0
             && head.k.len() >= (n - 1) * head.k_stride + d
@@ -360,10 +371,13 @@ fn fused_attention<E: CacheElement>(
     for start in (0..rows.count).step_by(kernel_queries(kernel)) {
         let count = (rows.count - start).min(kernel_queries(kernel));
         let row = |i: usize| (rows.first + (start + i) * rows.step) * d;
+        // All pointers from one base each (rows checked against the lengths above), so that
+        // no later borrow of `out` invalidates an earlier row's pointer.
+        let (q_base, out_base) = (q.as_ptr(), out.as_mut_ptr());
         let queries: [*const f32; FUSED_MAX_QUERIES] =
-            std::array::from_fn(|i| q[row(i.min(count - 1))..].as_ptr());
+            std::array::from_fn(|i| q_base.wrapping_add(row(i.min(count - 1))));
         let outs: [*mut f32; FUSED_MAX_QUERIES] =
-            std::array::from_fn(|i| out[row(i.min(count - 1))..].as_mut_ptr());
+            std::array::from_fn(|i| out_base.wrapping_add(row(i.min(count - 1))));
         let call = Queries {
             q: queries,
             out: outs,
@@ -371,9 +385,9 @@ fn fused_attention<E: CacheElement>(
             scale,
         };
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has the kernel's instructions (asserted above; f16 with AVX2 also
-        // needs F16C, which `fused_kernel` checked); every pointer has `d` values behind it
-        // and `head` its `n` slots (asserted above); `scores` holds FUSED_MAX_QUERIES * n.
+        // SAFETY: the CPU has the kernel's instructions, and F16C where an f16 cache with
+        // AVX2 needs it; every pointer has `d` values behind it and `head` its `n` slots (all
+        // asserted above); `scores` holds FUSED_MAX_QUERIES * n.
         unsafe {
             match kernel {
                 Kernel::Avx512 => fused_avx512(&head, &call, d, scores),
