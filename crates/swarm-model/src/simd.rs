@@ -65,8 +65,7 @@ pub(crate) fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `out[j] = scale * x·rows[j * stride..][..x.len()]` for every `j` of `out`: a matrix
-/// (row-major, rows `stride` apart) times a vector, as a one-row linear layer and
-/// attention's query-key scores need it.
+/// (row-major, rows `stride` apart) times a vector, as a one-row linear layer needs it.
 ///
 /// # Panics
 /// If `rows` is shorter than `(out.len() - 1) * stride + x.len()`.
