@@ -53,27 +53,31 @@ pub struct TaskVector {
 /// The per-tensor plan of a generalized-task-arithmetic merge: what each task vector keeps,
 /// decided in a first pass over the task vectors, then applied chunk by chunk in
 /// [`mix_chunk`](Self::mix_chunk).
+///
+/// The arithmetic is mergekit's with `dtype: float32`: f32 throughout (weights and `lambda`
+/// rounded to f32, as torch does with them), the same operations in the same order.
 pub(crate) struct GtaMixer {
     params: GtaParams,
-    weights: Vec<f64>,
+    weights: Vec<f32>,
+    lambda: f32,
     keeps: Vec<Keep>,
     /// `Σ w_i` (1 when it is ~0): the divisor of `normalize` without a sign consensus.
-    global_divisor: f64,
+    global_divisor: f32,
 }
 
-/// Entries mixed at a time within a chunk (see [`GtaMixer::mix_tiles`]): three f64
-/// accumulators of 8 KiB and a 4 KiB tile of each task vector.
+/// Entries mixed at a time within a chunk (see [`GtaMixer::mix_tiles`]): three f32
+/// accumulators and a tile of each task vector, 4 KiB each.
 const TILE: usize = 1024;
 
-/// Per-entry f64 accumulators of one chunk, reused between chunks.
+/// Per-entry accumulators of one chunk, reused between chunks.
 #[derive(Default)]
 pub(crate) struct MixWork {
-    elected: Vec<f64>,
-    mixed: Vec<f64>,
-    divisor: Vec<f64>,
+    elected: Vec<f32>,
+    mixed: Vec<f32>,
+    divisor: Vec<f32>,
 }
 
-fn sign(x: f64) -> f64 {
+fn sign(x: f32) -> f32 {
     if x > 0.0 {
         1.0
     } else if x < 0.0 {
@@ -122,10 +126,12 @@ impl GtaMixer {
     }
 
     fn new(params: &GtaParams, experts: &[(f64, f64)], keeps: Vec<Keep>) -> GtaMixer {
-        let weight_sum: f64 = experts.iter().map(|e| e.0).sum();
+        let weights: Vec<f32> = experts.iter().map(|e| e.0 as f32).collect();
+        let weight_sum: f32 = weights.iter().sum();
         GtaMixer {
             params: *params,
-            weights: experts.iter().map(|e| e.0).collect(),
+            weights,
+            lambda: params.lambda as f32,
             keeps,
             global_divisor: if weight_sum.abs() < 1e-8 {
                 1.0
@@ -157,9 +163,9 @@ impl GtaMixer {
         });
     }
 
-    /// The chunk [`TILE`] entries at a time, so that a tile's f64 accumulators and task
-    /// vector entries stay in L1 through the several passes over them (a whole chunk's f64
-    /// arrays are 512 KiB each).
+    /// The chunk [`TILE`] entries at a time, so that a tile's accumulators and task
+    /// vector entries stay in L1 through the several passes over them (a whole chunk's
+    /// arrays are 256 KiB each).
     #[inline(always)]
     fn mix_tiles(
         &self,
@@ -213,11 +219,11 @@ impl GtaMixer {
                     let d = &d[at..at + len];
                     if i == 0 {
                         for (m, x) in mixed.iter_mut().zip(d) {
-                            *m = 0.0 + w * *x as f64;
+                            *m = 0.0 + w * *x;
                         }
                     } else {
                         for (m, x) in mixed.iter_mut().zip(d) {
-                            *m += w * *x as f64;
+                            *m += w * *x;
                         }
                     }
                 }
@@ -229,8 +235,8 @@ impl GtaMixer {
                     let first = i == 0;
                     let d = &d[at..at + len];
                     match c {
-                        Consensus::Sum => elect(elected, d, first, |x| w * x as f64),
-                        Consensus::Count => elect(elected, d, first, |x| sign(w * x as f64)),
+                        Consensus::Sum => elect(elected, d, first, |x| w * x),
+                        Consensus::Count => elect(elected, d, first, |x| sign(w * x)),
                     }
                 }
                 // Disjoint mean: entries whose sign agrees contribute value and weight;
@@ -243,7 +249,7 @@ impl GtaMixer {
                         .zip(divisor.iter_mut())
                         .zip(elected.iter().zip(d))
                     {
-                        let wd = w * *x as f64;
+                        let wd = w * *x;
                         let agrees = if *e >= 0.0 { wd > 0.0 } else { wd < 0.0 };
                         let (m0, dv0) = if first { (0.0, 0.0) } else { (*m, *dv) };
                         *m = m0 + if agrees { wd } else { 0.0 };
@@ -256,25 +262,26 @@ impl GtaMixer {
                 Some(&*divisor)
             }
         };
-        // `(base + m / divisor · lambda)` rounded to f32, the divide only when `normalize`;
-        // the branches are outside the loops so that these vectorise.
-        let lambda = p.lambda;
+        // `base + m / divisor · lambda`, the divide only when `normalize` (mergekit skips the
+        // product when lambda is 1; multiplying by 1 gives the same bits); the branches are
+        // outside the loops so that these vectorise.
+        let lambda = self.lambda;
         let out = out.iter_mut().zip(&base[..len]).zip(mixed.iter());
         match (divisor, p.normalize) {
             (Some(divisor), true) => {
                 for (((out, b), m), dv) in out.zip(divisor) {
-                    *out = (*b as f64 + (*m / *dv) * lambda) as f32;
+                    *out = *b + (*m / *dv) * lambda;
                 }
             }
             (None, true) => {
                 let dv = self.global_divisor;
                 for ((out, b), m) in out {
-                    *out = (*b as f64 + (*m / dv) * lambda) as f32;
+                    *out = *b + (*m / dv) * lambda;
                 }
             }
             (_, false) => {
                 for ((out, b), m) in out {
-                    *out = (*b as f64 + *m * lambda) as f32;
+                    *out = *b + *m * lambda;
                 }
             }
         }
@@ -309,7 +316,7 @@ impl simd::Kernel for MixKernel<'_> {
 
 /// `elected = (first ? 0.0 : elected) + vote(x)` per entry, the branch outside the loop.
 #[inline(always)]
-fn elect(elected: &mut [f64], d: &[f32], first: bool, vote: impl Fn(f32) -> f64) {
+fn elect(elected: &mut [f32], d: &[f32], first: bool, vote: impl Fn(f32) -> f32) {
     if first {
         for (e, x) in elected.iter_mut().zip(d) {
             *e = 0.0 + vote(*x);
