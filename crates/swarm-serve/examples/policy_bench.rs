@@ -56,6 +56,9 @@ impl EliteSource for Shared {
     ) -> swarm_serve::Result<Llama> {
         self.0.load(elite, device, precision)
     }
+    fn factor_cost(&self) -> Option<f64> {
+        self.0.factor_cost()
+    }
     fn load_factored(
         &self,
         elite: &str,

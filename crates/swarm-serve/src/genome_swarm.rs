@@ -296,6 +296,17 @@ impl EliteSource for GenomeSwarm {
         Ok(Llama::load(&weights, &self.config, device, precision)?)
     }
 
+    fn factor_cost(&self) -> Option<f64> {
+        let (mut low_rank, mut dense) = (0usize, 0usize);
+        for t in self.factors.tensors() {
+            if let (TensorFactors::Svd(experts), [m, n]) = (&t.factors, t.shape.as_slice()) {
+                low_rank += experts.iter().map(|e| e.s.len() * (m + n)).sum::<usize>();
+                dense += m * n;
+            }
+        }
+        (dense > 0).then(|| low_rank as f64 / dense as f64)
+    }
+
     fn load_factored(
         &self,
         elite: &str,

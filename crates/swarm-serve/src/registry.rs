@@ -28,6 +28,14 @@ pub trait EliteSource: Send + Sync {
     fn config(&self) -> &LlamaConfig;
     /// Builds `elite`'s model on `device` in `precision`.
     fn load(&self, elite: &str, device: &Device, precision: Precision) -> Result<Llama>;
+    /// What a row served from factors costs beside a dense one: the multiply-adds of the
+    /// low-rank products per row (every expert's factors of every factored matrix, `Σ_k r_k
+    /// (m + n)`) over those of the dense products of the same matrices (`Σ m n`); `None`
+    /// for a source without factors. [`ServingPolicy::Auto`] derives its row threshold
+    /// from it.
+    fn factor_cost(&self) -> Option<f64> {
+        None
+    }
     /// Builds `elite`'s model from factors (the base's dense weights shared, low-rank
     /// deltas added), or `None` when this source has no factors: its elites are always
     /// materialised.
@@ -85,10 +93,12 @@ pub enum ServingPolicy {
     ///   shared pass when a dense pass of its own is cheaper than its rows' share of it;
     ///
     /// then materialise it into the LRU if the budget has room (else keep serving it from
-    /// factors). `min_rows: 0` is the rule before mixed batches (tokens only).
+    /// factors). `min_rows: None` (the default) takes the row threshold from the factors'
+    /// cost ([`min_rows_for`](ServingPolicy::min_rows_for)); `Some(0)` is the rule before
+    /// mixed batches (tokens only).
     Auto {
         materialise_after: u64,
-        min_rows: u32,
+        min_rows: Option<u32>,
     },
 }
 
@@ -98,15 +108,42 @@ impl ServingPolicy {
     /// at batch 8), docs/performance.md, "Serving from factors vs materialising".
     pub const DEFAULT_MATERIALISE_AFTER: u64 = 64;
 
-    /// `Auto`'s default row threshold: above the measured break-even of an elite sharing
-    /// the mixed batch with others (about 14 rows on SmolLM2-135M at rank 64: a dense pass
-    /// costs ~0.030 CPU s plus ~0.0033 s a row, a row of the mixed pass ~0.0055 s), rounded
-    /// up so that a wrong guess errs towards factors, which cost no memory and no stall.
-    /// Through the engine (`examples/policy_bench.rs`, one run each on a loaded machine) 16
-    /// did not lose to 8: with an elite of 12 rows beside six of one, 8 materialised it and
-    /// spent 8% more CPU than 16, which kept it in the mixed batch (docs/performance.md,
-    /// "Which is faster when").
+    /// `Auto`'s row threshold for factors that cost
+    /// [`REFERENCE_FACTOR_COST`](Self::REFERENCE_FACTOR_COST), and for sources whose cost
+    /// is unknown: above the
+    /// measured break-even of an elite sharing the mixed batch with others (about 14 rows on
+    /// SmolLM2-135M at rank 64: a dense pass costs ~0.030 CPU s plus ~0.0033 s a row, a row
+    /// of the mixed pass ~0.0055 s), rounded up so that a wrong guess errs towards factors,
+    /// which cost no memory and no stall. Through the engine (`examples/policy_bench.rs`,
+    /// one run each on a loaded machine) 16 did not lose to 8: with an elite of 12 rows
+    /// beside six of one, 8 materialised it and spent 8% more CPU than 16, which kept it in
+    /// the mixed batch (docs/performance.md, "Which is faster when").
     pub const DEFAULT_MIN_ROWS: u32 = 16;
+
+    /// The [`factor_cost`](EliteSource::factor_cost) of the swarm on which
+    /// [`DEFAULT_MIN_ROWS`](Self::DEFAULT_MIN_ROWS) was measured: SmolLM2-135M, three experts
+    /// factorised at rank 64 (the embedding included).
+    pub const REFERENCE_FACTOR_COST: f64 = 0.507;
+
+    /// `Auto`'s row threshold for factors that cost `factor_cost` (see
+    /// [`EliteSource::factor_cost`]): [`DEFAULT_MIN_ROWS`](Self::DEFAULT_MIN_ROWS) scaled by
+    /// `√(REFERENCE_FACTOR_COST / factor_cost)`, rounded up, at least 1. Costlier factors
+    /// make a row of the mixed pass dearer, so an elite's own dense pass pays with fewer
+    /// rows; the square root is the fit through the two break-evens measured on the same
+    /// machine (docs/performance.md, "`auto` and the factors' rank"): ~18 rows at rank 64,
+    /// 5-7 at full rank (8.2x the cost), where the per-row cost of the mixed pass grew ~2x,
+    /// not 8x (it reads the factors once per step, whatever the rows). Full rank gives 6.
+    pub fn min_rows_for(factor_cost: Option<f64>) -> u32 {
+        match factor_cost {
+            Some(cost) if cost.is_finite() && cost > 0.0 => {
+                let rows =
+                    f64::from(Self::DEFAULT_MIN_ROWS) * (Self::REFERENCE_FACTOR_COST / cost).sqrt();
+                // Within [1, 1024]: the cast cannot overflow.
+                rows.ceil().clamp(1.0, 1024.0) as u32
+            }
+            _ => Self::DEFAULT_MIN_ROWS,
+        }
+    }
 
     /// How many recent decode steps `Auto`'s row average weighs (exponentially: each step
     /// counts 1/this of the average): enough to ride out one job ending or starting, few
@@ -125,15 +162,15 @@ impl Default for ServingPolicy {
     fn default() -> Self {
         ServingPolicy::Auto {
             materialise_after: Self::DEFAULT_MATERIALISE_AFTER,
-            min_rows: Self::DEFAULT_MIN_ROWS,
+            min_rows: None,
         }
     }
 }
 
 impl FromStr for ServingPolicy {
     type Err = ServeError;
-    /// `materialise`, `factors`, `auto`, `auto:<tokens>` (the default row threshold) or
-    /// `auto:<tokens>:<rows>`.
+    /// `materialise`, `factors`, `auto`, `auto:<tokens>` (the row threshold from the
+    /// factors' cost) or `auto:<tokens>:<rows>`.
     fn from_str(s: &str) -> Result<Self> {
         let s = s.trim().to_ascii_lowercase();
         let bad = || {
@@ -154,8 +191,8 @@ impl FromStr for ServingPolicy {
                 };
                 let materialise_after = tokens.parse::<u64>().map_err(|_| bad())?;
                 let min_rows = match rows {
-                    Some(r) => r.parse::<u32>().map_err(|_| bad())?,
-                    None => Self::DEFAULT_MIN_ROWS,
+                    Some(r) => Some(r.parse::<u32>().map_err(|_| bad())?),
+                    None => None,
                 };
                 Ok(ServingPolicy::Auto {
                     materialise_after,
@@ -173,8 +210,12 @@ impl std::fmt::Display for ServingPolicy {
             ServingPolicy::Factors => f.write_str("factors"),
             ServingPolicy::Auto {
                 materialise_after,
-                min_rows,
-            } => write!(f, "auto:{materialise_after}:{min_rows}"),
+                min_rows: Some(rows),
+            } => write!(f, "auto:{materialise_after}:{rows}"),
+            ServingPolicy::Auto {
+                materialise_after,
+                min_rows: None,
+            } => write!(f, "auto:{materialise_after}"),
         }
     }
 }
@@ -281,6 +322,8 @@ pub struct EliteCache {
     resident: Vec<Resident>,
     clock: u64,
     policy: ServingPolicy,
+    /// `Auto`'s row threshold: the policy's, or the one for the source's factors.
+    auto_min_rows: u32,
     /// Elites served from factors, built once each (they hold no matrices of their own).
     factored: HashMap<String, Arc<Llama>>,
     /// Whether the source has factors (`None` until asked).
@@ -310,6 +353,7 @@ impl EliteCache {
             resident: Vec::new(),
             clock: 0,
             policy: ServingPolicy::Materialise,
+            auto_min_rows: ServingPolicy::DEFAULT_MIN_ROWS,
             factored: HashMap::new(),
             has_factors: None,
             heat: HashMap::new(),
@@ -322,7 +366,25 @@ impl EliteCache {
     /// [`ServingPolicy::Materialise`]).
     pub fn with_policy(mut self, policy: ServingPolicy) -> Self {
         self.policy = policy;
+        if let ServingPolicy::Auto { min_rows, .. } = policy {
+            self.auto_min_rows = min_rows.unwrap_or_else(|| {
+                let cost = self.source.factor_cost();
+                let rows = ServingPolicy::min_rows_for(cost);
+                tracing::info!(
+                    factor_cost = cost.unwrap_or(f64::NAN),
+                    min_rows = rows,
+                    "auto: the row threshold for this swarm's factors"
+                );
+                rows
+            });
+        }
         self
+    }
+
+    /// The rows per decode step an elite must carry before `Auto` materialises it (see
+    /// [`ServingPolicy::Auto`]); `None` under the other policies.
+    pub fn auto_min_rows(&self) -> Option<u32> {
+        matches!(self.policy, ServingPolicy::Auto { .. }).then_some(self.auto_min_rows)
     }
 
     pub fn policy(&self) -> ServingPolicy {
@@ -377,9 +439,9 @@ impl EliteCache {
             ServingPolicy::Materialise => false,
             ServingPolicy::Factors => true,
             ServingPolicy::Auto {
-                materialise_after,
-                min_rows,
+                materialise_after, ..
             } => {
+                let min_rows = self.auto_min_rows;
                 let hot = self
                     .heat
                     .get(elite)

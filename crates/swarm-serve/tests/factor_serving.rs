@@ -106,9 +106,9 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
         EliteCache::new(Box::new(opened.swarm), Device::Cpu, Precision::F32, budget)
             .with_policy(policy)
     };
-    let auto = |materialise_after, min_rows| ServingPolicy::Auto {
+    let auto = |materialise_after, min_rows: u32| ServingPolicy::Auto {
         materialise_after,
-        min_rows,
+        min_rows: Some(min_rows),
     };
     let mut cache = cache_with(one, auto(20, 4));
     cache.prepare().unwrap();
@@ -186,27 +186,60 @@ fn auto_policy_materialises_hot_elites_and_never_waits() {
     cache.get("e7").unwrap();
     assert_eq!((cache.loads, cache.factored_builds), (1, 0));
 
-    // The policy's text forms; `auto:<tokens>` (the form before row thresholds) keeps the
-    // default row threshold.
+    // The policy's text forms; `auto` and `auto:<tokens>` take the row threshold from the
+    // factors' cost.
+    let from_factors = |materialise_after| ServingPolicy::Auto {
+        materialise_after,
+        min_rows: None,
+    };
     for (text, policy) in [
         ("materialise", ServingPolicy::Materialise),
         ("factors", ServingPolicy::Factors),
-        ("auto:7", auto(7, ServingPolicy::DEFAULT_MIN_ROWS)),
+        ("auto:7", from_factors(7)),
         ("auto:7:3", auto(7, 3)),
         ("auto:64:0", auto(64, 0)),
         ("auto", ServingPolicy::default()),
     ] {
         assert_eq!(text.parse::<ServingPolicy>().unwrap(), policy);
-        if text.matches(':').count() == 2 {
+        if text.contains(':') {
             assert_eq!(policy.to_string(), text);
         }
     }
     assert_eq!(
         ServingPolicy::default(),
-        auto(
-            ServingPolicy::DEFAULT_MATERIALISE_AFTER,
-            ServingPolicy::DEFAULT_MIN_ROWS
-        )
+        from_factors(ServingPolicy::DEFAULT_MATERIALISE_AFTER)
+    );
+    // The threshold from the factors' cost: the measured 16 at the reference cost (rank
+    // 64 of SmolLM2), fewer rows for costlier factors (6 at full rank, 8.2x the cost),
+    // more for cheaper ones, 16 when the cost is unknown; a cache reports what it uses.
+    let reference = Some(ServingPolicy::REFERENCE_FACTOR_COST);
+    assert_eq!(
+        ServingPolicy::min_rows_for(reference),
+        ServingPolicy::DEFAULT_MIN_ROWS
+    );
+    assert_eq!(ServingPolicy::min_rows_for(Some(4.167)), 6);
+    assert_eq!(ServingPolicy::min_rows_for(Some(0.507 / 4.0)), 32);
+    assert_eq!(
+        ServingPolicy::min_rows_for(None),
+        ServingPolicy::DEFAULT_MIN_ROWS
+    );
+    assert_eq!(
+        ServingPolicy::min_rows_for(Some(0.0)),
+        ServingPolicy::DEFAULT_MIN_ROWS
+    );
+    assert_eq!(ServingPolicy::min_rows_for(Some(1e9)), 1);
+    let derived = cache_with(one, ServingPolicy::default());
+    let opened = open_swarm(&s.swarm).unwrap();
+    let cost = opened.swarm.factor_cost().unwrap();
+    assert!(cost > 0.0, "{cost}");
+    assert_eq!(
+        derived.auto_min_rows(),
+        Some(ServingPolicy::min_rows_for(Some(cost)))
+    );
+    assert_eq!(cache_with(one, auto(7, 3)).auto_min_rows(), Some(3));
+    assert_eq!(
+        cache_with(one, ServingPolicy::Factors).auto_min_rows(),
+        None
     );
     for bad in [
         "sometimes",
@@ -256,7 +289,7 @@ async fn the_engine_serves_mixed_elites_from_factors() {
     // (over a budget of one elite, so the LRU turns over), and answers alike.
     let auto = ServingPolicy::Auto {
         materialise_after: MAX_TOKENS as u64,
-        min_rows: ServingPolicy::DEFAULT_MIN_ROWS,
+        min_rows: Some(ServingPolicy::DEFAULT_MIN_ROWS),
     };
     let (state, _engine) = serve(&s.swarm, auto, one).await;
     for round in 0..2 {
@@ -434,7 +467,7 @@ async fn an_elite_materialised_while_its_rows_run_from_factors_keeps_their_text(
     // dense batch of its own) while `first` still runs from factors.
     let auto = ServingPolicy::Auto {
         materialise_after: 2,
-        min_rows: 1,
+        min_rows: Some(1),
     };
     let (engine, gate) = gated_engine(&s.swarm, auto, one);
     let mut rx_first = engine.submit(first).unwrap();
@@ -497,7 +530,7 @@ async fn auto_materialises_an_elite_with_many_rows_not_elites_with_one() {
     // `Auto` after 6 tokens, for an elite with 3 rows or more (or alone).
     let auto = ServingPolicy::Auto {
         materialise_after: 6,
-        min_rows: 3,
+        min_rows: Some(3),
     };
     let prompt = |i: usize| vec![5 + i as u32, 17, 33, 8 + 2 * i as u32];
 
@@ -516,7 +549,7 @@ async fn auto_materialises_an_elite_with_many_rows_not_elites_with_one() {
     // 6 decode steps (a job may end early, at the end-of-sequence token).
     let tokens_only = ServingPolicy::Auto {
         materialise_after: 6,
-        min_rows: 0,
+        min_rows: Some(0),
     };
     let (_, second, materialised) = two_waves(&s.swarm, tokens_only, &one_each).await;
     let long = want.iter().filter(|(_, n)| *n > 6).count() as u64;

@@ -73,7 +73,8 @@ pub struct ServeArgs {
     /// `factors` (the base's weights plus low-rank deltas, nothing materialised), or
     /// `auto[:N[:R]]` (from factors in the mixed batch until an elite has generated N tokens
     /// and carries R rows of the batch on average, or runs alone; then materialised while the
-    /// budget has room; `auto` is `auto:64:16`, `auto:N:0` counts tokens only).
+    /// budget has room; `auto` is `auto:64` and R comes from the factors' rank: 16 rows at
+    /// rank 64, 6 at full rank; `auto:N:0` counts tokens only).
     /// docs/performance.md measures when each is faster.
     #[arg(long, env = "SWARM_ELITE_SERVING", default_value = "auto")]
     pub elite_serving: String,
