@@ -110,14 +110,14 @@ impl ServingPolicy {
 
     /// `Auto`'s row threshold for factors that cost
     /// [`REFERENCE_FACTOR_COST`](Self::REFERENCE_FACTOR_COST), and for sources whose cost
-    /// is unknown: above the
-    /// measured break-even of an elite sharing the mixed batch with others (about 14 rows on
-    /// SmolLM2-135M at rank 64: a dense pass costs ~0.030 CPU s plus ~0.0033 s a row, a row
-    /// of the mixed pass ~0.0055 s), rounded up so that a wrong guess errs towards factors,
-    /// which cost no memory and no stall. Through the engine (`examples/policy_bench.rs`,
-    /// one run each on a loaded machine) 16 did not lose to 8: with an elite of 12 rows
-    /// beside six of one, 8 materialised it and spent 8% more CPU than 16, which kept it in
-    /// the mixed batch (docs/performance.md, "Which is faster when").
+    /// is unknown: above the measured break-even of an elite sharing the mixed batch with
+    /// others (about 14 rows on SmolLM2-135M at rank 64: a dense pass costs ~0.030 CPU s
+    /// plus ~0.0033 s a row, a row of the mixed pass ~0.0055 s), rounded up so that a wrong
+    /// guess errs towards factors, which cost no memory and no stall. Through the engine
+    /// (`examples/policy_bench.rs`, one run each on a loaded machine) 16 did not lose to 8:
+    /// with an elite of 12 rows beside six of one, 8 materialised it and spent 8% more CPU
+    /// than 16, which kept it in the mixed batch (docs/performance.md, "Which is faster
+    /// when").
     pub const DEFAULT_MIN_ROWS: u32 = 16;
 
     /// The [`factor_cost`](EliteSource::factor_cost) of the swarm on which
