@@ -13,7 +13,11 @@
 //! `--merges-only` skips factorisation, genome operators and materialisation.
 //!
 //! `--keep DIR` keeps the four HF dirs (base, e1, e2, e3) for mergekit's timing:
-//! `.venv-merge/bin/python scripts/merge/make_mergekit_fixtures.py --bench DIR/base DIR/e1 DIR/e2`.
+//! `.venv-merge/bin/python scripts/merge/make_mergekit_fixtures.py --bench DIR/base DIR/e1 DIR/e2`,
+//! and the factor sets (`DIR/factors-*.safetensors`), so that one materialisation can be timed
+//! again on its own: `merge_bench --materialise DIR/base DIR/factors-r64.safetensors OUT`
+//! (the bench's child genome into the fresh HF dir OUT, or into memory if OUT is `-`; prints
+//! `seconds peak_rss_mib`).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -54,6 +58,43 @@ fn child_merge(config: &Path, out: &Path) -> anyhow::Result<()> {
         &RunOptions { overwrite: true },
         &mut |_, _, _| {},
     )?;
+    println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_mib());
+    Ok(())
+}
+
+/// The genome every materialisation here times: a crossover of experts 0 and 1, mutated
+/// along expert 2 (so all three experts contribute).
+fn bench_child(factors: &FactorSet) -> anyhow::Result<Genome> {
+    let l = factors.layout();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut child = Genome::expert(l, 0)?.crossover(
+        &Genome::expert(l, 1)?,
+        CrossoverParams::default(),
+        &mut rng,
+    )?;
+    child.mutate(2, 0.1, &mut rng)?;
+    Ok(child)
+}
+
+/// Child mode: `merge_bench --materialise BASE_DIR FACTORS OUT` (OUT `-`: into memory), prints
+/// `seconds peak_rss_mib`.
+fn child_materialise(base: &Path, factors: &Path, out: &Path) -> anyhow::Result<()> {
+    let base = swarm_merge::SafetensorsReader::open_dir(base)?;
+    let factors = FactorSet::load(factors)?;
+    let child = bench_child(&factors)?;
+    let start = Instant::now();
+    if out == Path::new("-") {
+        materialise_to_weights(&base, &factors, &child, &Device::Cpu)?;
+    } else {
+        materialise_to_dir(
+            &base,
+            &factors,
+            &child,
+            &Device::Cpu,
+            &DirOutput::new(out),
+            |_| Ok(()),
+        )?;
+    }
     println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_mib());
     Ok(())
 }
@@ -142,9 +183,15 @@ fn gemm_rate() -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the swarm binary does: freed buffers stay with malloc for reuse.
+    swarm_model::configure_allocator();
     let args: Vec<String> = std::env::args().collect();
     if args.len() == 4 && args[1] == "--merge" {
         return child_merge(Path::new(&args[2]), Path::new(&args[3]));
+    }
+    if args.len() == 5 && args[1] == "--materialise" {
+        let path = |i: usize| Path::new(&args[i]);
+        return child_materialise(path(2), path(3), path(4));
     }
     let keep = args
         .iter()
@@ -185,6 +232,7 @@ fn main() -> anyhow::Result<()> {
     } else {
         vec![
             (
+                "full",
                 "full rank, 3 experts",
                 FactoriseOptions {
                     rank: Rank::Full,
@@ -192,6 +240,7 @@ fn main() -> anyhow::Result<()> {
                 },
             ),
             (
+                "r64",
                 "r = 64, 3 experts",
                 FactoriseOptions {
                     rank: Rank::Top(64),
@@ -200,6 +249,7 @@ fn main() -> anyhow::Result<()> {
                 },
             ),
             (
+                "r64-dense-embedding",
                 "r = 64, 3 experts, embedding dense",
                 FactoriseOptions {
                     rank: Rank::Top(64),
@@ -210,7 +260,7 @@ fn main() -> anyhow::Result<()> {
             ),
         ]
     };
-    for (label, opts) in factorisations {
+    for (file, label, opts) in factorisations {
         let t = Instant::now();
         let f = FactorSet::factorise(&base, &refs, &opts)?;
         println!(
@@ -220,6 +270,10 @@ fn main() -> anyhow::Result<()> {
             f.layout().len(),
             f.max_rel_error()
         );
+        if let Some(dir) = &keep {
+            std::fs::create_dir_all(dir)?;
+            f.save(&dir.join(format!("factors-{file}.safetensors")))?;
+        }
         factor_sets.push((label, f));
     }
     // The embedding's SVD on its own.
@@ -296,31 +350,21 @@ fn main() -> anyhow::Result<()> {
     }
     for (label, f) in &factor_sets {
         let l = f.layout();
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let mut child = Genome::expert(l, 0)?.crossover(
-            &Genome::expert(l, 1)?,
-            CrossoverParams::default(),
-            &mut rng,
-        )?;
-        child.mutate(2, 0.1, &mut rng)?;
+        let child = bench_child(f)?;
         let flop = materialise_flop(f, &child);
         let t = Instant::now();
         let w = materialise_to_weights(&base_files, f, &child, &cpu)?;
         let mem = t.elapsed().as_secs_f64();
         drop(w);
+        // Into a fresh dir, as the I/O floor writes a fresh file (see the merges below).
         let out = scratch.path().join("elite");
+        if out.exists() {
+            std::fs::remove_dir_all(&out)?;
+        }
         let t = Instant::now();
-        materialise_to_dir(
-            &base_files,
-            f,
-            &child,
-            &cpu,
-            &DirOutput {
-                overwrite: true,
-                ..DirOutput::new(&out)
-            },
-            |_| Ok(()),
-        )?;
+        materialise_to_dir(&base_files, f, &child, &cpu, &DirOutput::new(&out), |_| {
+            Ok(())
+        })?;
         let dir = t.elapsed().as_secs_f64();
         let expert = Genome::expert(l, 0)?;
         let t = Instant::now();

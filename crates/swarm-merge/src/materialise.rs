@@ -1,17 +1,16 @@
 //! Materialisation: a genome to dense weights, one tensor at a time.
 //!
 //! `W = W_base + Σ_k (U_k · diag(c_k)) · V_kᵀ` over the experts whose coefficients are not
-//! all zero; dense tensors add `Σ_k a_k · τ_k`. Only the base tensor, the factors of that
-//! tensor and the output exist at a time, beyond what the caller keeps.
+//! all zero; dense tensors add `Σ_k a_k · τ_k`. Only the factors, the output tensor being
+//! computed and (into a dir) the few tensors queued for the writer thread exist at a time,
+//! beyond what the caller keeps.
 //!
-//! On the CPU the products are accumulated into the output buffer by faer's GEMM
-//! (`W += A · B`, no product tensor, no separate add). When the concatenated factors are no
-//! bigger than the output, the experts are fused into one GEMM,
-//! `[U_1 diag(c_1) | U_2 diag(c_2) | ...] · [V_1ᵀ; V_2ᵀ; ...]`, so the output is swept once
-//! instead of once per expert (what matters at low rank, where the sweep costs as much as
-//! the arithmetic); at full rank the concatenation would be bigger than the tensor and the
-//! arithmetic dominates, so each expert gets its own accumulating GEMM. Either way the
-//! arithmetic is `2·m·n·Σr` FLOP per matrix: at full rank that, not I/O, bounds the time.
+//! On the CPU the base tensor is read straight into the output buffer (in parallel pieces
+//! where the source allows) and the products are accumulated into it by faer's GEMM
+//! (`W += A · B`, no product tensor, no separate add), in tasks of a few output rows on the
+//! rayon threads: each task adds every expert's term to its rows while they sit in L2, so
+//! the output is swept from memory once however many experts contribute. The arithmetic is
+//! `2·m·n·Σr` FLOP per matrix: at full rank that, not I/O, bounds the time.
 //! On a CUDA device the same sum is done with candle's matmul.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +18,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Storage, StorageRef, Tensor};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 use swarm_model::{TensorSource, Weights};
 
 use crate::error::{MergeError, Result};
@@ -119,111 +119,89 @@ fn active_experts<'f, 'g>(
     Ok(active)
 }
 
-/// `w (m x n, row-major) += Σ_k U_k diag(c_k) V_kᵀ` with faer's GEMM on the CPU threads.
+/// Output values per task of the chunked products: a task's rows of the output (128 KiB)
+/// stay in L2 while each expert's product sweeps them, and a matrix splits into enough
+/// tasks for rayon to even out its threads' work.
+const TASK_VALUES: usize = 1 << 15;
+
+/// One expert's term of a matrix: `U` (m x r) as stored, `diag(c) Vᵀ` (r x n) scaled here.
+struct LowRankTerm<'a> {
+    u: F32Values<'a>,
+    scaled_vt: Vec<f32>,
+    rank: usize,
+}
+
+/// `w (m x n, row-major) += Σ_k U_k diag(c_k) V_kᵀ`, in tasks of a few output rows on the
+/// rayon threads, each a sequential GEMM per expert (faer) accumulating into its rows.
+///
+/// Why rows and not one parallel GEMM per matrix: faer's parallel GEMM splits a product
+/// between the threads and waits for the slowest, and while materialising into a dir the
+/// writer thread takes one of the cores now and then (two cores here); rayon hands the rows
+/// of a slowed thread to the other. `diag(c)` goes on `Vᵀ` (r x n, the small side of a
+/// low-rank factor), so nothing of `U`'s size is copied.
 fn add_low_rank(
     name: &str,
     w: &mut [f32],
     (m, n): (usize, usize),
     active: &[(&SvdFactors, &[f32])],
 ) -> Result<()> {
-    let rank_sum: usize = active.iter().map(|(_, c)| c.len()).sum();
-    if rank_sum == 0 {
-        return Ok(());
-    }
-    let views: Vec<(F32Values, F32Values)> = active
-        .iter()
-        .map(|(f, _)| Ok((F32Values::of(&f.u)?, F32Values::of(&f.vt)?)))
-        .collect::<Result<_>>()?;
-    for ((f, c), (u, vt)) in active.iter().zip(&views) {
-        let r = c.len();
-        if u.as_slice()?.len() != m * r || vt.as_slice()?.len() != r * n {
+    let mut terms = Vec::with_capacity(active.len());
+    for (f, c) in active {
+        let rank = c.len();
+        let (u, vt) = (F32Values::of(&f.u)?, F32Values::of(&f.vt)?);
+        let vt = vt.as_slice()?;
+        if u.as_slice()?.len() != m * rank || vt.len() != rank * n {
             return Err(MergeError::tensor(
                 name,
                 format!(
-                    "factors of shape {:?} and {:?} do not fit a {m}x{n} matrix at rank {r}",
+                    "factors of shape {:?} and {:?} do not fit a {m}x{n} matrix at rank {rank}",
                     f.u.dims(),
                     f.vt.dims()
                 ),
             ));
         }
-    }
-    let par = Par::rayon(0);
-    let mut dst = MatMut::from_row_major_slice_mut(w, m, n);
-    if active.len() > 1 && rank_sum * (m + n) <= m * n {
-        // One GEMM over all experts: the concatenated factors are no bigger than the output.
-        let mut lhs = vec![0f32; m * rank_sum];
-        let mut rhs = Vec::with_capacity(rank_sum * n);
-        let mut offset = 0;
-        for ((_, c), (u, vt)) in active.iter().zip(&views) {
-            let r = c.len();
-            for (row_out, row_u) in lhs
-                .chunks_exact_mut(rank_sum)
-                .zip(u.as_slice()?.chunks_exact(r))
-            {
-                for ((o, x), s) in row_out[offset..offset + r].iter_mut().zip(row_u).zip(*c) {
-                    *o = x * s;
-                }
-            }
-            rhs.extend_from_slice(vt.as_slice()?);
-            offset += r;
+        let mut scaled_vt = vt.to_vec();
+        for (row, s) in scaled_vt.chunks_exact_mut(n.max(1)).zip(*c) {
+            row.iter_mut().for_each(|x| *x *= s);
         }
-        matmul(
-            dst.as_mut(),
-            Accum::Add,
-            MatRef::from_row_major_slice(&lhs, m, rank_sum),
-            MatRef::from_row_major_slice(&rhs, rank_sum, n),
-            1.0f32,
-            par,
-        );
+        terms.push(LowRankTerm { u, scaled_vt, rank });
+    }
+    if terms.is_empty() || m * n == 0 {
         return Ok(());
     }
-    for ((_, c), (u, vt)) in active.iter().zip(&views) {
-        let r = c.len();
-        let (u, vt) = (u.as_slice()?, vt.as_slice()?);
-        // diag(c) goes on the smaller factor, the only one copied.
-        if m <= n {
-            let mut scaled = u.to_vec();
-            for row in scaled.chunks_exact_mut(r) {
-                row.iter_mut().zip(*c).for_each(|(x, s)| *x *= s);
+    let rows_per_task = (TASK_VALUES / n).max(1);
+    w.par_chunks_mut(rows_per_task * n)
+        .enumerate()
+        .try_for_each(|(task, rows)| -> Result<()> {
+            let first = task * rows_per_task;
+            let count = rows.len() / n;
+            let mut dst = MatMut::from_row_major_slice_mut(rows, count, n);
+            for term in &terms {
+                let r = term.rank;
+                let u = &term.u.as_slice()?[first * r..(first + count) * r];
+                matmul(
+                    dst.as_mut(),
+                    Accum::Add,
+                    MatRef::from_row_major_slice(u, count, r),
+                    MatRef::from_row_major_slice(&term.scaled_vt, r, n),
+                    1.0f32,
+                    Par::Seq,
+                );
             }
-            matmul(
-                dst.as_mut(),
-                Accum::Add,
-                MatRef::from_row_major_slice(&scaled, m, r),
-                MatRef::from_row_major_slice(vt, r, n),
-                1.0f32,
-                par,
-            );
-        } else {
-            let mut scaled = vt.to_vec();
-            for (row, s) in scaled.chunks_exact_mut(n).zip(*c) {
-                row.iter_mut().for_each(|x| *x *= s);
-            }
-            matmul(
-                dst.as_mut(),
-                Accum::Add,
-                MatRef::from_row_major_slice(u, m, r),
-                MatRef::from_row_major_slice(&scaled, r, n),
-                1.0f32,
-                par,
-            );
-        }
-    }
-    Ok(())
+            Ok(())
+        })
 }
 
-/// One tensor on the CPU, as a flat row-major f32 buffer.
+/// One tensor on the CPU into `w`, a flat row-major f32 buffer of its size (what it held
+/// before is overwritten: the base tensor is read into it, then the experts' terms added).
 fn materialise_cpu(
     base: &dyn TensorSource,
     genome: &Genome,
     t: &FactoredTensor,
-) -> Result<Vec<f32>> {
+    w: &mut [f32],
+) -> Result<()> {
     let name = t.name.as_str();
-    let mut w = base
-        .load(name, &Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    base.read_f32_into(name, w)?;
     match &t.factors {
         TensorFactors::Svd(experts) => {
             let (m, n) = match t.shape.as_slice() {
@@ -236,7 +214,7 @@ fn materialise_cpu(
                 }
             };
             let active = active_experts(genome, name, experts)?;
-            add_low_rank(name, &mut w, (m, n), &active)?;
+            add_low_rank(name, w, (m, n), &active)?;
         }
         TensorFactors::Dense(taus) => {
             for (k, tau) in taus.iter().enumerate() {
@@ -252,11 +230,13 @@ fn materialise_cpu(
                         format!("task vector of {} entries, base of {}", tau.len(), w.len()),
                     ));
                 }
-                w.iter_mut().zip(tau).for_each(|(x, d)| *x += a * d);
+                w.par_chunks_mut(TASK_VALUES)
+                    .zip(tau.par_chunks(TASK_VALUES))
+                    .for_each(|(w, tau)| w.iter_mut().zip(tau).for_each(|(x, d)| *x += a * d));
             }
         }
     }
-    Ok(w)
+    Ok(())
 }
 
 /// Expert `k`'s scalar coefficient for the 1-D tensor `name`.
@@ -317,7 +297,8 @@ pub fn materialise_tensor(
         .tensor(name)
         .ok_or_else(|| MergeError::tensor(name, "not in the factor set"))?;
     if device.is_cpu() {
-        let w = materialise_cpu(base, genome, t)?;
+        let mut w = vec![0f32; t.shape.iter().product()];
+        materialise_cpu(base, genome, t, &mut w)?;
         return Ok(Tensor::from_vec(w, t.shape.as_slice(), device)?);
     }
     materialise_on_device(base, genome, t, device)
@@ -396,9 +377,11 @@ pub fn materialise_to_dir(
     let mut writer = HfDirWriter::create(&out.dir, specs, out.overwrite)?;
     for t in factors.tensors() {
         if device.is_cpu() {
-            // Straight from the buffer the GEMM wrote into.
-            let w = materialise_cpu(base, genome, t)?;
-            writer.write_f32(&t.name, &t.shape, &w)?;
+            // The whole tensor is one chunk: the base is read into a buffer the writer
+            // thread hands back once written, the GEMM adds into it, and the writer thread
+            // writes it while the next tensor is computed (no copy on this thread).
+            let len = t.shape.iter().product();
+            writer.write_f32_chunks(&t.name, len, |_, w| materialise_cpu(base, genome, t, w))?;
         } else {
             let w = materialise_on_device(base, genome, t, device)?;
             writer.write_tensor(&t.name, &w)?;
@@ -416,6 +399,7 @@ mod tests {
     use crate::testing::{perturbed, random_model, rel_diff, tiny_config};
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
+    use swarm_model::LlamaConfig;
 
     fn setup(rank: Rank) -> (Weights, Weights, Weights, FactorSet) {
         let cfg = tiny_config();
@@ -513,6 +497,58 @@ mod tests {
             let reported = f.meta().tensors.iter().find(|r| &r.name == name).unwrap();
             let rel = want / sq(&tau).sqrt();
             assert!((reported.rel_errors[0] - rel).abs() < 1e-4, "{name}");
+        }
+    }
+
+    #[test]
+    fn tensors_larger_than_a_task_materialise_exactly() {
+        // An embedding of 1100 x 40: 44,000 values, more than one task's 32,768, in tasks
+        // of 819 rows and a last one of 281; as SVD factors and as a dense task vector.
+        let cfg = LlamaConfig {
+            vocab_size: 1100,
+            hidden_size: 40,
+            ..tiny_config()
+        };
+        let base = random_model(&cfg, 1);
+        let (e1, e2) = (perturbed(&base, 2, 0.1), perturbed(&base, 3, 0.1));
+        let embed = "model.embed_tokens.weight".to_string();
+        assert!(base.get(&embed).unwrap().elem_count() > TASK_VALUES);
+        for dense in [vec![], vec![embed.clone()]] {
+            let opts = FactoriseOptions {
+                rank: Rank::Full,
+                dense,
+                ..FactoriseOptions::default()
+            };
+            let experts = [("a", &e1 as &dyn TensorSource), ("b", &e2)];
+            let f = FactorSet::factorise(&base, &experts, &opts).unwrap();
+            let l = f.layout();
+            for (k, e) in [&e1, &e2].into_iter().enumerate() {
+                let g = Genome::expert(l, k).unwrap();
+                let w = materialise_to_weights(&base, &f, &g, &Device::Cpu).unwrap();
+                let err = model_rel_err(&w, e);
+                assert!(err <= 1e-5, "expert {k}, {:?}: {err}", opts.dense);
+            }
+            // Both experts at once: the base plus both task vectors.
+            let both = Genome::from_values(
+                l,
+                Genome::expert(l, 0)
+                    .unwrap()
+                    .values()
+                    .iter()
+                    .zip(Genome::expert(l, 1).unwrap().values())
+                    .map(|(a, b)| a + b)
+                    .collect(),
+            )
+            .unwrap();
+            let got = materialise_to_weights(&base, &f, &both, &Device::Cpu).unwrap();
+            let mut want = Weights::new();
+            for (name, b) in base.iter() {
+                let t1 = (e1.get(name).unwrap() - b).unwrap();
+                let t2 = (e2.get(name).unwrap() - b).unwrap();
+                want.insert(name, ((b + t1).unwrap() + t2).unwrap());
+            }
+            let err = model_rel_err(&got, &want);
+            assert!(err <= 1e-5, "both experts, {:?}: {err}", opts.dense);
         }
     }
 

@@ -27,6 +27,32 @@ pub trait TensorSource: Send + Sync {
     fn contains(&self, name: &str) -> bool {
         self.shape(name).is_ok()
     }
+
+    /// Reads one tensor's values, converted to f32 and flattened row-major, into `dst`, whose
+    /// length must be the tensor's element count.
+    ///
+    /// For code that computes on plain buffers (materialising a genome): the default loads
+    /// the tensor and copies it out; a source that can decode straight into the caller's
+    /// buffer (a safetensors file) overrides it, saving an allocation and a copy per tensor.
+    fn read_f32_into(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let values = self
+            .load(name, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if values.len() != dst.len() {
+            return Err(ModelError::tensor(
+                name,
+                format!(
+                    "has {} elements, read into a buffer of {}",
+                    values.len(),
+                    dst.len()
+                ),
+            ));
+        }
+        dst.copy_from_slice(&values);
+        Ok(())
+    }
 }
 
 /// An in-memory map from HF tensor name to tensor.
@@ -115,6 +141,32 @@ impl TensorSource for Weights {
     }
     fn load(&self, name: &str, device: &Device) -> Result<Tensor> {
         Ok(self.get(name)?.to_device(device)?)
+    }
+
+    fn read_f32_into(&self, name: &str, dst: &mut [f32]) -> Result<()> {
+        let t = self.get(name)?;
+        if t.elem_count() != dst.len() {
+            return Err(ModelError::tensor(
+                name,
+                format!(
+                    "has {} elements, read into a buffer of {}",
+                    t.elem_count(),
+                    dst.len()
+                ),
+            ));
+        }
+        if t.dtype() == DType::F32 {
+            let (storage, layout) = t.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cpu), Some((from, to))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                // Straight from the tensor's own buffer: one copy, no allocation.
+                dst.copy_from_slice(&cpu.as_slice::<f32>()?[from..to]);
+                return Ok(());
+            }
+        }
+        dst.copy_from_slice(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
     }
 }
 
@@ -296,6 +348,24 @@ mod tests {
         w
     }
 
+    #[test]
+    fn read_f32_into_copies_converting_and_checks_the_length() {
+        let w = sample();
+        let mut a = [0f32; 12];
+        w.read_f32_into("a.weight", &mut a).unwrap();
+        assert_eq!(a[11], 11.0);
+        let mut b = [0f32; 5];
+        w.read_f32_into("b.bias", &mut b).unwrap();
+        assert_eq!(b, [1.0; 5]);
+        let err = w.read_f32_into("a.weight", &mut b).unwrap_err();
+        assert!(err.to_string().contains("a.weight"), "{err}");
+        assert!(w.read_f32_into("missing", &mut b).is_err());
+        // A view that is not contiguous is converted, not misread.
+        let mut t = Weights::new();
+        t.insert("t", w.get("a.weight").unwrap().t().unwrap());
+        t.read_f32_into("t", &mut a).unwrap();
+        assert_eq!(a[..4], [0.0, 4.0, 8.0, 1.0]);
+    }
     #[test]
     fn save_and_mmap_round_trip() {
         let dir = tempfile::tempdir().unwrap();
