@@ -445,6 +445,47 @@ pub fn open_swarm(dir: &Path) -> Result<OpenedSwarm> {
 }
 
 impl OpenedSwarm {
+    /// Writes `elite` (an elite id) as a standalone HF model dir that other tools load
+    /// unchanged: its weights materialised straight into `model.safetensors` (in
+    /// `out.dtype`), the base's `config.json`, tokenizer files and chat template beside them.
+    /// The dir is built beside `out.dir` and renamed into place, so a failure leaves nothing
+    /// behind; an existing `out.dir` is refused unless `out.overwrite`.
+    pub fn export_elite(&self, elite: &str, out: &swarm_merge::DirOutput) -> Result<()> {
+        let swarm = &self.swarm;
+        let genome = swarm.genome_of(elite)?;
+        // The dir holds the factor set's tensors: a base tensor outside it would be lost.
+        if let Some(missing) = swarm
+            .base
+            .names()
+            .into_iter()
+            .find(|name| swarm.factors.tensor(name).is_none())
+        {
+            return Err(ServeError::Swarm(format!(
+                "cannot export `{elite}`: the base's tensor `{missing}` is not in the swarm's \
+                 factor set (a swarm from `swarm evolve` covers every tensor)"
+            )));
+        }
+        let mut config = swarm.config.clone();
+        config.torch_dtype = swarm_merge::torch_dtype_name(out.dtype).to_string();
+        swarm_merge::materialise_to_dir(
+            swarm.base.as_ref(),
+            &swarm.factors,
+            genome,
+            &Device::Cpu,
+            out,
+            |staging| {
+                swarm_model::write_model_metadata(
+                    staging,
+                    &config,
+                    &self.pretrained_tokenizer,
+                    Some(self.template.source()),
+                )
+                .map_err(swarm_merge::MergeError::from)
+            },
+        )?;
+        Ok(())
+    }
+
     /// The engine's view: elites materialised on demand into an LRU of `memory_budget`
     /// bytes or served from factors, as `policy` decides; `warm` elites materialised first
     /// (the router's default choice, so the first request does not wait for it).

@@ -7,6 +7,7 @@ mod bootstrap;
 mod chat;
 mod eval;
 mod evolve;
+mod export;
 mod merge;
 mod model_args;
 mod serve;
@@ -43,6 +44,8 @@ enum Command {
     Evolve(evolve::EvolveArgs),
     /// Merge models as a mergekit YAML config says (linear, task_arithmetic, ties, dare, slerp).
     Merge(merge::MergeArgs),
+    /// Write one elite of a swarm as a standalone HF model dir.
+    Export(export::ExportArgs),
     /// Score a model on a skill's suite with the real, sandboxed checkers.
     Eval(eval::EvalArgs),
     /// Serve a swarm (or one model) behind an OpenAI-compatible HTTP API.
@@ -73,6 +76,7 @@ fn main() {
         Command::Eval(args) => eval::run(args),
         Command::Evolve(args) => evolve::run(args),
         Command::Merge(args) => merge::run(args),
+        Command::Export(args) => export::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Up(args) => up::run(args),
     };
