@@ -137,8 +137,9 @@ struct LowRankTerm<'a> {
 /// Why rows and not one parallel GEMM per matrix: faer's parallel GEMM splits a product
 /// between the threads and waits for the slowest, and while materialising into a dir the
 /// writer thread takes one of the cores now and then (two cores here); rayon hands the rows
-/// of a slowed thread to the other. `diag(c)` goes on `Vᵀ` (r x n, the small side of a
-/// low-rank factor), so nothing of `U`'s size is copied.
+/// of a slowed thread to the other. `diag(c)` is folded into one copy of `Vᵀ` per expert
+/// (r x n: a small fraction of the matrix at low rank, at most its size at full rank),
+/// which every task shares; `U` is read in place.
 fn add_low_rank(
     name: &str,
     w: &mut [f32],
