@@ -307,7 +307,7 @@ impl SafetensorsReader {
             let len = PIECE.min(dst.len() - done);
             scratch.resize(len * size, 0);
             self.read_bytes(entry, ((start + done) * size) as u64, scratch)?;
-            decode_to_f32(entry.dtype, scratch, &mut dst[done..done + len]);
+            swarm_model::decode_le_to_f32(entry.dtype, scratch, &mut dst[done..done + len]);
             done += len;
         }
         Ok(())
@@ -330,35 +330,6 @@ fn f32s_as_bytes_mut(values: &mut [f32]) -> &mut [u8] {
     // initialised f32s; u8 has no alignment requirement, every bit pattern is a valid f32
     // (whatever is written through the bytes), and the borrow's lifetime carries over.
     unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast::<u8>(), len) }
-}
-
-/// Little-endian f32/bf16/f16/f64 bytes to f32 values (`bytes.len()` is `dst.len()` times
-/// the dtype's size).
-fn decode_to_f32(dtype: DType, bytes: &[u8], dst: &mut [f32]) {
-    match dtype {
-        DType::F32 => {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        DType::BF16 => {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        DType::F16 => {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
-                *d = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        _ => {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
-                let mut le = [0u8; 8];
-                le.copy_from_slice(b);
-                *d = f64::from_le_bytes(le) as f32;
-            }
-        }
-    }
 }
 
 /// `pread` until `buf` is full: no shared file position, so threads need no lock.

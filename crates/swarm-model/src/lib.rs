@@ -63,4 +63,4 @@ pub use pretrained::{
 };
 pub use sampling::{argmax, Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
-pub use weights::{write_safetensors, SafetensorsFiles, TensorSource, Weights};
+pub use weights::{decode_le_to_f32, write_safetensors, SafetensorsFiles, TensorSource, Weights};

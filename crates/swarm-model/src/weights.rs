@@ -344,6 +344,7 @@ impl TensorSource for SafetensorsFiles {
             Dtype::F32 => (DType::F32, 4),
             Dtype::BF16 => (DType::BF16, 2),
             Dtype::F16 => (DType::F16, 2),
+            Dtype::F64 => (DType::F64, 8),
             _ => return read_f32_via_load(self, name, dst),
         };
         let bytes = view.data();
@@ -367,9 +368,15 @@ impl TensorSource for SafetensorsFiles {
     }
 }
 
-/// Little-endian f32, bf16 or f16 bytes to f32 values.
-fn decode_le_to_f32(dtype: DType, bytes: &[u8], dst: &mut [f32]) {
+/// Little-endian f32, bf16, f16 or f64 bytes (as safetensors stores them) to f32 values;
+/// `bytes.len()` must be `dst.len()` times the dtype's size. Any other dtype is read as f64.
+pub fn decode_le_to_f32(dtype: DType, bytes: &[u8], dst: &mut [f32]) {
     match dtype {
+        DType::F32 => {
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
         DType::BF16 => {
             for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(2)) {
                 *d = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
@@ -381,8 +388,10 @@ fn decode_le_to_f32(dtype: DType, bytes: &[u8], dst: &mut [f32]) {
             }
         }
         _ => {
-            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
-                *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            for (d, b) in dst.iter_mut().zip(bytes.chunks_exact(8)) {
+                let mut le = [0u8; 8];
+                le.copy_from_slice(b);
+                *d = f64::from_le_bytes(le) as f32;
             }
         }
     }
