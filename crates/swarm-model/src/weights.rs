@@ -167,8 +167,7 @@ impl TensorSource for Weights {
                 return Ok(());
             }
         }
-        dst.copy_from_slice(&t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-        Ok(())
+        read_f32_via_load(self, name, dst)
     }
 }
 
