@@ -116,14 +116,16 @@ const AVX2_BLOCK: usize = 16;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512vl")]
 unsafe fn products_t_avx512(x: &TransposedRows, w: &[f32], len: usize, out: &mut [f32]) {
-    for c0 in (0..x.rows).step_by(AVX512_BLOCK) {
-        let width = (x.rows - c0).min(AVX512_BLOCK);
-        // SAFETY: the caller's promise; each block's columns lie within the padding.
-        unsafe {
-            match width {
-                17.. => column_block::<Zmm, 2, 12>(x, w, len, c0, width, out),
-                9..=16 => column_block::<Zmm, 1, 24>(x, w, len, c0, width, out),
-                _ => column_block::<Ymm, 1, 12>(x, w, len, c0, width, out),
+    for (w, len, out) in bands(x, w, len, out) {
+        for c0 in (0..x.rows).step_by(AVX512_BLOCK) {
+            let width = (x.rows - c0).min(AVX512_BLOCK);
+            // SAFETY: the caller's promise; each block's columns lie within the padding.
+            unsafe {
+                match width {
+                    17.. => column_block::<Zmm, 2, 12>(x, w, len, c0, width, out),
+                    9..=16 => column_block::<Zmm, 1, 24>(x, w, len, c0, width, out),
+                    _ => column_block::<Ymm, 1, 12>(x, w, len, c0, width, out),
+                }
             }
         }
     }
@@ -133,17 +135,41 @@ unsafe fn products_t_avx512(x: &TransposedRows, w: &[f32], len: usize, out: &mut
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn products_t_avx2(x: &TransposedRows, w: &[f32], len: usize, out: &mut [f32]) {
-    for c0 in (0..x.rows).step_by(AVX2_BLOCK) {
-        let width = (x.rows - c0).min(AVX2_BLOCK);
-        // SAFETY: as above.
-        unsafe {
-            if width > 8 {
-                column_block::<Ymm, 2, 6>(x, w, len, c0, width, out);
-            } else {
-                column_block::<Ymm, 1, 12>(x, w, len, c0, width, out);
+    for (w, len, out) in bands(x, w, len, out) {
+        for c0 in (0..x.rows).step_by(AVX2_BLOCK) {
+            let width = (x.rows - c0).min(AVX2_BLOCK);
+            // SAFETY: as above.
+            unsafe {
+                if width > 8 {
+                    column_block::<Ymm, 2, 6>(x, w, len, c0, width, out);
+                } else {
+                    column_block::<Ymm, 1, 12>(x, w, len, c0, width, out);
+                }
             }
         }
     }
+}
+
+/// Bytes of weight rows that one band holds: what stays in a core's L2 (512 KiB on Zen 3,
+/// 1 MiB on Zen 4, 1-2 MiB on recent Intel) beside the transposed input.
+const BAND_BYTES: usize = 192 << 10;
+
+/// The weight cut into bands of whole rows, each with its rows of the output, so that the
+/// blocks of input rows after the first read a band's weights from L2 rather than from L3
+/// or memory (a batch of 32 is two blocks with AVX2). Bands are multiples of 24 rows, which
+/// every tile height divides.
+fn bands<'a>(
+    x: &TransposedRows,
+    w: &'a [f32],
+    len: usize,
+    out: &'a mut [f32],
+) -> impl Iterator<Item = (&'a [f32], usize, &'a mut [f32])> {
+    let k = x.in_dim.max(1);
+    let band = (BAND_BYTES / (4 * k)).max(24) / 24 * 24;
+    let rows = x.rows.max(1);
+    w.chunks(band * k)
+        .zip(out[..len * x.rows].chunks_mut(band * rows))
+        .map(move |(w, out)| (w, out.len() / rows, out))
 }
 
 /// Up to this many input rows, [`narrow_products_t`] runs the product as dot products along
@@ -281,13 +307,26 @@ unsafe fn tile<V: Lanes, const NV: usize, const MR: usize>(
         let mut acc = [[V::zero(); NV]; MR];
         let xp = x.values.as_ptr().add(c0);
         let wp = w.as_ptr().add(i0 * k);
+        let row: [*const f32; MR] = std::array::from_fn(|m| wp.add(m * k));
+        // With up to 6 weight rows (the AVX2 tile), one register per row's pointer, so that
+        // each broadcast is a load from that register plus the shared position. Left to
+        // itself LLVM walks the rows from one pointer by the row stride, five integer
+        // instructions per position beside the 12 FMAs: the hot kernel ran at ~90% of the
+        // FMA peak either way, but from memory (lm_head) at 29-30 GMAC/s against 37 now
+        // (Zen 3, one thread, peak 51). Taller tiles (AVX-512's 12 and 24 rows) would not
+        // fit their pointers in the 16 general registers.
+        let row = if MR <= 6 {
+            std::hint::black_box(row)
+        } else {
+            row
+        };
         for kk in 0..k {
             let mut xv = [V::zero(); NV];
             for (v, xv) in xv.iter_mut().enumerate() {
                 *xv = V::load(xp.add(kk * cols + v * V::LANES));
             }
             for (m, acc) in acc.iter_mut().enumerate() {
-                let b = V::splat(wp.add(m * k + kk));
+                let b = V::splat(row[m].add(kk));
                 for v in 0..NV {
                     acc[v] = acc[v].fma(b, xv[v]);
                 }
@@ -384,7 +423,7 @@ mod tests {
         for kernel in kernels {
             for in_dim in [1, 5, 64, 576] {
                 for rows in [2, 3, 4, 5, 6, 7, 8, 9, 16, 17, 31, 32, 33, 64, 100] {
-                    for len in [1, 5, 6, 7, 11, 12, 13, 25] {
+                    for len in [1, 5, 6, 7, 11, 12, 13, 25, 100] {
                         let x: Vec<f32> = (0..rows * in_dim).map(value).collect();
                         let w: Vec<f32> = (0..len * in_dim).map(|i| value(i + 11)).collect();
                         let transposed = TransposedRows::of(&x, rows, in_dim);
@@ -416,4 +455,42 @@ mod tests {
             }
         }
     }
+}
+
+/// The fastest of `repeats` runs of the product of a `len` x `in_dim` weight with `rows`
+/// input rows on this CPU's best kernel, in seconds, with the kernel's name; `None` where
+/// the CPU has neither AVX2 nor AVX-512. With `from_memory`, each run takes the next of
+/// enough copies of the weight to fill 256 MiB, so that it reads the weight from memory, as
+/// a decode step does, rather than from cache. For `examples/product_kernel.rs`.
+pub fn best_products_time(
+    len: usize,
+    in_dim: usize,
+    rows: usize,
+    from_memory: bool,
+    repeats: usize,
+) -> Option<(&'static str, f64)> {
+    let kernel = Kernel::detect()?;
+    let value = |i: usize| ((i * 7919) % 1013) as f32 / 1013.0 - 0.5;
+    let x: Vec<f32> = (0..rows * in_dim).map(value).collect();
+    let transposed = TransposedRows::of(&x, rows, in_dim);
+    let size = (len * in_dim).max(1);
+    let copies = if from_memory {
+        (256 << 20) / (4 * size) + 1
+    } else {
+        1
+    };
+    let w: Vec<f32> = (0..copies * size).map(|i| value(i + 11)).collect();
+    let mut best = f64::INFINITY;
+    for run in 0..repeats.max(1) {
+        let weight = &w[(run % copies) * size..][..size];
+        let start = std::time::Instant::now();
+        let out = products_t(kernel, &transposed, weight, len);
+        best = best.min(start.elapsed().as_secs_f64());
+        std::hint::black_box(out);
+    }
+    let name = match kernel {
+        Kernel::Avx512 => "AVX-512",
+        Kernel::Avx2 => "AVX2",
+    };
+    Some((name, best))
 }
