@@ -1,14 +1,14 @@
 //! Times our f32 product kernel alone, on one thread, for the weight shapes of SmolLM2-135M
 //! and a few batch sizes, with each weight in cache and read from memory, and prints
 //! GMAC/s: the rate to hold against the CPU's FMA peak when a decode step's products look
-//! slow.
+//! slow; and the time to transpose the input rows, which each product does first.
 //!
 //! ```text
 //! cargo run --release -p swarm-model --example product_kernel -- [rows=8,16,32]
 //! ```
 
 use anyhow::{bail, Result};
-use swarm_model::kernel_bench::best_products_time;
+use swarm_model::kernel_bench::{best_products_time, best_transpose_time};
 
 fn main() -> Result<()> {
     let rows: Vec<usize> = std::env::args()
@@ -28,6 +28,15 @@ fn main() -> Result<()> {
         ("down", 576, 1536),
         ("lm_head", 49152, 576),
     ];
+    println!("| input | rows | transposition (once per product) |");
+    println!("|---|---:|---:|");
+    for &r in &rows {
+        for in_dim in [576, 1536] {
+            let seconds = best_transpose_time(r, in_dim, 2000);
+            println!("| {in_dim} wide | {r} | {:.1} µs |", seconds * 1e6);
+        }
+    }
+    println!();
     println!("| weight | out x in | rows | in cache GMAC/s | from memory GMAC/s | kernel |");
     println!("|---|---|---:|---:|---:|---|");
     for &r in &rows {

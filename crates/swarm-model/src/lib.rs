@@ -68,5 +68,5 @@ pub use weights::{decode_le_to_f32, write_safetensors, SafetensorsFiles, TensorS
 /// Timings of internal kernels, for the crate's examples; not a stable API.
 #[doc(hidden)]
 pub mod kernel_bench {
-    pub use crate::f32_kernel::best_products_time;
+    pub use crate::f32_kernel::{best_products_time, best_transpose_time};
 }
