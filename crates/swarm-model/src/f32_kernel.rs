@@ -317,26 +317,13 @@ unsafe fn tile<V: Lanes, const NV: usize, const MR: usize>(
         let mut acc = [[V::zero(); NV]; MR];
         let xp = x.values.as_ptr().add(c0);
         let wp = w.as_ptr().add(i0 * k);
-        let row: [*const f32; MR] = std::array::from_fn(|m| wp.add(m * k));
-        // With up to 6 weight rows (the AVX2 tile), one register per row's pointer, so that
-        // each broadcast is a load from that register plus the shared position. Left to
-        // itself LLVM walks the rows from one pointer by the row stride, five integer
-        // instructions per position beside the 12 FMAs: the hot kernel ran at ~90% of the
-        // FMA peak either way, but from memory (lm_head) at 29-30 GMAC/s against 37 now
-        // (Zen 3, one thread, peak 51). Taller tiles (AVX-512's 12 and 24 rows) would not
-        // fit their pointers in the 16 general registers.
-        let row = if MR <= 6 {
-            std::hint::black_box(row)
-        } else {
-            row
-        };
         for kk in 0..k {
             let mut xv = [V::zero(); NV];
             for (v, xv) in xv.iter_mut().enumerate() {
                 *xv = V::load(xp.add(kk * cols + v * V::LANES));
             }
             for (m, acc) in acc.iter_mut().enumerate() {
-                let b = V::splat(row[m].add(kk));
+                let b = V::splat(wp.add(m * k + kk));
                 for v in 0..NV {
                     acc[v] = acc[v].fma(b, xv[v]);
                 }
