@@ -25,6 +25,7 @@ use crate::error::{MergeError, Result};
 use crate::factor::check_same_tensors;
 use crate::merge::linear::{accumulate, finish, linear_scale};
 use crate::merge::plan::{MergePlan, PlanKind};
+use crate::merge::simd;
 use crate::merge::slerp::{combine, SlerpSums};
 use crate::merge::sparsify::PlanScratch;
 use crate::merge::stream::{TensorInput, CHUNK};
@@ -358,10 +359,27 @@ fn merge_task_vectors(
     })
 }
 
-/// `d = x - b`, entry by entry (a task vector's chunk).
+/// `d = x - b`, entry by entry (a task vector's chunk), through [`simd::fast`]: as a
+/// closure in the baseline build it ran four lanes at a time (SSE2).
 fn subtract(d: &mut [f32], x: &[f32], b: &[f32]) {
-    for ((d, x), b) in d.iter_mut().zip(x).zip(b) {
-        *d = x - b;
+    simd::fast(Subtract { d, x, b });
+}
+
+/// [`subtract`]'s arguments.
+struct Subtract<'a> {
+    d: &'a mut [f32],
+    x: &'a [f32],
+    b: &'a [f32],
+}
+
+impl simd::Kernel for Subtract<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn run(self) {
+        for ((d, x), b) in self.d.iter_mut().zip(self.x).zip(self.b) {
+            *d = x - b;
+        }
     }
 }
 
