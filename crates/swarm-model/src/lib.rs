@@ -26,6 +26,8 @@ mod fsutil;
 mod generation;
 mod gguf;
 mod hub;
+#[doc(hidden)]
+pub mod kernel_bench;
 mod kv_cache;
 mod lanes;
 mod linear;
@@ -64,9 +66,3 @@ pub use pretrained::{
 pub use sampling::{argmax, Sampler, SamplingParams};
 pub use tokenizer::Tokenizer;
 pub use weights::{decode_le_to_f32, write_safetensors, SafetensorsFiles, TensorSource, Weights};
-
-/// Timings of internal kernels, for the crate's examples; not a stable API.
-#[doc(hidden)]
-pub mod kernel_bench {
-    pub use crate::f32_kernel::{best_products_time, best_transpose_time};
-}

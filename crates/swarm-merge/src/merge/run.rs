@@ -359,8 +359,8 @@ fn merge_task_vectors(
     })
 }
 
-/// `d = x - b`, entry by entry (a task vector's chunk), through [`simd::fast`]: as a
-/// closure in the baseline build it ran four lanes at a time (SSE2).
+/// `d = x - b`, entry by entry (a task vector's chunk), through [`simd::fast`]: compiled for
+/// the baseline alone it ran four lanes at a time (SSE2).
 fn subtract(d: &mut [f32], x: &[f32], b: &[f32]) {
     simd::fast(Subtract { d, x, b });
 }
