@@ -26,10 +26,10 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::{DType, Device};
 use rand::SeedableRng;
-use swarm_merge::testing::{perturbed, save_hf_dir};
+use swarm_merge::testing::{bench_child, perturbed, save_hf_dir};
 use swarm_merge::{
-    materialise_to_dir, materialise_to_weights, CrossoverParams, DirOutput, FactorSet,
-    FactoriseOptions, Genome, MergePlan, Rank, RunOptions, TensorFactors,
+    materialise_flop, materialise_to_dir, materialise_to_weights, CrossoverParams, DirOutput,
+    FactorSet, FactoriseOptions, Genome, MergePlan, Rank, RunOptions,
 };
 use swarm_model::{GgufFile, TensorSource, Weights};
 
@@ -60,20 +60,6 @@ fn child_merge(config: &Path, out: &Path) -> anyhow::Result<()> {
     )?;
     println!("{} {}", start.elapsed().as_secs_f64(), peak_rss_mib());
     Ok(())
-}
-
-/// The genome every materialisation here times: a crossover of experts 0 and 1, mutated
-/// along expert 2 (so all three experts contribute).
-fn bench_child(factors: &FactorSet) -> anyhow::Result<Genome> {
-    let l = factors.layout();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-    let mut child = Genome::expert(l, 0)?.crossover(
-        &Genome::expert(l, 1)?,
-        CrossoverParams::default(),
-        &mut rng,
-    )?;
-    child.mutate(2, 0.1, &mut rng)?;
-    Ok(child)
 }
 
 /// Child mode: `merge_bench --materialise BASE_DIR FACTORS OUT` (OUT `-`: into memory), prints
@@ -139,22 +125,6 @@ fn io_floor(
     let t = start.elapsed().as_secs_f64();
     std::fs::remove_file(&path)?;
     Ok(t)
-}
-
-/// FLOP of materialising `genome`: `2·m·n·Σr` per matrix over the experts it uses.
-fn materialise_flop(factors: &FactorSet, genome: &Genome) -> f64 {
-    let mut flop = 0.0;
-    for t in factors.tensors() {
-        if let (TensorFactors::Svd(experts), [m, n]) = (&t.factors, t.shape.as_slice()) {
-            for k in 0..experts.len() {
-                let c = genome.coefficients(&t.name, k).unwrap_or(&[]);
-                if c.iter().any(|v| *v != 0.0) {
-                    flop += 2.0 * (*m * *n * c.len()) as f64;
-                }
-            }
-        }
-    }
-    flop
 }
 
 /// f32 GEMM rate (FLOP/s) of faer on this machine, on the shape of an MLP matrix's update

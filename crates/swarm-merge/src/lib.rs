@@ -53,7 +53,8 @@ pub use factor::{
 };
 pub use genome::{load_genomes, save_genomes, CrossoverParams, Genome, GenomeLayout, Slot};
 pub use materialise::{
-    materialise, materialise_tensor, materialise_to_dir, materialise_to_weights, DirOutput,
+    materialise, materialise_flop, materialise_tensor, materialise_to_dir, materialise_to_weights,
+    DirOutput,
 };
 pub use merge::plan::{MergeMethod, MergePlan, PlanKind, PlanModel};
 pub use merge::run::{run, run_with, InputModel, MergeReport, RunOptions};

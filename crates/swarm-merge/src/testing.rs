@@ -12,6 +12,7 @@ use rand_distr::{Distribution, StandardNormal};
 use swarm_model::{LlamaConfig, Weights};
 
 use crate::error::{MergeError, Result};
+use crate::{CrossoverParams, FactorSet, Genome};
 
 /// A small Llama config: hidden 32, 2 layers, vocab 64, untied head.
 pub fn tiny_config() -> LlamaConfig {
@@ -80,6 +81,21 @@ pub fn perturbed(base: &Weights, seed: u64, rel: f32) -> Weights {
         }
     }
     out
+}
+
+/// The genome the benchmarks materialise: experts 0 and 1 crossed over, then mutated along
+/// expert 2, so that all three experts contribute (as in an evolved swarm). `factors` must
+/// hold at least three experts.
+pub fn bench_child(factors: &FactorSet) -> Result<Genome> {
+    let layout = factors.layout();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let mut child = Genome::expert(layout, 0)?.crossover(
+        &Genome::expert(layout, 1)?,
+        CrossoverParams::default(),
+        &mut rng,
+    )?;
+    child.mutate(2, 0.1, &mut rng)?;
+    Ok(child)
 }
 
 /// `‖a − b‖_F / ‖b‖_F` in f64 (0 when both are zero).

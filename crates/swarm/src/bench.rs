@@ -5,6 +5,9 @@
 //! `generate` runs, minus sampling and detokenisation). Each measurement is repeated and the
 //! median is reported, because the machines we run on are shared and timings swing. Peak
 //! memory is the process's peak resident set (VmHWM), reset before each batch size.
+//!
+//! With `--materialise` it times turning a genome into dense weights instead
+//! ([`crate::materialise_bench`]).
 
 use std::time::Instant;
 
@@ -51,6 +54,14 @@ pub struct BenchArgs {
     /// each other, and a descheduled worker stalls every matrix product.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Time materialising a genome (a crossover and mutation of three synthetic experts of
+    /// the model) into dense f32 weights on --device, instead of decoding; compared with the
+    /// time to load the base there, and on a GPU with the CPU's result.
+    #[arg(long)]
+    pub materialise: bool,
+    /// With --materialise: the experts' SVD rank, a number or `full`.
+    #[arg(long, default_value = "64", requires = "materialise")]
+    pub rank: String,
 }
 
 /// One row of the result table.
@@ -64,19 +75,21 @@ struct Row {
 
 /// Runs the benchmark and prints a markdown table on stdout.
 pub fn run(args: &BenchArgs) -> Result<()> {
+    set_threads(args.threads)?;
+    if args.materialise {
+        return crate::materialise_bench::run(
+            args.random,
+            &args.model,
+            &args.rank,
+            &args.device,
+            args.repeats,
+        );
+    }
     if args.batch.is_empty() || args.batch.contains(&0) {
         bail!("--batch needs positive batch sizes");
     }
     if args.prompt_tokens == 0 || args.decode_tokens == 0 || args.repeats == 0 {
         bail!("--prompt-tokens, --decode-tokens and --repeats must be positive");
-    }
-    if let Some(n) = args.threads {
-        if n == 0 {
-            bail!("--threads must be positive");
-        }
-        // Before the first tensor operation: candle and rayon size their pools once.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
     }
     let device = parse_device(&args.device)?;
     let precision = match &args.precision {
@@ -200,7 +213,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn median(xs: &mut [f64]) -> f64 {
+/// `--threads`: sets the pools' sizes, before the first tensor operation (candle and rayon
+/// size their pools once).
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be positive");
+        }
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+    Ok(())
+}
+
+/// The median of `xs` (sorted in place); `xs` must not be empty.
+pub(crate) fn median(xs: &mut [f64]) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }

@@ -8,6 +8,7 @@ mod chat;
 mod eval;
 mod evolve;
 mod export;
+mod materialise_bench;
 mod merge;
 mod model_args;
 mod serve;
@@ -35,7 +36,8 @@ enum Command {
     Chat(chat::ChatArgs),
     /// Answer one prompt and exit.
     Generate(chat::GenerateArgs),
-    /// Measure prefill and decode speed and peak memory of a model.
+    /// Measure prefill and decode speed and peak memory of a model (or, with --materialise,
+    /// how fast genomes become dense weights).
     Bench(bench::BenchArgs),
     /// Train the toy world: a small base model and one expert per skill (coding, database, os).
     Bootstrap(bootstrap::BootstrapArgs),
