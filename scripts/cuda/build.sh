@@ -4,7 +4,8 @@
 # scripts/cuda/device-check.sh and docs/performance.md, "Building the CUDA path").
 #
 #   scripts/cuda/build.sh            # release build: $CARGO_TARGET_DIR/release/swarm, packed
-#                                    # into target-cuda-carry/ (swarm.gz, check-model/)
+#                                    # into target-cuda-carry/ (swarm.gz, check-model/,
+#                                    # toy-swarm/, toy-swarm-base/)
 #   scripts/cuda/build.sh check      # only `cargo check` of swarm, swarm-merge, swarm-serve (--all-targets)
 #
 # Environment (all optional):
@@ -13,6 +14,8 @@
 #   CUDA_COMPUTE_CAP   default 90 (H200 / H100): candle-kernels builds for this one arch only
 #   SWARM_CUDA_CHECK_MODEL  model dir packed for the device check (default: the toy world's
 #                      coding expert in the swarm cache, from `swarm bootstrap`)
+#   SWARM_CUDA_CHECK_SWARM  swarm dir packed for serve-check.sh, with the base its manifest
+#                      names (default: agents/quick, from `swarm up`)
 #
 # Why these versions: the lent H200 machine had driver 580 (CUDA 13.0), nvcc 13.0 and torch
 # cu130 when last recorded (2026-10/11). candle loads most kernels as PTX that the driver
@@ -102,6 +105,20 @@ case "$mode" in
     else
       echo "no toy model at $model (set SWARM_CUDA_CHECK_MODEL to an HF dir with a tokenizer):" \
         "device-check.sh will build a micro toy world on the GPU machine's CPU instead" >&2
+    fi
+    # A swarm for scripts/cuda/serve-check.sh: agents/quick (what `swarm up` evolves) with the
+    # base its manifest names; serve-check.sh points the manifest at the carried base.
+    swarm_dir=${SWARM_CUDA_CHECK_SWARM:-$repo/agents/quick}
+    swarm_base=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["base"]["reference"])' \
+      "$swarm_dir/swarm.json" 2>/dev/null || true)
+    case "$swarm_base" in toy:*) swarm_base=${cache:-$HOME/.cache/swarm}/toy/${swarm_base#toy:};; esac
+    if [ -n "$swarm_base" ] && [ -f "$swarm_base/config.json" ]; then
+      cp -r "$swarm_dir" "$carry/toy-swarm"
+      cp -r "$swarm_base" "$carry/toy-swarm-base"
+    else
+      echo "no swarm at $swarm_dir with its base (run \`swarm up\` or \`swarm evolve --config" \
+        "configs/quick.toml\`, or set SWARM_CUDA_CHECK_SWARM): serve-check.sh will serve the" \
+        "check model alone" >&2
     fi
     du -sh "$carry" "$carry"/* >&2
     ;;

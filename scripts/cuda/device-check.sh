@@ -2,9 +2,11 @@
 # The first run of swarm's CUDA build on a GPU: run it ON THE GPU MACHINE, from the repo root,
 # with the folder that `scripts/cuda/build.sh` packed (default target-cuda-carry/: the binary,
 # gzipped, and a toy model dir) carried there, e.g. the device tool's
-#   run(command="bash scripts/cuda/device-check.sh", carry=["target-cuda-carry"], timeout_s=420)
-# Expected 1-3 minutes; each step has a time limit, and steps still to come after 280 s
-# (SWARM_CUDA_CHECK_SECONDS) are skipped and counted as failures.
+#   run(command="bash scripts/cuda/device-check.sh; bash scripts/cuda/serve-check.sh",
+#       carry=["target-cuda-carry"], timeout_s=600)
+# (serve-check.sh: materialisation and serving on the GPU). Expected 1-3 minutes; each step
+# has a time limit, and steps still to come after 280 s (SWARM_CUDA_CHECK_SECONDS) are skipped
+# and counted as failures. SWARM_CHECK_DEVICE=cpu runs it on a CPU build, as a dry run.
 #
 #   scripts/cuda/device-check.sh [CARRY_DIR]
 #
@@ -18,63 +20,15 @@
 #      94 MiB, over what can be carried) at batch 1, 8 and 32, 500-token prompts, 64 decoded
 #      tokens, in bf16 (the CUDA default) and f32.
 # It exits non-zero if the binary cannot start, cuda:0 cannot be opened, or f32 disagrees.
-set -uo pipefail
 carry=${1:-target-cuda-carry}
 model=$carry/check-model
-work=$(mktemp -d /tmp/swarm-cuda-check.XXXXXX)
-bin=$work/swarm
-if [ -f "$carry/swarm.gz" ]; then
-  gzip -dc "$carry/swarm.gz" >"$bin" && chmod +x "$bin"
-elif [ -f "$carry/swarm" ]; then
-  cp "$carry/swarm" "$bin"
-fi
-report=${OUT:-/tmp}/device-check.md
-: >"$report"
-say() { echo "$*" | tee -a "$report"; }
-fail=0
-
-[ -x "$bin" ] || { echo "no $carry/swarm.gz: run scripts/cuda/build.sh first and carry $carry" >&2; exit 1; }
-
-# The binary is linked against libcuda.so.1 (the driver) and the CUDA 13 libraries libcudart,
-# libcublas, libcublasLt, libcurand, libnvrtc; find them where this image keeps them (the
-# toolkit, and the wheels that torch installed).
-libdirs=""
-site=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' 2>/dev/null || true)
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib "$site/nvidia/cu13/lib" \
-         "$site"/nvidia/*/lib /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu; do
-  [ -d "$d" ] && libdirs="$libdirs:$d"
-done
-export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+report_name=device-check.md
+# shellcheck source=scripts/cuda/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 say "# swarm CUDA device check ($(date -u +%FT%TZ))"
 say
-say '```'
-nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 | tee -a "$report"
-(nvcc --version 2>/dev/null || /usr/local/cuda/bin/nvcc --version 2>&1) | tail -2 | head -1 | tee -a "$report"
-ls -l "$bin" | tee -a "$report"
-ldd "$bin" | grep -E 'cuda|cublas|curand|nvrtc|stdc|not found' | tee -a "$report"
-say '```'
-if ldd "$bin" | grep -q 'not found'; then
-  say "FAIL: libraries not found (LD_LIBRARY_PATH=$LD_LIBRARY_PATH)"
-  exit 1
-fi
-
-export SWARM_LOG=warn
-note() { echo "$*" >&2; echo "$*" >>"$report"; }
-deadline=${SWARM_CUDA_CHECK_SECONDS:-280}
-run() { # seconds, then the command; its stderr goes to the report (and stderr) on failure
-  local limit=$1; shift
-  local left=$((deadline - SECONDS))
-  if [ "$left" -le 5 ]; then note "skipped (the check's ${deadline} s are spent): $*"; return 1; fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  local err rc=0; err=$(mktemp)
-  timeout "$limit" "$@" 2>"$err" || rc=$?
-  if [ "$rc" != 0 ]; then
-    note "(exit $rc) $*"; [ "$rc" = 124 ] && note "timed out after ${limit} s"
-    note "$(tail -20 "$err")"
-  fi
-  rm -f "$err"; return "$rc"
-}
+describe_machine
 
 # A model for the correctness check: the carried toy model, else a micro toy world built here
 # on the CPU (`--preset micro`: about a minute on 2 cores; not timed on that machine).
@@ -85,16 +39,16 @@ if [ ! -f "$model/config.json" ]; then
 fi
 
 say
-say "## Correctness: greedy generate, cuda:0 vs cpu, same precision"
+say "## Correctness: greedy generate, $device vs cpu, same precision"
 say
 say "model: $model"
 say
 # First contact: if cuda:0 cannot run at all, say so once and stop.
-if ! run 180 "$bin" generate --device cuda:0 --model "$model" --precision f32 --max-tokens 4 \
+if ! run 180 "$bin" generate --device "$device" --model "$model" --precision f32 --max-tokens 4 \
       --temperature 0 --raw --prompt "def" >/dev/null; then
-  say "FAIL: the binary cannot generate on cuda:0 (error above)"; exit 1
+  say "FAIL: the binary cannot generate on $device (error above)"; exit 1
 fi
-say "| precision (cuda:0 / cpu) | prompt | same text | cpu | cuda:0 |"
+say "| precision ($device / cpu) | prompt | same text | cpu | $device |"
 say "|---|---|---|---|---|"
 # Raw continuations (64 greedy tokens each) and one chat turn.
 prompts=("--raw|def f(x):" "--raw|Once upon a time" "--chat|Write a Python function \`f(x)\` that returns x * 3 + 7.")
@@ -106,7 +60,7 @@ for precision in f32 bf16 f16 q8_0; do
     # The CPU has no bf16 matrix products: bf16 on the GPU is compared with f32 on the CPU.
     ref=$precision; [ "$precision" = bf16 ] && ref=f32
     cpu=$(run 60 "$bin" generate --device cpu "${flags[@]}" --precision "$ref") || { fail=1; continue; }
-    gpu=$(run 60 "$bin" generate --device cuda:0 "${flags[@]}" --precision "$precision") || { fail=1; continue; }
+    gpu=$(run 60 "$bin" generate --device "$device" "${flags[@]}" --precision "$precision") || { fail=1; continue; }
     if [ "$cpu" = "$gpu" ]; then same=yes; else
       # Characters before the first difference.
       n=0; while [ "$n" -lt "${#cpu}" ] && [ "${cpu:$n:1}" = "${gpu:$n:1}" ]; do n=$((n + 1)); done
@@ -118,10 +72,10 @@ for precision in f32 bf16 f16 q8_0; do
 done
 
 say
-say "## Speed: swarm bench --random (SmolLM2-135M shape) on cuda:0"
+say "## Speed: swarm bench --random (SmolLM2-135M shape) on $device"
 for precision in bf16 f32; do
   say
-  run 150 "$bin" bench --random --device cuda:0 --precision "$precision" --batch 1,8,32 \
+  run 150 "$bin" bench --random --device "$device" --precision "$precision" --batch 1,8,32 \
     --prompt-tokens 500 --decode-tokens 64 --repeats 3 | tee -a "$report" || fail=1
 done
 
