@@ -73,25 +73,54 @@ fn l1_norm(values: &[f32]) -> f64 {
     lanes.iter().sum::<f64>() + tail
 }
 
-/// The bits of a mask word: bit `j` set when `draws[j] < below` (at most 64 draws). The
-/// draws are packed as a fixed-size array, padded with draws that are never below, so that
-/// the loop unrolls into vector compares: 3x faster under AVX2 than a fold over a slice
-/// (measured on 64Ki draws).
-#[inline(always)]
-fn pack_below(draws: &[u32], below: u32) -> u64 {
-    let mut padded = [u32::MAX; 64];
-    let draws: &[u32; 64] = match draws.try_into() {
-        Ok(whole) => whole,
-        Err(_) => {
-            padded[..draws.len()].copy_from_slice(draws);
-            &padded
+/// DARE keeps an entry with probability `density` rounded to a multiple of 2⁻²⁴: the
+/// resolution of the f32 uniforms that mergekit's `torch.bernoulli` compares with.
+const KEEP_BITS: u32 = 24;
+
+/// DARE's keep probability as a fraction of 2^[`KEEP_BITS`], and the random 64-bit draws
+/// each mask word of 64 entries takes: one per binary digit of that fraction from its lowest
+/// set one up (1 for a density of 0.5, 2 for 0.25 or 0.75, at most 24).
+#[derive(Debug, Clone, Copy)]
+struct KeepOdds {
+    /// The digits of the fraction that matter, lowest first (bit `s` is digit `s` of the
+    /// draws).
+    digits: u32,
+    draws: u32,
+}
+
+impl KeepOdds {
+    /// For a density in (0, 1) whose rounding is neither 0 nor 1; `None` otherwise.
+    fn of(density: f64) -> Option<KeepOdds> {
+        let p = (density * f64::from(1u32 << KEEP_BITS)).round();
+        if !(p >= 1.0 && p < f64::from(1u32 << KEEP_BITS)) {
+            return None;
         }
-    };
-    let mut word = 0u64;
-    for (j, r) in draws.iter().enumerate() {
-        word |= ((*r < below) as u64) << j;
+        let p = p as u32;
+        let low = p.trailing_zeros();
+        Some(KeepOdds {
+            digits: p >> low,
+            draws: KEEP_BITS - low,
+        })
     }
-    word
+
+    /// A mask word whose bits are each set with these odds, independently, from `draws`
+    /// (`self.draws` of them). Bit `j` is set when the number whose digits are the inverted
+    /// bits `j` of the draws (draw 0 the lowest digit) is below `digits`: a comparison done
+    /// from the lowest digit up for 64 entries at once, where a set digit of the odds keeps
+    /// an entry whose draw bit is set or that was kept by the digits below, and a clear one
+    /// keeps it only if both hold.
+    #[inline(always)]
+    fn mask_word(self, draws: &[u64]) -> u64 {
+        let mut word = 0u64;
+        for (s, r) in draws.iter().enumerate() {
+            word = if self.digits >> s & 1 == 1 {
+                word | r
+            } else {
+                word & r
+            };
+        }
+        word
+    }
 }
 
 /// `v` if `keep`, else `+0.0`, without a branch (the kept pattern is random for DARE).
@@ -255,19 +284,25 @@ impl simd::Kernel for TallyBucket<'_> {
     }
 }
 
-/// DARE's mask words from a chunk's draws (see [`pack_below`]).
-struct PackMask<'a> {
+/// DARE's mask words from a chunk's draws (see [`KeepOdds::mask_word`]): `odds.draws`
+/// consecutive draws per word, each draw two `u32` of the stream, low half first.
+struct BernoulliMask<'a> {
     draws: &'a [u32],
-    below: u32,
+    odds: KeepOdds,
     words: &'a mut [u64],
 }
 
-impl simd::Kernel for PackMask<'_> {
+impl simd::Kernel for BernoulliMask<'_> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        for (word, group) in self.words.iter_mut().zip(self.draws.chunks(64)) {
-            *word = pack_below(group, self.below);
+        let per_word = 2 * self.odds.draws as usize;
+        let mut wide = [0u64; KEEP_BITS as usize];
+        for (word, draws) in self.words.iter_mut().zip(self.draws.chunks_exact(per_word)) {
+            for (w, pair) in wide.iter_mut().zip(draws.chunks_exact(2)) {
+                *w = u64::from(pair[0]) | u64::from(pair[1]) << 32;
+            }
+            *word = self.odds.mask_word(&wide[..self.odds.draws as usize]);
         }
     }
 }
@@ -389,11 +424,16 @@ impl Keep {
         select_largest(n, k, rescale, &high, norms, pools, mags)
     }
 
-    /// DARE: keeps each of `n` entries with probability `density`, drawing one `u32` per
-    /// entry from `rng`: entry `i`'s draw is word `i` of the stream from `rng`'s position,
-    /// which is left `n` words on, whichever thread draws it. `delta` (as for
-    /// [`plan_magnitude`](Self::plan_magnitude)) is read only when `rescale` needs the norms;
-    /// `scratch` lends the jobs their buffers.
+    /// DARE: keeps each of `n` entries with probability `density` (rounded to a multiple of
+    /// 2⁻²⁴), independently: mask word `i` (entries `64i..64i + 64`) is made from the `d`
+    /// 64-bit draws `di..di + d` of `rng`'s stream from its position (`d` as
+    /// [`KeepOdds`] says, 1 at density 0.5), whichever thread draws them, and `rng` is left
+    /// after the last. `delta` (as for [`plan_magnitude`](Self::plan_magnitude)) is read only
+    /// when `rescale` needs the norms; `scratch` lends the jobs their buffers.
+    ///
+    /// Why not one uniform per entry compared with the density: that is 32 random bits an
+    /// entry, and generating them was the largest cost of DARE after the mix itself (`perf`
+    /// of a DARE-TIES merge of SmolLM2-sized models on a Zen 3: 13% of its CPU time).
     pub(crate) fn plan_random(
         n: usize,
         density: f64,
@@ -406,30 +446,39 @@ impl Keep {
             return Ok(Keep::all());
         }
         let pools = &scratch.pools;
-        // Keep when a uniform u32 is below density · 2³², which is below 2³² for a density
-        // below 1 (the saturating cast only matters for a density that is not).
-        let below = (density.clamp(0.0, 1.0) * 4_294_967_296.0) as u32;
         let mut mask = vec![0u64; n.div_ceil(64)];
-        let origin = rng.get_word_pos();
-        // A chunk is CHUNK entries, a multiple of 64: whole mask words.
-        mask.par_chunks_mut(CHUNK / 64)
-            .enumerate()
-            .with_min_len(MIN_CHUNKS_PER_JOB)
-            .for_each_init(
-                || (rng.clone(), pools.words(CHUNK)),
-                |(rng, draws), (c, words)| {
-                    let start = c * CHUNK;
-                    rng.set_word_pos(origin + start as u128);
-                    draws.resize(CHUNK.min(n - start), 0u32);
-                    rng.fill(&mut draws[..]);
-                    simd::fast(PackMask {
-                        draws,
-                        below,
-                        words,
-                    });
-                },
-            );
-        rng.set_word_pos(origin + n as u128);
+        // A density that rounds to 1 keeps everything (as above); one that rounds to 0 keeps
+        // nothing, and draws nothing.
+        let odds = match KeepOdds::of(density) {
+            Some(odds) => Some(odds),
+            None if density >= 0.5 => return Ok(Keep::all()),
+            None => None,
+        };
+        if let Some(odds) = odds {
+            // Stream words (u32) per mask word.
+            let per_word = 2 * odds.draws as usize;
+            let origin = rng.get_word_pos();
+            // A chunk is CHUNK entries, a multiple of 64: whole mask words.
+            mask.par_chunks_mut(CHUNK / 64)
+                .enumerate()
+                .with_min_len(MIN_CHUNKS_PER_JOB)
+                .for_each_init(
+                    || (rng.clone(), pools.words(CHUNK)),
+                    |(rng, draws), (c, words)| {
+                        rng.set_word_pos(origin + (c * (CHUNK / 64) * per_word) as u128);
+                        draws.resize(words.len() * per_word, 0u32);
+                        rng.fill(&mut draws[..]);
+                        simd::fast(BernoulliMask { draws, odds, words });
+                    },
+                );
+            rng.set_word_pos(origin + (mask.len() * per_word) as u128);
+            // The last word's bits past the end are entries that do not exist.
+            if let Some(last) = mask.last_mut() {
+                if !n.is_multiple_of(64) {
+                    *last &= (1u64 << (n % 64)) - 1;
+                }
+            }
+        }
         let scale = if rescale {
             // Each chunk's L1 norm before and after the drops, in parallel, summed in order.
             let mut norms = vec![(0f64, 0f64); n.div_ceil(CHUNK)];
@@ -684,11 +733,12 @@ mod tests {
 
     #[test]
     fn dare_mask_is_the_sequential_stream_whatever_the_threads() {
-        // Several chunks, a partial last one, and two task vectors drawn one after the other.
+        // Several chunks, a partial last one, and task vectors drawn one after the other.
         let n = 3 * CHUNK + 100;
         let ones = vec![1f32; n];
+        let densities = [0.5, 0.3, 0.75, 1e-6];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let keeps: Vec<(Keep, f64)> = [0.5, 0.3]
+        let keeps: Vec<(Keep, f64)> = densities
             .into_iter()
             .map(|p| {
                 let keep = Keep::plan_random(
@@ -703,17 +753,53 @@ mod tests {
                 (keep, p)
             })
             .collect();
+        // The same stream read in order, one 24-bit uniform per entry compared with the
+        // density: entry j of mask word w keeps when the number whose binary digits are the
+        // inverted bits j of the word's draws (the first draw the lowest digit that matters)
+        // is below the density's digits.
         let mut sequential = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         for (keep, density) in keeps {
+            let p = (density * f64::from(1u32 << KEEP_BITS)).round() as u32;
+            let low = p.trailing_zeros();
+            let draws = (KEEP_BITS - low) as usize;
+            assert_eq!(
+                draws,
+                [1, 24, 2, 24][densities.iter().position(|d| *d == density).unwrap()]
+            );
             let mut d = ones.clone();
             keep.apply(0, &mut d);
-            let below = (density * 4_294_967_296.0) as u64;
-            for (i, v) in d.iter().enumerate() {
-                let r: u32 = sequential.gen();
-                assert_eq!(*v != 0.0, (r as u64) < below, "{density}: entry {i}");
+            for (w, entries) in d.chunks(64).enumerate() {
+                let word: Vec<u64> = (0..draws).map(|_| sequential.gen()).collect();
+                for (j, v) in entries.iter().enumerate() {
+                    let u: u64 = (0..draws).map(|s| (!word[s] >> j & 1) << s).sum();
+                    let kept = u < u64::from(p >> low);
+                    assert_eq!(*v != 0.0, kept, "{density}: entry {}", 64 * w + j);
+                }
             }
         }
         assert_eq!(rng.get_word_pos(), sequential.get_word_pos());
+    }
+
+    #[test]
+    fn dare_densities_that_round_to_zero_or_one_keep_nothing_or_all() {
+        let ones = vec![1f32; 1000];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for (density, kept) in [(1e-9, 0), (1.0 - 1e-9, 1000)] {
+            let start = rng.get_word_pos();
+            let keep = Keep::plan_random(
+                ones.len(),
+                density,
+                false,
+                &mut rng,
+                &mut PlanScratch::default(),
+                from_slice(&ones),
+            )
+            .unwrap();
+            let mut d = ones.clone();
+            keep.apply(0, &mut d);
+            assert_eq!(d.iter().filter(|v| **v != 0.0).count(), kept, "{density}");
+            assert_eq!(rng.get_word_pos(), start, "{density} drew");
+        }
     }
 
     #[test]
@@ -721,7 +807,7 @@ mod tests {
         let n = 200_000;
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let orig: Vec<f32> = (0..n).map(|i| 1.0 + (i % 7) as f32).collect();
-        for density in [0.1, 0.5, 0.9] {
+        for density in [0.1, 0.3, 0.5, 0.9] {
             let mut d = orig.clone();
             let keep = Keep::plan_random(
                 n,
