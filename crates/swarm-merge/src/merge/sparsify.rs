@@ -14,7 +14,8 @@
 //!
 //! The passes take chunks on all rayon threads and give the same result as one thread would:
 //! histograms are added up, L1 norms are summed per chunk and then in chunk order, and DARE's
-//! draw for entry `i` is word `i` of the RNG's stream, wherever it is drawn.
+//! draws for mask word `i` (entries `64i..64i + 64`) sit at a fixed place in the RNG's stream,
+//! wherever they are drawn.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
