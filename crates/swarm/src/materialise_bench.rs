@@ -16,11 +16,12 @@
 //! the largest relative difference of a tensor between the two: the check that the device's
 //! products agree with ours.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::bench::median;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 use swarm_merge::testing::{self, bench_child};
 use swarm_merge::{materialise_flop, FactorSet, FactoriseOptions, Genome, Rank};
 use swarm_model::{random_weights, LlamaConfig, Pretrained, TensorSource, Weights};
@@ -184,13 +185,28 @@ pub fn run(
     }
     let device = swarm_model::parse_device(device_name)?;
     let (name, base) = load_base(random, reference)?;
-    eprintln!("base: {name}; factorising {EXPERTS} synthetic experts at rank {rank} ...");
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(format!(
+        "base: {name}; factorising {EXPERTS} synthetic experts at rank {rank}"
+    ));
     let started = Instant::now();
-    let factors = synthetic_factors(&base, rank)?;
+    let factors = synthetic_factors(&base, rank);
     let factorise_s = started.elapsed().as_secs_f64();
-    let genome = bench_child(&factors)?;
-    eprintln!("factorised in {factorise_s:.1} s; materialising on {device_name} ...");
-    let report = measure(&base, &factors, &genome, &device, repeats)?;
+    spinner.set_message(format!(
+        "factorised in {factorise_s:.1} s; materialising on {device_name}, {repeats} times"
+    ));
+    let report = factors.and_then(|factors| {
+        let genome = bench_child(&factors)?;
+        measure(&base, &factors, &genome, &device, repeats)
+    });
+    spinner.finish_and_clear();
+    eprintln!("factorised {EXPERTS} synthetic experts at rank {rank} in {factorise_s:.1} s");
+    let report = report?;
     print_report(&name, &rank, device_name, repeats, &report);
     Ok(())
 }
