@@ -14,6 +14,7 @@ elif [ -f "$carry/swarm" ]; then
   cp "$carry/swarm" "$bin"
 fi
 report=${OUT:-/tmp}/$report_name
+mkdir -p "$(dirname "$report")"
 : >"$report"
 say() { echo "$*" | tee -a "$report"; }
 fail=0
