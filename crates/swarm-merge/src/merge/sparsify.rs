@@ -450,11 +450,10 @@ impl Keep {
         let mut mask = vec![0u64; n.div_ceil(64)];
         // A density that rounds to 1 keeps everything (as above); one that rounds to 0 keeps
         // nothing, and draws nothing.
-        let odds = match KeepOdds::of(density) {
-            Some(odds) => Some(odds),
-            None if density >= 0.5 => return Ok(Keep::all()),
-            None => None,
-        };
+        let odds = KeepOdds::of(density);
+        if odds.is_none() && density >= 0.5 {
+            return Ok(Keep::all());
+        }
         if let Some(odds) = odds {
             // Stream words (u32) per mask word.
             let per_word = 2 * odds.draws as usize;
@@ -737,11 +736,13 @@ mod tests {
         // Several chunks, a partial last one, and task vectors drawn one after the other.
         let n = 3 * CHUNK + 100;
         let ones = vec![1f32; n];
-        let densities = [0.5, 0.3, 0.75, 1e-6];
+        // Each density with the draws a mask word takes: one per binary digit of the
+        // density at 24 bits, from the lowest set one.
+        let densities = [(0.5, 1), (0.3, 24), (0.75, 2), (1e-6, 24)];
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        let keeps: Vec<(Keep, f64)> = densities
+        let keeps: Vec<(Keep, f64, usize)> = densities
             .into_iter()
-            .map(|p| {
+            .map(|(p, draws)| {
                 let keep = Keep::plan_random(
                     n,
                     p,
@@ -751,7 +752,7 @@ mod tests {
                     from_slice(&ones),
                 )
                 .unwrap();
-                (keep, p)
+                (keep, p, draws)
             })
             .collect();
         // The same stream read in order, one 24-bit uniform per entry compared with the
@@ -759,14 +760,10 @@ mod tests {
         // inverted bits j of the word's draws (the first draw the lowest digit that matters)
         // is below the density's digits.
         let mut sequential = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-        for (keep, density) in keeps {
+        for (keep, density, draws) in keeps {
             let p = (density * f64::from(1u32 << KEEP_BITS)).round() as u32;
             let low = p.trailing_zeros();
-            let draws = (KEEP_BITS - low) as usize;
-            assert_eq!(
-                draws,
-                [1, 24, 2, 24][densities.iter().position(|d| *d == density).unwrap()]
-            );
+            assert_eq!((KEEP_BITS - low) as usize, draws, "{density}");
             let mut d = ones.clone();
             keep.apply(0, &mut d);
             for (w, entries) in d.chunks(64).enumerate() {
