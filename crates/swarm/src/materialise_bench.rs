@@ -18,13 +18,14 @@
 
 use std::time::{Duration, Instant};
 
-use crate::bench::median;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
 use swarm_merge::testing::{self, bench_child};
 use swarm_merge::{materialise_flop, FactorSet, FactoriseOptions, Genome, Rank};
 use swarm_model::{random_weights, LlamaConfig, Pretrained, TensorSource, Weights};
+
+use crate::bench::median;
 
 /// Relative RMS of the synthetic experts' noise (as in `merge_bench`).
 const EXPERT_NOISE: f32 = 0.01;
