@@ -40,17 +40,14 @@ def call(url, path, body=None, timeout=120):
         return r.status, r.headers, r.read()
 
 
-def elite_ids(url):
-    """Elite ids of GET /v1/models: every entry but the router and the skills."""
+def models(url):
+    """(skills, elite ids) of GET /v1/models: `swarm/<skill>` entries, and every entry but
+    those and the router."""
     _, _, raw = call(url, "/v1/models")
     ids = [m["id"] for m in json.loads(raw)["data"]]
-    return [i for i in ids if i != "swarm" and not i.startswith("swarm/")]
-
-
-def skills(url):
-    _, _, raw = call(url, "/v1/models")
-    ids = [m["id"] for m in json.loads(raw)["data"]]
-    return [i.split("/", 1)[1] for i in ids if i.startswith("swarm/")]
+    skills = [i.split("/", 1)[1] for i in ids if i.startswith("swarm/")]
+    elites = [i for i in ids if i != "swarm" and not i.startswith("swarm/")]
+    return skills, elites
 
 
 def chat(url, model, prompt):
@@ -71,11 +68,12 @@ def cell(text):
 
 
 def correctness(url, reference):
-    models = ["swarm"] + [f"swarm/{s}" for s in skills(reference)] + elite_ids(reference)[:3]
+    skills, elites = models(reference)
+    names = ["swarm"] + [f"swarm/{s}" for s in skills] + elites[:3]
     print("| model | elite (test / reference) | same text | reference | test |")
     print("|---|---|---|---|---|")
     ok = True
-    for model in models:
+    for model in names:
         skill = model.split("/", 1)[1] if model.startswith("swarm/") else "swarm"
         prompt = PROMPTS.get(skill, PROMPTS["swarm"])
         got, got_elite = chat(url, model, prompt)
@@ -138,7 +136,7 @@ def metric(url, name):
 
 
 def load(url, concurrencies):
-    elites = elite_ids(url)
+    _, elites = models(url)
     prompts = list(PROMPTS.values())
     print(
         "| concurrency | requests | elites | completion tok/s | TTFT p50 / p95 ms "

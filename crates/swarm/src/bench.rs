@@ -56,8 +56,12 @@ pub struct BenchArgs {
     pub threads: Option<usize>,
     /// Time materialising a genome (a crossover and mutation of three synthetic experts of
     /// the model) into dense f32 weights on --device, instead of decoding; compared with the
-    /// time to load the base there, and on a GPU with the CPU's result.
-    #[arg(long)]
+    /// time to load the base there, and on a GPU with the CPU's result. The decoding flags
+    /// (--batch, --prompt-tokens, --decode-tokens, --precision, --kv-cache) do not apply.
+    #[arg(
+        long,
+        conflicts_with_all = ["batch", "prompt_tokens", "decode_tokens", "precision", "kv_cache"]
+    )]
     pub materialise: bool,
     /// With --materialise: the experts' SVD rank, a number or `full`.
     #[arg(long, default_value = "64", requires = "materialise")]

@@ -164,11 +164,7 @@ pub fn load_base(random: bool, reference: &str) -> Result<(String, Weights)> {
     }
     let pretrained =
         Pretrained::open(reference).with_context(|| format!("cannot open model `{reference}`"))?;
-    let mut weights = Weights::new();
-    for name in pretrained.weights.names() {
-        let t = pretrained.weights.load(&name, &Device::Cpu)?;
-        weights.insert(name, t.to_dtype(DType::F32)?);
-    }
+    let weights = pretrained.load_weights(&Device::Cpu, DType::F32)?;
     Ok((pretrained.name, weights))
 }
 
