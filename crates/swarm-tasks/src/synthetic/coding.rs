@@ -3,7 +3,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{pick, Draft, WORDS};
+use super::{pick, split_of_index, Draft, WORDS};
 use crate::episode::{Episode, Task};
 use crate::prompt::{coding_prompt, fenced};
 use crate::skills::coding::CodingTask;
@@ -45,14 +45,55 @@ fn py_str(s: &str) -> String {
     format!("'{s}'")
 }
 
-/// One coding task.
-pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
+/// The suite's families, numbered as [`draft`] takes them.
+pub(crate) const FAMILIES: &[&str] = &[
+    "affine",
+    "quad",
+    "count_gt",
+    "scale",
+    "divisible",
+    "repeat",
+    "replace",
+    "max_plus",
+];
+
+/// A family's semantic parameters, drawn one by one, with their joint index among all the
+/// family's settings: the split is decided on that index, so that even a family with four
+/// settings has one in validation and one in test.
+struct Setting {
+    index: usize,
+    count: usize,
+}
+
+impl Setting {
+    fn new() -> Self {
+        Setting { index: 0, count: 1 }
+    }
+
+    /// A parameter uniform in `lo..hi`.
+    fn int(&mut self, rng: &mut ChaCha8Rng, lo: i64, hi: i64) -> i64 {
+        let n = (hi - lo) as usize;
+        let i = rng.gen_range(0..n);
+        self.index = self.index * n + i;
+        self.count *= n;
+        lo + i as i64
+    }
+
+    /// A parameter uniform over `items`.
+    fn item<T: Copy>(&mut self, rng: &mut ChaCha8Rng, items: &[T]) -> T {
+        let i = self.int(rng, 0, items.len() as i64);
+        items[i as usize]
+    }
+}
+
+/// One coding task of family `family` (an index into [`FAMILIES`]).
+pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
     let name = pick(rng, FN_NAMES);
-    let family = rng.gen_range(0..8);
+    let mut setting = Setting::new();
     let (key, desc, arg, body, cases): (String, String, &str, String, Vec<(String, String)>) =
         match family {
             0 => {
-                let (a, b) = (rng.gen_range(2..10i64), rng.gen_range(0..30i64));
+                let (a, b) = (setting.int(rng, 2, 10), setting.int(rng, 0, 30));
                 let arg = pick(rng, INT_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -69,7 +110,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             1 => {
-                let a = rng.gen_range(1..10i64);
+                let a = setting.int(rng, 1, 10);
                 let arg = pick(rng, INT_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -86,7 +127,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             2 => {
-                let k = rng.gen_range(-5..15i64);
+                let k = setting.int(rng, -5, 15);
                 let arg = pick(rng, LIST_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -104,7 +145,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             3 => {
-                let k = rng.gen_range(2..10i64);
+                let k = setting.int(rng, 2, 10);
                 let arg = pick(rng, LIST_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -122,7 +163,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             4 => {
-                let k = rng.gen_range(2..12i64);
+                let k = setting.int(rng, 2, 12);
                 let arg = pick(rng, INT_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -140,7 +181,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             5 => {
-                let k = rng.gen_range(2..6usize);
+                let k = setting.int(rng, 2, 6) as usize;
                 let arg = pick(rng, STR_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -159,8 +200,8 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
             }
             6 => {
                 let letters = b"aeiourstln";
-                let c1 = letters[rng.gen_range(0..letters.len())] as char;
-                let c2 = (b'A' + rng.gen_range(0..26u8)) as char;
+                let c1 = setting.item(rng, letters) as char;
+                let c2 = (b'A' + setting.int(rng, 0, 26) as u8) as char;
                 let arg = pick(rng, STR_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -177,7 +218,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
                 )
             }
             _ => {
-                let k = rng.gen_range(-10..10i64);
+                let k = setting.int(rng, -10, 10);
                 let arg = pick(rng, LIST_ARGS);
                 let cases = (0..4)
                     .map(|_| {
@@ -207,6 +248,11 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
     let gold = format!("def {name}({arg}):\n    {body}\n");
     Draft {
         key: format!("coding/{key}"),
+        split: split_of_index(
+            &format!("coding/{}", FAMILIES[family]),
+            setting.index,
+            setting.count,
+        ),
         episode: Episode {
             id: String::new(),
             suite: String::new(),

@@ -4,7 +4,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{pick, Draft, WORDS};
+use super::{pick, split_of, Draft, WORDS};
 use crate::episode::{Episode, Task};
 use crate::prompt::{database_prompt, fenced};
 use crate::skills::database::{DatabaseTask, DbSource, SqlCheck};
@@ -55,8 +55,11 @@ fn capitalize(w: &str) -> String {
     }
 }
 
-/// One database task.
-pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
+/// The suite's families, numbered as [`draft`] takes them.
+pub(crate) const FAMILIES: &[&str] = &["count", "gt", "agg", "group", "top", "update", "delete"];
+
+/// One database task of family `family` (an index into [`FAMILIES`]).
+pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
     let s = &SCHEMAS[rng.gen_range(0..SCHEMAS.len())];
     let n_rows = rng.gen_range(6..12usize);
     let mut names: Vec<&str> = WORDS.to_vec();
@@ -108,7 +111,6 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
         present.iter().copied().max().unwrap_or(hi),
     );
     let (t, c, e) = (s.table, s.cat, s.entity);
-    let family = rng.gen_range(0..7);
     let (key, question, gold, mutation) = match family {
         0 => (
             format!("count/{t}/{x}"),
@@ -209,8 +211,10 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
             ordered: crate::skills::database::is_ordered(&gold),
         }
     };
+    let key = format!("database/{key}");
     Draft {
-        key: format!("database/{key}"),
+        split: split_of(&key),
+        key,
         episode: Episode {
             id: String::new(),
             suite: String::new(),

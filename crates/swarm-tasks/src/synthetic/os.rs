@@ -4,7 +4,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-use super::{pick, Draft, WORDS};
+use super::{pick, split_of, Draft, WORDS};
 use crate::episode::{Episode, Task};
 use crate::prompt::{fenced, os_prompt};
 use crate::skills::os::{OsCheck, OsFile, OsTask};
@@ -37,11 +37,22 @@ fn file(path: String, lines: &[String]) -> OsFile {
     }
 }
 
-/// One shell task.
-pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
+/// The suite's families, numbered as [`draft`] takes them.
+pub(crate) const FAMILIES: &[&str] = &[
+    "lines",
+    "count_ext",
+    "grep",
+    "sum",
+    "head",
+    "sort",
+    "create",
+    "words",
+];
+
+/// One shell task of family `family` (an index into [`FAMILIES`]).
+pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
     let f_owned = format!("{}.{}", pick(rng, WORDS), pick(rng, FILE_EXTS));
     let f = f_owned.as_str();
-    let family = rng.gen_range(0..8);
     let mut files = Vec::new();
     let (key, request, gold, check) = match family {
         0 => {
@@ -177,8 +188,10 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng) -> Draft {
             )
         }
     };
+    let key = format!("os/{key}");
     Draft {
-        key: format!("os/{key}"),
+        split: split_of(&key),
+        key,
         episode: Episode {
             id: String::new(),
             suite: String::new(),
