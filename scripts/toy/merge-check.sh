@@ -3,13 +3,14 @@
 # merges of the experts with `swarm merge` and scores the base, the experts and the merges on
 # each skill's synthetic validation split (64 episodes, mean episode score) with `swarm eval`.
 #
-#   scripts/toy/merge-check.sh [WORLD]     # default: the cache's toy world (~/.cache/swarm/toy)
+#   scripts/toy/merge-check.sh [WORLD]     # default: the cache's toy world (~/.cache/swarm/toy-2)
 #
 # Merges and per-episode JSONL go to WORLD/merge-check/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${SWARM_CACHE_DIR:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/swarm}}"
-world="${1:-${cache:-$HOME/.cache/swarm}/toy}"
+# toy-<edition>: swarm_model::TOY_WORLD_EDITION.
+world="${1:-${cache:-$HOME/.cache/swarm}/toy-2}"
 for m in base coding database os; do
   [ -d "$world/$m" ] || { echo "no model dir $world/$m (build the world: swarm bootstrap)" >&2; exit 1; }
 done

@@ -7,7 +7,7 @@
 #   scripts/toy/toy-study.sh                      # all four configs (hours on 2 cores)
 #   scripts/toy/toy-study.sh configs/toy.toml     # a subset
 #
-# The toy world (~/.cache/swarm/toy, or $SWARM_CACHE_DIR/toy) is built first if it is missing.
+# The toy world (~/.cache/swarm/toy-2, or $SWARM_CACHE_DIR/toy-2) is built first if it is missing.
 # Interrupted? Run it again: every run resumes from its last checkpoint in runs/<name>.
 # Each run's per-generation stage times are printed as it goes, and kept in
 # runs/<name>/evolve.log; the whole output also goes to target/toy-study.log.

@@ -52,7 +52,10 @@ enabled = false
 fn a_missing_toy_world_is_built_then_the_run_proceeds() -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     std::env::set_var("SWARM_CACHE_DIR", tmp.path().join("cache"));
-    let world_dir = tmp.path().join("cache").join("toy");
+    let world_dir = tmp
+        .path()
+        .join("cache")
+        .join(format!("toy-{}", swarm_model::TOY_WORLD_EDITION));
     assert_eq!(toy_dir(), world_dir);
 
     let path = tmp.path().join("first.toml");

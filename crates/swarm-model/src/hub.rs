@@ -114,9 +114,16 @@ pub fn cache_dir() -> PathBuf {
     home.join(".cache").join("swarm")
 }
 
-/// Where `swarm bootstrap` puts the toy world's models: `cache_dir()/toy`.
+/// The toy world's edition: raised whenever what `swarm bootstrap` trains on changes (the
+/// synthetic suites' tasks or splits, the presets), so that a world built by older code,
+/// whose experts may have trained on what are now held-out tasks, is never picked up again.
+/// Edition 2: every synthetic split holds every task family.
+pub const TOY_WORLD_EDITION: u32 = 2;
+
+/// Where `swarm bootstrap` puts the toy world's models: `cache_dir()/toy-<edition>`
+/// ([`TOY_WORLD_EDITION`]).
 pub fn toy_models_dir() -> PathBuf {
-    cache_dir().join("toy")
+    cache_dir().join(format!("toy-{TOY_WORLD_EDITION}"))
 }
 
 /// Expands a `toy:<name>` reference (as run configs and swarm manifests write the toy

@@ -55,7 +55,7 @@ pub use generation::{
 pub use gguf::{GgmlType, GgufFile};
 pub use hub::{
     cache_dir, ensure_default_model, expand_toy_reference, sha256_file, toy_models_dir, ModelFiles,
-    ModelRef, DEFAULT_MODEL,
+    ModelRef, DEFAULT_MODEL, TOY_WORLD_EDITION,
 };
 pub use kv_cache::KvCache;
 pub use linear::Precision;

@@ -28,7 +28,7 @@ pub struct BootstrapArgs {
     /// Several seeds, comma-separated (e.g. `0,1,2`): each world goes to `OUT/seed-N/`.
     #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
     pub seeds: Vec<u64>,
-    /// Where the model dirs go (default: the swarm cache's `toy/`).
+    /// Where the model dirs go (default: the swarm cache's `toy-<edition>/`, e.g. `~/.cache/swarm/toy-2`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Write the results as markdown to this file (e.g. docs/results/toy-world.md).
@@ -49,7 +49,7 @@ pub fn run(args: &BootstrapArgs) -> anyhow::Result<()> {
     };
     let out = match &args.out {
         Some(dir) => dir.clone(),
-        None => swarm_model::cache_dir().join("toy"),
+        None => swarm_model::toy_models_dir(),
     };
     let seeds = if args.seeds.is_empty() {
         vec![args.seed]
