@@ -136,11 +136,17 @@ fn held_out_accuracy_per_skill() {
 }
 
 /// `(correct, n)` over the non-empty `texts` (tasks without a gold answer have no code).
+/// Prints the first few texts read as another skill, so that a table under 100% says why.
 fn accuracy(clf: &SkillClassifier, skill: Skill, texts: &[String]) -> (usize, usize) {
     let texts: Vec<&String> = texts.iter().filter(|t| !t.trim().is_empty()).collect();
-    let ok = texts
+    let misses: Vec<(&String, &str)> = texts
         .iter()
-        .filter(|t| clf.predict(t) == skill.name())
-        .count();
-    (ok, texts.len())
+        .map(|t| (*t, clf.predict(t)))
+        .filter(|(_, predicted)| *predicted != skill.name())
+        .collect();
+    for (text, predicted) in misses.iter().take(3) {
+        let shown: String = text.chars().take(160).collect();
+        println!("  (read as {predicted}: {:?})", shown.replace('\n', " "));
+    }
+    (texts.len() - misses.len(), texts.len())
 }
