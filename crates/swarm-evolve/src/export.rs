@@ -16,14 +16,14 @@ pub use swarm_merge::{
     CellEntry, EliteEntry, FactorEntry, ModelEntry, SkillEntry, SwarmManifest, SWARM_FORMAT,
 };
 
-/// The aggregated model of the paper: `Σ_i softmax(q)_i · g_i` over each archive's best elite,
-/// `q_i` its quality. Returns the genome and the ids it merged.
+/// The aggregated model of the paper: `Σ_i softmax(q)_i · g_i` over each archive's best elite
+/// ([`swarm_qd::CycleQd::best`]: ties broken by the other skills' scores), `q_i` its quality. Returns the genome and the ids it merged.
 pub fn aggregate(state: &RunState) -> Result<Option<(Genome, Vec<u64>)>> {
     let mut genomes = Vec::new();
     let mut fitness = Vec::new();
     let mut ids = Vec::new();
-    for a in state.qd.archives() {
-        if let Some(e) = a.best() {
+    for i in 0..state.qd.num_skills() {
+        if let Some(e) = state.qd.best(i) {
             let g = state
                 .genomes
                 .get(&e.genome)
@@ -100,11 +100,11 @@ pub fn export_swarm(
         }
     }
     let mut best = BTreeMap::new();
-    for (i, a) in state.qd.archives().iter().enumerate() {
-        if let Some(e) = a.best() {
-            best.insert(names[i].clone(), name_of(e.genome));
+    for (i, name) in names.iter().enumerate() {
+        if let Some(e) = state.qd.best(i) {
+            best.insert(name.clone(), name_of(e.genome));
             if let Some(entry) = elites.get_mut(&e.genome) {
-                entry.tags.push(format!("best:{}", names[i]));
+                entry.tags.push(format!("best:{name}"));
             }
         }
     }

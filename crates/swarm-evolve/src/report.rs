@@ -127,14 +127,14 @@ pub fn test_table(
             }
         }
     }
-    for (i, a) in state.qd.archives().iter().enumerate() {
-        if let Some(e) = a.best() {
+    for (i, name) in names.iter().enumerate() {
+        if let Some(e) = state.qd.best(i) {
             let g = state
                 .genomes
                 .get(&e.genome)
                 .ok_or_else(|| EvolveError::Eval(format!("genome {} missing", e.genome)))?;
             rows.push(Row {
-                model: format!("best elite {}", names[i]),
+                model: format!("best elite {name}"),
                 note: format!(
                     "id {}, generation {}, validation {:.3}",
                     e.genome, e.meta.generation, e.quality

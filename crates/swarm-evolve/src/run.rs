@@ -426,12 +426,10 @@ pub fn run_generations(
 }
 
 fn best_line(state: &RunState, names: &[String]) -> String {
-    state
-        .qd
-        .archives()
+    names
         .iter()
-        .zip(names)
-        .map(|(a, n)| format!("{n} {:.3}", a.best().map_or(0.0, |e| e.quality)))
+        .enumerate()
+        .map(|(i, n)| format!("{n} {:.3}", state.qd.best(i).map_or(0.0, |e| e.quality)))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -7,7 +7,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::archive::{BehaviourDim, EliteMeta, GridArchive, InsertOutcome};
+use crate::archive::{BehaviourDim, Elite, EliteMeta, GridArchive, InsertOutcome};
 use crate::error::{finite, same_len, QdError, Result};
 use crate::metrics::{GenerationMetrics, MetricsHistory};
 use crate::sampling::ParentSampler;
@@ -217,6 +217,25 @@ impl<G: Clone> CycleQd<G> {
     /// All archives, in skill order.
     pub fn archives(&self) -> &[GridArchive<G>] {
         &self.archives
+    }
+
+    /// The best elite of archive `i`: the highest score on skill `i`; among equal scores,
+    /// the highest mean score on the other skills (its behaviour values); then the first
+    /// filled. Scores on a few dozen episodes tie often, above all at 1.0, and a child that
+    /// ties an expert on the expert's skill while doing better on the others is the better
+    /// model, for the aggregated model and for a router alike. `None` for an empty archive.
+    ///
+    /// # Panics
+    /// If `i >= self.num_skills()`.
+    pub fn best(&self, i: usize) -> Option<&Elite<G>> {
+        let mean = |e: &Elite<G>| e.behaviour.iter().sum::<f64>() / e.behaviour.len().max(1) as f64;
+        self.archives[i]
+            .elites()
+            .iter()
+            .fold(None, |best: Option<&Elite<G>>, e| match best {
+                Some(b) if (b.quality, mean(b)) >= (e.quality, mean(e)) => Some(b),
+                _ => Some(e),
+            })
     }
 
     /// Metrics so far: generation 0 after the initial elites, then one record per completed
@@ -485,6 +504,27 @@ mod tests {
         assert_eq!(a2.cell_coords(out[2].cell()), vec![2, 5]);
         assert_eq!(qd.history().records.len(), 1);
         assert_eq!(qd.history().records[0].generation, 0);
+    }
+
+    #[test]
+    fn best_breaks_quality_ties_by_the_other_skills() {
+        let mut qd = CycleQd::<u64>::new(CycleQdConfig::new(skills(3))).unwrap();
+        // Three elites in different cells of archive 0, two tied on skill 0.
+        qd.insert_initial(0, vec![0.8, 0.1, 0.1]).unwrap();
+        qd.insert_initial(1, vec![0.8, 0.5, 0.6]).unwrap();
+        qd.insert_initial(2, vec![0.7, 0.9, 0.9]).unwrap();
+        assert_eq!(qd.best(0).map(|e| e.genome), Some(1));
+        // A higher score on the archive's own skill wins whatever the others.
+        qd.insert_initial(3, vec![0.85, 0.0, 0.3]).unwrap();
+        assert_eq!(qd.best(0).map(|e| e.genome), Some(3));
+        // Full ties go to the first filled.
+        let mut qd = CycleQd::<u64>::new(CycleQdConfig::new(skills(3))).unwrap();
+        qd.insert_initial(7, vec![0.5, 0.25, 0.75]).unwrap();
+        qd.insert_initial(8, vec![0.5, 0.75, 0.25]).unwrap();
+        assert_eq!(qd.archive(0).elites().len(), 2);
+        assert_eq!(qd.best(0).map(|e| e.genome), Some(7));
+        let empty = CycleQd::<u64>::new(CycleQdConfig::new(skills(2))).unwrap();
+        assert!(empty.best(1).is_none());
     }
 
     #[test]

@@ -68,20 +68,24 @@ impl Router {
         self.classifier.as_ref()
     }
 
-    /// The elite with the best expected score for `mix` (ties: the first listed).
+    /// The elite with the best expected score for `mix`; among equals, the best mean score
+    /// over all skills (the safer pick when the mix is a guess), then the first listed.
     fn best_for(&self, mix: &[(String, f64)]) -> Option<&EliteInfo> {
+        let mean = |e: &EliteInfo| -> f64 {
+            let n = e.scores.len().max(1) as f64;
+            e.scores.values().sum::<f64>() / n
+        };
         let expected = |e: &EliteInfo| -> f64 {
             if mix.is_empty() {
-                let n = e.scores.len().max(1) as f64;
-                return e.scores.values().sum::<f64>() / n;
+                return mean(e);
             }
             mix.iter()
                 .map(|(s, p)| p * e.scores.get(s).copied().unwrap_or(0.0))
                 .sum()
         };
-        let mut best: Option<(&EliteInfo, f64)> = None;
+        let mut best: Option<(&EliteInfo, (f64, f64))> = None;
         for e in &self.swarm.elites {
-            let v = expected(e);
+            let v = (expected(e), mean(e));
             if best.is_none_or(|(_, b)| v > b) {
                 best = Some((e, v));
             }
@@ -188,6 +192,14 @@ mod tests {
         assert_eq!(r.route("b", String::new).unwrap().elite, "b");
         // No classifier: best mean score.
         assert_eq!(r.route("swarm", String::new).unwrap().elite, "c");
+        // A tie on the requested skill goes to the better generalist, wherever it is listed.
+        let mut tied = swarm();
+        tied.elites.push(EliteInfo {
+            id: "d".into(),
+            scores: [("coding".to_string(), 0.9), ("database".to_string(), 0.5)].into(),
+        });
+        let r2 = Router::new(tied, None);
+        assert_eq!(r2.route("swarm/coding", String::new).unwrap().elite, "d");
         assert_eq!(
             r.route("swarm/os", String::new)
                 .unwrap_err()
