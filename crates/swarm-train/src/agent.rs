@@ -13,11 +13,18 @@ use swarm_tasks::{Agent, ChatMessage, Conversation, TaskError};
 
 use crate::corpus::to_model_message;
 
+/// The fewest positions a prompt leaves for the answer before it is cut (fewer when
+/// `max_new_tokens` asks for fewer). The toy world's answers take 20-60 tokens.
+pub const MIN_ANSWER_TOKENS: usize = 64;
+
 /// Answers conversations with a [`Llama`] (greedy decoding), `batch_size` at a time.
 ///
-/// A prompt that would leave no room for the answer in the model's positions is cut from
-/// the left (the latest turns are kept): a long multi-turn episode is then answered from
-/// its recent context, as chat front-ends do, instead of failing outright.
+/// A prompt is kept whole while it leaves room for an answer of [`MIN_ANSWER_TOKENS`] (or
+/// `max_new_tokens`, if fewer) in the model's positions; the answer then stops at the end of
+/// the context. A longer prompt is cut from the left (the latest turns are kept): a long
+/// multi-turn episode is then answered from its recent context, as chat front-ends do,
+/// instead of failing outright. Reserving all of `max_new_tokens` instead would cut the task
+/// itself out of every prompt of a model whose context is not much longer than that.
 #[derive(Debug)]
 pub struct ModelAgent<'a> {
     model: &'a Llama,
@@ -93,9 +100,8 @@ impl<'a> ModelAgent<'a> {
             .encode(&text, false)
             .map_err(|e| TaskError::Agent(e.to_string()))?;
         let positions = self.model.config().max_position_embeddings;
-        let keep = positions
-            .saturating_sub(self.params.max_new_tokens + 1)
-            .max(1);
+        let room = self.params.max_new_tokens.min(MIN_ANSWER_TOKENS);
+        let keep = positions.saturating_sub(room + 1).max(1);
         let cut = ids.len() > keep;
         if cut {
             ids.drain(..ids.len() - keep);
@@ -236,5 +242,28 @@ mod tests {
         let (ids, cut) = agent.prompt_ids(&long).unwrap();
         assert!(cut);
         assert_eq!(ids.len(), 48 - 8 - 1);
+    }
+
+    #[test]
+    fn a_prompt_that_fits_is_kept_whole_when_max_new_tokens_would_not() {
+        // 128 positions, 200 new tokens asked: reserving them all would leave no prompt.
+        let (model, tokenizer, template) = micro(128);
+        let agent = ModelAgent::new(&model, &tokenizer, &template, 200, 1);
+        let prompt = user("SELECT name FROM t WHERE x > 3");
+        let (whole, _) = ModelAgent::new(&model, &tokenizer, &template, 8, 1)
+            .prompt_ids(&prompt)
+            .unwrap();
+        assert!(whole.len() < 128 - MIN_ANSWER_TOKENS - 1, "{}", whole.len());
+        let (ids, cut) = agent.prompt_ids(&prompt).unwrap();
+        assert!(!cut);
+        assert_eq!(ids, whole);
+        // The answer stops at the end of the context instead of failing.
+        let answers = agent.answer(&[prompt.as_slice()]);
+        assert!(answers[0].is_ok(), "{answers:?}");
+        // A prompt past the reserve is cut to leave exactly MIN_ANSWER_TOKENS.
+        let long = user(&"SELECT name FROM t; ".repeat(40));
+        let (ids, cut) = agent.prompt_ids(&long).unwrap();
+        assert!(cut);
+        assert_eq!(ids.len(), 128 - MIN_ANSWER_TOKENS - 1);
     }
 }

@@ -85,6 +85,13 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     request.results_path = Some(out.clone());
     let summary = evaluate(&agent, &request).context("evaluation failed")?;
     println!("{summary}");
+    if agent.truncated_prompts() > 0 {
+        eprintln!(
+            "note: {} prompts were longer than the model's {} positions allow and were cut from the left",
+            agent.truncated_prompts(),
+            loaded.model.config().max_position_embeddings
+        );
+    }
     eprintln!("per-episode results: {}", out.display());
     Ok(())
 }
