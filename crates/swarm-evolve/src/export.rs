@@ -17,7 +17,8 @@ pub use swarm_merge::{
 };
 
 /// The aggregated model of the paper: `Σ_i softmax(q)_i · g_i` over each archive's best elite
-/// ([`swarm_qd::CycleQd::best`]: ties broken by the other skills' scores), `q_i` its quality. Returns the genome and the ids it merged.
+/// ([`swarm_qd::CycleQd::best`]: ties broken by the other skills' scores), `q_i` its
+/// quality. Returns the genome and the ids it merged.
 pub fn aggregate(state: &RunState) -> Result<Option<(Genome, Vec<u64>)>> {
     let mut genomes = Vec::new();
     let mut fitness = Vec::new();

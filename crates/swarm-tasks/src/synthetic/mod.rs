@@ -93,14 +93,14 @@ pub fn split_of(key: &str) -> Split {
 /// The split of parameter setting `index` of a family with `count` settings in all.
 ///
 /// A fixed permutation of `0..count` (chosen by the family's name) puts one tenth of the
-/// settings, rounded up, in validation, as many in test, and the rest in
-/// train; so every family with three or more settings reaches every split. With fewer
-/// than three, every setting is for training.
+/// settings, rounded up, in validation, as many in test, and the rest in train; so every
+/// family with three or more settings reaches every split. With fewer than three, every
+/// setting is for training.
 pub fn split_of_index(family: &str, index: usize, count: usize) -> Split {
-    let held_out = count.div_ceil(10).max(1);
     if count < 3 {
         return Split::Train;
     }
+    let held_out = count.div_ceil(10);
     let digest = Sha256::digest(family.as_bytes());
     let word = |i: usize| {
         let mut b = [0u8; 8];
