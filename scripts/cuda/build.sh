@@ -13,7 +13,7 @@
 #   CARGO_TARGET_DIR   default: target-cuda beside the repository (never the CPU target dir)
 #   CUDA_COMPUTE_CAP   default 90 (H200 / H100): candle-kernels builds for this one arch only
 #   SWARM_CUDA_CHECK_MODEL  model dir packed for the device check (default: the toy world's
-#                      coding expert in the swarm cache, from `swarm bootstrap`)
+#                      coding expert in the swarm cache's toy-<edition>/, from `swarm bootstrap`)
 #   SWARM_CUDA_CHECK_SWARM  swarm dir packed for serve-check.sh, with the base its manifest
 #                      names (default: agents/quick, from `swarm up`)
 #
@@ -99,7 +99,10 @@ case "$mode" in
     strip -o "$carry/swarm" "$bin"
     gzip -9 "$carry/swarm"
     cache=${SWARM_CACHE_DIR:-${XDG_CACHE_HOME:+$XDG_CACHE_HOME/swarm}}
-    model=${SWARM_CUDA_CHECK_MODEL:-${cache:-$HOME/.cache/swarm}/toy/coding}
+    # `swarm bootstrap` writes the toy world to toy-<edition>/ (swarm_model::TOY_WORLD_EDITION).
+    edition=$(sed -n 's/^pub const TOY_WORLD_EDITION: u32 = \([0-9]*\);/\1/p' crates/swarm-model/src/hub.rs)
+    toy=${cache:-$HOME/.cache/swarm}/toy-${edition:?TOY_WORLD_EDITION not found in crates/swarm-model/src/hub.rs}
+    model=${SWARM_CUDA_CHECK_MODEL:-$toy/coding}
     if [ -f "$model/config.json" ] && [ -f "$model/tokenizer.json" ]; then
       cp -r "$model" "$carry/check-model"
     else
@@ -111,7 +114,7 @@ case "$mode" in
     swarm_dir=${SWARM_CUDA_CHECK_SWARM:-$repo/agents/quick}
     swarm_base=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["base"]["reference"])' \
       "$swarm_dir/swarm.json" 2>/dev/null || true)
-    case "$swarm_base" in toy:*) swarm_base=${cache:-$HOME/.cache/swarm}/toy/${swarm_base#toy:};; esac
+    case "$swarm_base" in toy:*) swarm_base=$toy/${swarm_base#toy:};; esac
     if [ -n "$swarm_base" ] && [ -f "$swarm_base/config.json" ]; then
       cp -r "$swarm_dir" "$carry/toy-swarm"
       cp -r "$swarm_base" "$carry/toy-swarm-base"
