@@ -66,6 +66,17 @@ pub struct EvolveOutcome {
 /// The plan of an existing run dir (from its `config.toml`), with the run dir set to `dir`.
 pub fn plan_for_resume(dir: &Path) -> Result<RunPlan> {
     let path = dir.join(CONFIG_FILE);
+    if !path.is_file() {
+        let reason = if dir.is_dir() {
+            format!("not a run directory: it has no {CONFIG_FILE} (`swarm evolve` writes one when a run starts)")
+        } else {
+            "no such run directory".to_string()
+        };
+        return Err(EvolveError::RunDir {
+            path: dir.to_path_buf(),
+            reason,
+        });
+    }
     let mut plan = RunPlan::from_file(&path)?;
     plan.run_dir = dir.to_path_buf();
     Ok(plan)
@@ -262,4 +273,26 @@ pub fn finish(
         rows,
         wall,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_from_a_dir_without_a_run_says_so() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        for (dir, expected) in [
+            (tmp.path().to_path_buf(), "not a run directory"),
+            (tmp.path().join("missing"), "no such run directory"),
+        ] {
+            match plan_for_resume(&dir) {
+                Err(EvolveError::RunDir { path, reason }) => {
+                    assert_eq!(path, dir);
+                    assert!(reason.contains(expected), "{reason}");
+                }
+                other => panic!("expected a RunDir error, got {other:?}"),
+            }
+        }
+    }
 }

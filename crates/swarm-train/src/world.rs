@@ -422,6 +422,14 @@ pub fn train_expert(
     Ok((report, expert.to_weights()?))
 }
 
+/// Creates `dir` and writes (then removes) a probe file in it.
+fn ensure_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let probe = dir.join(format!(".write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| TrainError::io(&probe, e))?;
+    std::fs::remove_file(&probe).map_err(|e| TrainError::io(&probe, e))
+}
+
 /// Builds the world: data and tokenizer, base, experts, HF dirs, evaluation.
 pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
     let start = Instant::now();
@@ -429,6 +437,9 @@ pub fn bootstrap(opts: &BootstrapOptions) -> Result<WorldReport> {
     let seed = opts.seed;
     let device = Device::Cpu;
     let mut timings = Timings::default();
+    // The full preset trains for about twelve minutes: an output dir that cannot be written
+    // should fail now, not then.
+    ensure_writable(&opts.out)?;
 
     // Data: the skills' training chats (the base gets the first few of each) and general text.
     let t = Instant::now();
@@ -701,6 +712,26 @@ fn write_reference_logits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_output_dir_that_cannot_be_made_fails_before_training() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let file = tmp.path().join("a-file");
+        std::fs::write(&file, b"not a dir").expect("write");
+        let opts = BootstrapOptions {
+            spec: WorldSpec::preset(Preset::Full),
+            seed: 0,
+            out: file.join("world"),
+            progress: false,
+            evaluate: true,
+        };
+        let error = bootstrap(&opts).expect_err("a dir under a file cannot be created");
+        assert!(
+            matches!(&error, TrainError::Io { path, .. } if path == &file.join("world")),
+            "{error}"
+        );
+        assert_eq!(std::fs::read(&file).expect("read"), b"not a dir");
+    }
 
     #[test]
     fn an_override_changes_only_its_skills_expert() {

@@ -24,9 +24,9 @@ pub struct EvalArgs {
     /// train, validation or test.
     #[arg(long, default_value = "test")]
     pub split: Split,
-    /// At most this many episodes.
-    #[arg(long)]
-    pub limit: Option<usize>,
+    /// At most this many episodes (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit: Option<u64>,
     /// Seed of synthetic suites.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -71,7 +71,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         skill: args.skill,
         suite: args.suite.clone(),
         split: args.split,
-        limit: args.limit,
+        limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         seed: args.seed,
     };
     let out = args.out.clone().unwrap_or_else(|| {

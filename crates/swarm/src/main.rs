@@ -83,7 +83,70 @@ fn main() {
         Command::Up(args) => up::run(args),
     };
     if let Err(error) = result {
-        eprintln!("error: {error:#}");
+        eprintln!("error: {}", error_message(&error));
         std::process::exit(1);
+    }
+}
+
+/// The error and its causes, joined by ": ", each said once.
+///
+/// Our error types print the I/O or parse error they wrap *and* expose it as their source
+/// (so that a log line with `{}` is complete), which `{:#}` would print twice.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.ends_with(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_message;
+
+    /// Shaped like our crates' `Io` variants: the source in the message and as the source.
+    #[derive(Debug)]
+    struct FileError {
+        path: String,
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for FileError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{}: {}", self.path, self.source)
+        }
+    }
+
+    impl std::error::Error for FileError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_the_message_already_ends_with_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(FileError {
+            path: "/m/config.json".into(),
+            source: io,
+        })
+        .context("cannot open model `/m`");
+        assert_eq!(
+            error_message(&error),
+            "cannot open model `/m`: /m/config.json: no such file"
+        );
+    }
+
+    #[test]
+    fn distinct_causes_are_all_kept() {
+        let error = anyhow::anyhow!("invalid byte").context("reading prompt.txt");
+        assert_eq!(error_message(&error), "reading prompt.txt: invalid byte");
     }
 }
