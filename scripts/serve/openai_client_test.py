@@ -83,6 +83,17 @@ def completions():
 
 
 @check
+def a_list_of_prompts_answers_each_as_alone():
+    prompts = ["The capital of France is", "def add(a, b):", "SELECT name FROM"]
+    r = client.completions.create(model=ELITE, prompt=prompts, max_tokens=8, temperature=0)
+    assert [c.index for c in r.choices] == [0, 1, 2], r.choices
+    alone = [client.completions.create(model=ELITE, prompt=p, max_tokens=8, temperature=0)
+             for p in prompts]
+    assert [c.text for c in r.choices] == [a.choices[0].text for a in alone], (r, alone)
+    assert r.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone), r.usage
+
+
+@check
 def streaming_with_usage_matches_plain():
     plain = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=12,
                                            temperature=0).choices[0].message.content

@@ -415,12 +415,12 @@ async fn generate(
     }
     let route = state
         .router
-        .route(&request.model, || request.prompt.text_for_routing())?;
+        .route(&request.model, || request.text_for_routing())?;
     if request.model == validation::ROUTER_MODEL {
         state.metrics.routed(&route.elite);
     }
     tracing::info!(
-        model = %request.model, elite = %route.elite, mix = ?route.mix, n = request.n,
+        model = %request.model, elite = %route.elite, mix = ?route.mix, prompts = request.prompts.len(), n = request.n,
         stream = request.stream, user = request.user.as_deref().unwrap_or(""), "routed"
     );
     let permit = state
@@ -431,22 +431,26 @@ async fn generate(
     let timeout = state.config.request_timeout;
     let deadline = timeout.map(|t| start + t);
     let endpoint = request.endpoint;
-    let mut receivers: Vec<mpsc::UnboundedReceiver<Event>> = Vec::with_capacity(request.n);
-    for i in 0..request.n {
-        let mut params = request.params.clone();
-        params.seed = params.seed.wrapping_add(i as u64);
-        let job = GenerateJob {
-            request_id: request_id.clone(),
-            elite: route.elite.clone(),
-            prompt: request.prompt.clone(),
-            params,
-            deadline,
-        };
-        let rx = state
-            .engine
-            .submit(job)
-            .map_err(|f| failure_to_api(f, endpoint, timeout))?;
-        receivers.push(rx);
+    // Choice p·n + j is prompt p's j-th, with seed + j: the same as prompt p asked alone.
+    let choices = request.prompts.len() * request.n;
+    let mut receivers: Vec<mpsc::UnboundedReceiver<Event>> = Vec::with_capacity(choices);
+    for prompt in &request.prompts {
+        for j in 0..request.n {
+            let mut params = request.params.clone();
+            params.seed = params.seed.wrapping_add(j as u64);
+            let job = GenerateJob {
+                request_id: request_id.clone(),
+                elite: route.elite.clone(),
+                prompt: prompt.clone(),
+                params,
+                deadline,
+            };
+            let rx = state
+                .engine
+                .submit(job)
+                .map_err(|f| failure_to_api(f, endpoint, timeout))?;
+            receivers.push(rx);
+        }
     }
     let mut guard = CancelGuard {
         metrics: state.metrics.clone(),
@@ -454,10 +458,15 @@ async fn generate(
         request_id: request_id.clone(),
     };
     // Every job first reports its prompt (or why it was refused): refusals keep their status.
+    // Usage counts each prompt once, however many choices it has.
     let mut prompt_tokens = 0usize;
-    for rx in &mut receivers {
+    for (i, rx) in receivers.iter_mut().enumerate() {
         match rx.recv().await {
-            Some(Event::Started { prompt_tokens: p }) => prompt_tokens = p,
+            Some(Event::Started { prompt_tokens: p }) => {
+                if i % request.n == 0 {
+                    prompt_tokens += p;
+                }
+            }
             Some(Event::Failed(f)) => {
                 guard.finished = true;
                 return Err(failure_to_api(f, endpoint, timeout));

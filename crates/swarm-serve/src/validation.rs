@@ -74,7 +74,10 @@ pub struct ValidatedRequest {
     pub endpoint: Endpoint,
     /// As asked (`swarm` when omitted).
     pub model: String,
-    pub prompt: Prompt,
+    /// What to continue: one chat, or one or more completion prompts (OpenAI's batched
+    /// `prompt`). Each gets `n` choices; prompt `p`'s choice `j` has index `p·n + j` and
+    /// seed `seed + j`, so a batched prompt answers as it would alone.
+    pub prompts: Vec<Prompt>,
     pub params: SamplingParams,
     pub n: usize,
     pub stream: bool,
@@ -82,6 +85,17 @@ pub struct ValidatedRequest {
     pub user: Option<String>,
     /// Fields accepted and ignored (already logged).
     pub ignored: Vec<String>,
+}
+
+impl ValidatedRequest {
+    /// What the router classifies: every prompt of the request, each with all its turns.
+    pub fn text_for_routing(&self) -> String {
+        self.prompts
+            .iter()
+            .map(Prompt::text_for_routing)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 /// The limits validation enforces (from the server's configuration).
@@ -93,7 +107,10 @@ pub struct Limits {
     pub max_tokens_limit: usize,
     /// The largest `n`.
     pub max_n: usize,
-    /// The most characters of prompt text (tokens are checked by the engine).
+    /// The most prompts in one completion request (a list of prompts is a batch).
+    pub max_prompts: usize,
+    /// The most characters of prompt text, all prompts together (tokens are checked by the
+    /// engine).
     pub max_prompt_chars: usize,
 }
 
@@ -103,6 +120,7 @@ impl Default for Limits {
             default_max_tokens: 256,
             max_tokens_limit: 4096,
             max_n: 8,
+            max_prompts: 32,
             max_prompt_chars: 200_000,
         }
     }
@@ -407,7 +425,7 @@ pub fn validate_chat(
     Ok(ValidatedRequest {
         endpoint: Endpoint::Chat,
         model: resolve_model(r.model)?,
-        prompt: Prompt::Chat(messages),
+        prompts: vec![Prompt::Chat(messages)],
         params,
         n,
         stream,
@@ -423,32 +441,57 @@ pub fn validate_completion(
     limits: &Limits,
 ) -> Result<ValidatedRequest, ApiError> {
     let ignored = judge_extra(&r.extra, "")?;
-    let one = "a list of prompts is not supported: send one prompt per request";
-    let prompt = match r.prompt {
-        PromptIn::Text(t) => Prompt::Text(t),
-        PromptIn::Texts(mut v) if v.len() == 1 => Prompt::Text(v.remove(0)),
-        PromptIn::Tokens(t) => Prompt::Tokens(t),
-        PromptIn::TokenLists(mut v) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
-        _ => return Err(ApiError::invalid("prompt", one)),
+    let prompts: Vec<Prompt> = match r.prompt {
+        PromptIn::Text(t) => vec![Prompt::Text(t)],
+        PromptIn::Texts(v) => v.into_iter().map(Prompt::Text).collect(),
+        PromptIn::Tokens(t) => vec![Prompt::Tokens(t)],
+        PromptIn::TokenLists(v) => v.into_iter().map(Prompt::Tokens).collect(),
     };
-    match &prompt {
-        Prompt::Text(t) if t.len() > limits.max_prompt_chars => {
-            return Err(ApiError::too_large(
-                Some("prompt"),
-                format!(
-                    "the prompt holds {} characters, above this server's limit of {}",
-                    t.len(),
-                    limits.max_prompt_chars
-                ),
-            ))
-        }
-        Prompt::Tokens(t) if t.is_empty() => {
-            return Err(ApiError::invalid(
-                "prompt",
-                "`prompt` must not be an empty token list",
-            ))
-        }
-        _ => {}
+    if prompts.is_empty() {
+        return Err(ApiError::invalid(
+            "prompt",
+            "`prompt` must not be an empty list",
+        ));
+    }
+    if prompts.len() > limits.max_prompts {
+        return Err(ApiError::invalid(
+            "prompt",
+            format!(
+                "`prompt` is a list of {} prompts; this server takes at most {} in one request",
+                prompts.len(),
+                limits.max_prompts
+            ),
+        ));
+    }
+    let chars: usize = prompts
+        .iter()
+        .map(|p| match p {
+            Prompt::Text(t) => t.len(),
+            _ => 0,
+        })
+        .sum();
+    if chars > limits.max_prompt_chars {
+        let what = if prompts.len() == 1 {
+            "the prompt holds".to_string()
+        } else {
+            format!("the {} prompts hold", prompts.len())
+        };
+        return Err(ApiError::too_large(
+            Some("prompt"),
+            format!(
+                "{what} {chars} characters, above this server's limit of {}",
+                limits.max_prompt_chars
+            ),
+        ));
+    }
+    if prompts
+        .iter()
+        .any(|p| matches!(p, Prompt::Tokens(t) if t.is_empty()))
+    {
+        return Err(ApiError::invalid(
+            "prompt",
+            "`prompt` must not be an empty token list",
+        ));
     }
     let max_tokens = resolve_max_tokens(r.max_tokens, "max_tokens", limits)?;
     let (params, n) = resolve_common(
@@ -466,7 +509,7 @@ pub fn validate_completion(
     Ok(ValidatedRequest {
         endpoint: Endpoint::Completion,
         model: resolve_model(r.model)?,
-        prompt,
+        prompts,
         params,
         n,
         stream,
@@ -550,7 +593,7 @@ mod tests {
     #[test]
     fn routing_text_holds_every_turn() {
         let r = chat(r#"{"messages":[{"role":"system","content":"S"},{"role":"user","content":"first"},{"role":"assistant","content":"reply"},{"role":"user","content":[{"type":"text","text":"second"}]}]}"#).unwrap();
-        assert_eq!(r.prompt.text_for_routing(), "S\nfirst\nreply\nsecond");
+        assert_eq!(r.text_for_routing(), "S\nfirst\nreply\nsecond");
     }
 
     #[test]
@@ -558,10 +601,10 @@ mod tests {
         let l = Limits::default();
         let ok = |b: &str| validate_completion(serde_json::from_str(b).unwrap(), &l);
         assert_eq!(
-            ok(r#"{"prompt":["x"]}"#).unwrap().prompt,
-            Prompt::Text("x".into())
+            ok(r#"{"prompt":["x"]}"#).unwrap().prompts,
+            vec![Prompt::Text("x".into())]
         );
-        assert!(ok(r#"{"prompt":["x","y"]}"#).is_err());
+        assert!(ok(r#"{"prompt":"x","echo":true}"#).is_err());
         assert!(ok(r#"{"prompt":"x","echo":true}"#).is_err());
         assert!(ok(r#"{"prompt":"x","stream_options":{"include_usage":true}}"#).is_err());
         assert!(
@@ -569,5 +612,40 @@ mod tests {
                 .unwrap()
                 .include_usage
         );
+    }
+
+    #[test]
+    fn a_list_of_prompts_is_a_batch() {
+        let limits = Limits {
+            max_prompts: 3,
+            max_prompt_chars: 13,
+            ..Limits::default()
+        };
+        let ok = |b: &str| validate_completion(serde_json::from_str(b).unwrap(), &limits);
+        let r = ok(r#"{"prompt":["select a","ls -l"]}"#).unwrap();
+        assert_eq!(
+            r.prompts,
+            vec![
+                Prompt::Text("select a".into()),
+                Prompt::Text("ls -l".into())
+            ]
+        );
+        assert_eq!(r.text_for_routing(), "select a\nls -l");
+        let r = ok(r#"{"prompt":[[1,2],[3]]}"#).unwrap();
+        assert_eq!(
+            r.prompts,
+            vec![Prompt::Tokens(vec![1, 2]), Prompt::Tokens(vec![3])]
+        );
+        let e = ok(r#"{"prompt":[]}"#).unwrap_err();
+        assert!(e.message.contains("empty list"), "{}", e.message);
+        let e = ok(r#"{"prompt":["a","b","c","d"]}"#).unwrap_err();
+        assert!(e.message.contains("at most 3"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("prompt"));
+        // The character limit holds for all prompts together.
+        let e = ok(r#"{"prompt":["1234567","1234567"]}"#).unwrap_err();
+        assert_eq!(e.status.as_u16(), 413, "{}", e.message);
+        assert!(e.message.contains("the 2 prompts hold 14"), "{}", e.message);
+        let e = ok(r#"{"prompt":[[1],[]]}"#).unwrap_err();
+        assert!(e.message.contains("empty token list"), "{}", e.message);
     }
 }

@@ -291,6 +291,55 @@ async fn completions_and_n_choices() {
 }
 
 #[tokio::test]
+async fn a_list_of_prompts_answers_each_as_if_alone() {
+    let st = state();
+    let body = json!({"model": "elite-code", "prompt": ["one two three", "four five"], "max_tokens": 2, "n": 2, "seed": 5});
+    let (s, _, v) = send_json(&st, post("/v1/completions", body)).await;
+    assert_eq!(s, 200, "{v}");
+    let choices = v["choices"].as_array().unwrap();
+    let indices: Vec<u64> = choices
+        .iter()
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(indices, [0, 1, 2, 3]);
+    // Each prompt once, however many choices: 3 + 2 words.
+    assert_eq!(v["usage"]["prompt_tokens"], 5);
+    assert_eq!(v["usage"]["completion_tokens"], 8);
+    // Prompt p's choice j has the seed it would have alone: seed + j.
+    for (p, prompt) in ["one two three", "four five"].iter().enumerate() {
+        let alone =
+            json!({"model": "elite-code", "prompt": prompt, "max_tokens": 2, "n": 2, "seed": 5});
+        let (_, _, a) = send_json(&st, post("/v1/completions", alone)).await;
+        for j in 0..2 {
+            assert_eq!(
+                choices[p * 2 + j]["text"],
+                a["choices"][j]["text"],
+                "prompt {p} choice {j}"
+            );
+        }
+    }
+    // Streamed, every choice index appears and finishes once.
+    let body =
+        json!({"model": "elite-code", "prompt": ["a", "b", "c"], "max_tokens": 2, "stream": true});
+    let (s, _, b) = send(&st, post("/v1/completions", body)).await;
+    assert_eq!(s, 200);
+    let data = sse_data(&b);
+    let mut finished = Vec::new();
+    for d in &data[..data.len() - 1] {
+        let chunk: Value = serde_json::from_str(d).unwrap();
+        if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
+            assert_eq!(reason, "length");
+            finished.push(chunk["choices"][0]["index"].as_u64().unwrap());
+        }
+    }
+    finished.sort_unstable();
+    assert_eq!(finished, [0, 1, 2]);
+    let (s, _, v) = send_json(&st, post("/v1/completions", json!({"prompt": []}))).await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["param"], "prompt");
+}
+
+#[tokio::test]
 async fn seeds_reproduce() {
     let st = state();
     let ask = |seed: u64| json!({"messages": [{"role": "user", "content": "x"}], "seed": seed, "max_tokens": 8, "temperature": 1.0});
