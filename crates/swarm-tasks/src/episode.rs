@@ -139,6 +139,11 @@ pub struct Episode {
     pub task: Task,
     /// The assistant messages of a known-good solution, in order (one per round).
     pub gold: Vec<String>,
+    /// The kind of task within the suite, for per-family pass rates: the synthetic suites'
+    /// template (`affine`, `count_gt`...), Spider's database. `None` where a suite has no
+    /// such grouping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
 }
 
 impl Episode {
@@ -219,6 +224,9 @@ pub struct EpisodeResult {
     pub skill: Skill,
     /// Suite.
     pub suite: String,
+    /// The episode's family ([`Episode::family`]), if its suite has them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<String>,
     /// Score in [0, 1].
     pub score: f64,
     /// Solved or not.

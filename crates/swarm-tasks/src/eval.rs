@@ -73,7 +73,23 @@ impl fmt::Display for EvalSummary {
         if r.checker_errors > 0 {
             write!(f, ", {} checker errors", r.checker_errors)?;
         }
-        write!(f, " in {:.1}s", r.elapsed.as_secs_f64())
+        write!(f, " in {:.1}s", r.elapsed.as_secs_f64())?;
+        let families = r.by_family();
+        if families.len() > 1 {
+            let width = families.iter().map(|t| t.family.len()).max().unwrap_or(0);
+            write!(f, "\nby family:")?;
+            for t in &families {
+                write!(
+                    f,
+                    "\n  {:<width$}  {:>3}/{:<3} passed ({:.0}%)",
+                    t.family,
+                    t.passed,
+                    t.episodes,
+                    100.0 * t.passed as f64 / t.episodes as f64
+                )?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -51,7 +51,7 @@ pub use prompt::{
     AgentAction, CODING_SYSTEM, DATABASE_AGENT_SYSTEM, DATABASE_SYSTEM, OS_AGENT_SYSTEM, OS_SYSTEM,
 };
 pub use registry::{episodes, load_suite, synthetic_default_size, SuiteInfo, SuiteRequest, SUITES};
-pub use runner::{run_episodes, write_jsonl, RunOptions, SuiteReport};
+pub use runner::{run_episodes, write_jsonl, FamilyTally, RunOptions, SuiteReport};
 pub use sandbox::{
     processes_of_uid, Limits, Mount, RunOutput, Sandbox, SandboxCommand, SandboxError, Scratch,
     Termination,
@@ -60,4 +60,6 @@ pub use skills::coding::CodingTask;
 pub use skills::database::{is_ordered, DatabaseTask, DbSource, SqlCheck};
 pub use skills::os::{CheckStep, OsCheck, OsFile, OsTask, ScriptLang};
 pub use skills::{Checker, EpisodeEnv};
-pub use synthetic::{generate as generate_synthetic, split_of, Split};
+pub use synthetic::{
+    families as synthetic_families, generate as generate_synthetic, split_of, Split,
+};

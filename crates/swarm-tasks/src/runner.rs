@@ -66,6 +66,33 @@ impl SuiteReport {
             self.passed as f64 / self.episodes as f64
         }
     }
+
+    /// Pass counts per task family ([`Episode::family`]), sorted by family name; episodes
+    /// without a family are left out, so a suite without families gives an empty list.
+    pub fn by_family(&self) -> Vec<FamilyTally> {
+        let mut tallies: std::collections::BTreeMap<&str, FamilyTally> = Default::default();
+        for r in &self.results {
+            let Some(family) = r.family.as_deref() else {
+                continue;
+            };
+            let t = tallies.entry(family).or_insert_with(|| FamilyTally {
+                family: family.to_string(),
+                episodes: 0,
+                passed: 0,
+            });
+            t.episodes += 1;
+            t.passed += usize::from(r.passed);
+        }
+        tallies.into_values().collect()
+    }
+}
+
+/// How one task family of a suite did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FamilyTally {
+    pub family: String,
+    pub episodes: usize,
+    pub passed: usize,
 }
 
 struct State<'a> {
@@ -263,6 +290,7 @@ pub fn run_episodes(
             id: ep.id.clone(),
             skill: ep.skill(),
             suite: ep.suite.clone(),
+            family: ep.family.clone(),
             score: outcome.score,
             passed: outcome.passed,
             reason: outcome.reason,

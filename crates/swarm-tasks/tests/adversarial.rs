@@ -44,6 +44,7 @@ fn os_episode(check: OsCheck) -> Episode {
             check,
         }),
         gold: vec![],
+        family: None,
     }
 }
 
@@ -74,6 +75,7 @@ fn python_attack(program: &str, test: &str) -> Outcome {
             tests: vec![test.into()],
         }),
         gold: vec![],
+        family: None,
     };
     let answer = format!("```python\n{program}\n```");
     match checker().play_scripted(&ep, &[answer]) {

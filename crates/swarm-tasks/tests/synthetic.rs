@@ -130,3 +130,61 @@ fn memorising_train_does_not_pass_test() -> Result<(), TaskError> {
     }
     Ok(())
 }
+
+/// Answers the gold of the episodes it was given, and a wrong answer to the rest.
+struct PartlyRight {
+    gold: HashMap<String, String>,
+    wrong: &'static str,
+}
+
+impl Agent for PartlyRight {
+    fn respond(&self, c: &Conversation<'_>) -> Result<String, TaskError> {
+        Ok(self
+            .gold
+            .get(c.episode_id)
+            .cloned()
+            .unwrap_or_else(|| self.wrong.to_string()))
+    }
+}
+
+/// Every synthetic episode names its family, and a suite's report counts passes per family.
+#[test]
+fn reports_count_passes_per_family() -> Result<(), TaskError> {
+    let checker = checker();
+    for skill in Skill::ALL {
+        let eps = generate_synthetic(skill, Split::Test, 40, 2);
+        let names = swarm_tasks::synthetic_families(skill);
+        for e in &eps {
+            let family = e
+                .family
+                .as_deref()
+                .unwrap_or_else(|| panic!("{} has no family", e.id));
+            assert!(names.contains(&family), "{}: unknown family {family}", e.id);
+        }
+        // The first half answered right, the rest wrong.
+        let right = &eps[..eps.len() / 2];
+        let agent = PartlyRight {
+            gold: right
+                .iter()
+                .map(|e| (e.id.clone(), e.gold[0].clone()))
+                .collect(),
+            wrong: wrong_answer(skill),
+        };
+        let report = run_episodes(&checker, &agent, &eps, &RunOptions::default())?;
+        let tallies = report.by_family();
+        assert!(tallies.len() > 1, "{skill}: 40 tasks of one family");
+        assert!(tallies.windows(2).all(|w| w[0].family < w[1].family));
+        assert_eq!(tallies.iter().map(|t| t.episodes).sum::<usize>(), eps.len());
+        for t in &tallies {
+            let of_family = |e: &&Episode| e.family.as_deref() == Some(t.family.as_str());
+            assert_eq!(t.episodes, eps.iter().filter(of_family).count());
+            assert_eq!(
+                t.passed,
+                right.iter().filter(of_family).count(),
+                "{skill} {}",
+                t.family
+            );
+        }
+    }
+    Ok(())
+}

@@ -250,6 +250,7 @@ fn convert(
             setup_script: (!setup.is_empty()).then(|| setup.join("\n")),
             check,
         }),
+        family: None,
     })
 }
 

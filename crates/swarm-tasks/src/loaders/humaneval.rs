@@ -65,6 +65,7 @@ pub fn load_file(path: &Path) -> Result<LoadedSuite, TaskError> {
                 setup: String::new(),
                 tests: vec![format!("{}\ncheck({})\n", raw.test, raw.entry_point)],
             }),
+            family: None,
         });
     }
     Ok(out)

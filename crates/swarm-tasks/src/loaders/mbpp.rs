@@ -80,6 +80,7 @@ pub fn load_file(path: &Path, split: Split) -> Result<LoadedSuite, TaskError> {
                 setup: raw.test_setup_code,
                 tests: raw.test_list,
             }),
+            family: None,
         });
     }
     Ok(out)

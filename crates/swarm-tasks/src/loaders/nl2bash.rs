@@ -107,6 +107,7 @@ pub fn load(dirs: &DataDirs) -> Result<LoadedSuite, TaskError> {
                     setup_script: Some(setup.clone()),
                     check: OsCheck::GoldOutput { gold },
                 }),
+                family: None,
             });
         }
     }

@@ -138,6 +138,7 @@ fn build(db_dir: &Path, questions: Vec<Question>, suite: &str) -> Result<LoadedS
             max_rounds: 1,
             gold: vec![fenced("sql", &q.gold)],
             task: Task::Database(DatabaseTask::query(db, q.gold)),
+            family: Some(q.db_id),
         });
     }
     Ok(out)

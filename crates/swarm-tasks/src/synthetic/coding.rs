@@ -265,6 +265,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
                 tests,
             }),
             gold: vec![fenced("python", &gold)],
+            family: None,
         },
     }
 }

@@ -226,6 +226,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
                 check,
             }),
             gold: vec![fenced("sql", &gold)],
+            family: None,
         },
     }
 }

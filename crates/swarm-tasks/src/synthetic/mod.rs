@@ -166,10 +166,11 @@ pub fn generate(skill: Skill, split: Split, n: usize, seed: u64) -> Vec<Episode>
     generate_drafts(skill, split, n, seed)
         .into_iter()
         .enumerate()
-        .map(|(i, (_, draft))| {
+        .map(|(i, (family, draft))| {
             let mut ep = draft.episode;
             ep.suite = "synthetic".into();
             ep.id = format!("synthetic-{}-{}/{i}", skill.name(), split.name());
+            ep.family = families(skill).get(family).map(|name| name.to_string());
             ep
         })
         .collect()

@@ -205,6 +205,7 @@ pub(crate) fn draft(rng: &mut ChaCha8Rng, family: usize) -> Draft {
                 check,
             }),
             gold: vec![fenced("bash", &gold)],
+            family: None,
         },
     }
 }
