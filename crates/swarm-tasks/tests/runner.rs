@@ -30,6 +30,7 @@ fn multi_turn_episode(id: &str, expected: &str) -> Episode {
             "Act: bash\n```bash\nwc -l < a.txt\n```".into(),
             "Act: answer({{observation}})".into(),
         ],
+        family: None,
     }
 }
 
