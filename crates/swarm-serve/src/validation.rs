@@ -107,8 +107,9 @@ pub struct Limits {
     pub max_tokens_limit: usize,
     /// The largest `n`.
     pub max_n: usize,
-    /// The most prompts in one completion request (a list of prompts is a batch).
-    pub max_prompts: usize,
+    /// The most choices in one request: prompts (a completion's list of prompts is a batch)
+    /// times `n`.
+    pub max_choices: usize,
     /// The most characters of prompt text, all prompts together (tokens are checked by the
     /// engine).
     pub max_prompt_chars: usize,
@@ -120,7 +121,7 @@ impl Default for Limits {
             default_max_tokens: 256,
             max_tokens_limit: 4096,
             max_n: 8,
-            max_prompts: 32,
+            max_choices: 32,
             max_prompt_chars: 200_000,
         }
     }
@@ -453,13 +454,13 @@ pub fn validate_completion(
             "`prompt` must not be an empty list",
         ));
     }
-    if prompts.len() > limits.max_prompts {
+    if prompts.len() > limits.max_choices {
         return Err(ApiError::invalid(
             "prompt",
             format!(
                 "`prompt` is a list of {} prompts; this server takes at most {} in one request",
                 prompts.len(),
-                limits.max_prompts
+                limits.max_choices
             ),
         ));
     }
@@ -503,6 +504,17 @@ pub fn validate_completion(
         max_tokens,
         limits,
     )?;
+    if prompts.len() * n > limits.max_choices {
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "{} prompts with `n` = {n} ask for {} choices; this server gives at most {} in one request",
+                prompts.len(),
+                prompts.len() * n,
+                limits.max_choices
+            ),
+        ));
+    }
     let stream = r.stream.unwrap_or(false);
     let include_usage = include_usage(stream, r.stream_options)?;
     log_ignored(Endpoint::Completion, &ignored);
@@ -617,7 +629,7 @@ mod tests {
     #[test]
     fn a_list_of_prompts_is_a_batch() {
         let limits = Limits {
-            max_prompts: 3,
+            max_choices: 3,
             max_prompt_chars: 13,
             ..Limits::default()
         };
@@ -641,6 +653,11 @@ mod tests {
         let e = ok(r#"{"prompt":["a","b","c","d"]}"#).unwrap_err();
         assert!(e.message.contains("at most 3"), "{}", e.message);
         assert_eq!(e.param.as_deref(), Some("prompt"));
+        // Prompts times n choices.
+        assert_eq!(ok(r#"{"prompt":["a"],"n":3}"#).unwrap().n, 3);
+        let e = ok(r#"{"prompt":["a","b"],"n":2}"#).unwrap_err();
+        assert!(e.message.contains("4 choices"), "{}", e.message);
+        assert_eq!(e.param.as_deref(), Some("n"));
         // The character limit holds for all prompts together.
         let e = ok(r#"{"prompt":["1234567","1234567"]}"#).unwrap_err();
         assert_eq!(e.status.as_u16(), 413, "{}", e.message);
