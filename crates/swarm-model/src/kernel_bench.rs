@@ -1,5 +1,5 @@
-//! Timings of internal kernels for the crate's examples (`examples/product_kernel.rs`); not
-//! a stable API, hidden from the docs.
+//! Timings of internal kernels for the crate's examples (`examples/product_kernel.rs`,
+//! `examples/attention_kernel.rs`); not a stable API, hidden from the docs.
 
 use crate::f32_kernel::{products_t, Kernel, TransposedRows};
 
@@ -53,4 +53,49 @@ pub fn best_transpose_time(rows: usize, in_dim: usize, repeats: usize) -> f64 {
         std::hint::black_box(transposed);
     }
     best
+}
+
+/// The median time of one decode step's attention over a cache of `layers` layers (each
+/// its own keys and values, so that a step reads them from memory as the model does), for
+/// `batch` rows of `slots` slots, `kv_heads` KV heads of `group` query heads each, head size
+/// `head_dim`, the cache in `dtype` (f32 or f16), in seconds, over `repeats` steps. Runs on
+/// the calling thread's rayon pool, as a decode step does.
+#[allow(clippy::too_many_arguments)]
+pub fn median_attention_time(
+    batch: usize,
+    kv_heads: usize,
+    group: usize,
+    head_dim: usize,
+    slots: usize,
+    layers: usize,
+    dtype: candle_core::DType,
+    repeats: usize,
+) -> crate::Result<f64> {
+    use candle_core::{Device, Tensor};
+    let device = Device::Cpu;
+    let q = Tensor::randn(0f32, 1.0, (batch, kv_heads, group, head_dim), &device)?;
+    let cache = (0..layers)
+        .map(|_| {
+            let k = Tensor::randn(0f32, 1.0, (batch, kv_heads, slots, head_dim), &device)?;
+            let v = Tensor::randn(0f32, 1.0, (batch, kv_heads, slots, head_dim), &device)?;
+            Ok((k.to_dtype(dtype)?, v.to_dtype(dtype)?))
+        })
+        .collect::<crate::Result<Vec<_>>>()?;
+    let padding = vec![0; batch];
+    let mut times = Vec::with_capacity(repeats.max(1));
+    // On a thread of the pool, as the model's forward pass runs (see `in_cpu_pool` in
+    // llama.rs): the parallel regions are then fork-joins rather than hand-offs.
+    rayon::scope(|_| -> crate::Result<()> {
+        for _ in 0..repeats.max(1) {
+            let start = std::time::Instant::now();
+            for (k, v) in &cache {
+                let out = crate::attention::cached_attention(&q, k, v, &padding, 1)?;
+                std::hint::black_box(out);
+            }
+            times.push(start.elapsed().as_secs_f64());
+        }
+        Ok(())
+    })?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
