@@ -156,6 +156,61 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// The log-probability of one chosen token and of the most likely tokens at that step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    /// `ln p(token)`; `-inf` for a token the logits rule out.
+    pub logprob: f32,
+    /// The most likely tokens with their log-probabilities, most likely first (the lower id
+    /// first on ties).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `ln p(token)` under the model's own distribution at this step (the softmax of `logits`
+/// at temperature 1, before any top-k or top-p cut: what the model thinks of the token,
+/// whatever the request's sampling did), and the `top` most likely tokens with theirs.
+///
+/// The normaliser is summed in f64, so that a vocabulary of many small probabilities loses
+/// nothing to rounding.
+pub fn token_logprobs(logits: &[f32], token: u32, top: usize) -> Result<TokenLogprobs> {
+    let chosen = *logits.get(token as usize).ok_or_else(|| {
+        ModelError::Generation(format!(
+            "token {token} is outside the {} logits",
+            logits.len()
+        ))
+    })?;
+    if logits.iter().any(|l| l.is_nan()) {
+        return Err(ModelError::Generation("the logits hold NaN".to_string()));
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        return Err(ModelError::Generation(
+            "every logit is -inf: no token is possible".to_string(),
+        ));
+    }
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_normaliser = f64::from(max) + sum.ln();
+    let logprob = |l: f32| (f64::from(l) - log_normaliser) as f32;
+    // The head kept sorted as the logits stream by: `top` is small (at most 20 in the API).
+    let mut head: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (id, &l) in logits.iter().enumerate() {
+            if head.len() == top && head[top - 1].1 >= l {
+                continue;
+            }
+            let at = head.partition_point(|&(_, h)| h >= l);
+            head.insert(at, (id as u32, l));
+            head.truncate(top);
+        }
+    }
+    Ok(TokenLogprobs {
+        token,
+        logprob: logprob(chosen),
+        top: head.into_iter().map(|(id, l)| (id, logprob(l))).collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +349,48 @@ mod tests {
         assert!(Sampler::new(params(1.0, 0, 1.5, 0)).is_err());
         let mut s = Sampler::new(params(1.0, 0, 1.0, 0)).unwrap();
         assert!(s.sample(&[]).is_err());
+    }
+
+    #[test]
+    fn logprobs_are_a_distribution_and_top_is_sorted() {
+        let mut l = logits();
+        l[7] = f32::NEG_INFINITY;
+        let total: f64 = (0..l.len() as u32)
+            .map(|t| f64::from(token_logprobs(&l, t, 0).unwrap().logprob).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5, "probabilities sum to {total}");
+        let ruled_out = token_logprobs(&l, 7, 0).unwrap();
+        assert_eq!(ruled_out.logprob, f32::NEG_INFINITY);
+        assert!(ruled_out.top.is_empty());
+
+        let got = token_logprobs(&l, 3, 5).unwrap();
+        let mut order: Vec<u32> = (0..l.len() as u32).collect();
+        order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+        let ids: Vec<u32> = got.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, order[..5]);
+        assert_eq!(ids[0], argmax(&l));
+        for &(id, lp) in &got.top {
+            assert_eq!(lp, token_logprobs(&l, id, 0).unwrap().logprob);
+        }
+        // More alternatives than tokens: all of them.
+        assert_eq!(token_logprobs(&[0.5, 2.0], 0, 20).unwrap().top.len(), 2);
+    }
+
+    #[test]
+    fn logprob_ties_list_the_lower_id_first() {
+        let got = token_logprobs(&[1.0, 3.0, 3.0, 0.0, 3.0], 0, 3).unwrap();
+        let ids: Vec<u32> = got.top.iter().map(|&(id, _)| id).collect();
+        assert_eq!(ids, [1, 2, 4]);
+        let e = std::f64::consts::E;
+        let want = (e.powi(3) / (3.0 * e.powi(3) + e + 1.0)).ln() as f32;
+        assert!((got.top[0].1 - want).abs() < 1e-6, "{:?}", got.top);
+    }
+
+    #[test]
+    fn logprobs_of_bad_logits_are_errors() {
+        assert!(token_logprobs(&[0.0, 1.0], 2, 1).is_err());
+        assert!(token_logprobs(&[0.0, f32::NAN], 0, 1).is_err());
+        assert!(token_logprobs(&[f32::NEG_INFINITY; 3], 0, 1).is_err());
+        assert!(token_logprobs(&[], 0, 0).is_err());
     }
 }

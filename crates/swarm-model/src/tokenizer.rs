@@ -81,6 +81,26 @@ impl Tokenizer {
         self.inner.id_to_token(id)
     }
 
+    /// The bytes token `id` stands for, exactly: a byte-level BPE token (SmolLM2, Llama 3)
+    /// may hold part of a UTF-8 character, which decoding it alone would turn into U+FFFD.
+    /// Other tokenizers: a byte-fallback token (`<0x0A>`) is its byte, anything else the
+    /// UTF-8 of its text decoded alone. `None` for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        let token = self.inner.id_to_token(id)?;
+        if matches!(
+            self.inner.get_decoder(),
+            Some(tokenizers::DecoderWrapper::ByteLevel(_))
+        ) {
+            if let Some(bytes) = byte_level_bytes(&token) {
+                return Some(bytes);
+            }
+        }
+        if let Some(byte) = byte_fallback(&token) {
+            return Some(vec![byte]);
+        }
+        self.decode(&[id], false).ok().map(String::into_bytes)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -111,5 +131,71 @@ impl Tokenizer {
             .to_string(true)
             .map_err(|e| ModelError::Tokenizer(format!("cannot serialise: {e}")))?;
         crate::fsutil::write_atomic(path, json.as_bytes())
+    }
+}
+
+/// The bytes behind a byte-level BPE token's text, where every byte is written as one
+/// printable character (GPT-2's table: printable Latin-1 stands for itself, the other 68
+/// bytes for U+0100 onwards, in order); `None` if a character is not in the table.
+fn byte_level_bytes(token: &str) -> Option<Vec<u8>> {
+    token.chars().map(byte_level_byte).collect()
+}
+
+/// The byte that `c` stands for in GPT-2's byte-level alphabet.
+fn byte_level_byte(c: char) -> Option<u8> {
+    let prints_as_itself = |b: u32| matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
+    let code = c as u32;
+    if code < 0x100 {
+        return prints_as_itself(code).then_some(code as u8);
+    }
+    // The n-th byte that does not print as itself is written as U+0100 + n.
+    let n = (code - 0x100) as usize;
+    (0u32..0x100)
+        .filter(|&b| !prints_as_itself(b))
+        .nth(n)
+        .map(|b| b as u8)
+}
+
+/// `<0xHH>`, SentencePiece's token for a raw byte.
+fn byte_fallback(token: &str) -> Option<u8> {
+    let hex = token.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_alphabet_round_trips_every_byte() {
+        // GPT-2's table: the bytes that do not print as themselves, in order, from U+0100.
+        let mut next = 0x100;
+        for b in 0u32..0x100 {
+            let c = if matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF) {
+                char::from_u32(b).unwrap()
+            } else {
+                next += 1;
+                char::from_u32(next - 1).unwrap()
+            };
+            assert_eq!(byte_level_byte(c), Some(b as u8), "{c:?}");
+        }
+        assert_eq!(next, 0x100 + 68);
+        assert_eq!(byte_level_byte(' '), None);
+        assert_eq!(byte_level_byte(char::from_u32(0x100 + 68).unwrap()), None);
+        // "Ġhello" is " hello"; "Ċ" a newline; "ĉ" a tab.
+        assert_eq!(byte_level_bytes("Ġhello").unwrap(), b" hello");
+        assert_eq!(byte_level_bytes("Ċĉ").unwrap(), b"\n\t");
+    }
+
+    #[test]
+    fn byte_fallback_tokens() {
+        assert_eq!(byte_fallback("<0x0A>"), Some(b'\n'));
+        assert_eq!(byte_fallback("<0xFF>"), Some(0xFF));
+        assert_eq!(byte_fallback("<0x0>"), None);
+        assert_eq!(byte_fallback("<0xZZ>"), None);
+        assert_eq!(byte_fallback("0x0A"), None);
     }
 }

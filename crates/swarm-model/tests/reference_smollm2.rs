@@ -110,3 +110,30 @@ fn smollm2_matches_transformers() -> Result<()> {
     assert_eq!(out[0].text, "The capital of France is Paris.");
     Ok(())
 }
+
+/// The bytes of each token, joined, are the text it encodes: also where a token holds part
+/// of a character (accents, CJK, emoji split by byte-level BPE), which decoding the token
+/// alone cannot show.
+#[test]
+fn token_bytes_rebuild_the_text() -> Result<()> {
+    let tokenizer = GgufFile::open(&smollm2_path())?.tokenizer()?;
+    let mut split_characters = 0;
+    for text in [
+        "def f(x):\n\treturn x * 3 + 7",
+        "SELECT name FROM singer WHERE age > 30;",
+        "ls -la | grep '\\.rs$'  # ✓",
+        "Grüße, naïve café — 日本語 🦀🚀",
+    ] {
+        let ids = tokenizer.encode(text, false)?;
+        let mut bytes = Vec::new();
+        for &id in &ids {
+            let token = tokenizer.token_bytes(id).context("an id of the encoding")?;
+            split_characters += usize::from(std::str::from_utf8(&token).is_err());
+            bytes.extend(token);
+        }
+        assert_eq!(String::from_utf8(bytes)?, text);
+    }
+    assert!(split_characters > 0, "no token held part of a character");
+    assert_eq!(tokenizer.token_bytes(u32::MAX), None);
+    Ok(())
+}
