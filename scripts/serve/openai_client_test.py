@@ -117,6 +117,40 @@ def completion_stream():
 
 
 @check
+def logprobs_of_a_greedy_answer():
+    # Greedy: every token is the most likely one, so it heads its own alternatives; the
+    # tokens' bytes make the answer (a token may hold part of a character).
+    r = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=12,
+                                       temperature=0, logprobs=True, top_logprobs=3)
+    choice = r.choices[0]
+    content = choice.logprobs.content
+    assert len(content) == r.usage.completion_tokens - (choice.finish_reason == "stop"), r
+    assert bytes(b for t in content for b in t.bytes).decode() == choice.message.content, r
+    for t in content:
+        assert len(t.top_logprobs) == 3, t
+        assert t.top_logprobs[0].token == t.token, t
+        assert t.top_logprobs[0].logprob == t.logprob <= 0, t
+        assert [a.logprob for a in t.top_logprobs] == sorted(
+            (a.logprob for a in t.top_logprobs), reverse=True), t
+
+    c = client.completions.create(model=ELITE, prompt="The capital of France is",
+                                  max_tokens=6, temperature=0, logprobs=2)
+    lp = c.choices[0].logprobs
+    assert "".join(lp.tokens) == c.choices[0].text, c
+    assert len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs), lp
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset), lp
+    for token, logprob, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert max(top.values()) == top[token] == logprob, (token, logprob, top)
+
+    streamed = client.chat.completions.create(model="swarm", messages=QUESTION,
+                                              max_tokens=12, temperature=0, logprobs=True,
+                                              stream=True)
+    tokens = [t for ch in streamed if ch.choices and ch.choices[0].logprobs
+              for t in ch.choices[0].logprobs.content]
+    assert [(t.token, t.logprob) for t in tokens] == [(t.token, t.logprob) for t in content]
+
+
+@check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
         model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],

@@ -275,6 +275,7 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
             top_p: 1.0,
             stop: Vec::new(),
             seed: 0,
+            logprobs: None,
         },
         deadline: None,
     };

@@ -26,6 +26,24 @@ pub struct GenerateJob {
     pub deadline: Option<Instant>,
 }
 
+/// A generated token's log-probability under the elite's own distribution at its step
+/// (temperature 1, before top-p), and the most likely tokens there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token's exact bytes: part of a UTF-8 character, for some tokens.
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// Most likely first; as many as the job asked for.
+    pub top: Vec<TopLogprob>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
 /// Why a sequence ended normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -73,6 +91,9 @@ pub enum Event {
     Text {
         text: String,
         tokens: usize,
+        /// The log-probabilities of those tokens, when the job asked for them
+        /// ([`SamplingParams::logprobs`]); empty otherwise, and for an end-of-turn token.
+        logprobs: Vec<TokenLogprob>,
     },
     Done {
         finish: FinishReason,

@@ -31,6 +31,7 @@ mod engine;
 mod error;
 mod genome_swarm;
 mod launch;
+mod logprobs;
 mod metrics;
 mod model_engine;
 pub mod openai;
@@ -44,7 +45,9 @@ pub use classifier::{
     routing_text, synthetic_examples, synthetic_prompts, user_turns_text, SkillClassifier,
     DEFAULT_L2,
 };
-pub use engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
+pub use engine::{
+    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, TokenLogprob, TopLogprob,
+};
 pub use error::{ApiError, Result, ServeError};
 pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};
 pub use launch::{

@@ -40,7 +40,9 @@ use candle_core::DType;
 use swarm_model::{ChatTemplate, KvCache, Llama, RowGroup, Sampler, TextStream, Tokenizer};
 use tokio::sync::mpsc;
 
-use crate::engine::{Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob};
+use crate::engine::{
+    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, TokenLogprob, TopLogprob,
+};
 use crate::error::{Result, ServeError};
 use crate::registry::EliteCache;
 use crate::validation::Prompt;
@@ -162,6 +164,8 @@ struct Seq {
     text: TextStream,
     tokens: Vec<u32>,
     max_new: usize,
+    /// Alternatives to report beside each token's log-probability; `None`: none asked.
+    logprobs: Option<usize>,
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
@@ -432,6 +436,7 @@ impl Scheduler {
                     .map_err(|e| Failure::Invalid(e.to_string()))?,
                 tokens: Vec::new(),
                 max_new,
+                logprobs: p.logprobs,
                 deadline: job.deadline,
                 next: 0,
                 done: false,
@@ -619,6 +624,26 @@ impl Scheduler {
         }
     }
 
+    /// `token`'s log-probability at this step and the `top` most likely tokens, as bytes.
+    fn logprob(&self, logits: &[f32], token: u32, top: usize) -> Result<TokenLogprob> {
+        let l = swarm_model::token_logprobs(logits, token, top)?;
+        // An id the model has a logit for but the tokenizer lacks (a padded vocabulary)
+        // stands for no text.
+        let bytes = |id: u32| self.tokenizer.token_bytes(id).unwrap_or_default();
+        Ok(TokenLogprob {
+            bytes: bytes(l.token),
+            logprob: l.logprob,
+            top: l
+                .top
+                .into_iter()
+                .map(|(id, logprob)| TopLogprob {
+                    bytes: bytes(id),
+                    logprob,
+                })
+                .collect(),
+        })
+    }
+
     /// Samples `seq`'s next token from its logits and reports the text it makes final.
     fn step(&self, seq: &mut Seq, logits: &[f32]) {
         let token = match seq.sampler.sample(logits) {
@@ -629,10 +654,22 @@ impl Scheduler {
                 return;
             }
         };
+        let end_of_turn = self.stop_ids.contains(&token);
+        let logprobs = match seq.logprobs {
+            Some(top) if !end_of_turn => match self.logprob(logits, token, top) {
+                Ok(l) => vec![l],
+                Err(e) => {
+                    let _ = seq.tx.send(Event::Failed(Failure::Internal(e.to_string())));
+                    seq.done = true;
+                    return;
+                }
+            },
+            _ => Vec::new(),
+        };
         seq.tokens.push(token);
         seq.next = token;
         let mut finish = None;
-        let piece = if self.stop_ids.contains(&token) {
+        let piece = if end_of_turn {
             finish = Some(FinishReason::Stop);
             seq.text.finish()
         } else {
@@ -658,6 +695,7 @@ impl Scheduler {
         let _ = seq.tx.send(Event::Text {
             text: piece,
             tokens: 1,
+            logprobs,
         });
         if let Some(finish) = finish {
             let _ = seq.tx.send(Event::Done {

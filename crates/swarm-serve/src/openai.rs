@@ -74,6 +74,12 @@ pub struct ChatCompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Report each generated token's log-probability.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// How many of the most likely tokens to list beside each (0 to 20; needs `logprobs`).
+    #[serde(default)]
+    pub top_logprobs: Option<u64>,
     /// End-user id (logged).
     #[serde(default)]
     pub user: Option<String>,
@@ -114,6 +120,10 @@ pub struct CompletionRequest {
     pub stream: Option<bool>,
     #[serde(default)]
     pub stream_options: Option<StreamOptions>,
+    /// Report each generated token's log-probability with this many of the most likely
+    /// tokens beside it (0 to 20).
+    #[serde(default)]
+    pub logprobs: Option<u64>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(flatten)]
@@ -149,8 +159,8 @@ pub struct ChatMessageOut {
 pub struct ChatChoice {
     pub index: u32,
     pub message: ChatMessageOut,
-    /// Always null: log-probabilities are not implemented (requests for them get a 400).
-    pub logprobs: Option<Value>,
+    /// Null unless the request set `logprobs`.
+    pub logprobs: Option<ChatLogprobs>,
     /// `stop` or `length`.
     pub finish_reason: &'static str,
 }
@@ -181,7 +191,8 @@ pub struct ChatDelta {
 pub struct ChatChunkChoice {
     pub index: u32,
     pub delta: ChatDelta,
-    pub logprobs: Option<Value>,
+    /// The log-probabilities of this chunk's tokens, when the request set `logprobs`.
+    pub logprobs: Option<ChatLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -204,7 +215,8 @@ pub struct ChatCompletionChunk {
 pub struct CompletionChoice {
     pub index: u32,
     pub text: String,
-    pub logprobs: Option<Value>,
+    /// Null unless the request set `logprobs`.
+    pub logprobs: Option<CompletionLogprobs>,
     pub finish_reason: Option<&'static str>,
 }
 
@@ -219,6 +231,63 @@ pub struct CompletionResponse {
     pub choices: Vec<CompletionChoice>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+}
+
+/// A chat choice's `logprobs`: one entry per generated token.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct ChatLogprobs {
+    pub content: Vec<ChatTokenLogprob>,
+    /// Always null: the models do not refuse in a separate channel.
+    pub refusal: Option<Vec<ChatTokenLogprob>>,
+}
+
+/// One generated token in a chat's `logprobs.content`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatTokenLogprob {
+    /// The token's text (U+FFFD where it holds part of a character: see `bytes`).
+    pub token: String,
+    pub logprob: f32,
+    /// The token's exact UTF-8 bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this step, most likely first.
+    pub top_logprobs: Vec<ChatTopLogprob>,
+}
+
+/// One of the most likely tokens at a step.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatTopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// A completion choice's `logprobs` (the legacy format): parallel lists, one entry per
+/// generated token.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CompletionLogprobs {
+    pub tokens: Vec<String>,
+    pub token_logprobs: Vec<f32>,
+    /// Per token, the most likely tokens at its step and their log-probabilities, most likely
+    /// first.
+    pub top_logprobs: Vec<TopLogprobMap>,
+    /// Where each token starts in the choice's text, in characters.
+    pub text_offset: Vec<usize>,
+}
+
+/// `{token: logprob, ...}` in order, most likely first; a token text that two tokens share
+/// (two halves of different characters both print as U+FFFD) is listed once, with the higher.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopLogprobMap(pub Vec<(String, f32)>);
+
+impl Serialize for TopLogprobMap {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (token, logprob) in &self.0 {
+            map.serialize_entry(token, logprob)?;
+        }
+        map.end()
+    }
 }
 
 /// One entry of `GET /v1/models`.

@@ -20,8 +20,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::engine::{Engine, Event, Failure, GenerateJob};
+use crate::engine::{Engine, Event, Failure, GenerateJob, TokenLogprob};
 use crate::error::ApiError;
+use crate::logprobs::{chat_logprobs, completion_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
@@ -500,6 +501,7 @@ async fn generate(
         fingerprint: state.fingerprint.to_string(),
         prompt_tokens,
         include_usage: request.include_usage,
+        logprobs: request.params.logprobs.is_some(),
         metrics: state.metrics.clone(),
         start,
         timeout,
@@ -528,9 +530,9 @@ async fn generate(
     };
     guard.finished = true;
     drop(permit);
-    let (texts, finishes, completion_tokens) =
-        result.map_err(|f| failure_to_api(f, endpoint, timeout))?;
-    let usage = Usage::new(prompt_tokens as u64, completion_tokens as u64);
+    let collected = result.map_err(|f| failure_to_api(f, endpoint, timeout))?;
+    let usage = Usage::new(prompt_tokens as u64, collected.completion_tokens as u64);
+    let wants_logprobs = request.params.logprobs.is_some();
     state
         .metrics
         .tokens(&route.elite, usage.prompt_tokens, usage.completion_tokens);
@@ -540,17 +542,19 @@ async fn generate(
             object: "chat.completion",
             created: ctx.created,
             model: route.elite.clone(),
-            choices: texts
+            choices: collected
+                .texts
                 .into_iter()
-                .zip(finishes)
+                .zip(collected.finishes)
+                .zip(&collected.logprobs)
                 .enumerate()
-                .map(|(i, (content, finish))| ChatChoice {
+                .map(|(i, ((content, finish), logprobs))| ChatChoice {
                     index: i as u32,
                     message: ChatMessageOut {
                         role: "assistant",
                         content,
                     },
-                    logprobs: None,
+                    logprobs: wants_logprobs.then(|| chat_logprobs(logprobs)),
                     finish_reason: finish,
                 })
                 .collect(),
@@ -564,14 +568,17 @@ async fn generate(
             created: ctx.created,
             model: route.elite.clone(),
             system_fingerprint: ctx.fingerprint.clone(),
-            choices: texts
+            choices: collected
+                .texts
                 .into_iter()
-                .zip(finishes)
+                .zip(collected.finishes)
+                .zip(&collected.logprobs)
                 .enumerate()
-                .map(|(i, (text, finish))| CompletionChoice {
+                .map(|(i, ((text, finish), logprobs))| CompletionChoice {
                     index: i as u32,
                     text,
-                    logprobs: None,
+                    logprobs: wants_logprobs
+                        .then(|| completion_logprobs(logprobs, &mut TextOffset::default())),
                     finish_reason: Some(finish),
                 })
                 .collect(),
@@ -592,36 +599,52 @@ fn set_elite(response: &mut Response, elite: &str) {
         .insert(ServedBy(elite.to_string()));
 }
 
-type Collected = (Vec<String>, Vec<&'static str>, usize);
+/// Every choice read to its end, in order.
+struct Collected {
+    texts: Vec<String>,
+    finishes: Vec<&'static str>,
+    /// Per choice, its tokens' log-probabilities (empty unless asked for).
+    logprobs: Vec<Vec<TokenLogprob>>,
+    completion_tokens: usize,
+}
 
 /// Reads every choice to its end; the first failure fails the request.
 async fn collect_all(
     ctx: &StreamContext,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
 ) -> Result<Collected, Failure> {
-    let mut texts = Vec::with_capacity(receivers.len());
-    let mut finishes = Vec::with_capacity(receivers.len());
-    let mut total = 0usize;
+    let mut out = Collected {
+        texts: Vec::with_capacity(receivers.len()),
+        finishes: Vec::with_capacity(receivers.len()),
+        logprobs: Vec::with_capacity(receivers.len()),
+        completion_tokens: 0,
+    };
     let mut first = true;
     // Choices run concurrently in the engine; reading them in order only orders the waits.
     for mut rx in receivers {
         let mut text = String::new();
+        let mut logprobs = Vec::new();
         loop {
             match rx.recv().await {
-                Some(Event::Text { text: t, .. }) => {
+                Some(Event::Text {
+                    text: t,
+                    logprobs: l,
+                    ..
+                }) => {
                     if first {
                         first = false;
                         ctx.metrics
                             .first_token(ctx.endpoint.route(), ctx.start.elapsed().as_secs_f64());
                     }
                     text.push_str(&t);
+                    logprobs.extend(l);
                 }
                 Some(Event::Done {
                     finish,
                     completion_tokens,
                 }) => {
-                    total += completion_tokens;
-                    finishes.push(finish.as_str());
+                    out.completion_tokens += completion_tokens;
+                    out.finishes.push(finish.as_str());
                     break;
                 }
                 Some(Event::Failed(f)) => return Err(f),
@@ -629,9 +652,10 @@ async fn collect_all(
                 None => return Err(Failure::Internal("engine dropped a running job".into())),
             }
         }
-        texts.push(text);
+        out.texts.push(text);
+        out.logprobs.push(logprobs);
     }
-    Ok((texts, finishes, total))
+    Ok(out)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains: new generation

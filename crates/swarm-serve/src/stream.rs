@@ -15,7 +15,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::engine::Event;
+use crate::engine::{Event, TokenLogprob};
+use crate::logprobs::{chat_logprobs, completion_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse, Usage,
@@ -33,6 +34,9 @@ pub struct StreamContext {
     pub fingerprint: String,
     pub prompt_tokens: usize,
     pub include_usage: bool,
+    /// Whether the request asked for log-probabilities (every text chunk then carries its
+    /// tokens').
+    pub logprobs: bool,
     pub metrics: Arc<Metrics>,
     pub start: Instant,
     pub timeout: Option<Duration>,
@@ -70,7 +74,18 @@ impl StreamContext {
         self.include_usage.then_some(None)
     }
 
-    fn delta(&self, index: usize, text: Option<String>, finish: Option<&'static str>) -> String {
+    /// A chunk of choice `index`: new text and its tokens' log-probabilities (`offset`: where
+    /// the choice's next token starts), or its finish reason.
+    fn delta(
+        &self,
+        index: usize,
+        text: Option<String>,
+        logprobs: &[TokenLogprob],
+        offset: &mut TextOffset,
+        finish: Option<&'static str>,
+    ) -> String {
+        // Text chunks carry log-probabilities when asked for, finish chunks none.
+        let with_logprobs = self.logprobs && finish.is_none();
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(
                 vec![ChatChunkChoice {
@@ -79,7 +94,7 @@ impl StreamContext {
                         role: None,
                         content: text,
                     },
-                    logprobs: None,
+                    logprobs: with_logprobs.then(|| chat_logprobs(logprobs)),
                     finish_reason: finish,
                 }],
                 self.null_usage(),
@@ -88,7 +103,7 @@ impl StreamContext {
                 vec![CompletionChoice {
                     index: index as u32,
                     text: text.unwrap_or_default(),
-                    logprobs: None,
+                    logprobs: with_logprobs.then(|| completion_logprobs(logprobs, offset)),
                     finish_reason: finish,
                 }],
                 None,
@@ -109,6 +124,8 @@ struct State {
     merged: SelectAll<BoxStream<'static, (usize, Event)>>,
     pending: VecDeque<SseEvent>,
     remaining: usize,
+    /// Per choice, where its next token starts in its text (completions' `text_offset`).
+    offsets: Vec<TextOffset>,
     completion_tokens: usize,
     first_text: bool,
     ended: bool,
@@ -139,7 +156,11 @@ impl State {
     /// Turns one engine event into zero or more SSE events.
     fn on_event(&mut self, index: usize, event: Option<Event>) {
         match event {
-            Some(Event::Text { text, tokens }) => {
+            Some(Event::Text {
+                text,
+                tokens,
+                logprobs,
+            }) => {
                 self.completion_tokens += tokens;
                 if self.first_text {
                     self.first_text = false;
@@ -148,13 +169,17 @@ impl State {
                         self.ctx.start.elapsed().as_secs_f64(),
                     );
                 }
-                if !text.is_empty() {
-                    self.pending
-                        .push_back(SseEvent::default().data(self.ctx.delta(
-                            index,
-                            Some(text),
-                            None,
-                        )));
+                // A token whose text is held back (it may begin a stop string) still sends its
+                // log-probability.
+                if !text.is_empty() || (self.ctx.logprobs && !logprobs.is_empty()) {
+                    let chunk = self.ctx.delta(
+                        index,
+                        Some(text),
+                        &logprobs,
+                        &mut self.offsets[index],
+                        None,
+                    );
+                    self.pending.push_back(SseEvent::default().data(chunk));
                 }
             }
             Some(Event::Done { finish, .. }) => {
@@ -162,12 +187,14 @@ impl State {
                     Endpoint::Chat => None,
                     Endpoint::Completion => Some(String::new()),
                 };
-                self.pending
-                    .push_back(SseEvent::default().data(self.ctx.delta(
-                        index,
-                        text,
-                        Some(finish.as_str()),
-                    )));
+                let chunk = self.ctx.delta(
+                    index,
+                    text,
+                    &[],
+                    &mut self.offsets[index],
+                    Some(finish.as_str()),
+                );
+                self.pending.push_back(SseEvent::default().data(chunk));
                 self.remaining -= 1;
             }
             Some(Event::Started { .. }) => {}
@@ -250,6 +277,7 @@ pub fn sse_response(
         merged,
         pending,
         remaining: n,
+        offsets: vec![TextOffset::default(); n],
         completion_tokens: 0,
         first_text: true,
         ended: false,

@@ -66,7 +66,13 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// The seed of choice 0; choice `i` uses `seed + i`.
     pub seed: u64,
+    /// Report each generated token's log-probability with this many of the most likely
+    /// tokens beside it (0: the token's alone); `None`: not asked.
+    pub logprobs: Option<usize>,
 }
+
+/// The most alternatives `top_logprobs` (chat) and `logprobs` (completions) may ask for.
+pub const MAX_TOP_LOGPROBS: usize = 20;
 
 /// A request ready for the router and the engine.
 #[derive(Debug, Clone)]
@@ -138,8 +144,6 @@ const REFUSED: &[(&str, Harmless)] = &[
     ("functions", is_empty_list),
     ("function_call", |v| v.is_null() || v == "none"),
     ("response_format", |v| v.is_null() || v["type"] == "text"),
-    ("logprobs", |v| v.is_null() || v == false || v == 0),
-    ("top_logprobs", |v| v.is_null() || v == 0),
     ("logit_bias", |v| {
         v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
     }),
@@ -259,6 +263,7 @@ fn resolve_common(
             top_p: top_p as f32,
             stop,
             seed,
+            logprobs: None,
         },
         n as usize,
     ))
@@ -389,6 +394,30 @@ fn log_ignored(endpoint: Endpoint, ignored: &[String]) {
     }
 }
 
+/// A chat's `logprobs` (whether to report them) and `top_logprobs` (how many alternatives,
+/// which needs `logprobs`), as OpenAI reads them.
+fn chat_logprobs(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<usize>, ApiError> {
+    match (logprobs.unwrap_or(false), top) {
+        (false, None) => Ok(None),
+        (false, Some(_)) => Err(ApiError::invalid(
+            "top_logprobs",
+            "`top_logprobs` needs `logprobs` set to true",
+        )),
+        (true, top) => Ok(Some(top_logprobs(top.unwrap_or(0), "top_logprobs")?)),
+    }
+}
+
+/// How many alternatives a request asks for, checked against [`MAX_TOP_LOGPROBS`].
+fn top_logprobs(top: u64, param: &str) -> Result<usize, ApiError> {
+    if top > MAX_TOP_LOGPROBS as u64 {
+        return Err(ApiError::invalid(
+            param,
+            format!("`{param}` is {top}; it must be between 0 and {MAX_TOP_LOGPROBS}"),
+        ));
+    }
+    Ok(top as usize)
+}
+
 /// Resolves a chat request.
 pub fn validate_chat(
     r: ChatCompletionRequest,
@@ -411,7 +440,7 @@ pub fn validate_chat(
         Some(v) => resolve_max_tokens(Some(v), "max_completion_tokens", limits)?,
         None => resolve_max_tokens(r.max_tokens, "max_tokens", limits)?,
     };
-    let (params, n) = resolve_common(
+    let (mut params, n) = resolve_common(
         r.temperature,
         r.top_p,
         r.stop,
@@ -420,6 +449,7 @@ pub fn validate_chat(
         max_tokens,
         limits,
     )?;
+    params.logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
     let stream = r.stream.unwrap_or(false);
     let include_usage = include_usage(stream, r.stream_options)?;
     log_ignored(Endpoint::Chat, &ignored);
@@ -495,7 +525,7 @@ pub fn validate_completion(
         ));
     }
     let max_tokens = resolve_max_tokens(r.max_tokens, "max_tokens", limits)?;
-    let (params, n) = resolve_common(
+    let (mut params, n) = resolve_common(
         r.temperature,
         r.top_p,
         r.stop,
@@ -504,6 +534,10 @@ pub fn validate_completion(
         max_tokens,
         limits,
     )?;
+    params.logprobs = r
+        .logprobs
+        .map(|top| top_logprobs(top, "logprobs"))
+        .transpose()?;
     if prompts.len() * n > limits.max_choices {
         return Err(ApiError::invalid(
             "n",
@@ -560,7 +594,6 @@ mod tests {
         for extra in [
             r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
             r#""response_format":{"type":"json_object"}"#,
-            r#""logprobs":true"#,
             r#""logit_bias":{"1":5}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
@@ -600,6 +633,57 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].content[0].type"));
+    }
+
+    #[test]
+    fn logprobs_as_openai_reads_them() {
+        let asked = |extra: &str| {
+            chat(&format!(
+                r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+            ))
+            .map(|r| r.params.logprobs)
+        };
+        assert_eq!(asked("").unwrap(), None);
+        assert_eq!(asked(r#","logprobs":false"#).unwrap(), None);
+        assert_eq!(asked(r#","logprobs":true"#).unwrap(), Some(0));
+        assert_eq!(
+            asked(r#","logprobs":true,"top_logprobs":20"#).unwrap(),
+            Some(20)
+        );
+        for (extra, param) in [
+            (r#","logprobs":true,"top_logprobs":21"#, "top_logprobs"),
+            (r#","top_logprobs":2"#, "top_logprobs"),
+            (r#","logprobs":false,"top_logprobs":0"#, "top_logprobs"),
+        ] {
+            let e = asked(extra).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+        }
+
+        let l = Limits::default();
+        let completion = |b: &str| validate_completion(serde_json::from_str(b).unwrap(), &l);
+        assert_eq!(
+            completion(r#"{"prompt":"x"}"#).unwrap().params.logprobs,
+            None
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"x","logprobs":0}"#)
+                .unwrap()
+                .params
+                .logprobs,
+            Some(0)
+        );
+        assert_eq!(
+            completion(r#"{"prompt":"x","logprobs":5}"#)
+                .unwrap()
+                .params
+                .logprobs,
+            Some(5)
+        );
+        let e = completion(r#"{"prompt":"x","logprobs":21}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("logprobs"));
+        // The prompt's own log-probabilities (`echo`) are not computed.
+        let e = completion(r#"{"prompt":"x","logprobs":1,"echo":true}"#).unwrap_err();
+        assert_eq!(e.code, Some("unsupported_parameter"));
     }
 
     #[test]

@@ -100,6 +100,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> Gene
             top_p: 1.0,
             stop: vec![],
             seed,
+            logprobs: None,
         },
         deadline: None,
     }
@@ -114,7 +115,9 @@ async fn collect(
     while let Some(e) = rx.recv().await {
         match e {
             Event::Started { .. } => {}
-            Event::Text { text: t, tokens: n } => {
+            Event::Text {
+                text: t, tokens: n, ..
+            } => {
                 text.push_str(&t);
                 tokens += n;
             }
@@ -161,6 +164,77 @@ async fn continuous_batching_matches_generation_alone() {
         assert_eq!((text.as_str(), n), (want.as_str(), want_n), "prompt {p:?}");
     }
     assert_eq!(e.status().batch_size, 0);
+}
+
+/// Sampled jobs running side by side report, for every token, the model's own
+/// log-probability at that position (its softmax at temperature 1, whatever the job's
+/// temperature) and the most likely tokens there, as the model alone computes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logprobs_are_the_models_own() {
+    let e = engine(4);
+    wait_ready(&e).await;
+    let top = 3;
+    let jobs: Vec<_> = prompts()
+        .into_iter()
+        .take(4)
+        .enumerate()
+        .map(|(i, p)| {
+            let mut j = job(p.clone(), 8, 0.8, 10 + i as u64);
+            j.params.logprobs = Some(top);
+            (p, e.submit(j).unwrap())
+        })
+        .collect();
+    let config = config();
+    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let tokenizer = tokenizer();
+    let id = |bytes: &[u8]| {
+        tokenizer
+            .token_to_id(std::str::from_utf8(bytes).unwrap())
+            .unwrap()
+    };
+    for (prompt, mut rx) in jobs {
+        let mut reported = Vec::new();
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Text { logprobs, .. } => reported.extend(logprobs),
+                Event::Done { .. } => break,
+                Event::Started { .. } => {}
+                Event::Failed(f) => panic!("{f:?}"),
+            }
+        }
+        assert_eq!(reported.len(), 8);
+        let mut ids = prompt.clone();
+        for token in &reported {
+            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let logits: Vec<f32> = model
+                .forward_last(&input, &mut model.new_cache(1, 0))
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+            let chosen = id(&token.bytes);
+            let want = logits[chosen as usize] - log_sum;
+            assert!(
+                (token.logprob - want).abs() < 1e-4,
+                "{} vs {want}",
+                token.logprob
+            );
+            let mut order: Vec<usize> = (0..logits.len()).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let top_ids: Vec<usize> = token.top.iter().map(|t| id(&t.bytes) as usize).collect();
+            assert_eq!(top_ids, order[..top], "prompt {prompt:?}");
+            for t in &token.top {
+                assert!((t.logprob - (logits[id(&t.bytes) as usize] - log_sum)).abs() < 1e-4);
+            }
+            ids.push(chosen);
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

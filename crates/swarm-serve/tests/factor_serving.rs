@@ -332,6 +332,7 @@ fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Gener
             top_p: 1.0,
             stop: vec![],
             seed,
+            logprobs: None,
         },
         deadline: None,
     }

@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use swarm_serve::{
     app, AppState, EliteInfo, Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob,
-    Prompt, Router, ServerConfig, SkillClassifier, SwarmInfo,
+    Prompt, Router, ServerConfig, SkillClassifier, SwarmInfo, TokenLogprob, TopLogprob,
 };
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -70,9 +70,29 @@ impl Engine for ScriptedEngine {
                     finished.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
+                // Asked for log-probabilities: word i has ln p = -i/10, and the alternatives
+                // are the word itself then "alt1 ", "alt2 ", ... each 1 lower.
+                let logprobs = match job.params.logprobs {
+                    Some(top) => vec![TokenLogprob {
+                        bytes: word.clone().into_bytes(),
+                        logprob: -(i as f32) / 10.0,
+                        top: (0..top)
+                            .map(|k| TopLogprob {
+                                bytes: if k == 0 {
+                                    word.clone().into_bytes()
+                                } else {
+                                    format!("alt{k} ").into_bytes()
+                                },
+                                logprob: -(i as f32) / 10.0 - k as f32,
+                            })
+                            .collect(),
+                    }],
+                    None => Vec::new(),
+                };
                 let _ = tx.send(Event::Text {
                     text: word,
                     tokens: 1,
+                    logprobs,
                 });
             }
             let _ = tx.send(Event::Done {
@@ -399,6 +419,138 @@ async fn streams_completions() {
     assert_eq!(last["object"], "text_completion");
     assert_eq!(last["choices"][0]["finish_reason"], "length");
     assert!(last.get("usage").is_none());
+}
+
+/// A chat with `logprobs` and `top_logprobs`: one entry per token, whose texts make the
+/// message, each with its alternatives most likely first; without them, `logprobs` is null.
+#[tokio::test]
+async fn chat_logprobs_list_every_token() {
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+        "logprobs": true, "top_logprobs": 2, "seed": 1});
+    let (s, _, v) = send_json(&state(), post("/v1/chat/completions", body)).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    let content = choice["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 3);
+    let joined: String = content
+        .iter()
+        .map(|t| t["token"].as_str().unwrap())
+        .collect();
+    assert_eq!(joined, choice["message"]["content"].as_str().unwrap());
+    for (i, t) in content.iter().enumerate() {
+        let logprob = -(i as f64) / 10.0;
+        assert!(
+            (t["logprob"].as_f64().unwrap() - logprob).abs() < 1e-6,
+            "{t}"
+        );
+        let bytes: Vec<u8> = serde_json::from_value(t["bytes"].clone()).unwrap();
+        assert_eq!(bytes, t["token"].as_str().unwrap().as_bytes());
+        let top = t["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["token"], t["token"]);
+        assert_eq!(top[1]["token"], "alt1 ");
+        assert!((top[1]["logprob"].as_f64().unwrap() - (logprob - 1.0)).abs() < 1e-6);
+    }
+    assert!(choice["logprobs"]["refusal"].is_null());
+
+    // `logprobs` alone: the tokens without alternatives.
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "logprobs": true});
+    let (_, _, v) = send_json(&state(), post("/v1/chat/completions", body)).await;
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(content.len(), 2);
+    assert!(content.iter().all(|t| t["top_logprobs"] == json!([])));
+
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+    let (_, _, v) = send_json(&state(), post("/v1/chat/completions", body)).await;
+    assert!(v["choices"][0]["logprobs"].is_null());
+}
+
+/// Completions' legacy lists: tokens, their log-probabilities, a map of alternatives each,
+/// and each token's offset in the text; streamed, the offsets carry on across chunks.
+#[tokio::test]
+async fn completion_logprobs_in_the_legacy_format() {
+    let body = json!({"prompt": "a", "max_tokens": 3, "logprobs": 2, "seed": 4});
+    let (s, _, v) = send_json(&state(), post("/v1/completions", body.clone())).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    let text = choice["text"].as_str().unwrap();
+    let logprobs = &choice["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.concat(), text);
+    let mut offset = 0;
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(logprobs["text_offset"][i], offset);
+        offset += token.chars().count();
+        let top = logprobs["top_logprobs"][i].as_object().unwrap();
+        let keys: Vec<&String> = top.keys().collect();
+        assert_eq!(keys.len(), 2);
+        assert!(
+            top.contains_key(*token) && top.contains_key("alt1 "),
+            "{top:?}"
+        );
+        assert_eq!(logprobs["token_logprobs"][i], top[*token]);
+    }
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (s, _, b) = send(&state(), post("/v1/completions", streamed)).await;
+    assert_eq!(s, 200);
+    let chunks: Vec<Value> = sse_data(&b)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let mut offsets = Vec::new();
+    let mut streamed_text = String::new();
+    for c in &chunks {
+        let choice = &c["choices"][0];
+        streamed_text.push_str(choice["text"].as_str().unwrap());
+        if choice["finish_reason"].is_null() {
+            offsets.extend(
+                choice["logprobs"]["text_offset"]
+                    .as_array()
+                    .unwrap()
+                    .clone(),
+            );
+        } else {
+            assert!(choice["logprobs"].is_null(), "{c}");
+        }
+    }
+    assert_eq!(streamed_text, text);
+    assert_eq!(Value::from(offsets), logprobs["text_offset"]);
+}
+
+/// Streamed chat chunks carry the log-probabilities of their own tokens.
+#[tokio::test]
+async fn streamed_chat_chunks_carry_their_logprobs() {
+    let body = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+        "logprobs": true, "top_logprobs": 1, "stream": true});
+    let (s, _, b) = send(&state(), post("/v1/chat/completions", body)).await;
+    assert_eq!(s, 200);
+    let mut tokens = 0;
+    for d in sse_data(&b).iter().filter(|d| *d != "[DONE]") {
+        let c: Value = serde_json::from_str(d).unwrap();
+        let choice = &c["choices"][0];
+        match choice["delta"]["content"].as_str() {
+            Some(text) if !text.is_empty() => {
+                let content = choice["logprobs"]["content"].as_array().unwrap();
+                let joined: String = content
+                    .iter()
+                    .map(|t| t["token"].as_str().unwrap())
+                    .collect();
+                assert_eq!(joined, text);
+                tokens += content.len();
+            }
+            _ => assert!(choice["logprobs"].is_null(), "{c}"),
+        }
+    }
+    assert_eq!(tokens, 3);
 }
 
 #[tokio::test]
