@@ -26,6 +26,7 @@ mod fsutil;
 mod generation;
 mod gguf;
 mod hub;
+mod json_prefix;
 #[doc(hidden)]
 pub mod kernel_bench;
 mod kv_cache;
@@ -57,6 +58,7 @@ pub use hub::{
     cache_dir, ensure_default_model, expand_toy_reference, sha256_file, toy_models_dir, ModelFiles,
     ModelRef, DEFAULT_MODEL, TOY_WORLD_EDITION,
 };
+pub use json_prefix::JsonPrefix;
 pub use kv_cache::KvCache;
 pub use linear::Precision;
 pub use llama::{argmax_rows, random_weights, rope_inv_freq, rope_tables, Llama, RowGroup};

@@ -72,6 +72,71 @@ impl Sampler {
         if self.params.is_greedy() {
             return Ok(argmax(logits));
         }
+        let total = self.filtered(logits)?;
+        Ok(self.draw(total))
+    }
+
+    /// Picks the next token among those `allowed` accepts (JSON mode: the tokens that keep
+    /// the text a JSON prefix); `None` if it accepts none.
+    ///
+    /// Greedy: the most likely allowed token. Sampling: a draw from the tokens that the
+    /// temperature, top-k and top-p leave, renormalised over the allowed ones, by rejection
+    /// (a refused draw leaves the candidates and the next draw is from the rest), so that
+    /// `allowed` runs on the few tokens drawn, not on the vocabulary. If none of those
+    /// candidates is allowed, the draw is from every allowed token at the temperature.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        mut allowed: impl FnMut(u32) -> bool,
+    ) -> Result<Option<u32>> {
+        if logits.is_empty() {
+            return Err(ModelError::Generation("empty logits".to_string()));
+        }
+        if self.params.is_greedy() {
+            let best = argmax(logits);
+            if allowed(best) {
+                return Ok(Some(best));
+            }
+            let mut order: Vec<u32> = (0..logits.len() as u32)
+                .filter(|&id| !logits[id as usize].is_nan())
+                .collect();
+            order.sort_by(|&a, &b| {
+                logits[b as usize]
+                    .total_cmp(&logits[a as usize])
+                    .then(a.cmp(&b))
+            });
+            return Ok(order.into_iter().find(|&id| allowed(id)));
+        }
+        let mut total = self.filtered(logits)?;
+        while !self.candidates.is_empty() {
+            let at = self.draw_index(total);
+            let (id, p) = self.candidates[at];
+            if allowed(id) {
+                return Ok(Some(id));
+            }
+            self.candidates.swap_remove(at);
+            total -= p;
+        }
+        // Every candidate refused: all the allowed tokens, at the temperature alone.
+        let inv_t = 1.0 / self.params.temperature as f32;
+        let c = &mut self.candidates;
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|&(i, l)| !l.is_nan() && allowed(i as u32))
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        if c.is_empty() {
+            return Ok(None);
+        }
+        let total = softmax_in_place(c);
+        Ok(Some(self.draw(total)))
+    }
+
+    /// Fills `candidates` with the tokens temperature, top-k and top-p leave and their
+    /// probabilities (normalised before the top-p cut); returns their total.
+    fn filtered(&mut self, logits: &[f32]) -> Result<f32> {
         let inv_t = 1.0 / self.params.temperature as f32;
         let c = &mut self.candidates;
         c.clear();
@@ -92,16 +157,7 @@ impl Sampler {
             c.select_nth_unstable_by(k - 1, desc);
             c.truncate(k);
         }
-        // Softmax over the survivors, in whatever order they are.
-        let max = c.iter().map(|&(_, l)| l).fold(f32::NEG_INFINITY, f32::max);
-        let mut total = 0f32;
-        for (_, l) in c.iter_mut() {
-            *l = (*l - max).exp();
-            total += *l;
-        }
-        for (_, p) in c.iter_mut() {
-            *p /= total;
-        }
+        softmax_in_place(c);
         // Nucleus: the smallest set of most likely tokens whose mass reaches top_p (at least
         // one token). Only that head needs sorting, and it is usually small: sort a growing
         // head until it holds the mass, instead of sorting the whole vocabulary (49k tokens
@@ -129,15 +185,41 @@ impl Sampler {
             c.truncate(keep);
             total = c.iter().map(|(_, p)| p).sum();
         }
+        Ok(total)
+    }
+
+    /// A token drawn from `candidates`, whose probabilities sum to `total`.
+    fn draw(&mut self, total: f32) -> u32 {
+        let at = self.draw_index(total);
+        self.candidates[at].0
+    }
+
+    /// The index in `candidates` of a draw; `candidates` is not empty.
+    fn draw_index(&mut self, total: f32) -> usize {
         let mut u = self.rng.gen::<f32>() * total;
-        for &(id, p) in c.iter() {
+        for (i, &(_, p)) in self.candidates.iter().enumerate() {
             if u < p {
-                return Ok(id);
+                return i;
             }
             u -= p;
         }
-        Ok(c[c.len() - 1].0)
+        self.candidates.len() - 1
     }
+}
+
+/// Turns the (token, logit) pairs into (token, probability) in place; returns the total (1
+/// up to rounding).
+fn softmax_in_place(c: &mut [(u32, f32)]) -> f32 {
+    let max = c.iter().map(|&(_, l)| l).fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0f32;
+    for (_, l) in c.iter_mut() {
+        *l = (*l - max).exp();
+        total += *l;
+    }
+    for (_, p) in c.iter_mut() {
+        *p /= total;
+    }
+    c.iter().map(|&(_, p)| p).sum()
 }
 
 /// How many of the most likely tokens the nucleus search sorts first (then 4x more each time).
@@ -392,5 +474,90 @@ mod tests {
         assert!(token_logprobs(&[0.0, f32::NAN], 0, 1).is_err());
         assert!(token_logprobs(&[f32::NEG_INFINITY; 3], 0, 1).is_err());
         assert!(token_logprobs(&[], 0, 0).is_err());
+    }
+
+    /// Frequencies of `draws` samples of `sample_allowed` per token.
+    fn allowed_frequencies(s: &mut Sampler, l: &[f32], allowed: &[u32], draws: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; l.len()];
+        for _ in 0..draws {
+            let t = s
+                .sample_allowed(l, |id| allowed.contains(&id))
+                .unwrap()
+                .unwrap();
+            counts[t as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / draws as f64).collect()
+    }
+
+    /// The softmax of `l / t` over `allowed` only.
+    fn masked_softmax(l: &[f32], t: f64, allowed: &[u32]) -> Vec<f64> {
+        let w: Vec<f64> = (0..l.len())
+            .map(|i| {
+                if allowed.contains(&(i as u32)) {
+                    (f64::from(l[i]) / t).exp()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let total: f64 = w.iter().sum();
+        w.iter().map(|x| x / total).collect()
+    }
+
+    #[test]
+    fn allowed_sampling_is_the_masked_distribution() {
+        let l = [2.0, 1.5, 0.5, 1.0, 0.0, 1.8];
+        let allowed = [1, 3, 4];
+        let mut s = Sampler::new(params(1.0, 0, 1.0, 9)).unwrap();
+        let got = allowed_frequencies(&mut s, &l, &allowed, 40_000);
+        let want = masked_softmax(&l, 1.0, &allowed);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.01, "{got:?} vs {want:?}");
+        }
+    }
+
+    #[test]
+    fn allowed_sampling_falls_back_past_the_nucleus() {
+        // top_p keeps token 0 alone, which is not allowed: every allowed token, at the
+        // temperature.
+        let l = [5.0, 1.0, 0.5, 0.0];
+        let allowed = [1, 2, 3];
+        let mut s = Sampler::new(params(0.7, 0, 0.5, 4)).unwrap();
+        let got = allowed_frequencies(&mut s, &l, &allowed, 40_000);
+        let want = masked_softmax(&l, 0.7, &allowed);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 0.01, "{got:?} vs {want:?}");
+        }
+        assert_eq!(s.sample_allowed(&l, |_| false).unwrap(), None);
+    }
+
+    #[test]
+    fn allowed_greedy_is_the_best_allowed() {
+        let l = logits();
+        let mut s = Sampler::new(params(0.0, 0, 1.0, 1)).unwrap();
+        let best = argmax(&l);
+        assert_eq!(s.sample_allowed(&l, |_| true).unwrap(), Some(best));
+        let odd = s.sample_allowed(&l, |id| id % 2 == 1).unwrap().unwrap();
+        let want = (0..l.len() as u32)
+            .filter(|id| id % 2 == 1)
+            .max_by(|&a, &b| l[a as usize].total_cmp(&l[b as usize]).then(b.cmp(&a)))
+            .unwrap();
+        assert_eq!(odd, want);
+        assert_eq!(s.sample_allowed(&l, |_| false).unwrap(), None);
+    }
+
+    #[test]
+    fn allowed_sampling_with_everything_allowed_is_plain_sampling() {
+        let l = logits();
+        let (mut a, mut b) = (
+            Sampler::new(params(0.9, 20, 0.9, 5)).unwrap(),
+            Sampler::new(params(0.9, 20, 0.9, 5)).unwrap(),
+        );
+        for _ in 0..200 {
+            assert_eq!(
+                a.sample(&l).unwrap(),
+                b.sample_allowed(&l, |_| true).unwrap().unwrap()
+            );
+        }
     }
 }
