@@ -151,6 +151,22 @@ def logprobs_of_a_greedy_answer():
 
 
 @check
+def json_mode_answers_one_object():
+    ask = [{"role": "user", "content": "Reply with a JSON object with keys name and age "
+            "for a person called Ann, 31."}]
+    for temperature, seed in [(0, None), (1.0, 1), (1.0, 2)]:
+        r = client.chat.completions.create(model="swarm", messages=ask, max_tokens=96,
+                                           temperature=temperature, seed=seed,
+                                           response_format={"type": "json_object"})
+        choice = r.choices[0]
+        # The seeds are fixed; each of these answers closes its object well within
+        # max_tokens (an answer cut by max_tokens would be a JSON prefix, finish "length").
+        assert choice.finish_reason == "stop", choice
+        answer = json.loads(choice.message.content)
+        assert isinstance(answer, dict) and "name" in answer, answer
+
+
+@check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
         model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],
@@ -180,7 +196,8 @@ def unknown_model_is_404():
 @check
 def unsupported_field_is_400():
     try:
-        client.chat.completions.create(model="swarm", messages=QUESTION, response_format={"type": "json_object"})
+        client.chat.completions.create(model="swarm", messages=QUESTION,
+                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
     except openai.BadRequestError as e:
         assert e.body["param"] == "response_format", e.body
     else:

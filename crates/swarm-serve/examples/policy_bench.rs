@@ -276,6 +276,7 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
             stop: Vec::new(),
             seed: 0,
             logprobs: None,
+            json_object: false,
         },
         deadline: None,
     };

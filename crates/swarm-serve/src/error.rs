@@ -87,7 +87,8 @@ impl ApiError {
         self
     }
 
-    fn with_code(mut self, code: &'static str) -> Self {
+    /// Sets the machine-readable `code` of the envelope.
+    pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
         self
     }

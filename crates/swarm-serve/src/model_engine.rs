@@ -37,7 +37,9 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use candle_core::DType;
-use swarm_model::{ChatTemplate, KvCache, Llama, RowGroup, Sampler, TextStream, Tokenizer};
+use swarm_model::{
+    ChatTemplate, JsonPrefix, KvCache, Llama, RowGroup, Sampler, TextStream, Tokenizer,
+};
 use tokio::sync::mpsc;
 
 use crate::engine::{
@@ -166,6 +168,8 @@ struct Seq {
     max_new: usize,
     /// Alternatives to report beside each token's log-probability; `None`: none asked.
     logprobs: Option<usize>,
+    /// JSON mode: the answer so far, which every token must keep a JSON object's prefix.
+    json: Option<JsonPrefix>,
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
@@ -274,6 +278,46 @@ impl Batch {
     }
 }
 
+/// Every token's bytes, worked out once at load: what log-probabilities report and what
+/// JSON mode checks a token against.
+struct TokenTable {
+    bytes: Vec<Vec<u8>>,
+    /// Special tokens (end of turn, chat markers): not text, so never part of a JSON answer.
+    special: Vec<bool>,
+}
+
+impl TokenTable {
+    fn new(tokenizer: &Tokenizer, vocab: usize) -> Self {
+        let specials: BTreeSet<u32> = tokenizer
+            .inner()
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
+        // An id the model has a logit for but the tokenizer lacks (a padded vocabulary)
+        // stands for no text.
+        let bytes = (0..vocab as u32)
+            .map(|id| tokenizer.token_bytes(id).unwrap_or_default())
+            .collect();
+        let special = (0..vocab as u32).map(|id| specials.contains(&id)).collect();
+        Self { bytes, special }
+    }
+
+    fn bytes(&self, id: u32) -> Vec<u8> {
+        self.bytes.get(id as usize).cloned().unwrap_or_default()
+    }
+
+    /// Whether token `id` keeps `json` a prefix of a JSON object.
+    fn continues_json(&self, json: &JsonPrefix, id: u32) -> bool {
+        let i = id as usize;
+        match (self.bytes.get(i), self.special.get(i)) {
+            (Some(bytes), Some(false)) => !bytes.is_empty() && json.accepts(bytes),
+            _ => false,
+        }
+    }
+}
+
 struct Scheduler {
     config: ModelEngineConfig,
     elites: EliteCache,
@@ -282,6 +326,7 @@ struct Scheduler {
     stop_ids: BTreeSet<u32>,
     max_positions: usize,
     vocab: usize,
+    tokens: TokenTable,
     waiting: VecDeque<(String, Seq)>,
     batches: Vec<Batch>,
     /// Forward passes run so far (prefill and decode).
@@ -309,9 +354,11 @@ impl Scheduler {
         stop_ids.extend(loaded.tokenizer.eos_token_id());
         let max_positions = elites.config().max_position_embeddings;
         let vocab = elites.config().vocab_size;
+        let tokens = TokenTable::new(&loaded.tokenizer, vocab);
         let s = Self {
             config,
             elites,
+            tokens,
             tokenizer: loaded.tokenizer,
             template: loaded.template,
             stop_ids,
@@ -437,6 +484,7 @@ impl Scheduler {
                 tokens: Vec::new(),
                 max_new,
                 logprobs: p.logprobs,
+                json: p.json_object.then(JsonPrefix::new),
                 deadline: job.deadline,
                 next: 0,
                 done: false,
@@ -627,9 +675,7 @@ impl Scheduler {
     /// `token`'s log-probability at this step and the `top` most likely tokens, as bytes.
     fn logprob(&self, logits: &[f32], token: u32, top: usize) -> Result<TokenLogprob> {
         let l = swarm_model::token_logprobs(logits, token, top)?;
-        // An id the model has a logit for but the tokenizer lacks (a padded vocabulary)
-        // stands for no text.
-        let bytes = |id: u32| self.tokenizer.token_bytes(id).unwrap_or_default();
+        let bytes = |id: u32| self.tokens.bytes(id);
         Ok(TokenLogprob {
             bytes: bytes(l.token),
             logprob: l.logprob,
@@ -646,14 +692,33 @@ impl Scheduler {
 
     /// Samples `seq`'s next token from its logits and reports the text it makes final.
     fn step(&self, seq: &mut Seq, logits: &[f32]) {
-        let token = match seq.sampler.sample(logits) {
-            Ok(t) => t,
+        let sampled = match &seq.json {
+            None => seq.sampler.sample(logits).map(Some),
+            Some(json) => seq
+                .sampler
+                .sample_allowed(logits, |id| self.tokens.continues_json(json, id)),
+        };
+        let token = match sampled {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                let _ = seq.tx.send(Event::Failed(Failure::Internal(
+                    "JSON mode: no token of the vocabulary continues the answer as JSON"
+                        .to_string(),
+                )));
+                seq.done = true;
+                return;
+            }
             Err(e) => {
                 let _ = seq.tx.send(Event::Failed(Failure::Internal(e.to_string())));
                 seq.done = true;
                 return;
             }
         };
+        // The token was checked; feeding it cannot fail.
+        let json_complete = seq.json.as_mut().is_some_and(|json| {
+            json.push(&self.tokens.bytes[token as usize]);
+            json.is_complete()
+        });
         let end_of_turn = self.stop_ids.contains(&token);
         let logprobs = match seq.logprobs {
             Some(top) if !end_of_turn => match self.logprob(logits, token, top) {
@@ -684,6 +749,10 @@ impl Scheduler {
             let (mut piece, stopped) = seq.text.push(decoded);
             if stopped {
                 finish = Some(FinishReason::Stop);
+            } else if json_complete {
+                // The object is closed: nothing may follow it.
+                finish = Some(FinishReason::Stop);
+                piece.push_str(&seq.text.finish());
             } else if seq.tokens.len() >= seq.max_new
                 || seq.prompt.len() + seq.tokens.len() >= self.max_positions
             {

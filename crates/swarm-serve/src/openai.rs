@@ -80,6 +80,9 @@ pub struct ChatCompletionRequest {
     /// How many of the most likely tokens to list beside each (0 to 20; needs `logprobs`).
     #[serde(default)]
     pub top_logprobs: Option<u64>,
+    /// `{"type": "text"}` (the default) or `{"type": "json_object"}` (JSON mode).
+    #[serde(default)]
+    pub response_format: Option<Value>,
     /// End-user id (logged).
     #[serde(default)]
     pub user: Option<String>,

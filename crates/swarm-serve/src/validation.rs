@@ -69,6 +69,9 @@ pub struct SamplingParams {
     /// Report each generated token's log-probability with this many of the most likely
     /// tokens beside it (0: the token's alone); `None`: not asked.
     pub logprobs: Option<usize>,
+    /// JSON mode (`response_format: {"type": "json_object"}`): the answer is one JSON
+    /// object, every token checked to keep it one.
+    pub json_object: bool,
 }
 
 /// The most alternatives `top_logprobs` (chat) and `logprobs` (completions) may ask for.
@@ -143,6 +146,7 @@ const REFUSED: &[(&str, Harmless)] = &[
     ("tool_choice", |v| v.is_null() || v == "none"),
     ("functions", is_empty_list),
     ("function_call", |v| v.is_null() || v == "none"),
+    // Chat reads it (JSON mode); completions have no such field in OpenAI's API.
     ("response_format", |v| v.is_null() || v["type"] == "text"),
     ("logit_bias", |v| {
         v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
@@ -264,6 +268,7 @@ fn resolve_common(
             stop,
             seed,
             logprobs: None,
+            json_object: false,
         },
         n as usize,
     ))
@@ -407,6 +412,28 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<usiz
     }
 }
 
+/// Whether `response_format` asks for JSON mode: `text` (or nothing) is plain text,
+/// `json_object` one JSON object; `json_schema` is refused (schemas are not enforced).
+fn json_mode(format: Option<&Value>) -> Result<bool, ApiError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(false);
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(false),
+        Some("json_object") => Ok(true),
+        Some("json_schema") => Err(ApiError::invalid(
+            "response_format",
+            "`response_format` of type `json_schema` is not supported by this server (schemas \
+             are not enforced); `json_object` is",
+        )
+        .with_code("unsupported_parameter")),
+        _ => Err(ApiError::invalid(
+            "response_format",
+            "`response_format.type` must be `text` or `json_object`",
+        )),
+    }
+}
+
 /// How many alternatives a request asks for, checked against [`MAX_TOP_LOGPROBS`].
 fn top_logprobs(top: u64, param: &str) -> Result<usize, ApiError> {
     if top > MAX_TOP_LOGPROBS as u64 {
@@ -450,6 +477,7 @@ pub fn validate_chat(
         limits,
     )?;
     params.logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
+    params.json_object = json_mode(r.response_format.as_ref())?;
     let stream = r.stream.unwrap_or(false);
     let include_usage = include_usage(stream, r.stream_options)?;
     log_ignored(Endpoint::Chat, &ignored);
@@ -593,7 +621,7 @@ mod tests {
     fn meaning_changing_fields_are_refused() {
         for extra in [
             r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-            r#""response_format":{"type":"json_object"}"#,
+            r#""response_format":{"type":"json_schema","json_schema":{"name":"x"}}"#,
             r#""logit_bias":{"1":5}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
@@ -683,6 +711,33 @@ mod tests {
         assert_eq!(e.param.as_deref(), Some("logprobs"));
         // The prompt's own log-probabilities (`echo`) are not computed.
         let e = completion(r#"{"prompt":"x","logprobs":1,"echo":true}"#).unwrap_err();
+        assert_eq!(e.code, Some("unsupported_parameter"));
+    }
+
+    #[test]
+    fn json_mode_from_response_format() {
+        let json = |extra: &str| {
+            chat(&format!(
+                r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+            ))
+            .map(|r| r.params.json_object)
+        };
+        assert!(!json("").unwrap());
+        assert!(!json(r#","response_format":null"#).unwrap());
+        assert!(!json(r#","response_format":{"type":"text"}"#).unwrap());
+        assert!(json(r#","response_format":{"type":"json_object"}"#).unwrap());
+        let e = json(r#","response_format":{"type":"yaml"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        let e = json(r#","response_format":"json""#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        // Completions have no `response_format` in OpenAI's API.
+        let l = Limits::default();
+        let e = validate_completion(
+            serde_json::from_str(r#"{"prompt":"x","response_format":{"type":"json_object"}}"#)
+                .unwrap(),
+            &l,
+        )
+        .unwrap_err();
         assert_eq!(e.code, Some("unsupported_parameter"));
     }
 

@@ -333,6 +333,7 @@ fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Gener
             stop: vec![],
             seed,
             logprobs: None,
+            json_object: false,
         },
         deadline: None,
     }
