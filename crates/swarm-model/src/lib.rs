@@ -65,6 +65,8 @@ pub use llama::{argmax_rows, random_weights, rope_inv_freq, rope_tables, Llama, 
 pub use pretrained::{
     check_weights, replace_dir_atomically, save_hf_dir, write_model_metadata, Pretrained,
 };
-pub use sampling::{argmax, token_logprobs, Sampler, SamplingParams, TokenLogprobs};
+pub use sampling::{
+    argmax, token_logprobs, LogitAdjustments, Sampler, SamplingParams, TokenLogprobs,
+};
 pub use tokenizer::Tokenizer;
 pub use weights::{decode_le_to_f32, write_safetensors, SafetensorsFiles, TensorSource, Weights};

@@ -238,6 +238,48 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// Changes to a row of logits before sampling, as OpenAI's API defines them: a fixed bias
+/// per token (`logit_bias`), and penalties on the tokens generated so far
+/// (`frequency_penalty` once per time a token was generated, `presence_penalty` once if it
+/// was at all).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LogitAdjustments {
+    pub bias: Vec<(u32, f32)>,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+}
+
+impl LogitAdjustments {
+    /// Whether applying changes nothing.
+    pub fn is_identity(&self) -> bool {
+        self.bias.iter().all(|&(_, b)| b == 0.0)
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
+    }
+
+    /// Adjusts `logits` for the next token after `generated`. Token ids outside `logits` are
+    /// skipped (validation refuses them before).
+    pub fn apply(&self, logits: &mut [f32], generated: &[u32]) {
+        for &(id, bias) in &self.bias {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l += bias;
+            }
+        }
+        if self.frequency_penalty == 0.0 && self.presence_penalty == 0.0 {
+            return;
+        }
+        let mut counts = std::collections::HashMap::<u32, u32>::new();
+        for &t in generated {
+            *counts.entry(t).or_default() += 1;
+        }
+        for (id, count) in counts {
+            if let Some(l) = logits.get_mut(id as usize) {
+                *l -= self.frequency_penalty * count as f32 + self.presence_penalty;
+            }
+        }
+    }
+}
+
 /// The log-probability of one chosen token and of the most likely tokens at that step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenLogprobs {
@@ -559,5 +601,23 @@ mod tests {
                 b.sample_allowed(&l, |_| true).unwrap().unwrap()
             );
         }
+    }
+
+    #[test]
+    fn adjustments_bias_and_penalise_as_openai_defines() {
+        let adjust = LogitAdjustments {
+            bias: vec![(1, 5.0), (3, -100.0), (99, 1.0)],
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+        };
+        let mut l = vec![0.0f32; 4];
+        adjust.apply(&mut l, &[2, 2, 2, 1]);
+        // token 1: +5 bias, generated once: -0.5 - 0.25; token 2: three times: -1.5 - 0.25.
+        assert_eq!(l, [0.0, 4.25, -1.75, -100.0]);
+        assert!(!adjust.is_identity());
+        assert!(LogitAdjustments::default().is_identity());
+        let mut l = vec![1.0f32; 3];
+        LogitAdjustments::default().apply(&mut l, &[0, 1]);
+        assert_eq!(l, [1.0; 3]);
     }
 }

@@ -277,6 +277,9 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
             seed: 0,
             logprobs: None,
             json_object: false,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
         },
         deadline: None,
     };

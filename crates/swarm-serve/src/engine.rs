@@ -71,6 +71,9 @@ pub enum Failure {
     InvalidToken(u32),
     /// The prompt cannot be run as given (empty, template error, bad sampling values).
     Invalid(String),
+    /// A request field other than the prompt names something this model lacks (a
+    /// `logit_bias` token outside the vocabulary).
+    InvalidField { param: String, message: String },
     /// The per-request deadline passed.
     Timeout,
     /// Loading, draining or stopped.

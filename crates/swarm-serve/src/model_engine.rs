@@ -38,7 +38,8 @@ use std::time::Instant;
 
 use candle_core::DType;
 use swarm_model::{
-    ChatTemplate, JsonPrefix, KvCache, Llama, RowGroup, Sampler, TextStream, Tokenizer,
+    ChatTemplate, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler, TextStream,
+    Tokenizer,
 };
 use tokio::sync::mpsc;
 
@@ -170,6 +171,9 @@ struct Seq {
     logprobs: Option<usize>,
     /// JSON mode: the answer so far, which every token must keep a JSON object's prefix.
     json: Option<JsonPrefix>,
+    /// `logit_bias` and the penalties, applied to the logits before sampling (not to the
+    /// log-probabilities reported, which are the model's own).
+    adjustments: Option<LogitAdjustments>,
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
@@ -463,6 +467,24 @@ impl Scheduler {
             });
         }
         let p = &job.params;
+        if let Some(&(bad, _)) = p
+            .logit_bias
+            .iter()
+            .find(|&&(t, _)| t as usize >= self.vocab)
+        {
+            return Err(Failure::InvalidField {
+                param: "logit_bias".to_string(),
+                message: format!(
+                    "`logit_bias` names token {bad}; this model's vocabulary has {} tokens",
+                    self.vocab
+                ),
+            });
+        }
+        let adjustments = LogitAdjustments {
+            bias: p.logit_bias.clone(),
+            frequency_penalty: p.frequency_penalty,
+            presence_penalty: p.presence_penalty,
+        };
         let sampler = Sampler::new(swarm_model::SamplingParams {
             temperature: f64::from(p.temperature),
             top_k: 0,
@@ -485,6 +507,7 @@ impl Scheduler {
                 max_new,
                 logprobs: p.logprobs,
                 json: p.json_object.then(JsonPrefix::new),
+                adjustments: (!adjustments.is_identity()).then_some(adjustments),
                 deadline: job.deadline,
                 next: 0,
                 done: false,
@@ -692,11 +715,17 @@ impl Scheduler {
 
     /// Samples `seq`'s next token from its logits and reports the text it makes final.
     fn step(&self, seq: &mut Seq, logits: &[f32]) {
+        let adjusted = seq.adjustments.as_ref().map(|a| {
+            let mut row = logits.to_vec();
+            a.apply(&mut row, &seq.tokens);
+            row
+        });
+        let for_sampling = adjusted.as_deref().unwrap_or(logits);
         let sampled = match &seq.json {
-            None => seq.sampler.sample(logits).map(Some),
+            None => seq.sampler.sample(for_sampling).map(Some),
             Some(json) => seq
                 .sampler
-                .sample_allowed(logits, |id| self.tokens.continues_json(json, id)),
+                .sample_allowed(for_sampling, |id| self.tokens.continues_json(json, id)),
         };
         let token = match sampled {
             Ok(Some(t)) => t,

@@ -83,6 +83,16 @@ pub struct ChatCompletionRequest {
     /// `{"type": "text"}` (the default) or `{"type": "json_object"}` (JSON mode).
     #[serde(default)]
     pub response_format: Option<Value>,
+    /// Added to these tokens' logits before sampling: `{"token id": bias}`, each in
+    /// [-100, 100].
+    #[serde(default)]
+    pub logit_bias: Option<Map<String, Value>>,
+    /// Lowers a token's logit by this much per time it was generated (-2 to 2).
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Lowers a token's logit by this much once it has been generated (-2 to 2).
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
     /// End-user id (logged).
     #[serde(default)]
     pub user: Option<String>,
@@ -127,6 +137,16 @@ pub struct CompletionRequest {
     /// tokens beside it (0 to 20).
     #[serde(default)]
     pub logprobs: Option<u64>,
+    /// Added to these tokens' logits before sampling: `{"token id": bias}`, each in
+    /// [-100, 100].
+    #[serde(default)]
+    pub logit_bias: Option<Map<String, Value>>,
+    /// Lowers a token's logit by this much per time it was generated (-2 to 2).
+    #[serde(default)]
+    pub frequency_penalty: Option<f64>,
+    /// Lowers a token's logit by this much once it has been generated (-2 to 2).
+    #[serde(default)]
+    pub presence_penalty: Option<f64>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(flatten)]
@@ -328,7 +348,7 @@ mod tests {
         assert_eq!(r.messages.len(), 2);
         assert_eq!(r.seed, Some(1));
         assert_eq!(r.max_completion_tokens, Some(8));
-        assert!(r.extra.contains_key("frequency_penalty"));
+        assert_eq!(r.frequency_penalty, Some(0.0));
         assert_eq!(r.stream_options.and_then(|o| o.include_usage), Some(true));
     }
 

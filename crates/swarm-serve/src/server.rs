@@ -367,6 +367,7 @@ pub fn failure_to_api(failure: Failure, endpoint: Endpoint, timeout: Option<Dura
             format!("the prompt has {tokens} tokens; this model's limit is {limit} (prompt plus max_tokens)"),
         ),
         Failure::Invalid(m) => ApiError::invalid(param, m),
+        Failure::InvalidField { param, message } => ApiError::invalid(param, message),
         Failure::InvalidToken(t) => {
             ApiError::invalid("prompt", format!("token id {t} is not in the vocabulary"))
         }

@@ -72,6 +72,12 @@ pub struct SamplingParams {
     /// JSON mode (`response_format: {"type": "json_object"}`): the answer is one JSON
     /// object, every token checked to keep it one.
     pub json_object: bool,
+    /// Added to these tokens' logits before sampling (`logit_bias`, each in [-100, 100]).
+    pub logit_bias: Vec<(u32, f32)>,
+    /// Subtracted from a token's logit once per time it was generated (in [-2, 2]).
+    pub frequency_penalty: f32,
+    /// Subtracted from a token's logit once it has been generated (in [-2, 2]).
+    pub presence_penalty: f32,
 }
 
 /// The most alternatives `top_logprobs` (chat) and `logprobs` (completions) may ask for.
@@ -148,9 +154,6 @@ const REFUSED: &[(&str, Harmless)] = &[
     ("function_call", |v| v.is_null() || v == "none"),
     // Chat reads it (JSON mode); completions have no such field in OpenAI's API.
     ("response_format", |v| v.is_null() || v["type"] == "text"),
-    ("logit_bias", |v| {
-        v.is_null() || v.as_object().is_some_and(|o| o.is_empty())
-    }),
     ("echo", |v| v.is_null() || v == false),
     ("best_of", |v| v.is_null() || v == 1),
     ("suffix", |v| v.is_null() || v == ""),
@@ -269,6 +272,9 @@ fn resolve_common(
             seed,
             logprobs: None,
             json_object: false,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
         },
         n as usize,
     ))
@@ -412,6 +418,59 @@ fn chat_logprobs(logprobs: Option<bool>, top: Option<u64>) -> Result<Option<usiz
     }
 }
 
+/// `logit_bias` (`{"token id": bias}`) and the two penalties, checked as OpenAI documents
+/// them; token ids are checked against the vocabulary by the engine.
+fn adjustments(
+    params: &mut SamplingParams,
+    logit_bias: Option<Map<String, Value>>,
+    frequency_penalty: Option<f64>,
+    presence_penalty: Option<f64>,
+) -> Result<(), ApiError> {
+    for (key, value) in logit_bias.unwrap_or_default() {
+        let id: u32 = key.trim().parse().map_err(|_| {
+            ApiError::invalid(
+                "logit_bias",
+                format!("`logit_bias` keys are token ids; {key:?} is not one"),
+            )
+        })?;
+        let bias = value
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "logit_bias",
+                    format!(
+                        "`logit_bias` of token {id} is {value}; it must be a number in [-100, 100]"
+                    ),
+                )
+            })?;
+        params.logit_bias.push((id, bias as f32));
+    }
+    params.logit_bias.sort_by_key(|&(id, _)| id);
+    for (value, param, target) in [
+        (
+            frequency_penalty,
+            "frequency_penalty",
+            &mut params.frequency_penalty,
+        ),
+        (
+            presence_penalty,
+            "presence_penalty",
+            &mut params.presence_penalty,
+        ),
+    ] {
+        let value = value.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&value) {
+            return Err(ApiError::invalid(
+                param,
+                format!("`{param}` is {value}; it must be between -2 and 2"),
+            ));
+        }
+        *target = value as f32;
+    }
+    Ok(())
+}
+
 /// Whether `response_format` asks for JSON mode: `text` (or nothing) is plain text,
 /// `json_object` one JSON object; `json_schema` is refused (schemas are not enforced).
 fn json_mode(format: Option<&Value>) -> Result<bool, ApiError> {
@@ -478,6 +537,12 @@ pub fn validate_chat(
     )?;
     params.logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
     params.json_object = json_mode(r.response_format.as_ref())?;
+    adjustments(
+        &mut params,
+        r.logit_bias,
+        r.frequency_penalty,
+        r.presence_penalty,
+    )?;
     let stream = r.stream.unwrap_or(false);
     let include_usage = include_usage(stream, r.stream_options)?;
     log_ignored(Endpoint::Chat, &ignored);
@@ -566,6 +631,12 @@ pub fn validate_completion(
         .logprobs
         .map(|top| top_logprobs(top, "logprobs"))
         .transpose()?;
+    adjustments(
+        &mut params,
+        r.logit_bias,
+        r.frequency_penalty,
+        r.presence_penalty,
+    )?;
     if prompts.len() * n > limits.max_choices {
         return Err(ApiError::invalid(
             "n",
@@ -622,7 +693,6 @@ mod tests {
         for extra in [
             r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
             r#""response_format":{"type":"json_schema","json_schema":{"name":"x"}}"#,
-            r#""logit_bias":{"1":5}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
             let e = chat(&body).unwrap_err();
@@ -633,8 +703,8 @@ mod tests {
 
     #[test]
     fn harmless_fields_are_ignored() {
-        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"frequency_penalty":0.5,"tools":[],"response_format":{"type":"text"},"logprobs":false,"metadata":null}"#).unwrap();
-        assert_eq!(r.ignored, vec!["frequency_penalty".to_string()]);
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"store":true,"tools":[],"response_format":{"type":"text"},"logprobs":false,"logit_bias":{},"metadata":null}"#).unwrap();
+        assert_eq!(r.ignored, vec!["store".to_string()]);
     }
 
     #[test]
@@ -712,6 +782,45 @@ mod tests {
         // The prompt's own log-probabilities (`echo`) are not computed.
         let e = completion(r#"{"prompt":"x","logprobs":1,"echo":true}"#).unwrap_err();
         assert_eq!(e.code, Some("unsupported_parameter"));
+    }
+
+    #[test]
+    fn logit_bias_and_penalties() {
+        let params = |extra: &str| {
+            chat(&format!(
+                r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
+            ))
+            .map(|r| r.params)
+        };
+        let p = params(
+            r#","logit_bias":{"50256":-100," 7 ":2.5},"frequency_penalty":0.5,"presence_penalty":-2"#,
+        )
+        .unwrap();
+        assert_eq!(p.logit_bias, vec![(7, 2.5), (50256, -100.0)]);
+        assert_eq!((p.frequency_penalty, p.presence_penalty), (0.5, -2.0));
+        let p = params("").unwrap();
+        assert!(p.logit_bias.is_empty());
+        assert_eq!((p.frequency_penalty, p.presence_penalty), (0.0, 0.0));
+        for (extra, param) in [
+            (r#","logit_bias":{"x":1}"#, "logit_bias"),
+            (r#","logit_bias":{"-1":1}"#, "logit_bias"),
+            (r#","logit_bias":{"5":101}"#, "logit_bias"),
+            (r#","logit_bias":{"5":"1"}"#, "logit_bias"),
+            (r#","frequency_penalty":2.5"#, "frequency_penalty"),
+            (r#","presence_penalty":-3"#, "presence_penalty"),
+        ] {
+            let e = params(extra).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{extra}");
+        }
+        let l = Limits::default();
+        let completion = validate_completion(
+            serde_json::from_str(r#"{"prompt":"x","logit_bias":{"3":1},"presence_penalty":1}"#)
+                .unwrap(),
+            &l,
+        )
+        .unwrap();
+        assert_eq!(completion.params.logit_bias, vec![(3, 1.0)]);
+        assert_eq!(completion.params.presence_penalty, 1.0);
     }
 
     #[test]

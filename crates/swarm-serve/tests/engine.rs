@@ -108,6 +108,9 @@ fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> Gene
             seed,
             logprobs: None,
             json_object: false,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
         },
         deadline: None,
     }
@@ -325,6 +328,77 @@ async fn json_mode_answers_are_json() {
     j.params.json_object = true;
     match collect(e.submit(j).unwrap()).await {
         Err(Failure::Internal(message)) => assert!(message.contains("JSON"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `logit_bias` and the penalties change what greedy decoding picks exactly as applying
+/// them to the model's logits by hand does, step by step; a bias outside the vocabulary is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logit_bias_and_penalties_steer_greedy_decoding() {
+    let e = engine(4);
+    wait_ready(&e).await;
+    let config = config();
+    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let tokenizer = tokenizer();
+    let prompt = vec![5u32, 6, 7];
+    let cases = [
+        (vec![(9u32, 100.0f32)], 0.0f32, 0.0f32),
+        (vec![(9, 3.0), (12, -100.0)], 0.0, 0.0),
+        (vec![], 1.5, 0.0),
+        (vec![], 0.0, 2.0),
+        (vec![(20, 1.0)], -0.5, 1.0),
+    ];
+    let plain = collect(e.submit(job(prompt.clone(), 12, 0.0, 0)).unwrap())
+        .await
+        .unwrap()
+        .0;
+    for (bias, frequency, presence) in cases {
+        let mut j = job(prompt.clone(), 12, 0.0, 0);
+        j.params.logit_bias = bias.clone();
+        j.params.frequency_penalty = frequency;
+        j.params.presence_penalty = presence;
+        let (text, _, _) = collect(e.submit(j).unwrap()).await.unwrap();
+        // By hand: the model's logits for the text so far, adjusted, argmax.
+        let adjust = swarm_model::LogitAdjustments {
+            bias: bias.clone(),
+            frequency_penalty: frequency,
+            presence_penalty: presence,
+        };
+        let mut ids = prompt.clone();
+        for _ in 0..12 {
+            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
+            let mut logits: Vec<f32> = model
+                .forward_last(&input, &mut model.new_cache(1, 0))
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            adjust.apply(&mut logits, &ids[prompt.len()..]);
+            ids.push(swarm_model::argmax(&logits));
+        }
+        let want = tokenizer.decode(&ids[prompt.len()..], true).unwrap();
+        assert_eq!(
+            text, want,
+            "bias {bias:?}, penalties {frequency} {presence}"
+        );
+        assert_ne!(
+            text, plain,
+            "bias {bias:?}, penalties {frequency} {presence} changed nothing"
+        );
+    }
+    let mut j = job(prompt, 4, 0.0, 0);
+    j.params.logit_bias = vec![(64, 1.0)];
+    match collect(e.submit(j).unwrap()).await {
+        Err(Failure::InvalidField { param, message }) => {
+            assert_eq!(param, "logit_bias");
+            assert!(message.contains("64"), "{message}");
+        }
         other => panic!("{other:?}"),
     }
 }

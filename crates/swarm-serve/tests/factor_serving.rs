@@ -334,6 +334,9 @@ fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Gener
             seed,
             logprobs: None,
             json_object: false,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
         },
         deadline: None,
     }
