@@ -151,6 +151,29 @@ def logprobs_of_a_greedy_answer():
 
 
 @check
+def echo_scores_the_prompt():
+    # 300 token ids: longer than the 256 positions the engine scores an echoed prompt in.
+    ids = [100 + (i * 37) % 20000 for i in range(300)]
+    r = client.completions.create(model=ELITE, prompt=ids, max_tokens=0, echo=True,
+                                  logprobs=1, temperature=0)
+    lp = r.choices[0].logprobs
+    assert r.usage.completion_tokens == 0 and len(lp.tokens) == 300, r.usage
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None, lp.token_logprobs[:2]
+    assert "".join(lp.tokens) == r.choices[0].text, r.choices[0].text[:80]
+    # Token k after the k before it scores what generating it after them reports (forced
+    # with logit_bias: the log-probability reported is the model's own, before the bias),
+    # in the first chunk and in the second.
+    for k in (5, 280):
+        g = client.completions.create(model=ELITE, prompt=ids[:k], max_tokens=1,
+                                      temperature=0, logprobs=0,
+                                      logit_bias={str(ids[k]): 100})
+        generated = g.choices[0].logprobs
+        assert generated.tokens[0] == lp.tokens[k], (generated.tokens, lp.tokens[k])
+        assert abs(generated.token_logprobs[0] - lp.token_logprobs[k]) < 2e-3, (
+            k, generated.token_logprobs[0], lp.token_logprobs[k])
+
+
+@check
 def json_mode_answers_one_object():
     ask = [{"role": "user", "content": "Reply with a JSON object with keys name and age "
             "for a person called Ann, 31."}]

@@ -280,6 +280,7 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            echo: false,
         },
         deadline: None,
     };
@@ -292,7 +293,7 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
                 completion_tokens, ..
             } => return Ok(completion_tokens),
             Event::Failed(f) => bail!("elite {elite}: {f:?}"),
-            Event::Started { .. } | Event::Text { .. } => {}
+            Event::Started { .. } | Event::Echo { .. } | Event::Text { .. } => {}
         }
     }
     Err(anyhow::anyhow!("elite {elite}: the job's channel closed")).context("run_job")

@@ -37,6 +37,15 @@ pub struct TokenLogprob {
     pub top: Vec<TopLogprob>,
 }
 
+/// The prompt's tokens with their log-probabilities given the tokens before them: the
+/// first token has none.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptLogprobs {
+    pub first_token: Vec<u8>,
+    /// Tokens 2, 3, ... of the prompt.
+    pub rest: Vec<TokenLogprob>,
+}
+
 /// One of the most likely tokens at a step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopLogprob {
@@ -89,6 +98,12 @@ pub enum Event {
     /// The prompt was tokenised and admitted.
     Started {
         prompt_tokens: usize,
+    },
+    /// The prompt, echoed (`echo`, completions): its text and, when the job asked for
+    /// log-probabilities, its tokens'. Comes before any `Text`.
+    Echo {
+        text: String,
+        logprobs: Option<PromptLogprobs>,
     },
     /// New text (already cut before any stop string) and the tokens it came from.
     Text {

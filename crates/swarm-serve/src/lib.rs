@@ -46,7 +46,8 @@ pub use classifier::{
     DEFAULT_L2,
 };
 pub use engine::{
-    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, TokenLogprob, TopLogprob,
+    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, PromptLogprobs, TokenLogprob,
+    TopLogprob,
 };
 pub use error::{ApiError, Result, ServeError};
 pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};

@@ -2,7 +2,7 @@
 //! choice's `logprobs.content`, or as a completion choice's legacy parallel lists with each
 //! token's offset in the text.
 
-use crate::engine::TokenLogprob;
+use crate::engine::{PromptLogprobs, TokenLogprob};
 use crate::openai::{
     ChatLogprobs, ChatTokenLogprob, ChatTopLogprob, CompletionLogprobs, TopLogprobMap,
 };
@@ -77,7 +77,7 @@ pub fn completion_logprobs(tokens: &[TokenLogprob], offset: &mut TextOffset) -> 
     let mut out = CompletionLogprobs::default();
     for t in tokens {
         out.tokens.push(token_text(&t.bytes));
-        out.token_logprobs.push(reported(t.logprob));
+        out.token_logprobs.push(Some(reported(t.logprob)));
         let mut top: Vec<(String, f32)> = Vec::with_capacity(t.top.len());
         for a in &t.top {
             let text = token_text(&a.bytes);
@@ -86,10 +86,33 @@ pub fn completion_logprobs(tokens: &[TokenLogprob], offset: &mut TextOffset) -> 
                 top.push((text, reported(a.logprob)));
             }
         }
-        out.top_logprobs.push(TopLogprobMap(top));
+        out.top_logprobs.push(Some(TopLogprobMap(top)));
         out.text_offset.push(offset.advance(&t.bytes));
     }
     out
+}
+
+/// An echoed prompt's tokens as a completion's `logprobs`, its first token with null
+/// log-probabilities (OpenAI's format); `offset` then carries on into the answer.
+pub fn echo_logprobs(prompt: &PromptLogprobs, offset: &mut TextOffset) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs {
+        tokens: vec![token_text(&prompt.first_token)],
+        token_logprobs: vec![None],
+        top_logprobs: vec![None],
+        text_offset: vec![offset.advance(&prompt.first_token)],
+    };
+    out.append(completion_logprobs(&prompt.rest, offset));
+    out
+}
+
+impl CompletionLogprobs {
+    /// Appends `later`'s tokens after these.
+    pub fn append(&mut self, later: CompletionLogprobs) {
+        self.tokens.extend(later.tokens);
+        self.token_logprobs.extend(later.token_logprobs);
+        self.top_logprobs.extend(later.top_logprobs);
+        self.text_offset.extend(later.text_offset);
+    }
 }
 
 #[cfg(test)]
@@ -146,7 +169,7 @@ mod tests {
         // "a☃ b": a at 0, the snowman's two tokens at 1, " b" at 2.
         assert_eq!(first.text_offset, [0, 1]);
         assert_eq!(rest.text_offset, [1, 2]);
-        assert_eq!(first.token_logprobs, [-0.1, -0.2]);
+        assert_eq!(first.token_logprobs, [Some(-0.1), Some(-0.2)]);
         assert_eq!(rest.tokens, ["\u{FFFD}", " b"]);
     }
 
@@ -158,10 +181,30 @@ mod tests {
             &[(b"x", -0.1), (&[0xE2], -2.0), (b"y", -2.5), (&[0xE3], -3.0)],
         )];
         let got = completion_logprobs(&tokens, &mut TextOffset::default());
-        let json = serde_json::to_string(&got.top_logprobs[0]).unwrap();
+        let json = serde_json::to_string(&got.top_logprobs[0].as_ref().unwrap()).unwrap();
         assert_eq!(
             json,
             r#"{"x":-0.1,"\ufffd":-2.0,"y":-2.5}"#.replace("\\ufffd", "\u{FFFD}")
         );
+    }
+
+    #[test]
+    fn an_echoed_prompt_starts_with_a_null_then_the_answer_follows() {
+        let prompt = PromptLogprobs {
+            first_token: b"The".to_vec(),
+            rest: vec![token(b" sky", -2.0, &[(b" sky", -2.0)])],
+        };
+        let mut offset = TextOffset::default();
+        let mut got = echo_logprobs(&prompt, &mut offset);
+        got.append(completion_logprobs(
+            &[token(b" is", -0.5, &[])],
+            &mut offset,
+        ));
+        assert_eq!(got.tokens, ["The", " sky", " is"]);
+        assert_eq!(got.token_logprobs, [None, Some(-2.0), Some(-0.5)]);
+        assert_eq!(got.text_offset, [0, 3, 7]);
+        let json = serde_json::to_value(&got).unwrap();
+        assert!(json["token_logprobs"][0].is_null() && json["top_logprobs"][0].is_null());
+        assert_eq!(json["top_logprobs"][1], serde_json::json!({" sky": -2.0}));
     }
 }

@@ -44,11 +44,16 @@ use swarm_model::{
 use tokio::sync::mpsc;
 
 use crate::engine::{
-    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, TokenLogprob, TopLogprob,
+    Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, PromptLogprobs, TokenLogprob,
+    TopLogprob,
 };
 use crate::error::{Result, ServeError};
 use crate::registry::EliteCache;
 use crate::validation::Prompt;
+
+/// Prompt positions whose logits an echoed prompt's log-probabilities hold at once (SmolLM2:
+/// 256 x 49,152 f32, 50 MB).
+const ECHO_CHUNK: usize = 256;
 
 /// Scheduler settings.
 #[derive(Debug, Clone)]
@@ -174,6 +179,8 @@ struct Seq {
     /// `logit_bias` and the penalties, applied to the logits before sampling (not to the
     /// log-probabilities reported, which are the model's own).
     adjustments: Option<LogitAdjustments>,
+    /// `echo`: the prompt's text, sent back once the prompt is prefilled.
+    echo: Option<String>,
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
@@ -436,25 +443,37 @@ impl Scheduler {
         tx: mpsc::UnboundedSender<Event>,
     ) -> std::result::Result<(String, Seq), Failure> {
         let internal = |e: &dyn std::fmt::Display| Failure::Internal(e.to_string());
-        let prompt = match &job.prompt {
+        // The prompt's ids, and its text as `echo` gives it back.
+        let (prompt, text) = match &job.prompt {
             Prompt::Chat(messages) => {
                 let text = self
                     .template
                     .render(messages, true)
                     .map_err(|e| Failure::Invalid(format!("the chat template failed: {e}")))?;
-                self.tokenizer
+                let ids = self
+                    .tokenizer
                     .encode(&text, false)
-                    .map_err(|e| internal(&e))?
+                    .map_err(|e| internal(&e))?;
+                (ids, text)
             }
-            Prompt::Text(text) => self
-                .tokenizer
-                .encode(text, true)
-                .map_err(|e| internal(&e))?,
+            Prompt::Text(text) => (
+                self.tokenizer
+                    .encode(text, true)
+                    .map_err(|e| internal(&e))?,
+                text.clone(),
+            ),
             Prompt::Tokens(ids) => {
                 if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.vocab) {
                     return Err(Failure::InvalidToken(bad));
                 }
-                ids.clone()
+                let text = if job.params.echo {
+                    self.tokenizer
+                        .decode(ids, false)
+                        .map_err(|e| internal(&e))?
+                } else {
+                    String::new()
+                };
+                (ids.clone(), text)
             }
         };
         if prompt.is_empty() {
@@ -507,6 +526,7 @@ impl Scheduler {
                 max_new,
                 logprobs: p.logprobs,
                 json: p.json_object.then(JsonPrefix::new),
+                echo: p.echo.then_some(text),
                 adjustments: (!adjustments.is_identity()).then_some(adjustments),
                 deadline: job.deadline,
                 next: 0,
@@ -668,8 +688,37 @@ impl Scheduler {
                 self.elites.record_prefill(&g.elite, prompt);
             }
         }
-        for (s, row) in batch.seqs_mut().zip(&rows) {
-            self.step(s, row);
+        let mut rows = rows.iter();
+        for group in &mut batch.groups {
+            for s in &mut group.seqs {
+                let Some(row) = rows.next() else { break };
+                if let Some(text) = s.echo.take() {
+                    let logprobs = match s.logprobs {
+                        Some(top) => match self.prompt_logprobs(&group.model, &s.prompt, top) {
+                            Ok(l) => Some(l),
+                            Err(e) => {
+                                let _ = s.tx.send(Event::Failed(Failure::Internal(format!(
+                                    "the prompt's log-probabilities: {e}"
+                                ))));
+                                s.done = true;
+                                continue;
+                            }
+                        },
+                        None => None,
+                    };
+                    let _ = s.tx.send(Event::Echo { text, logprobs });
+                }
+                if s.max_new == 0 {
+                    // `echo` with no new tokens: the prompt was the answer.
+                    let _ = s.tx.send(Event::Done {
+                        finish: FinishReason::Length,
+                        completion_tokens: 0,
+                    });
+                    s.done = true;
+                    continue;
+                }
+                self.step(s, row);
+            }
         }
         if let Err(e) = batch.compact() {
             Self::fail_batch(&mut batch, &e.to_string());
@@ -693,6 +742,34 @@ impl Scheduler {
             }
             None => self.batches.push(batch),
         }
+    }
+
+    /// The log-probability of each prompt token after the ones before it, and the `top`
+    /// most likely tokens there: a forward pass of its own over the prompt (the batched
+    /// prefill keeps only the last position's logits), in chunks, so that the logits held
+    /// at once stay at [`ECHO_CHUNK`] positions.
+    fn prompt_logprobs(&self, model: &Llama, prompt: &[u32], top: usize) -> Result<PromptLogprobs> {
+        let mut cache = model.new_cache(1, prompt.len());
+        let mut rest = Vec::with_capacity(prompt.len().saturating_sub(1));
+        for (c, chunk) in prompt.chunks(ECHO_CHUNK).enumerate() {
+            let logits = (|| -> swarm_model::Result<Vec<Vec<f32>>> {
+                let input = candle_core::Tensor::new(chunk, model.device())?.unsqueeze(0)?;
+                let logits = model.forward(&input, &mut cache)?.squeeze(0)?;
+                Ok(logits.to_dtype(DType::F32)?.to_vec2::<f32>()?)
+            })()?;
+            for (j, row) in logits.iter().enumerate() {
+                if let Some(&next) = prompt.get(c * ECHO_CHUNK + j + 1) {
+                    rest.push(self.logprob(row, next, top)?);
+                }
+            }
+        }
+        Ok(PromptLogprobs {
+            first_token: prompt
+                .first()
+                .map(|&t| self.tokens.bytes(t))
+                .unwrap_or_default(),
+            rest,
+        })
     }
 
     /// `token`'s log-probability at this step and the `top` most likely tokens, as bytes.

@@ -137,6 +137,9 @@ pub struct CompletionRequest {
     /// tokens beside it (0 to 20).
     #[serde(default)]
     pub logprobs: Option<u64>,
+    /// Start the answer with the prompt (with `logprobs`, list the prompt's tokens too).
+    #[serde(default)]
+    pub echo: Option<bool>,
     /// Added to these tokens' logits before sampling: `{"token id": bias}`, each in
     /// [-100, 100].
     #[serde(default)]
@@ -289,10 +292,11 @@ pub struct ChatTopLogprob {
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
-    pub token_logprobs: Vec<f32>,
+    /// Null for an echoed prompt's first token, which nothing comes before.
+    pub token_logprobs: Vec<Option<f32>>,
     /// Per token, the most likely tokens at its step and their log-probabilities, most likely
-    /// first.
-    pub top_logprobs: Vec<TopLogprobMap>,
+    /// first (null where `token_logprobs` is).
+    pub top_logprobs: Vec<Option<TopLogprobMap>>,
     /// Where each token starts in the choice's text, in characters.
     pub text_offset: Vec<usize>,
 }

@@ -20,13 +20,13 @@ use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::engine::{Engine, Event, Failure, GenerateJob, TokenLogprob};
+use crate::engine::{Engine, Event, Failure, GenerateJob, PromptLogprobs, TokenLogprob};
 use crate::error::ApiError;
-use crate::logprobs::{chat_logprobs, completion_logprobs, TextOffset};
+use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
-    CompletionRequest, CompletionResponse, ModelList, Usage,
+    CompletionLogprobs, CompletionRequest, CompletionResponse, ModelList, Usage,
 };
 use crate::router::Router;
 use crate::stream::{sse_response, StreamContext};
@@ -573,15 +573,24 @@ async fn generate(
                 .texts
                 .into_iter()
                 .zip(collected.finishes)
-                .zip(&collected.logprobs)
+                .zip(collected.logprobs.iter().zip(&collected.prompt_logprobs))
                 .enumerate()
-                .map(|(i, ((text, finish), logprobs))| CompletionChoice {
-                    index: i as u32,
-                    text,
-                    logprobs: wants_logprobs
-                        .then(|| completion_logprobs(logprobs, &mut TextOffset::default())),
-                    finish_reason: Some(finish),
-                })
+                .map(
+                    |(i, ((text, finish), (logprobs, prompt)))| CompletionChoice {
+                        index: i as u32,
+                        text,
+                        logprobs: wants_logprobs.then(|| {
+                            let mut offset = TextOffset::default();
+                            let mut all = match prompt {
+                                Some(p) => echo_logprobs(p, &mut offset),
+                                None => CompletionLogprobs::default(),
+                            };
+                            all.append(completion_logprobs(logprobs, &mut offset));
+                            all
+                        }),
+                        finish_reason: Some(finish),
+                    },
+                )
                 .collect(),
             usage: Some(usage),
         })
@@ -606,6 +615,8 @@ struct Collected {
     finishes: Vec<&'static str>,
     /// Per choice, its tokens' log-probabilities (empty unless asked for).
     logprobs: Vec<Vec<TokenLogprob>>,
+    /// Per choice, the echoed prompt's tokens, when `echo` and `logprobs` were asked for.
+    prompt_logprobs: Vec<Option<PromptLogprobs>>,
     completion_tokens: usize,
 }
 
@@ -618,6 +629,7 @@ async fn collect_all(
         texts: Vec::with_capacity(receivers.len()),
         finishes: Vec::with_capacity(receivers.len()),
         logprobs: Vec::with_capacity(receivers.len()),
+        prompt_logprobs: Vec::with_capacity(receivers.len()),
         completion_tokens: 0,
     };
     let mut first = true;
@@ -625,8 +637,16 @@ async fn collect_all(
     for mut rx in receivers {
         let mut text = String::new();
         let mut logprobs = Vec::new();
+        let mut prompt_logprobs = None;
         loop {
             match rx.recv().await {
+                Some(Event::Echo {
+                    text: prompt,
+                    logprobs: l,
+                }) => {
+                    text.insert_str(0, &prompt);
+                    prompt_logprobs = l;
+                }
                 Some(Event::Text {
                     text: t,
                     logprobs: l,
@@ -655,6 +675,7 @@ async fn collect_all(
         }
         out.texts.push(text);
         out.logprobs.push(logprobs);
+        out.prompt_logprobs.push(prompt_logprobs);
     }
     Ok(out)
 }

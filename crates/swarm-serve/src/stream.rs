@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, BoxStream, SelectAll, StreamExt};
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use crate::engine::{Event, TokenLogprob};
-use crate::logprobs::{chat_logprobs, completion_logprobs, TextOffset};
+use crate::engine::{Event, PromptLogprobs, TokenLogprob};
+use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse, Usage,
@@ -111,6 +111,28 @@ impl StreamContext {
         }
     }
 
+    /// A completion chunk with choice `index`'s echoed prompt (and its tokens'
+    /// log-probabilities when asked for).
+    fn echo(
+        &self,
+        index: usize,
+        text: String,
+        prompt: Option<&PromptLogprobs>,
+        offset: &mut TextOffset,
+    ) -> String {
+        self.completion_chunk(
+            vec![CompletionChoice {
+                index: index as u32,
+                text,
+                logprobs: prompt
+                    .filter(|_| self.logprobs)
+                    .map(|p| echo_logprobs(p, offset)),
+                finish_reason: None,
+            }],
+            None,
+        )
+    }
+
     fn usage_chunk(&self, usage: Usage) -> String {
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
@@ -156,6 +178,12 @@ impl State {
     /// Turns one engine event into zero or more SSE events.
     fn on_event(&mut self, index: usize, event: Option<Event>) {
         match event {
+            Some(Event::Echo { text, logprobs }) => {
+                let chunk = self
+                    .ctx
+                    .echo(index, text, logprobs.as_ref(), &mut self.offsets[index]);
+                self.pending.push_back(SseEvent::default().data(chunk));
+            }
             Some(Event::Text {
                 text,
                 tokens,

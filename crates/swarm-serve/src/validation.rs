@@ -78,6 +78,9 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Subtracted from a token's logit once it has been generated (in [-2, 2]).
     pub presence_penalty: f32,
+    /// Completions' `echo`: the answer starts with the prompt (and, with `logprobs`, lists
+    /// the prompt's tokens too). `max_tokens` may then be 0.
+    pub echo: bool,
 }
 
 /// The most alternatives `top_logprobs` (chat) and `logprobs` (completions) may ask for.
@@ -154,7 +157,6 @@ const REFUSED: &[(&str, Harmless)] = &[
     ("function_call", |v| v.is_null() || v == "none"),
     // Chat reads it (JSON mode); completions have no such field in OpenAI's API.
     ("response_format", |v| v.is_null() || v["type"] == "text"),
-    ("echo", |v| v.is_null() || v == false),
     ("best_of", |v| v.is_null() || v == 1),
     ("suffix", |v| v.is_null() || v == ""),
     ("audio", Value::is_null),
@@ -275,6 +277,7 @@ fn resolve_common(
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            echo: false,
         },
         n as usize,
     ))
@@ -617,7 +620,12 @@ pub fn validate_completion(
             "`prompt` must not be an empty token list",
         ));
     }
-    let max_tokens = resolve_max_tokens(r.max_tokens, "max_tokens", limits)?;
+    let echo = r.echo.unwrap_or(false);
+    // With `echo`, 0 new tokens asks for the prompt alone (its log-probabilities, scored).
+    let max_tokens = match r.max_tokens {
+        Some(0) if echo => 0,
+        value => resolve_max_tokens(value, "max_tokens", limits)?,
+    };
     let (mut params, n) = resolve_common(
         r.temperature,
         r.top_p,
@@ -631,6 +639,7 @@ pub fn validate_completion(
         .logprobs
         .map(|top| top_logprobs(top, "logprobs"))
         .transpose()?;
+    params.echo = echo;
     adjustments(
         &mut params,
         r.logit_bias,
@@ -779,9 +788,14 @@ mod tests {
         );
         let e = completion(r#"{"prompt":"x","logprobs":21}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("logprobs"));
-        // The prompt's own log-probabilities (`echo`) are not computed.
-        let e = completion(r#"{"prompt":"x","logprobs":1,"echo":true}"#).unwrap_err();
-        assert_eq!(e.code, Some("unsupported_parameter"));
+        let echoed = completion(r#"{"prompt":"x","logprobs":1,"echo":true,"max_tokens":0}"#)
+            .unwrap()
+            .params;
+        assert!(echoed.echo);
+        assert_eq!((echoed.max_tokens, echoed.logprobs), (0, Some(1)));
+        // Without `echo`, at least one token.
+        let e = completion(r#"{"prompt":"x","max_tokens":0}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("max_tokens"));
     }
 
     #[test]
@@ -864,8 +878,10 @@ mod tests {
             ok(r#"{"prompt":["x"]}"#).unwrap().prompts,
             vec![Prompt::Text("x".into())]
         );
-        assert!(ok(r#"{"prompt":"x","echo":true}"#).is_err());
-        assert!(ok(r#"{"prompt":"x","echo":true}"#).is_err());
+        assert!(ok(r#"{"prompt":"x","echo":true}"#).unwrap().params.echo);
+        assert!(
+            serde_json::from_str::<CompletionRequest>(r#"{"prompt":"x","echo":"yes"}"#).is_err()
+        );
         assert!(ok(r#"{"prompt":"x","stream_options":{"include_usage":true}}"#).is_err());
         assert!(
             ok(r#"{"prompt":"x","stream":true,"stream_options":{"include_usage":true}}"#)

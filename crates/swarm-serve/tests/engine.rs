@@ -111,6 +111,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> Gene
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            echo: false,
         },
         deadline: None,
     }
@@ -124,7 +125,7 @@ async fn collect(
     let mut tokens = 0;
     while let Some(e) = rx.recv().await {
         match e {
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Echo { .. } => {}
             Event::Text {
                 text: t, tokens: n, ..
             } => {
@@ -208,7 +209,7 @@ async fn logprobs_are_the_models_own() {
             match event {
                 Event::Text { logprobs, .. } => reported.extend(logprobs),
                 Event::Done { .. } => break,
-                Event::Started { .. } => {}
+                Event::Started { .. } | Event::Echo { .. } => {}
                 Event::Failed(f) => panic!("{f:?}"),
             }
         }
@@ -329,6 +330,74 @@ async fn json_mode_answers_are_json() {
     match collect(e.submit(j).unwrap()).await {
         Err(Failure::Internal(message)) => assert!(message.contains("JSON"), "{message}"),
         other => panic!("{other:?}"),
+    }
+}
+
+/// `echo` sends the prompt back before the answer; with `logprobs`, each prompt token's
+/// log-probability after the ones before it, as one forward pass of the model computes
+/// them; with no new tokens the prompt is the whole answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_returns_the_prompt_and_its_logprobs() {
+    let e = engine(4);
+    wait_ready(&e).await;
+    let config = config();
+    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let tokenizer = tokenizer();
+    let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 7) % 61).collect();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits: Vec<Vec<f32>> = model
+        .forward(&input, &mut model.new_cache(1, 0))
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    for max_tokens in [0, 3] {
+        let mut j = job(prompt.clone(), max_tokens, 0.0, 0);
+        j.params.echo = true;
+        j.params.logprobs = Some(2);
+        let mut rx = e.submit(j).unwrap();
+        let mut echoed = None;
+        let mut generated = 0;
+        loop {
+            match rx.recv().await.unwrap() {
+                Event::Echo { text, logprobs } => echoed = Some((text, logprobs.unwrap())),
+                Event::Text { .. } => {
+                    assert!(echoed.is_some(), "text before the echo");
+                    generated += 1;
+                }
+                Event::Done {
+                    completion_tokens, ..
+                } => {
+                    assert_eq!(completion_tokens, max_tokens);
+                    break;
+                }
+                Event::Started { .. } => {}
+                Event::Failed(f) => panic!("{f:?}"),
+            }
+        }
+        assert_eq!(generated, max_tokens);
+        let (text, logprobs) = echoed.unwrap();
+        assert_eq!(text, tokenizer.decode(&prompt, false).unwrap());
+        assert_eq!(logprobs.first_token, b"t3");
+        assert_eq!(logprobs.rest.len(), prompt.len() - 1);
+        for (i, token) in logprobs.rest.iter().enumerate() {
+            let row = &logits[i];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let log_sum = max + row.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+            let want = row[prompt[i + 1] as usize] - log_sum;
+            assert!(
+                (token.logprob - want).abs() < 1e-4,
+                "token {}: {} vs {want}",
+                i + 1,
+                token.logprob
+            );
+            assert_eq!(token.bytes, format!("t{}", prompt[i + 1]).into_bytes());
+            assert_eq!(token.top.len(), 2);
+        }
     }
 }
 

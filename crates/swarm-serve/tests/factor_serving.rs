@@ -337,6 +337,7 @@ fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Gener
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            echo: false,
         },
         deadline: None,
     }
@@ -352,7 +353,7 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> (String, usize) {
                 completion_tokens, ..
             } => return (text, completion_tokens),
             Event::Failed(f) => panic!("job failed: {f:?}"),
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Echo { .. } => {}
         }
     }
     panic!("the job's channel closed before its end");
@@ -441,7 +442,7 @@ async fn elites_from_factors_share_one_forward_pass_per_step() {
     while head.split_whitespace().count() < 2 {
         match receivers[0].recv().await.unwrap() {
             Event::Text { text, .. } => head.push_str(&text),
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Echo { .. } => {}
             e => panic!("the first job ended early: {e:?}"),
         }
     }
@@ -482,7 +483,7 @@ async fn an_elite_materialised_while_its_rows_run_from_factors_keeps_their_text(
     let mut tokens = 0;
     while tokens < 3 {
         match rx_first.recv().await.unwrap() {
-            Event::Started { .. } => {}
+            Event::Started { .. } | Event::Echo { .. } => {}
             Event::Text { text: t, .. } => {
                 text.push_str(&t);
                 tokens += 1;

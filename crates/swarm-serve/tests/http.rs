@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 use swarm_serve::{
     app, AppState, EliteInfo, Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob,
-    Prompt, Router, ServerConfig, SkillClassifier, SwarmInfo, TokenLogprob, TopLogprob,
+    Prompt, PromptLogprobs, Router, ServerConfig, SkillClassifier, SwarmInfo, TokenLogprob,
+    TopLogprob,
 };
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -49,6 +50,26 @@ impl Engine for ScriptedEngine {
         let finished = self.finished.clone();
         tokio::spawn(async move {
             let _ = tx.send(Event::Started { prompt_tokens });
+            // `echo`: the prompt's words back, each after the first with ln p = -1.
+            if job.params.echo {
+                let text = match &job.prompt {
+                    Prompt::Text(t) => t.clone(),
+                    _ => String::new(),
+                };
+                let words: Vec<String> = text.split_inclusive(' ').map(String::from).collect();
+                let logprobs = job.params.logprobs.map(|_| PromptLogprobs {
+                    first_token: words.first().cloned().unwrap_or_default().into_bytes(),
+                    rest: words[1.min(words.len())..]
+                        .iter()
+                        .map(|w| TokenLogprob {
+                            bytes: w.clone().into_bytes(),
+                            logprob: -1.0,
+                            top: Vec::new(),
+                        })
+                        .collect(),
+                });
+                let _ = tx.send(Event::Echo { text, logprobs });
+            }
             let mut state = job.params.seed ^ 0x9e37_79b9_7f4a_7c15;
             let mut text = String::new();
             for i in 0..job.params.max_tokens {
@@ -524,6 +545,52 @@ async fn completion_logprobs_in_the_legacy_format() {
     }
     assert_eq!(streamed_text, text);
     assert_eq!(Value::from(offsets), logprobs["text_offset"]);
+}
+
+/// `echo`: the text starts with the prompt, and the legacy lists start with its tokens, the
+/// first with null log-probabilities; streamed, the prompt is the first chunk.
+#[tokio::test]
+async fn echo_puts_the_prompt_first() {
+    let body = json!({"prompt": "one two three", "max_tokens": 2, "echo": true,
+        "logprobs": 0, "seed": 2});
+    let (s, _, v) = send_json(&state(), post("/v1/completions", body.clone())).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    let text = choice["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("one two three") && text.len() > 13,
+        "{text}"
+    );
+    let logprobs = &choice["logprobs"];
+    let tokens: Vec<&str> = logprobs["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 3 + 2);
+    assert_eq!(tokens.concat(), text);
+    assert!(logprobs["token_logprobs"][0].is_null() && logprobs["top_logprobs"][0].is_null());
+    assert_eq!(logprobs["token_logprobs"][1], -1.0);
+    assert_eq!(
+        logprobs["text_offset"].as_array().unwrap()[..4],
+        [0, 4, 8, 13]
+    );
+
+    let mut streamed = body;
+    streamed["stream"] = json!(true);
+    let (_, _, b) = send(&state(), post("/v1/completions", streamed)).await;
+    let first: Value = serde_json::from_str(&sse_data(&b)[0]).unwrap();
+    assert_eq!(first["choices"][0]["text"], "one two three");
+    assert!(first["choices"][0]["logprobs"]["token_logprobs"][0].is_null());
+
+    // With `max_tokens: 0`, only with `echo`.
+    let body = json!({"prompt": "one two", "max_tokens": 0});
+    let (s, _, v) = send_json(&state(), post("/v1/completions", body)).await;
+    assert_eq!(
+        (s.as_u16(), v["error"]["param"].as_str()),
+        (400, Some("max_tokens"))
+    );
 }
 
 /// Streamed chat chunks carry the log-probabilities of their own tokens.
