@@ -269,19 +269,7 @@ fn run_job(engine: &ModelEngine, elite: &str, prompt: Vec<u32>, tokens: usize) -
         request_id: format!("bench-{elite}"),
         elite: elite.to_string(),
         prompt: Prompt::Tokens(prompt),
-        params: SamplingParams {
-            max_tokens: tokens,
-            temperature: 0.0,
-            top_p: 1.0,
-            stop: Vec::new(),
-            seed: 0,
-            logprobs: None,
-            json_object: false,
-            logit_bias: Vec::new(),
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            echo: false,
-        },
+        params: SamplingParams::new(tokens, 0.0, 0),
         deadline: None,
     };
     let mut rx = engine

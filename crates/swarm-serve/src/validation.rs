@@ -83,6 +83,26 @@ pub struct SamplingParams {
     pub echo: bool,
 }
 
+impl SamplingParams {
+    /// `max_tokens` tokens at `temperature` from `seed`, everything else as a request that
+    /// names nothing more gets it (top-p 1, no stop strings, no log-probabilities, ...).
+    pub fn new(max_tokens: usize, temperature: f32, seed: u64) -> Self {
+        Self {
+            max_tokens,
+            temperature,
+            top_p: 1.0,
+            stop: Vec::new(),
+            seed,
+            logprobs: None,
+            json_object: false,
+            logit_bias: Vec::new(),
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            echo: false,
+        }
+    }
+}
+
 /// The most alternatives `top_logprobs` (chat) and `logprobs` (completions) may ask for.
 pub const MAX_TOP_LOGPROBS: usize = 20;
 
@@ -267,17 +287,9 @@ fn resolve_common(
     };
     Ok((
         SamplingParams {
-            max_tokens,
-            temperature: temperature as f32,
             top_p: top_p as f32,
             stop,
-            seed,
-            logprobs: None,
-            json_object: false,
-            logit_bias: Vec::new(),
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            echo: false,
+            ..SamplingParams::new(max_tokens, temperature as f32, seed)
         },
         n as usize,
     ))

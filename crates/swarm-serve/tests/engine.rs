@@ -100,19 +100,7 @@ fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> Gene
         request_id: "t".into(),
         elite: "e".into(),
         prompt: Prompt::Tokens(prompt),
-        params: SamplingParams {
-            max_tokens,
-            temperature,
-            top_p: 1.0,
-            stop: vec![],
-            seed,
-            logprobs: None,
-            json_object: false,
-            logit_bias: Vec::new(),
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            echo: false,
-        },
+        params: SamplingParams::new(max_tokens, temperature, seed),
         deadline: None,
     }
 }

@@ -326,19 +326,7 @@ fn sampled(elite: &str, prompt: Vec<u32>, max_tokens: usize, seed: u64) -> Gener
         request_id: format!("{elite}-{seed}"),
         elite: elite.to_string(),
         prompt: Prompt::Tokens(prompt),
-        params: SamplingParams {
-            max_tokens,
-            temperature: 0.9,
-            top_p: 1.0,
-            stop: vec![],
-            seed,
-            logprobs: None,
-            json_object: false,
-            logit_bias: Vec::new(),
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            echo: false,
-        },
+        params: SamplingParams::new(max_tokens, 0.9, seed),
         deadline: None,
     }
 }
