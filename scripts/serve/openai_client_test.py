@@ -190,6 +190,27 @@ def json_mode_answers_one_object():
 
 
 @check
+def json_schema_answers_fit_the_schema():
+    # What `client.beta.chat.completions.parse(response_format=Person)` sends for a
+    # Pydantic model: a strict JSON schema.
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "age", "city"],
+              "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
+                             "city": {"enum": ["Paris", "London", "Rome"]}}}
+    ask = [{"role": "user", "content": "Ann is 31 and lives in Paris. Reply with her as JSON."}]
+    for temperature, seed in [(0, None), (1.0, 1)]:
+        r = client.chat.completions.create(
+            model="swarm", messages=ask, max_tokens=96, temperature=temperature, seed=seed,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "Person", "strict": True, "schema": schema}})
+        choice = r.choices[0]
+        assert choice.finish_reason == "stop", choice
+        person = json.loads(choice.message.content)
+        assert list(person) == ["name", "age", "city"], person
+        assert isinstance(person["name"], str) and isinstance(person["age"], int), person
+        assert person["city"] in ("Paris", "London", "Rome"), person
+
+
+@check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
         model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],
@@ -219,8 +240,10 @@ def unknown_model_is_404():
 @check
 def unsupported_field_is_400():
     try:
-        client.chat.completions.create(model="swarm", messages=QUESTION,
-                                       response_format={"type": "json_schema", "json_schema": {"name": "x"}})
+        client.chat.completions.create(model="swarm", messages=QUESTION, response_format={
+            "type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {"a": {"type": "string", "pattern": "x"}},
+                "required": ["a"]}}})
     except openai.BadRequestError as e:
         assert e.body["param"] == "response_format", e.body
     else:

@@ -48,7 +48,7 @@ enum State {
     /// After a value inside a container: `,` or the container's closing bracket.
     AfterValue,
     /// Inside a string; `key` when it is an object's key.
-    String { key: bool, escape: Escape },
+    String { key: bool, escape: StringEscape },
     /// Inside a number.
     Number(NumberPart),
     /// Inside `true`, `false` or `null`: the bytes still to come.
@@ -57,8 +57,9 @@ enum State {
     Complete,
 }
 
+/// Where a string stands between its quotes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Escape {
+pub(crate) enum StringEscape {
     None,
     /// After `\`.
     Backslash,
@@ -68,8 +69,9 @@ enum Escape {
     Utf8(u8),
 }
 
+/// Where a number stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum NumberPart {
+pub(crate) enum NumberPart {
     /// After `-`.
     Minus,
     /// After a leading `0`.
@@ -90,7 +92,7 @@ enum NumberPart {
 
 impl NumberPart {
     /// Whether the number may end here.
-    fn may_end(self) -> bool {
+    pub(crate) fn may_end(self) -> bool {
         matches!(
             self,
             NumberPart::Zero
@@ -175,7 +177,7 @@ impl JsonPrefix {
             (State::ObjectOpen | State::ObjectKey, b'"') => {
                 self.state = State::String {
                     key: true,
-                    escape: Escape::None,
+                    escape: StringEscape::None,
                 };
                 true
             }
@@ -206,7 +208,7 @@ impl JsonPrefix {
             b'[' => return self.open(Container::Array),
             b'"' => State::String {
                 key: false,
-                escape: Escape::None,
+                escape: StringEscape::None,
             },
             b'-' => State::Number(NumberPart::Minus),
             b'0' => State::Number(NumberPart::Zero),
@@ -244,56 +246,75 @@ impl JsonPrefix {
         true
     }
 
-    fn string_byte(&mut self, key: bool, escape: Escape, b: u8) -> bool {
-        let next = match escape {
-            Escape::None => match b {
-                b'"' => {
-                    self.state = if key { State::Colon } else { State::AfterValue };
-                    return true;
-                }
-                b'\\' => Escape::Backslash,
-                0x00..=0x1F => return false,
-                0x20..=0x7F => Escape::None,
-                // UTF-8 lead bytes of 2, 3 and 4-byte characters (C0, C1 and F5-FF never
-                // start one).
-                0xC2..=0xDF => Escape::Utf8(1),
-                0xE0..=0xEF => Escape::Utf8(2),
-                0xF0..=0xF4 => Escape::Utf8(3),
-                _ => return false,
-            },
-            Escape::Backslash => match b {
-                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => Escape::None,
-                b'u' => Escape::Unicode(4),
-                _ => return false,
-            },
-            Escape::Unicode(left) => {
-                if !b.is_ascii_hexdigit() {
-                    return false;
-                }
-                if left == 1 {
-                    Escape::None
-                } else {
-                    Escape::Unicode(left - 1)
-                }
+    fn string_byte(&mut self, key: bool, escape: StringEscape, b: u8) -> bool {
+        match string_byte(escape, b) {
+            StringByte::Continue(escape) => {
+                self.state = State::String { key, escape };
+                true
             }
-            Escape::Utf8(left) => {
-                if b & 0xC0 != 0x80 {
-                    return false;
-                }
-                if left == 1 {
-                    Escape::None
-                } else {
-                    Escape::Utf8(left - 1)
-                }
+            StringByte::End => {
+                self.state = if key { State::Colon } else { State::AfterValue };
+                true
             }
-        };
-        self.state = State::String { key, escape: next };
-        true
+            StringByte::Invalid => false,
+        }
     }
 }
 
+/// What byte `b` does to a string.
+pub(crate) enum StringByte {
+    Continue(StringEscape),
+    /// The closing quote.
+    End,
+    Invalid,
+}
+
+/// Byte `b` of a string, after `escape`: escapes, and whole UTF-8 characters.
+pub(crate) fn string_byte(escape: StringEscape, b: u8) -> StringByte {
+    let next = match escape {
+        StringEscape::None => match b {
+            b'"' => return StringByte::End,
+            b'\\' => StringEscape::Backslash,
+            0x00..=0x1F => return StringByte::Invalid,
+            0x20..=0x7F => StringEscape::None,
+            // UTF-8 lead bytes of 2, 3 and 4-byte characters (C0, C1 and F5-FF never
+            // start one).
+            0xC2..=0xDF => StringEscape::Utf8(1),
+            0xE0..=0xEF => StringEscape::Utf8(2),
+            0xF0..=0xF4 => StringEscape::Utf8(3),
+            _ => return StringByte::Invalid,
+        },
+        StringEscape::Backslash => match b {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => StringEscape::None,
+            b'u' => StringEscape::Unicode(4),
+            _ => return StringByte::Invalid,
+        },
+        StringEscape::Unicode(left) => {
+            if !b.is_ascii_hexdigit() {
+                return StringByte::Invalid;
+            }
+            if left == 1 {
+                StringEscape::None
+            } else {
+                StringEscape::Unicode(left - 1)
+            }
+        }
+        StringEscape::Utf8(left) => {
+            if b & 0xC0 != 0x80 {
+                return StringByte::Invalid;
+            }
+            if left == 1 {
+                StringEscape::None
+            } else {
+                StringEscape::Utf8(left - 1)
+            }
+        }
+    };
+    StringByte::Continue(next)
+}
+
 /// The part of a number after byte `b`, if `b` continues it.
-fn number_byte(part: NumberPart, b: u8) -> Option<NumberPart> {
+pub(crate) fn number_byte(part: NumberPart, b: u8) -> Option<NumberPart> {
     use NumberPart::*;
     Some(match (part, b) {
         (Minus, b'0') => Zero,

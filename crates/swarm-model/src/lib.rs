@@ -27,6 +27,7 @@ mod generation;
 mod gguf;
 mod hub;
 mod json_prefix;
+mod json_schema;
 #[doc(hidden)]
 pub mod kernel_bench;
 mod kv_cache;
@@ -59,6 +60,7 @@ pub use hub::{
     ModelRef, DEFAULT_MODEL, TOY_WORLD_EDITION,
 };
 pub use json_prefix::JsonPrefix;
+pub use json_schema::{JsonSchema, SchemaPrefix};
 pub use kv_cache::KvCache;
 pub use linear::Precision;
 pub use llama::{argmax_rows, random_weights, rope_inv_freq, rope_tables, Llama, RowGroup};

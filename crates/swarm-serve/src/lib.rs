@@ -64,6 +64,6 @@ pub use registry::{
 pub use router::{EliteInfo, Route, Router, SwarmInfo};
 pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};
 pub use validation::{
-    validate_chat, validate_completion, Endpoint, Limits, Prompt, SamplingParams, ValidatedRequest,
-    ROUTER_MODEL,
+    validate_chat, validate_completion, Endpoint, JsonFormat, Limits, Prompt, SamplingParams,
+    ValidatedRequest, ROUTER_MODEL,
 };

@@ -38,8 +38,8 @@ use std::time::Instant;
 
 use candle_core::DType;
 use swarm_model::{
-    ChatTemplate, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler, TextStream,
-    Tokenizer,
+    ChatTemplate, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler, SchemaPrefix,
+    TextStream, Tokenizer,
 };
 use tokio::sync::mpsc;
 
@@ -49,7 +49,7 @@ use crate::engine::{
 };
 use crate::error::{Result, ServeError};
 use crate::registry::EliteCache;
-use crate::validation::Prompt;
+use crate::validation::{JsonFormat, Prompt};
 
 /// Prompt positions whose logits an echoed prompt's log-probabilities hold at once (SmolLM2:
 /// 256 x 49,152 f32, 50 MB).
@@ -174,8 +174,9 @@ struct Seq {
     max_new: usize,
     /// Alternatives to report beside each token's log-probability; `None`: none asked.
     logprobs: Option<usize>,
-    /// JSON mode: the answer so far, which every token must keep a JSON object's prefix.
-    json: Option<JsonPrefix>,
+    /// JSON mode: the answer so far, which every token must keep a JSON object's (or the
+    /// schema's) prefix.
+    json: Option<JsonGuide>,
     /// `logit_bias` and the penalties, applied to the logits before sampling (not to the
     /// log-probabilities reported, which are the model's own).
     adjustments: Option<LogitAdjustments>,
@@ -319,12 +320,49 @@ impl TokenTable {
         self.bytes.get(id as usize).cloned().unwrap_or_default()
     }
 
-    /// Whether token `id` keeps `json` a prefix of a JSON object.
-    fn continues_json(&self, json: &JsonPrefix, id: u32) -> bool {
+    /// Whether token `id` keeps `json` a prefix of what it must become.
+    fn continues_json(&self, json: &JsonGuide, id: u32) -> bool {
         let i = id as usize;
         match (self.bytes.get(i), self.special.get(i)) {
             (Some(bytes), Some(false)) => !bytes.is_empty() && json.accepts(bytes),
             _ => false,
+        }
+    }
+}
+
+/// The check a JSON-mode answer runs through: any object, or an object of a schema.
+#[derive(Debug, Clone)]
+enum JsonGuide {
+    Object(JsonPrefix),
+    Schema(SchemaPrefix),
+}
+
+impl JsonGuide {
+    fn new(format: &JsonFormat) -> Self {
+        match format {
+            JsonFormat::Object => JsonGuide::Object(JsonPrefix::new()),
+            JsonFormat::Schema(schema) => JsonGuide::Schema(SchemaPrefix::new(schema.clone())),
+        }
+    }
+
+    fn accepts(&self, bytes: &[u8]) -> bool {
+        match self {
+            JsonGuide::Object(p) => p.accepts(bytes),
+            JsonGuide::Schema(p) => p.accepts(bytes),
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> bool {
+        match self {
+            JsonGuide::Object(p) => p.push(bytes),
+            JsonGuide::Schema(p) => p.push(bytes),
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        match self {
+            JsonGuide::Object(p) => p.is_complete(),
+            JsonGuide::Schema(p) => p.is_complete(),
         }
     }
 }
@@ -525,7 +563,7 @@ impl Scheduler {
                 tokens: Vec::new(),
                 max_new,
                 logprobs: p.logprobs,
-                json: p.json_object.then(JsonPrefix::new),
+                json: p.json.as_ref().map(JsonGuide::new),
                 echo: p.echo.then_some(text),
                 adjustments: (!adjustments.is_identity()).then_some(adjustments),
                 deadline: job.deadline,

@@ -2,8 +2,10 @@
 //! checked, every field we do not implement either ignored with a logged warning or refused
 //! with a 400 when it would change the meaning of the answer.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
-use swarm_model::ChatMessage;
+use swarm_model::{ChatMessage, JsonSchema};
 
 use crate::error::ApiError;
 use crate::openai::{
@@ -69,9 +71,9 @@ pub struct SamplingParams {
     /// Report each generated token's log-probability with this many of the most likely
     /// tokens beside it (0: the token's alone); `None`: not asked.
     pub logprobs: Option<usize>,
-    /// JSON mode (`response_format: {"type": "json_object"}`): the answer is one JSON
-    /// object, every token checked to keep it one.
-    pub json_object: bool,
+    /// JSON mode (`response_format` `json_object` or `json_schema`): the answer is one JSON
+    /// object (of the schema), every token checked to keep it one.
+    pub json: Option<JsonFormat>,
     /// Added to these tokens' logits before sampling (`logit_bias`, each in [-100, 100]).
     pub logit_bias: Vec<(u32, f32)>,
     /// Subtracted from a token's logit once per time it was generated (in [-2, 2]).
@@ -94,7 +96,7 @@ impl SamplingParams {
             stop: Vec::new(),
             seed,
             logprobs: None,
-            json_object: false,
+            json: None,
             logit_bias: Vec::new(),
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
@@ -486,24 +488,43 @@ fn adjustments(
     Ok(())
 }
 
-/// Whether `response_format` asks for JSON mode: `text` (or nothing) is plain text,
-/// `json_object` one JSON object; `json_schema` is refused (schemas are not enforced).
-fn json_mode(format: Option<&Value>) -> Result<bool, ApiError> {
+/// What a JSON-mode answer must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JsonFormat {
+    /// Any JSON object (`json_object`).
+    Object,
+    /// An object of this schema (`json_schema`, compiled).
+    Schema(Arc<JsonSchema>),
+}
+
+/// What `response_format` asks for: `text` (or nothing) is plain text, `json_object` one
+/// JSON object, `json_schema` an object of its `json_schema.schema` (the subset
+/// [`JsonSchema`] compiles; anything else is a 400 that names it).
+fn json_mode(format: Option<&Value>) -> Result<Option<JsonFormat>, ApiError> {
     let Some(format) = format.filter(|f| !f.is_null()) else {
-        return Ok(false);
+        return Ok(None);
     };
     match format.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(false),
-        Some("json_object") => Ok(true),
-        Some("json_schema") => Err(ApiError::invalid(
-            "response_format",
-            "`response_format` of type `json_schema` is not supported by this server (schemas \
-             are not enforced); `json_object` is",
-        )
-        .with_code("unsupported_parameter")),
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(JsonFormat::Object)),
+        Some("json_schema") => {
+            let schema = format
+                .get("json_schema")
+                .and_then(|j| j.get("schema"))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "response_format",
+                        "`response_format.json_schema.schema` is missing",
+                    )
+                })?;
+            let compiled = JsonSchema::compile(schema).map_err(|e| {
+                ApiError::invalid("response_format", format!("`response_format`: {e}"))
+            })?;
+            Ok(Some(JsonFormat::Schema(Arc::new(compiled))))
+        }
         _ => Err(ApiError::invalid(
             "response_format",
-            "`response_format.type` must be `text` or `json_object`",
+            "`response_format.type` must be `text`, `json_object` or `json_schema`",
         )),
     }
 }
@@ -551,7 +572,7 @@ pub fn validate_chat(
         limits,
     )?;
     params.logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
-    params.json_object = json_mode(r.response_format.as_ref())?;
+    params.json = json_mode(r.response_format.as_ref())?;
     adjustments(
         &mut params,
         r.logit_bias,
@@ -713,7 +734,9 @@ mod tests {
     fn meaning_changing_fields_are_refused() {
         for extra in [
             r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-            r#""response_format":{"type":"json_schema","json_schema":{"name":"x"}}"#,
+            r#""tool_choice":"required""#,
+            r#""functions":[{"name":"f"}]"#,
+            r#""audio":{"voice":"alloy"}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
             let e = chat(&body).unwrap_err();
@@ -855,12 +878,33 @@ mod tests {
             chat(&format!(
                 r#"{{"messages":[{{"role":"user","content":"hi"}}]{extra}}}"#
             ))
-            .map(|r| r.params.json_object)
+            .map(|r| r.params.json)
         };
-        assert!(!json("").unwrap());
-        assert!(!json(r#","response_format":null"#).unwrap());
-        assert!(!json(r#","response_format":{"type":"text"}"#).unwrap());
-        assert!(json(r#","response_format":{"type":"json_object"}"#).unwrap());
+        assert_eq!(json("").unwrap(), None);
+        assert_eq!(json(r#","response_format":null"#).unwrap(), None);
+        assert_eq!(json(r#","response_format":{"type":"text"}"#).unwrap(), None);
+        assert_eq!(
+            json(r#","response_format":{"type":"json_object"}"#).unwrap(),
+            Some(JsonFormat::Object)
+        );
+        let schema = r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"],"additionalProperties":false}"#;
+        let asked = json(&format!(
+            r#","response_format":{{"type":"json_schema","json_schema":{{"name":"A","strict":true,"schema":{schema}}}}}"#
+        ))
+        .unwrap();
+        let want = JsonSchema::compile(&serde_json::from_str(schema).unwrap()).unwrap();
+        assert_eq!(asked, Some(JsonFormat::Schema(Arc::new(want))));
+        // A keyword it cannot enforce is named, with where it is.
+        let e = json(r#","response_format":{"type":"json_schema","json_schema":{"name":"A","schema":{"type":"object","properties":{"a":{"type":"string","format":"email"}},"required":["a"]}}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert!(
+            e.message.contains("#/properties/a") && e.message.contains("format"),
+            "{}",
+            e.message
+        );
+        let e = json(r#","response_format":{"type":"json_schema","json_schema":{"name":"A"}}"#)
+            .unwrap_err();
+        assert!(e.message.contains("schema` is missing"), "{}", e.message);
         let e = json(r#","response_format":{"type":"yaml"}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
         let e = json(r#","response_format":"json""#).unwrap_err();

@@ -13,8 +13,8 @@ use swarm_model::{
     ChatTemplate, JsonPrefix, Llama, LlamaConfig, Precision, Tokenizer, Weights, CHATML_TEMPLATE,
 };
 use swarm_serve::{
-    EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, LoadedSwarm, ModelEngine,
-    ModelEngineConfig, Prompt, SamplingParams, SingleModel,
+    EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, JsonFormat, LoadedSwarm,
+    ModelEngine, ModelEngineConfig, Prompt, SamplingParams, SingleModel,
 };
 use tokio::sync::mpsc;
 
@@ -289,7 +289,7 @@ async fn json_mode_answers_are_json() {
         .map(|seed| {
             let temperature = if seed == 0 { 0.0 } else { 1.5 };
             let mut j = job(vec![5, 6, 7], 60, temperature, seed);
-            j.params.json_object = true;
+            j.params.json = Some(JsonFormat::Object);
             e.submit(j).unwrap()
         })
         .collect();
@@ -310,11 +310,43 @@ async fn json_mode_answers_are_json() {
     // the others run into max_tokens.
     assert!(whole > 0, "no answer closed its object");
 
+    // With a schema: every answer is a prefix of an object of it, and a closed one is one.
+    let schema: serde_json::Value = serde_json::json!({
+        "type": "object", "additionalProperties": false, "required": ["a", "b", "c"],
+        "properties": {"a": {"type": "integer"}, "b": {"enum": ["x", "yz"]},
+            "c": {"type": "array", "items": {"type": "boolean"}}}
+    });
+    let compiled = std::sync::Arc::new(swarm_model::JsonSchema::compile(&schema).unwrap());
+    let runs: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let mut j = job(vec![5, 6, 7], 60, if seed == 0 { 0.0 } else { 1.5 }, seed);
+            j.params.json = Some(JsonFormat::Schema(compiled.clone()));
+            e.submit(j).unwrap()
+        })
+        .collect();
+    let mut whole = 0;
+    for rx in runs {
+        let (text, _, finish) = collect(rx).await.unwrap();
+        let mut check = swarm_model::SchemaPrefix::new(compiled.clone());
+        assert!(check.push(text.as_bytes()), "not of the schema: {text:?}");
+        if finish == FinishReason::Stop {
+            assert!(check.is_complete(), "{text:?}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert!(v["a"].is_i64() && (v["b"] == "x" || v["b"] == "yz"), "{v}");
+            assert!(
+                v["c"].as_array().unwrap().iter().all(|x| x.is_boolean()),
+                "{v}"
+            );
+            whole += 1;
+        }
+    }
+    assert!(whole > 0, "no answer closed its object");
+
     // The tiny model's own tokenizer has no JSON tokens: the job fails and says why.
     let e = engine(2);
     wait_ready(&e).await;
     let mut j = job(vec![5, 6, 7], 5, 0.0, 0);
-    j.params.json_object = true;
+    j.params.json = Some(JsonFormat::Object);
     match collect(e.submit(j).unwrap()).await {
         Err(Failure::Internal(message)) => assert!(message.contains("JSON"), "{message}"),
         other => panic!("{other:?}"),
