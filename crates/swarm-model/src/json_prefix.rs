@@ -3,7 +3,7 @@
 //!
 //! [`JsonPrefix`] is a pushdown automaton over bytes (RFC 8259: objects, arrays, strings with
 //! escapes and UTF-8, numbers, `true` / `false` / `null`). It is cheap to clone (a state and
-//! a small stack), which is how a sampler tries a token: clone, [`JsonPrefix::push`] the
+//! a small stack), which is how a sampler tries a token: clone, [`JsonCheck::push`] the
 //! token's bytes, keep the clone if they all fit.
 //!
 //! Why not a general grammar engine: one fixed grammar, checked a token at a time on the
@@ -118,21 +118,33 @@ impl JsonPrefix {
             whitespace_run: 0,
         }
     }
+}
 
-    /// Whether the top-level object is closed (only the end of the text may follow).
-    pub fn is_complete(&self) -> bool {
-        self.state == State::Complete
-    }
+/// A check of generated text against the shape it must take (any JSON object:
+/// [`JsonPrefix`]; an object of a schema: [`SchemaPrefix`](crate::SchemaPrefix)), a byte at
+/// a time. Cheap to clone, which is how a token is tried.
+pub trait JsonCheck: Clone {
+    /// Feeds one byte; `false` (and the state left somewhere inside) if it breaks the shape.
+    fn push_byte(&mut self, b: u8) -> bool;
 
-    /// Feeds `bytes`; `false` (and the state left somewhere inside) if they cannot continue
-    /// a JSON object. Try on a clone.
-    pub fn push(&mut self, bytes: &[u8]) -> bool {
+    /// Whether the text is whole: only its end may follow.
+    fn is_complete(&self) -> bool;
+
+    /// Feeds `bytes`; `false` if they break the shape. Try on a clone.
+    fn push(&mut self, bytes: &[u8]) -> bool {
         bytes.iter().all(|&b| self.push_byte(b))
     }
 
     /// Whether `bytes` would continue the text, without changing it.
-    pub fn accepts(&self, bytes: &[u8]) -> bool {
+    fn accepts(&self, bytes: &[u8]) -> bool {
         self.clone().push(bytes)
+    }
+}
+
+impl JsonCheck for JsonPrefix {
+    /// Whether the top-level object is closed.
+    fn is_complete(&self) -> bool {
+        self.state == State::Complete
     }
 
     fn push_byte(&mut self, b: u8) -> bool {
@@ -200,7 +212,9 @@ impl JsonPrefix {
             _ => false,
         }
     }
+}
 
+impl JsonPrefix {
     /// The first byte of a value.
     fn value_byte(&mut self, b: u8) -> bool {
         self.state = match b {

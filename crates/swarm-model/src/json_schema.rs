@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::error::{ModelError, Result};
 use crate::json_prefix::{number_byte, string_byte, NumberPart, StringByte, StringEscape};
-use crate::json_prefix::{MAX_DEPTH, MAX_WHITESPACE_RUN};
+use crate::json_prefix::{JsonCheck, MAX_DEPTH, MAX_WHITESPACE_RUN};
 
 /// A compiled schema: nodes in an arena, so that a checker's state is a few indices.
 #[derive(Debug, Clone, PartialEq)]
@@ -353,20 +353,12 @@ impl SchemaPrefix {
             whitespace_run: 0,
         }
     }
+}
 
+impl JsonCheck for SchemaPrefix {
     /// Whether the root object is closed.
-    pub fn is_complete(&self) -> bool {
+    fn is_complete(&self) -> bool {
         self.lex == Lex::Complete
-    }
-
-    /// Feeds `bytes`; `false` if they break the schema (the state is then left mid-way).
-    pub fn push(&mut self, bytes: &[u8]) -> bool {
-        bytes.iter().all(|&b| self.push_byte(b))
-    }
-
-    /// Whether `bytes` would continue the text, without changing it.
-    pub fn accepts(&self, bytes: &[u8]) -> bool {
-        self.clone().push(bytes)
     }
 
     fn push_byte(&mut self, b: u8) -> bool {
@@ -446,7 +438,9 @@ impl SchemaPrefix {
             None => false,
         }
     }
+}
 
+impl SchemaPrefix {
     fn object_byte(&mut self, node: usize, prop: usize, phase: ObjectPhase, b: u8) -> bool {
         let Node::Object(props) = &self.schema.nodes[node] else {
             return false;

@@ -59,7 +59,7 @@ pub use hub::{
     cache_dir, ensure_default_model, expand_toy_reference, sha256_file, toy_models_dir, ModelFiles,
     ModelRef, DEFAULT_MODEL, TOY_WORLD_EDITION,
 };
-pub use json_prefix::JsonPrefix;
+pub use json_prefix::{JsonCheck, JsonPrefix};
 pub use json_schema::{JsonSchema, SchemaPrefix};
 pub use kv_cache::KvCache;
 pub use linear::Precision;

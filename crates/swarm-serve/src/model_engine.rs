@@ -38,8 +38,8 @@ use std::time::Instant;
 
 use candle_core::DType;
 use swarm_model::{
-    ChatTemplate, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler, SchemaPrefix,
-    TextStream, Tokenizer,
+    ChatTemplate, JsonCheck, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler,
+    SchemaPrefix, TextStream, Tokenizer,
 };
 use tokio::sync::mpsc;
 
@@ -344,18 +344,13 @@ impl JsonGuide {
             JsonFormat::Schema(schema) => JsonGuide::Schema(SchemaPrefix::new(schema.clone())),
         }
     }
+}
 
-    fn accepts(&self, bytes: &[u8]) -> bool {
+impl JsonCheck for JsonGuide {
+    fn push_byte(&mut self, b: u8) -> bool {
         match self {
-            JsonGuide::Object(p) => p.accepts(bytes),
-            JsonGuide::Schema(p) => p.accepts(bytes),
-        }
-    }
-
-    fn push(&mut self, bytes: &[u8]) -> bool {
-        match self {
-            JsonGuide::Object(p) => p.push(bytes),
-            JsonGuide::Schema(p) => p.push(bytes),
+            JsonGuide::Object(p) => p.push_byte(b),
+            JsonGuide::Schema(p) => p.push_byte(b),
         }
     }
 

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, Tensor};
 use common::{greedy, tokenizer, wait_ready};
 use swarm_model::{
-    ChatTemplate, JsonPrefix, Llama, LlamaConfig, Precision, Tokenizer, Weights, CHATML_TEMPLATE,
+    ChatTemplate, JsonCheck, JsonPrefix, Llama, LlamaConfig, Precision, Tokenizer, Weights,
+    CHATML_TEMPLATE,
 };
 use swarm_serve::{
     EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, JsonFormat, LoadedSwarm,
