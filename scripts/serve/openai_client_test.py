@@ -187,6 +187,15 @@ def json_mode_answers_one_object():
         assert choice.finish_reason == "stop", choice
         answer = json.loads(choice.message.content)
         assert isinstance(answer, dict) and "name" in answer, answer
+    # Streamed, the same greedy answer arrives in pieces.
+    chunks = client.chat.completions.create(model="swarm", messages=ask, max_tokens=96,
+                                            temperature=0, stream=True,
+                                            response_format={"type": "json_object"})
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    greedy = client.chat.completions.create(model="swarm", messages=ask, max_tokens=96,
+                                            temperature=0,
+                                            response_format={"type": "json_object"})
+    assert streamed == greedy.choices[0].message.content, (streamed, greedy)
 
 
 @check
