@@ -343,38 +343,44 @@ pub(crate) fn number_byte(part: NumberPart, b: u8) -> Option<NumberPart> {
     })
 }
 
+/// Every prefix of `text` is accepted by `check` byte by byte, and the whole is complete
+/// exactly at its end (the tests of both checkers).
+#[cfg(test)]
+pub(crate) fn accepted_whole_by(mut check: impl JsonCheck, text: &str) {
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        assert!(!check.is_complete(), "{text:?} complete before byte {i}");
+        assert!(
+            check.push_byte(b),
+            "{text:?} refused at byte {i} ({:?})",
+            b as char
+        );
+    }
+    assert!(check.is_complete(), "{text:?} not complete");
+}
+
+/// `check` refuses `text` at byte `at`, every byte before it accepted.
+#[cfg(test)]
+pub(crate) fn refused_at_by(mut check: impl JsonCheck, text: &str, at: usize) {
+    for (i, &b) in text.as_bytes().iter().enumerate() {
+        let ok = check.push_byte(b);
+        assert_eq!(ok, i < at, "{text:?} at byte {i} ({:?})", b as char);
+        if !ok {
+            return;
+        }
+    }
+    panic!("{text:?} has no byte {at}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every prefix of `text` is accepted byte by byte, and the whole is complete exactly at
-    /// its end.
     fn accepted_whole(text: &str) {
-        let mut p = JsonPrefix::new();
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            assert!(!p.is_complete(), "{text:?} complete before byte {i}");
-            assert!(
-                p.push(&[b]),
-                "{text:?} refused at byte {i} ({:?})",
-                b as char
-            );
-        }
-        assert!(p.is_complete(), "{text:?} not complete");
+        accepted_whole_by(JsonPrefix::new(), text);
     }
 
-    /// `text` is refused at byte `at` (every byte before it accepted).
     fn refused_at(text: &str, at: usize) {
-        let mut p = JsonPrefix::new();
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            let ok = p.push(&[b]);
-            if i < at {
-                assert!(ok, "{text:?} refused early, at byte {i}");
-            } else {
-                assert!(!ok, "{text:?} accepted byte {at}");
-                return;
-            }
-        }
-        panic!("{text:?} has no byte {at}");
+        refused_at_by(JsonPrefix::new(), text, at);
     }
 
     #[test]

@@ -633,37 +633,19 @@ impl SchemaPrefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json_prefix::{accepted_whole_by, refused_at_by};
     use serde_json::json;
 
     fn compiled(schema: Value) -> Arc<JsonSchema> {
         Arc::new(JsonSchema::compile(&schema).unwrap_or_else(|e| panic!("{schema}: {e}")))
     }
 
-    /// `text` is accepted byte by byte and complete exactly at its end.
     fn accepted(schema: &Arc<JsonSchema>, text: &str) {
-        let mut p = SchemaPrefix::new(schema.clone());
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            assert!(!p.is_complete(), "{text:?} complete before byte {i}");
-            assert!(
-                p.push(&[b]),
-                "{text:?} refused at byte {i} ({:?})",
-                b as char
-            );
-        }
-        assert!(p.is_complete(), "{text:?} not complete");
+        accepted_whole_by(SchemaPrefix::new(schema.clone()), text);
     }
 
-    /// `text` is refused at byte `at`.
     fn refused_at(schema: &Arc<JsonSchema>, text: &str, at: usize) {
-        let mut p = SchemaPrefix::new(schema.clone());
-        for (i, &b) in text.as_bytes().iter().enumerate() {
-            let ok = p.push(&[b]);
-            assert_eq!(ok, i < at, "{text:?} at byte {i} ({:?})", b as char);
-            if !ok {
-                return;
-            }
-        }
-        panic!("{text:?} has no byte {at}");
+        refused_at_by(SchemaPrefix::new(schema.clone()), text, at);
     }
 
     /// What `client.beta.chat.completions.parse` sends for a Pydantic model with a nested

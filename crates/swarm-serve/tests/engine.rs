@@ -89,11 +89,43 @@ fn engine_with(max_batch: usize, budget: usize, tokenizer: fn() -> Tokenizer) ->
     .unwrap()
 }
 
-fn reference(prompt: &[u32], max_tokens: usize) -> (String, usize) {
+/// The engine's model, loaded on its own: the reference the engine's answers are held to.
+fn reference_model() -> Llama {
     let config = config();
-    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
-    let out = greedy(&model, prompt, max_tokens);
+    Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap()
+}
+
+fn reference(prompt: &[u32], max_tokens: usize) -> (String, usize) {
+    let out = greedy(&reference_model(), prompt, max_tokens);
     (out.text, out.token_ids.len())
+}
+
+/// The logits of every position of `ids`, from one forward pass of `model` alone.
+fn all_logits(model: &Llama, ids: &[u32]) -> Vec<Vec<f32>> {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model.forward(&input, &mut model.new_cache(1, 0)).unwrap();
+    logits.squeeze(0).unwrap().to_vec2().unwrap()
+}
+
+/// The logits of the token after `ids` (the head run on the last position only).
+fn next_logits(model: &Llama, ids: &[u32]) -> Vec<f32> {
+    let input = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let logits = model
+        .forward_last(&input, &mut model.new_cache(1, 0))
+        .unwrap();
+    logits.squeeze(0).unwrap().to_vec1().unwrap()
+}
+
+/// `ln Σ exp(row)`: a logit minus this is its log-probability.
+fn log_normaliser(row: &[f32]) -> f32 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    max + row.iter().map(|l| (l - max).exp()).sum::<f32>().ln()
 }
 
 fn job(prompt: Vec<u32>, max_tokens: usize, temperature: f32, seed: u64) -> GenerateJob {
@@ -184,8 +216,7 @@ async fn logprobs_are_the_models_own() {
             (p, e.submit(j).unwrap())
         })
         .collect();
-    let config = config();
-    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let model = reference_model();
     let tokenizer = tokenizer();
     let id = |bytes: &[u8]| {
         tokenizer
@@ -205,19 +236,8 @@ async fn logprobs_are_the_models_own() {
         assert_eq!(reported.len(), 8);
         let mut ids = prompt.clone();
         for token in &reported {
-            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let logits: Vec<f32> = model
-                .forward_last(&input, &mut model.new_cache(1, 0))
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum = max + logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
+            let logits = next_logits(&model, &ids);
+            let log_sum = log_normaliser(&logits);
             let chosen = id(&token.bytes);
             let want = logits[chosen as usize] - log_sum;
             assert!(
@@ -258,26 +278,7 @@ fn json_tokenizer() -> Tokenizer {
         .map(|s| s.to_string()),
     );
     assert_eq!(pieces.len(), 61);
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<pad>", "<s>", "</s>"].iter().enumerate() {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for (i, p) in pieces.iter().enumerate() {
-        vocab.insert(p.clone(), (i + 3).into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null, "decoder": {"type": "Fuse"},
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
-    });
-    let inner: tokenizers::Tokenizer = json.to_string().parse().unwrap();
-    Tokenizer::new(inner, Some("<s>".into()), Some("</s>".into()))
+    common::word_level_tokenizer(&pieces, serde_json::json!({"type": "Fuse"}))
 }
 
 /// JSON mode on a random model: whatever it samples, every answer is a prefix of a JSON
@@ -361,21 +362,10 @@ async fn json_mode_answers_are_json() {
 async fn echo_returns_the_prompt_and_its_logprobs() {
     let e = engine(4);
     wait_ready(&e).await;
-    let config = config();
-    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let model = reference_model();
     let tokenizer = tokenizer();
     let prompt: Vec<u32> = (0..40).map(|i| 3 + (i * 7) % 61).collect();
-    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap();
-    let logits: Vec<Vec<f32>> = model
-        .forward(&input, &mut model.new_cache(1, 0))
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
+    let logits = all_logits(&model, &prompt);
     for max_tokens in [0, 3] {
         let mut j = job(prompt.clone(), max_tokens, 0.0, 0);
         j.params.echo = true;
@@ -407,9 +397,7 @@ async fn echo_returns_the_prompt_and_its_logprobs() {
         assert_eq!(logprobs.rest.len(), prompt.len() - 1);
         for (i, token) in logprobs.rest.iter().enumerate() {
             let row = &logits[i];
-            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let log_sum = max + row.iter().map(|l| (l - max).exp()).sum::<f32>().ln();
-            let want = row[prompt[i + 1] as usize] - log_sum;
+            let want = row[prompt[i + 1] as usize] - log_normaliser(row);
             assert!(
                 (token.logprob - want).abs() < 1e-4,
                 "token {}: {} vs {want}",
@@ -429,8 +417,7 @@ async fn echo_returns_the_prompt_and_its_logprobs() {
 async fn logit_bias_and_penalties_steer_greedy_decoding() {
     let e = engine(4);
     wait_ready(&e).await;
-    let config = config();
-    let model = Llama::load(&weights(&config), &config, &Device::Cpu, Precision::F32).unwrap();
+    let model = reference_model();
     let tokenizer = tokenizer();
     let prompt = vec![5u32, 6, 7];
     let cases = [
@@ -458,17 +445,7 @@ async fn logit_bias_and_penalties_steer_greedy_decoding() {
         };
         let mut ids = prompt.clone();
         for _ in 0..12 {
-            let input = Tensor::new(ids.as_slice(), &Device::Cpu)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap();
-            let mut logits: Vec<f32> = model
-                .forward_last(&input, &mut model.new_cache(1, 0))
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let mut logits = next_logits(&model, &ids);
             adjust.apply(&mut logits, &ids[prompt.len()..]);
             ids.push(swarm_model::argmax(&logits));
         }

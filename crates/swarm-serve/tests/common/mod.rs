@@ -15,12 +15,19 @@ pub mod swarm;
 
 /// Word-level tokenizer: `<pad>` `<s>` `</s>` then `t3` .. `t63` (the tiny configs' vocab).
 pub fn tokenizer() -> Tokenizer {
+    let words: Vec<String> = (3..64).map(|i| format!("t{i}")).collect();
+    word_level_tokenizer(&words, serde_json::Value::Null)
+}
+
+/// A word-level tokenizer: `<pad>` `<s>` `</s>` (special) then `words` as ids 3, 4, ...,
+/// decoded with `decoder` (`null`: words joined by spaces).
+pub fn word_level_tokenizer(words: &[String], decoder: serde_json::Value) -> Tokenizer {
     let mut vocab = serde_json::Map::new();
     for (i, t) in ["<pad>", "<s>", "</s>"].iter().enumerate() {
         vocab.insert(t.to_string(), i.into());
     }
-    for i in 3..64 {
-        vocab.insert(format!("t{i}"), i.into());
+    for (i, w) in words.iter().enumerate() {
+        vocab.insert(w.clone(), (i + 3).into());
     }
     let special = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,
@@ -30,7 +37,7 @@ pub fn tokenizer() -> Tokenizer {
         "version": "1.0", "truncation": null, "padding": null,
         "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
         "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
-        "post_processor": null, "decoder": null,
+        "post_processor": null, "decoder": decoder,
         "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<pad>"}
     });
     let inner: tokenizers::Tokenizer = json.to_string().parse().unwrap();
