@@ -97,15 +97,30 @@ impl Sampler {
             if allowed(best) {
                 return Ok(Some(best));
             }
+            // The next most likely tokens, a growing head at a time (as the nucleus search
+            // does): JSON mode refuses the best token often, and sorting the whole vocabulary
+            // each time would cost more than the few checks it takes.
             let mut order: Vec<u32> = (0..logits.len() as u32)
                 .filter(|&id| !logits[id as usize].is_nan())
                 .collect();
-            order.sort_by(|&a, &b| {
-                logits[b as usize]
-                    .total_cmp(&logits[a as usize])
-                    .then(a.cmp(&b))
-            });
-            return Ok(order.into_iter().find(|&id| allowed(id)));
+            let desc = |a: &u32, b: &u32| {
+                logits[*b as usize]
+                    .total_cmp(&logits[*a as usize])
+                    .then(a.cmp(b))
+            };
+            let (mut done, mut head) = (0, NUCLEUS_FIRST_HEAD.min(order.len()));
+            while done < order.len() {
+                if head < order.len() {
+                    order[done..].select_nth_unstable_by(head - done - 1, desc);
+                }
+                order[done..head].sort_unstable_by(desc);
+                if let Some(&id) = order[done..head].iter().find(|&&id| allowed(id)) {
+                    return Ok(Some(id));
+                }
+                done = head;
+                head = (head * 4).min(order.len());
+            }
+            return Ok(None);
         }
         let mut total = self.filtered(logits)?;
         while !self.candidates.is_empty() {
@@ -586,6 +601,22 @@ mod tests {
             .unwrap();
         assert_eq!(odd, want);
         assert_eq!(s.sample_allowed(&l, |_| false).unwrap(), None);
+        // Past the first head of candidates: the best of a vocabulary of 1,000 whose allowed
+        // tokens are among its least likely, ties to the lower id.
+        let wide: Vec<f32> = (0..1000)
+            .map(|i| ((i * 7919) % 997) as f32 / 10.0)
+            .collect();
+        let mut order: Vec<u32> = (0..1000).collect();
+        order.sort_by(|&a, &b| {
+            wide[b as usize]
+                .total_cmp(&wide[a as usize])
+                .then(a.cmp(&b))
+        });
+        for rank in [63, 64, 300, 999] {
+            let only = order[rank..].to_vec();
+            let got = s.sample_allowed(&wide, |id| only.contains(&id)).unwrap();
+            assert_eq!(got, Some(order[rank]), "allowed from rank {rank}");
+        }
     }
 
     #[test]
