@@ -30,6 +30,7 @@ mod classifier;
 mod engine;
 mod error;
 mod genome_swarm;
+mod guide;
 mod launch;
 mod logprobs;
 mod metrics;
@@ -39,6 +40,7 @@ mod registry;
 mod router;
 mod server;
 mod stream;
+mod tools;
 mod validation;
 
 pub use classifier::{
@@ -51,6 +53,7 @@ pub use engine::{
 };
 pub use error::{ApiError, Result, ServeError};
 pub use genome_swarm::{open_swarm, GenomeSwarm, OpenedSwarm};
+pub use guide::ToolCallGuide;
 pub use launch::{
     load_single_model, load_swarm_dir, load_swarm_dir_with, model_elite_id, read_router_data, run,
     skill_classifier, ServeOptions, DEFAULT_ELITE, ROUTER_EXAMPLES_PER_SKILL,
@@ -63,6 +66,9 @@ pub use registry::{
 };
 pub use router::{EliteInfo, Route, Router, SwarmInfo};
 pub use server::{app, serve, AppState, RequestId, ServerConfig, ELITE_HEADER, REQUEST_ID_HEADER};
+pub use tools::{
+    call_text, resolve_tools, split_answer, FunctionTool, ParsedCall, ToolChoice, ToolSet,
+};
 pub use validation::{
     validate_chat, validate_completion, Endpoint, JsonFormat, Limits, Prompt, SamplingParams,
     ValidatedRequest, ROUTER_MODEL,

@@ -38,8 +38,8 @@ use std::time::Instant;
 
 use candle_core::DType;
 use swarm_model::{
-    ChatTemplate, JsonCheck, JsonPrefix, KvCache, Llama, LogitAdjustments, RowGroup, Sampler,
-    SchemaPrefix, TextStream, Tokenizer,
+    ChatTemplate, JsonCheck, KvCache, Llama, LogitAdjustments, RowGroup, Sampler, TextStream,
+    Tokenizer,
 };
 use tokio::sync::mpsc;
 
@@ -48,8 +48,9 @@ use crate::engine::{
     TopLogprob,
 };
 use crate::error::{Result, ServeError};
+use crate::guide::AnswerGuide;
 use crate::registry::EliteCache;
-use crate::validation::{JsonFormat, Prompt};
+use crate::validation::Prompt;
 
 /// Prompt positions whose logits an echoed prompt's log-probabilities hold at once (SmolLM2:
 /// 256 x 49,152 f32, 50 MB).
@@ -174,9 +175,9 @@ struct Seq {
     max_new: usize,
     /// Alternatives to report beside each token's log-probability; `None`: none asked.
     logprobs: Option<usize>,
-    /// JSON mode: the answer so far, which every token must keep a JSON object's (or the
-    /// schema's) prefix.
-    json: Option<JsonGuide>,
+    /// JSON mode or function calling: the answer so far, which every token must keep a
+    /// prefix of what it must become.
+    guide: Option<AnswerGuide>,
     /// `logit_bias` and the penalties, applied to the logits before sampling (not to the
     /// log-probabilities reported, which are the model's own).
     adjustments: Option<LogitAdjustments>,
@@ -296,10 +297,12 @@ struct TokenTable {
     bytes: Vec<Vec<u8>>,
     /// Special tokens (end of turn, chat markers): not text, so never part of a JSON answer.
     special: Vec<bool>,
+    /// The tokens that end the assistant's turn.
+    ends_turn: Vec<bool>,
 }
 
 impl TokenTable {
-    fn new(tokenizer: &Tokenizer, vocab: usize) -> Self {
+    fn new(tokenizer: &Tokenizer, vocab: usize, stop_ids: &BTreeSet<u32>) -> Self {
         let specials: BTreeSet<u32> = tokenizer
             .inner()
             .get_added_tokens_decoder()
@@ -313,51 +316,38 @@ impl TokenTable {
             .map(|id| tokenizer.token_bytes(id).unwrap_or_default())
             .collect();
         let special = (0..vocab as u32).map(|id| specials.contains(&id)).collect();
-        Self { bytes, special }
+        let ends_turn = (0..vocab as u32).map(|id| stop_ids.contains(&id)).collect();
+        Self {
+            bytes,
+            special,
+            ends_turn,
+        }
     }
 
     fn bytes(&self, id: u32) -> Vec<u8> {
         self.bytes.get(id as usize).cloned().unwrap_or_default()
     }
 
-    /// Whether token `id` keeps `json` a prefix of what it must become.
-    fn continues_json(&self, json: &JsonGuide, id: u32) -> bool {
+    fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// Whether token `id` may come next under `guide`: an end-of-turn token where the
+    /// answer may end, another special token only in free text, else a token whose bytes
+    /// keep the answer a prefix of what it must become.
+    fn allowed(&self, guide: &AnswerGuide, id: u32) -> bool {
         let i = id as usize;
-        match (self.bytes.get(i), self.special.get(i)) {
-            (Some(bytes), Some(false)) => !bytes.is_empty() && json.accepts(bytes),
+        match (
+            self.bytes.get(i),
+            self.special.get(i),
+            self.ends_turn.get(i),
+        ) {
+            (_, _, Some(true)) => guide.may_end(),
+            (_, Some(true), _) => guide.is_free_text(),
+            (Some(bytes), Some(false), _) => {
+                (!bytes.is_empty() || guide.is_free_text()) && guide.accepts(bytes)
+            }
             _ => false,
-        }
-    }
-}
-
-/// The check a JSON-mode answer runs through: any object, or an object of a schema.
-#[derive(Debug, Clone)]
-enum JsonGuide {
-    Object(JsonPrefix),
-    Schema(SchemaPrefix),
-}
-
-impl JsonGuide {
-    fn new(format: &JsonFormat) -> Self {
-        match format {
-            JsonFormat::Object => JsonGuide::Object(JsonPrefix::new()),
-            JsonFormat::Schema(schema) => JsonGuide::Schema(SchemaPrefix::new(schema.clone())),
-        }
-    }
-}
-
-impl JsonCheck for JsonGuide {
-    fn push_byte(&mut self, b: u8) -> bool {
-        match self {
-            JsonGuide::Object(p) => p.push_byte(b),
-            JsonGuide::Schema(p) => p.push_byte(b),
-        }
-    }
-
-    fn is_complete(&self) -> bool {
-        match self {
-            JsonGuide::Object(p) => p.is_complete(),
-            JsonGuide::Schema(p) => p.is_complete(),
         }
     }
 }
@@ -398,7 +388,7 @@ impl Scheduler {
         stop_ids.extend(loaded.tokenizer.eos_token_id());
         let max_positions = elites.config().max_position_embeddings;
         let vocab = elites.config().vocab_size;
-        let tokens = TokenTable::new(&loaded.tokenizer, vocab);
+        let tokens = TokenTable::new(&loaded.tokenizer, vocab, &stop_ids);
         let s = Self {
             config,
             elites,
@@ -558,7 +548,11 @@ impl Scheduler {
                 tokens: Vec::new(),
                 max_new,
                 logprobs: p.logprobs,
-                json: p.json.as_ref().map(JsonGuide::new),
+                guide: match (&p.tools, &p.json) {
+                    (Some(tools), _) => Some(AnswerGuide::tools(tools.clone())),
+                    (None, Some(format)) => Some(AnswerGuide::json(format)),
+                    (None, None) => None,
+                },
                 echo: p.echo.then_some(text),
                 adjustments: (!adjustments.is_identity()).then_some(adjustments),
                 deadline: job.deadline,
@@ -831,17 +825,18 @@ impl Scheduler {
             row
         });
         let for_sampling = adjusted.as_deref().unwrap_or(logits);
-        let sampled = match &seq.json {
+        let sampled = match &seq.guide {
             None => seq.sampler.sample(for_sampling).map(Some),
-            Some(json) => seq
+            Some(guide) => seq
                 .sampler
-                .sample_allowed(for_sampling, |id| self.tokens.continues_json(json, id)),
+                .sample_allowed(for_sampling, |id| self.tokens.allowed(guide, id)),
         };
         let token = match sampled {
             Ok(Some(t)) => t,
             Ok(None) => {
                 let _ = seq.tx.send(Event::Failed(Failure::Internal(
-                    "JSON mode: no token of the vocabulary continues the answer as JSON"
+                    "guided decoding (JSON mode, tool calls): no token of the vocabulary \
+                     continues the answer as it must go on"
                         .to_string(),
                 )));
                 seq.done = true;
@@ -854,11 +849,15 @@ impl Scheduler {
             }
         };
         // The token was checked; feeding it cannot fail.
-        let json_complete = seq.json.as_mut().is_some_and(|json| {
-            json.push(&self.tokens.bytes[token as usize]);
-            json.is_complete()
-        });
         let end_of_turn = self.stop_ids.contains(&token);
+        // Special tokens are not text: the answer's text, which the guide reads, skips them.
+        let guide_complete = !end_of_turn
+            && seq.guide.as_mut().is_some_and(|guide| {
+                if !self.tokens.is_special(token) {
+                    guide.push(&self.tokens.bytes(token));
+                }
+                guide.is_complete()
+            });
         let logprobs = match seq.logprobs {
             Some(top) if !end_of_turn => match self.logprob(logits, token, top) {
                 Ok(l) => vec![l],
@@ -888,8 +887,8 @@ impl Scheduler {
             let (mut piece, stopped) = seq.text.push(decoded);
             if stopped {
                 finish = Some(FinishReason::Stop);
-            } else if json_complete {
-                // The object is closed: nothing may follow it.
+            } else if guide_complete {
+                // The object is closed, or the one call made: nothing may follow.
                 finish = Some(FinishReason::Stop);
                 piece.push_str(&seq.text.finish());
             } else if seq.tokens.len() >= seq.max_new

@@ -28,7 +28,8 @@ pub struct StreamOptions {
 /// One message of a chat. `content` is a string or a list of parts (`{"type":"text",...}`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct ChatMessageIn {
-    /// `system`, `developer`, `user`, `assistant` (`tool` and `function` are refused).
+    /// `system`, `developer`, `user`, `assistant` or `tool` (a function's result; the legacy
+    /// `function` role is refused).
     pub role: String,
     /// A string, an array of content parts, or null (assistant turns with tool calls).
     #[serde(default)]
@@ -93,6 +94,17 @@ pub struct ChatCompletionRequest {
     /// Lowers a token's logit by this much once it has been generated (-2 to 2).
     #[serde(default)]
     pub presence_penalty: Option<f64>,
+    /// Functions the model may call: `[{"type": "function", "function": {"name",
+    /// "description", "parameters", "strict"}}]`.
+    #[serde(default)]
+    pub tools: Option<Value>,
+    /// `none`, `auto` (the default with tools), `required`, or
+    /// `{"type": "function", "function": {"name": ...}}`.
+    #[serde(default)]
+    pub tool_choice: Option<Value>,
+    /// Whether one answer may make several calls (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<Value>,
     /// End-user id (logged).
     #[serde(default)]
     pub user: Option<String>,
@@ -178,7 +190,51 @@ impl Usage {
 #[derive(Debug, Clone, Serialize)]
 pub struct ChatMessageOut {
     pub role: &'static str,
-    pub content: String,
+    /// Null when the answer is only function calls.
+    pub content: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ToolCall>,
+}
+
+/// A function call in an answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCall {
+    /// `call_...`: what the `tool` message with the result names as its `tool_call_id`.
+    pub id: String,
+    /// Always `function`.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub function: FunctionCall,
+}
+
+impl ToolCall {
+    /// A call read out of an answer, with a fresh id.
+    pub fn new(call: crate::tools::ParsedCall) -> Self {
+        Self {
+            id: crate::tools::new_call_id(),
+            kind: "function",
+            function: FunctionCall {
+                name: call.name,
+                arguments: call.arguments,
+            },
+        }
+    }
+}
+
+/// The function called, and its arguments as a string of JSON (as OpenAI sends them).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FunctionCall {
+    pub name: String,
+    pub arguments: String,
+}
+
+/// A function call in a streamed chunk: `index` is its place among the choice's calls.
+/// swarm sends each call whole, in one chunk.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ToolCallDelta {
+    pub index: u32,
+    #[serde(flatten)]
+    pub call: ToolCall,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -187,7 +243,7 @@ pub struct ChatChoice {
     pub message: ChatMessageOut,
     /// Null unless the request set `logprobs`.
     pub logprobs: Option<ChatLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length`, or `tool_calls` (the answer called functions).
     pub finish_reason: &'static str,
 }
 
@@ -211,6 +267,8 @@ pub struct ChatDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -20,16 +20,19 @@ use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::engine::{Engine, Event, Failure, GenerateJob, PromptLogprobs, TokenLogprob};
+use crate::engine::{
+    Engine, Event, Failure, FinishReason, GenerateJob, PromptLogprobs, TokenLogprob,
+};
 use crate::error::ApiError;
 use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
-    CompletionLogprobs, CompletionRequest, CompletionResponse, ModelList, Usage,
+    CompletionLogprobs, CompletionRequest, CompletionResponse, ModelList, ToolCall, Usage,
 };
 use crate::router::Router;
 use crate::stream::{sse_response, StreamContext};
+use crate::tools::split_answer;
 use crate::validation::{self, Endpoint, Limits, ValidatedRequest};
 
 /// The header naming the elite that served a request.
@@ -503,6 +506,7 @@ async fn generate(
         prompt_tokens,
         include_usage: request.include_usage,
         logprobs: request.params.logprobs.is_some(),
+        tools: request.params.tools.is_some(),
         metrics: state.metrics.clone(),
         start,
         timeout,
@@ -549,14 +553,23 @@ async fn generate(
                 .zip(collected.finishes)
                 .zip(&collected.logprobs)
                 .enumerate()
-                .map(|(i, ((content, finish), logprobs))| ChatChoice {
-                    index: i as u32,
-                    message: ChatMessageOut {
-                        role: "assistant",
-                        content,
-                    },
-                    logprobs: wants_logprobs.then(|| chat_logprobs(logprobs)),
-                    finish_reason: finish,
+                .map(|(i, ((answer, finish), logprobs))| {
+                    let (content, tool_calls) = if request.params.tools.is_some() {
+                        let (content, calls) = split_answer(&answer);
+                        (content, calls.into_iter().map(ToolCall::new).collect())
+                    } else {
+                        (Some(answer), Vec::new())
+                    };
+                    ChatChoice {
+                        index: i as u32,
+                        finish_reason: tool_calls_finish(finish, tool_calls.len()),
+                        message: ChatMessageOut {
+                            role: "assistant",
+                            content,
+                            tool_calls,
+                        },
+                        logprobs: wants_logprobs.then(|| chat_logprobs(logprobs)),
+                    }
                 })
                 .collect(),
             usage,
@@ -598,6 +611,15 @@ async fn generate(
     };
     set_elite(&mut response, &route.elite);
     Ok(response)
+}
+
+/// `tool_calls` for an answer that ended by itself after calling functions.
+pub(crate) fn tool_calls_finish(finish: &'static str, calls: usize) -> &'static str {
+    if calls > 0 && finish == FinishReason::Stop.as_str() {
+        "tool_calls"
+    } else {
+        finish
+    }
 }
 
 fn set_elite(response: &mut Response, elite: &str) {

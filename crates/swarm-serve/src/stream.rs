@@ -19,9 +19,11 @@ use crate::engine::{Event, PromptLogprobs, TokenLogprob};
 use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
-    ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse, Usage,
+    ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse,
+    ToolCall, ToolCallDelta, Usage,
 };
-use crate::server::{failure_to_api, CancelGuard};
+use crate::server::{failure_to_api, tool_calls_finish, CancelGuard};
+use crate::tools::{AnswerPiece, ParsedCall, ToolCallSplitter};
 use crate::validation::Endpoint;
 
 /// What every chunk of one answer shares.
@@ -37,6 +39,9 @@ pub struct StreamContext {
     /// Whether the request asked for log-probabilities (every text chunk then carries its
     /// tokens').
     pub logprobs: bool,
+    /// Whether the answer may call functions (its calls are then read out of its text and
+    /// sent as `tool_calls`).
+    pub tools: bool,
     pub metrics: Arc<Metrics>,
     pub start: Instant,
     pub timeout: Option<Duration>,
@@ -91,8 +96,8 @@ impl StreamContext {
                 vec![ChatChunkChoice {
                     index: index as u32,
                     delta: ChatDelta {
-                        role: None,
                         content: text,
+                        ..ChatDelta::default()
                     },
                     logprobs: with_logprobs.then(|| chat_logprobs(logprobs)),
                     finish_reason: finish,
@@ -133,6 +138,25 @@ impl StreamContext {
         )
     }
 
+    /// A chat chunk with choice `index`'s call number `call`, whole.
+    fn tool_call(&self, index: usize, call: usize, parsed: ParsedCall) -> String {
+        self.chat_chunk(
+            vec![ChatChunkChoice {
+                index: index as u32,
+                delta: ChatDelta {
+                    tool_calls: Some(vec![ToolCallDelta {
+                        index: call as u32,
+                        call: ToolCall::new(parsed),
+                    }]),
+                    ..ChatDelta::default()
+                },
+                logprobs: None,
+                finish_reason: None,
+            }],
+            self.null_usage(),
+        )
+    }
+
     fn usage_chunk(&self, usage: Usage) -> String {
         match self.endpoint {
             Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
@@ -148,6 +172,8 @@ struct State {
     remaining: usize,
     /// Per choice, where its next token starts in its text (completions' `text_offset`).
     offsets: Vec<TextOffset>,
+    /// Per choice, its calls read out of its text (when the request has tools).
+    splitters: Vec<ToolCallSplitter>,
     completion_tokens: usize,
     first_text: bool,
     ended: bool,
@@ -197,9 +223,12 @@ impl State {
                         self.ctx.start.elapsed().as_secs_f64(),
                     );
                 }
-                // A token whose text is held back (it may begin a stop string) still sends its
-                // log-probability.
-                if !text.is_empty() || (self.ctx.logprobs && !logprobs.is_empty()) {
+                if self.ctx.tools {
+                    let pieces = self.splitters[index].push(&text);
+                    self.send_pieces(index, pieces, &logprobs);
+                } else if !text.is_empty() || (self.ctx.logprobs && !logprobs.is_empty()) {
+                    // A token whose text is held back (it may begin a stop string) still
+                    // sends its log-probability.
                     let chunk = self.ctx.delta(
                         index,
                         Some(text),
@@ -211,17 +240,19 @@ impl State {
                 }
             }
             Some(Event::Done { finish, .. }) => {
+                let mut finish = finish.as_str();
+                if self.ctx.tools {
+                    let rest = self.splitters[index].finish();
+                    self.send_pieces(index, rest, &[]);
+                    finish = tool_calls_finish(finish, self.splitters[index].calls());
+                }
                 let text = match self.ctx.endpoint {
                     Endpoint::Chat => None,
                     Endpoint::Completion => Some(String::new()),
                 };
-                let chunk = self.ctx.delta(
-                    index,
-                    text,
-                    &[],
-                    &mut self.offsets[index],
-                    Some(finish.as_str()),
-                );
+                let chunk =
+                    self.ctx
+                        .delta(index, text, &[], &mut self.offsets[index], Some(finish));
                 self.pending.push_back(SseEvent::default().data(chunk));
                 self.remaining -= 1;
             }
@@ -242,6 +273,46 @@ impl State {
                     .push_back(SseEvent::default().data(e.body_json()));
                 self.finish(500);
             }
+        }
+    }
+}
+
+impl State {
+    /// Choice `index`'s text and calls, as chunks; `logprobs` (its tokens') go with the
+    /// first, or alone when all the text is held back.
+    fn send_pieces(&mut self, index: usize, pieces: Vec<AnswerPiece>, logprobs: &[TokenLogprob]) {
+        let mut logprobs = Some(logprobs).filter(|l| self.ctx.logprobs && !l.is_empty());
+        // The splitter has counted these pieces' calls already.
+        let new_calls = pieces
+            .iter()
+            .filter(|p| matches!(p, AnswerPiece::Call(_)))
+            .count();
+        let mut number = self.splitters[index].calls() - new_calls;
+        for piece in pieces {
+            let chunk = match piece {
+                AnswerPiece::Text(text) => self.ctx.delta(
+                    index,
+                    Some(text),
+                    logprobs.take().unwrap_or_default(),
+                    &mut self.offsets[index],
+                    None,
+                ),
+                AnswerPiece::Call(call) => {
+                    number += 1;
+                    self.ctx.tool_call(index, number - 1, call)
+                }
+            };
+            self.pending.push_back(SseEvent::default().data(chunk));
+        }
+        if let Some(logprobs) = logprobs {
+            let chunk = self.ctx.delta(
+                index,
+                Some(String::new()),
+                logprobs,
+                &mut self.offsets[index],
+                None,
+            );
+            self.pending.push_back(SseEvent::default().data(chunk));
         }
     }
 }
@@ -286,6 +357,7 @@ pub fn sse_response(
                     delta: ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
+                        tool_calls: None,
                     },
                     logprobs: None,
                     finish_reason: None,
@@ -306,6 +378,7 @@ pub fn sse_response(
         pending,
         remaining: n,
         offsets: vec![TextOffset::default(); n],
+        splitters: (0..n).map(|_| ToolCallSplitter::new()).collect(),
         completion_tokens: 0,
         first_text: true,
         ended: false,

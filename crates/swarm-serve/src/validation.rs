@@ -11,6 +11,7 @@ use crate::error::ApiError;
 use crate::openai::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, PromptIn, StopSequences,
 };
+use crate::tools::{past_calls_text, resolve_tools, tool_response_text, ToolSet};
 
 /// The router's name, and the default when `model` is omitted.
 pub const ROUTER_MODEL: &str = "swarm";
@@ -83,6 +84,9 @@ pub struct SamplingParams {
     /// Completions' `echo`: the answer starts with the prompt (and, with `logprobs`, lists
     /// the prompt's tokens too). `max_tokens` may then be 0.
     pub echo: bool,
+    /// Function calling: the functions the answer may call, and how (`tool_choice`). Calls
+    /// are guided as JSON mode is, and read out of the answer by the HTTP layer.
+    pub tools: Option<Arc<ToolSet>>,
 }
 
 impl SamplingParams {
@@ -101,6 +105,7 @@ impl SamplingParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             echo: false,
+            tools: None,
         }
     }
 }
@@ -362,40 +367,80 @@ fn resolve_messages(
             "`messages` must not be empty",
         ));
     }
-    let mut out = Vec::with_capacity(messages.len());
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
     let mut ignored = Vec::new();
+    // Whether the last message out is the user turn of tool results (the next result joins
+    // it).
+    let mut tool_results = false;
     for (i, m) in messages.into_iter().enumerate() {
         let role = match m.role.as_str() {
-            "system" | "user" | "assistant" => m.role.clone(),
+            "system" | "user" | "assistant" | "tool" => m.role.clone(),
             // `developer` is the newer name of `system`; templates know only the latter.
             "developer" => "system".to_string(),
-            "tool" | "function" => {
+            "function" => {
                 return Err(ApiError::unsupported(&format!(
-                    "messages[{i}].role={}",
-                    m.role
+                    "messages[{i}].role=function"
                 )))
             }
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
                     format!(
-                        "unknown role `{other}`; expected system, developer, user or assistant"
-                    ),
+                    "unknown role `{other}`; expected system, developer, user, assistant or tool"
+                ),
                 ))
             }
         };
+        let mut calls = None;
         for (key, value) in &m.extra {
-            if key == "tool_calls" || key == "function_call" || key == "audio" {
-                if !is_empty_list(value) {
+            match key.as_str() {
+                // Empty lists and nulls are what some clients send when there are none.
+                "tool_calls" | "function_call" | "audio" if is_empty_list(value) => {}
+                "tool_calls" if role == "assistant" => {
+                    calls = Some(past_calls_text(i, value)?);
+                }
+                // Results are matched to calls by their order; the id is not needed.
+                "tool_call_id" if role == "tool" => {}
+                "tool_calls" | "function_call" | "audio" => {
                     return Err(ApiError::unsupported(&format!("messages[{i}].{key}")));
                 }
-            } else if !value.is_null() {
-                ignored.push(format!("messages[{i}].{key}"));
+                _ if !value.is_null() => ignored.push(format!("messages[{i}].{key}")),
+                _ => {}
             }
         }
-        out.push(ChatMessage::new(role, message_text(i, &m.content)?));
+        let text = message_text(i, &m.content)?;
+        if role == "tool" {
+            let result = tool_response_text(&text);
+            match out.last_mut() {
+                Some(last) if tool_results => {
+                    last.content.push('\n');
+                    last.content.push_str(&result);
+                }
+                _ => out.push(ChatMessage::user(result)),
+            }
+            tool_results = true;
+            continue;
+        }
+        tool_results = false;
+        let content = match calls {
+            Some(calls) if text.is_empty() => calls,
+            Some(calls) => format!("{text}\n{calls}"),
+            None => text,
+        };
+        out.push(ChatMessage::new(role, content));
     }
     Ok((out, ignored))
+}
+
+/// Lists the functions in the system message (the first message, made one if it is not).
+fn add_tools_prompt(messages: &mut Vec<ChatMessage>, tools: &ToolSet) {
+    let prompt = tools.system_prompt();
+    match messages.first_mut() {
+        Some(first) if first.role == "system" => {
+            first.content = format!("{}\n\n{prompt}", first.content);
+        }
+        _ => messages.insert(0, ChatMessage::system(prompt)),
+    }
 }
 
 fn include_usage(
@@ -546,8 +591,16 @@ pub fn validate_chat(
     limits: &Limits,
 ) -> Result<ValidatedRequest, ApiError> {
     let mut ignored = judge_extra(&r.extra, "")?;
-    let (messages, more) = resolve_messages(r.messages)?;
+    let (mut messages, more) = resolve_messages(r.messages)?;
     ignored.extend(more);
+    let tools = resolve_tools(
+        r.tools.as_ref(),
+        r.tool_choice.as_ref(),
+        r.parallel_tool_calls.as_ref(),
+    )?;
+    if let Some(tools) = &tools {
+        add_tools_prompt(&mut messages, tools);
+    }
     let chars: usize = messages.iter().map(|m| m.content.len()).sum();
     if chars > limits.max_prompt_chars {
         return Err(ApiError::too_large(
@@ -573,6 +626,14 @@ pub fn validate_chat(
     )?;
     params.logprobs = chat_logprobs(r.logprobs, r.top_logprobs)?;
     params.json = json_mode(r.response_format.as_ref())?;
+    if tools.is_some() && params.json.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "`response_format` asks for JSON and `tools` for function calls; use one of them \
+             (or `tool_choice: none`)",
+        ));
+    }
+    params.tools = tools.map(Arc::new);
     adjustments(
         &mut params,
         r.logit_bias,
@@ -733,9 +794,8 @@ mod tests {
     #[test]
     fn meaning_changing_fields_are_refused() {
         for extra in [
-            r#""tools":[{"type":"function","function":{"name":"f"}}]"#,
-            r#""tool_choice":"required""#,
             r#""functions":[{"name":"f"}]"#,
+            r#""function_call":"auto""#,
             r#""audio":{"voice":"alloy"}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
@@ -915,6 +975,82 @@ mod tests {
             serde_json::from_str(r#"{"prompt":"x","response_format":{"type":"json_object"}}"#)
                 .unwrap(),
             &l,
+        )
+        .unwrap_err();
+        assert_eq!(e.code, Some("unsupported_parameter"));
+    }
+
+    #[test]
+    fn tools_are_listed_and_past_calls_replayed() {
+        let body = r#"{"messages":[
+            {"role":"system","content":"Be brief."},
+            {"role":"user","content":"Weather in Paris and Rome?"},
+            {"role":"assistant","content":null,"tool_calls":[
+                {"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}},
+                {"id":"call_2","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Rome\"}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"18 C"},
+            {"role":"tool","tool_call_id":"call_2","content":[{"type":"text","text":"21 C"}]},
+            {"role":"user","content":"Thanks"}],
+            "tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}}],
+            "tool_choice":"auto"}"#;
+        let r = chat(body).unwrap();
+        assert!(r.ignored.is_empty(), "{:?}", r.ignored);
+        let tools = r.params.tools.as_ref().unwrap();
+        assert_eq!(tools.functions[0].name, "get_weather");
+        let Prompt::Chat(m) = &r.prompts[0] else {
+            panic!("a chat")
+        };
+        let roles: Vec<&str> = m.iter().map(|m| m.role.as_str()).collect();
+        // The two results are one user turn.
+        assert_eq!(roles, ["system", "user", "assistant", "user", "user"]);
+        assert!(m[0]
+            .content
+            .starts_with("Be brief.\n\nYou can call functions"));
+        assert!(m[0].content.contains("\"name\":\"get_weather\""));
+        assert_eq!(
+            m[2].content,
+            format!(
+                "{}\n{}",
+                crate::tools::call_text("get_weather", "{\"city\": \"Paris\"}"),
+                crate::tools::call_text("get_weather", "{\"city\": \"Rome\"}")
+            )
+        );
+        assert_eq!(
+            m[3].content,
+            "<tool_response>\n18 C\n</tool_response>\n<tool_response>\n21 C\n</tool_response>"
+        );
+        // Without a system message, the tools make one; with `none`, nothing is listed.
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"required"}"#).unwrap();
+        let Prompt::Chat(m) = &r.prompts[0] else {
+            panic!("a chat")
+        };
+        assert_eq!(m[0].role, "system");
+        assert!(m[0].content.ends_with("Answer with function calls only."));
+        let r = chat(r#"{"messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"none"}"#).unwrap();
+        assert!(r.params.tools.is_none());
+        assert_eq!(r.prompts[0], Prompt::Chat(vec![ChatMessage::user("hi")]));
+    }
+
+    #[test]
+    fn tools_conflicts_and_bad_history_are_refused() {
+        let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
+        let e = chat(&format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{tools},"response_format":{{"type":"json_object"}}}}"#)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        // JSON mode with the tools switched off is fine.
+        assert!(chat(&format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{tools},"tool_choice":"none","response_format":{{"type":"json_object"}}}}"#)).is_ok());
+        let e = chat(r#"{"messages":[{"role":"assistant","content":"","tool_calls":[{"type":"function","function":{"name":"f","arguments":"{x"}}]}]}"#).unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[0].tool_calls[0].function.arguments")
+        );
+        let e = chat(r#"{"messages":[{"role":"user","content":"hi","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#).unwrap_err();
+        assert_eq!(e.code, Some("unsupported_parameter"));
+        let e = chat(r#"{"messages":[{"role":"function","name":"f","content":"1"}]}"#).unwrap_err();
+        assert_eq!(e.code, Some("unsupported_parameter"));
+        // Completions have no tools.
+        let e = validate_completion(
+            serde_json::from_str(&format!(r#"{{"prompt":"hi",{tools}}}"#)).unwrap(),
+            &Limits::default(),
         )
         .unwrap_err();
         assert_eq!(e.code, Some("unsupported_parameter"));

@@ -13,9 +13,10 @@ use swarm_model::{
     ChatTemplate, JsonCheck, JsonPrefix, Llama, LlamaConfig, Precision, Tokenizer, Weights,
     CHATML_TEMPLATE,
 };
+use swarm_serve::{resolve_tools, split_answer};
 use swarm_serve::{
     EliteCache, Engine, Event, Failure, FinishReason, GenerateJob, JsonFormat, LoadedSwarm,
-    ModelEngine, ModelEngineConfig, Prompt, SamplingParams, SingleModel,
+    ModelEngine, ModelEngineConfig, Prompt, SamplingParams, SingleModel, ToolCallGuide, ToolSet,
 };
 use tokio::sync::mpsc;
 
@@ -353,6 +354,131 @@ async fn json_mode_answers_are_json() {
         Err(Failure::Internal(message)) => assert!(message.contains("JSON"), "{message}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// A tokenizer for the tiny model whose 61 tokens can write function calls: the tags, JSON's
+/// punctuation, the functions' and keys' names, letters and digits.
+fn tool_tokenizer() -> Tokenizer {
+    let mut pieces: Vec<String> = [
+        "<tool_call>",
+        "</tool_call>",
+        "\n",
+        "{",
+        "}",
+        "\"",
+        ":",
+        ",",
+        " ",
+        "[",
+        "]",
+        "name",
+        "arguments",
+        "get",
+        "_",
+        "weather",
+        "time",
+        "city",
+        "zone",
+        "Hi",
+        "there",
+        "Paris",
+        "true",
+        "null",
+        ".",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    pieces.extend(
+        (b'a'..=b'z')
+            .chain(b'0'..=b'9')
+            .map(|b| (b as char).to_string()),
+    );
+    assert_eq!(pieces.len(), 61);
+    common::word_level_tokenizer(&pieces, serde_json::json!({"type": "Fuse"}))
+}
+
+fn weather_and_time(choice: &str, parallel: bool) -> std::sync::Arc<ToolSet> {
+    let tools = serde_json::json!([
+        {"type": "function", "function": {"name": "get_weather", "strict": true, "parameters": {
+            "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+            "additionalProperties": false}}},
+        {"type": "function", "function": {"name": "get_time"}}
+    ]);
+    std::sync::Arc::new(
+        resolve_tools(
+            Some(&tools),
+            Some(&serde_json::json!(choice)),
+            Some(&serde_json::json!(parallel)),
+        )
+        .unwrap()
+        .unwrap(),
+    )
+}
+
+/// Function calling on a random model: with `required`, every answer is a call of a listed
+/// function whose arguments fit its schema; with `auto`, the model writes what it likes, but
+/// whatever follows a `<tool_call>` tag is a call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_are_guided() {
+    let e = engine_with(8, 1 << 30, tool_tokenizer);
+    wait_ready(&e).await;
+    let required = weather_and_time("required", false);
+    let runs: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let mut j = job(vec![5, 6, 7], 60, if seed == 0 { 0.0 } else { 1.5 }, seed);
+            j.params.tools = Some(required.clone());
+            e.submit(j).unwrap()
+        })
+        .collect();
+    let mut whole = 0;
+    for rx in runs {
+        let (text, _, finish) = collect(rx).await.unwrap();
+        let mut guide = ToolCallGuide::new(required.clone());
+        assert!(guide.push(text.as_bytes()), "not a call: {text:?}");
+        if finish == FinishReason::Stop {
+            // Parallel calls off: the one call ends the answer.
+            assert!(guide.is_complete(), "{text:?}");
+            let (content, calls) = split_answer(&text);
+            assert_eq!((content, calls.len()), (None, 1), "{text:?}");
+            let arguments: serde_json::Value = serde_json::from_str(&calls[0].arguments).unwrap();
+            match calls[0].name.as_str() {
+                "get_weather" => {
+                    assert!(arguments["city"].is_string(), "{arguments}");
+                    assert_eq!(arguments.as_object().unwrap().len(), 1);
+                }
+                "get_time" => assert_eq!(arguments, serde_json::json!({})),
+                other => panic!("called {other}"),
+            }
+            whole += 1;
+        }
+    }
+    assert!(whole > 0, "no answer finished its call");
+
+    let auto = weather_and_time("auto", true);
+    let runs: Vec<_> = (0..16u64)
+        .map(|seed| {
+            let mut j = job(vec![5, 6, 7], 60, 1.5, seed);
+            j.params.tools = Some(auto.clone());
+            e.submit(j).unwrap()
+        })
+        .collect();
+    let mut called = 0;
+    for rx in runs {
+        let (text, _, finish) = collect(rx).await.unwrap();
+        let mut guide = ToolCallGuide::new(auto.clone());
+        assert!(guide.push(text.as_bytes()), "a broken call: {text:?}");
+        let (content, calls) = split_answer(&text);
+        if finish == FinishReason::Stop {
+            // Ended by the model in free text: every call it opened was read out.
+            assert!(
+                !content.unwrap_or_default().contains("<tool_call>"),
+                "{text:?}"
+            );
+        }
+        called += usize::from(!calls.is_empty());
+    }
+    assert!(called > 0, "no answer made a call");
 }
 
 /// `echo` sends the prompt back before the answer; with `logprobs`, each prompt token's

@@ -13,9 +13,9 @@ use axum::http::{Request, StatusCode};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use swarm_serve::{
-    app, AppState, EliteInfo, Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob,
-    Prompt, PromptLogprobs, Router, ServerConfig, SkillClassifier, SwarmInfo, TokenLogprob,
-    TopLogprob,
+    app, call_text, AppState, EliteInfo, Engine, EngineStatus, Event, Failure, FinishReason,
+    GenerateJob, Prompt, PromptLogprobs, Router, ServerConfig, SkillClassifier, SwarmInfo,
+    TokenLogprob, TopLogprob,
 };
 use tokio::sync::mpsc;
 use tower::ServiceExt;
@@ -69,6 +69,32 @@ impl Engine for ScriptedEngine {
                         .collect(),
                 });
                 let _ = tx.send(Event::Echo { text, logprobs });
+            }
+            // Function calling: a sentence, then one call of each function it may call (two
+            // at most), sent a few characters at a time so that tags split across events.
+            if let Some(tools) = &job.params.tools {
+                let calls: Vec<String> = tools
+                    .callable()
+                    .iter()
+                    .take(2)
+                    .enumerate()
+                    .map(|(k, &f)| call_text(&tools.functions[f].name, &format!("{{\"n\": {k}}}")))
+                    .collect();
+                let answer = format!("Checking. {}", calls.join("\n"));
+                let bytes = answer.as_bytes();
+                for piece in bytes.chunks(3) {
+                    let _ = tx.send(Event::Text {
+                        text: String::from_utf8_lossy(piece).into_owned(),
+                        tokens: 1,
+                        logprobs: Vec::new(),
+                    });
+                }
+                let _ = tx.send(Event::Done {
+                    finish: FinishReason::Stop,
+                    completion_tokens: bytes.len().div_ceil(3),
+                });
+                finished.fetch_add(1, Ordering::SeqCst);
+                return;
             }
             let mut state = job.params.seed ^ 0x9e37_79b9_7f4a_7c15;
             let mut text = String::new();
@@ -620,6 +646,83 @@ async fn streamed_chat_chunks_carry_their_logprobs() {
     assert_eq!(tokens, 3);
 }
 
+fn tools_request(stream: bool) -> Value {
+    json!({"model": "elite-code", "messages": [{"role": "user", "content": "weather?"}],
+           "tools": [{"type": "function", "function": {"name": "get_weather"}},
+                     {"type": "function", "function": {"name": "get_time"}}],
+           "stream": stream})
+}
+
+#[tokio::test]
+async fn tool_calls_are_read_out_of_the_answer() {
+    let (s, _, v) = send_json(&state(), post("/v1/chat/completions", tools_request(false))).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "Checking. ");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2);
+    for (k, (call, name)) in calls.iter().zip(["get_weather", "get_time"]).enumerate() {
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["name"], name);
+        assert_eq!(call["function"]["arguments"], format!("{{\"n\": {k}}}"));
+    }
+    assert_ne!(calls[0]["id"], calls[1]["id"]);
+
+    // A named function: the answer may call only it.
+    let mut named = tools_request(false);
+    named["tool_choice"] = json!({"type": "function", "function": {"name": "get_time"}});
+    let (_, _, v) = send_json(&state(), post("/v1/chat/completions", named)).await;
+    let calls = v["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["function"]["name"], "get_time");
+
+    // Without tools the same text would be content: no tool_calls key at all.
+    let (_, _, v) = send_json(
+        &state(),
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 2}),
+        ),
+    )
+    .await;
+    assert!(v["choices"][0]["message"].get("tool_calls").is_none());
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_come_whole_with_their_index() {
+    let (s, _, b) = send(&state(), post("/v1/chat/completions", tools_request(true))).await;
+    assert_eq!(s, 200);
+    let data = sse_data(&b);
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "Checking. ");
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(calls.len(), 2);
+    for (k, call) in calls.iter().enumerate() {
+        assert_eq!(call["index"], k);
+        assert!(call["id"].as_str().unwrap().starts_with("call_"));
+        assert_eq!(call["type"], "function");
+        assert_eq!(call["function"]["arguments"], format!("{{\"n\": {k}}}"));
+    }
+    assert_eq!(calls[1]["function"]["name"], "get_time");
+    // No chunk's content holds any of a call's text.
+    assert!(!content.contains('<'));
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+}
+
 #[tokio::test]
 async fn errors_use_the_envelope() {
     let st = state();
@@ -635,9 +738,16 @@ async fn errors_use_the_envelope() {
     assert_envelope(&v, "invalid_request_error");
     assert_eq!(v["error"]["code"], "model_not_found");
 
-    let (s, _, v) = send_json(&st, post("/v1/chat/completions", json!({"messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f"}}]}))).await;
+    let (s, _, v) = send_json(
+        &st,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}),
+        ),
+    )
+    .await;
     assert_eq!(s, 400);
-    assert_eq!(v["error"]["param"], "tools");
+    assert_eq!(v["error"]["param"], "functions");
 
     let req = Request::post("/v1/chat/completions")
         .body(Body::from("{not json"))

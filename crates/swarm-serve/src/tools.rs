@@ -1,0 +1,749 @@
+//! Function calling (`tools`): the request's functions resolved into a [`ToolSet`], how
+//! they and past calls are written into the prompt, and how calls are read back out of the
+//! answer.
+//!
+//! One text format serves every model, so that the prompt, the guided decoding
+//! ([`crate::guide`]) and the parser below always agree. It is the Hermes / Qwen layout that
+//! small instruction models have most often seen:
+//!
+//! ```text
+//! <tool_call>
+//! {"name": "get_weather", "arguments": {"city": "Paris"}}
+//! </tool_call>
+//! ```
+//!
+//! The functions are listed in a system message, past calls are written back in that layout
+//! in the assistant's turn, and tool results come back as a user turn inside
+//! `<tool_response>` tags. A model's own chat template is not asked to render tools: few
+//! Llama-family templates can, and each that does speaks a format of its own.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+use swarm_model::JsonSchema;
+
+use crate::error::ApiError;
+use crate::validation::JsonFormat;
+
+/// Opens a call in the answer.
+pub const TOOL_CALL_OPEN: &str = "<tool_call>";
+/// Closes a call.
+pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
+/// How many functions one request may list (OpenAI's limit).
+pub const MAX_TOOLS: usize = 128;
+
+/// A call's text, as the guide lets the model write it and as past calls are replayed:
+/// `<tool_call>\n{"name": NAME, "arguments": ARGUMENTS}\n</tool_call>`.
+pub fn call_text(name: &str, arguments: &str) -> String {
+    format!(
+        "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}",
+        json_string(name),
+        arguments.trim()
+    )
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
+}
+
+/// Which calls the answer may or must make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChoice {
+    /// `auto`: text, calls, or both; the model decides.
+    Auto,
+    /// `required`: at least one call, nothing else.
+    Required,
+    /// `{"type": "function", "function": {"name": ...}}`: one call of this function (an
+    /// index into [`ToolSet::functions`]).
+    Function(usize),
+}
+
+/// One function the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionTool {
+    pub name: String,
+    /// The tool as the prompt lists it: `{"type": "function", "function": {...}}`.
+    pub definition: Value,
+    /// What the arguments must be: an object of `parameters` when the schema is in the
+    /// subset [`JsonSchema`] compiles (always, for `strict` functions), else any object.
+    pub arguments: JsonFormat,
+}
+
+/// The functions of a request that may call them (`tool_choice` not `none`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSet {
+    pub functions: Vec<FunctionTool>,
+    pub choice: ToolChoice,
+    /// `parallel_tool_calls`: whether one answer may make more than one call.
+    pub parallel: bool,
+}
+
+impl ToolSet {
+    /// The indices of the functions the answer may call.
+    pub fn callable(&self) -> Vec<usize> {
+        match self.choice {
+            ToolChoice::Function(i) => vec![i],
+            ToolChoice::Auto | ToolChoice::Required => (0..self.functions.len()).collect(),
+        }
+    }
+
+    /// The system text that lists the functions and the format of a call.
+    pub fn system_prompt(&self) -> String {
+        let mut text = String::from(
+            "You can call functions to answer. Each is described by a JSON object, one per \
+             line, inside <tools></tools>:\n<tools>\n",
+        );
+        for f in &self.functions {
+            text.push_str(&serde_json::to_string(&f.definition).unwrap_or_default());
+            text.push('\n');
+        }
+        text.push_str("</tools>\n\nTo call one, write its name and its arguments as a JSON object inside <tool_call></tool_call> tags:\n");
+        text.push_str(&call_text(
+            "<function name>",
+            "<arguments as a JSON object>",
+        ));
+        if let ToolChoice::Function(i) = self.choice {
+            text.push_str(&format!(
+                "\n\nCall the function {} now.",
+                self.functions[i].name
+            ));
+        } else if self.choice == ToolChoice::Required {
+            text.push_str("\n\nAnswer with function calls only.");
+        }
+        text
+    }
+}
+
+/// A function name as OpenAI allows it: 1 to 64 of `a-z A-Z 0-9 _ -`.
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Resolves `tools`, `tool_choice` and `parallel_tool_calls`. `None` when the answer may
+/// not call anything: no tools, or `tool_choice: "none"`.
+pub fn resolve_tools(
+    tools: Option<&Value>,
+    tool_choice: Option<&Value>,
+    parallel: Option<&Value>,
+) -> Result<Option<ToolSet>, ApiError> {
+    let tools = match tools {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => return Err(ApiError::invalid("tools", "`tools` must be a list")),
+    };
+    let choice = tool_choice.filter(|c| !c.is_null());
+    if tools.is_empty() {
+        return match choice {
+            None => Ok(None),
+            Some(c) if c == "none" => Ok(None),
+            Some(_) => Err(ApiError::invalid(
+                "tool_choice",
+                "`tool_choice` needs `tools` to choose from",
+            )),
+        };
+    }
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::invalid(
+            "tools",
+            format!(
+                "`tools` lists {} functions; at most {MAX_TOOLS} are allowed",
+                tools.len()
+            ),
+        ));
+    }
+    let mut functions: Vec<FunctionTool> = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        let f = function_tool(i, tool)?;
+        if functions.iter().any(|g| g.name == f.name) {
+            return Err(ApiError::invalid(
+                format!("tools[{i}].function.name"),
+                format!("two functions are named `{}`", f.name),
+            ));
+        }
+        functions.push(f);
+    }
+    let choice = match choice {
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => return Ok(None),
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                        "`tool_choice` is `{other}`; it must be `none`, `auto`, `required` or \
+                         {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
+                    ),
+                ))
+            }
+        },
+        Some(c) => {
+            let name = c
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| c.get("type").is_none_or(|t| t == "function"))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "tool_choice",
+                        "`tool_choice` must be `none`, `auto`, `required` or \
+                         {\"type\": \"function\", \"function\": {\"name\": ...}}",
+                    )
+                })?;
+            let index = functions
+                .iter()
+                .position(|f| f.name == name)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        "tool_choice",
+                        format!("`tool_choice` names `{name}`, which is not in `tools`"),
+                    )
+                })?;
+            ToolChoice::Function(index)
+        }
+    };
+    let parallel = match parallel {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "parallel_tool_calls",
+                "`parallel_tool_calls` must be true or false",
+            ))
+        }
+    };
+    Ok(Some(ToolSet {
+        functions,
+        choice,
+        parallel,
+    }))
+}
+
+/// `tools[i]`: `{"type": "function", "function": {"name", "description"?, "parameters"?,
+/// "strict"?}}`.
+fn function_tool(i: usize, tool: &Value) -> Result<FunctionTool, ApiError> {
+    let param = format!("tools[{i}]");
+    if tool.get("type").and_then(Value::as_str) != Some("function") {
+        return Err(ApiError::invalid(
+            format!("{param}.type"),
+            "only tools of type `function` are supported",
+        ));
+    }
+    let function = tool
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| {
+            ApiError::invalid(
+                format!("{param}.function"),
+                "a tool needs a `function` object",
+            )
+        })?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| valid_name(n))
+        .ok_or_else(|| {
+            ApiError::invalid(
+                format!("{param}.function.name"),
+                "a function's `name` must be 1 to 64 letters, digits, `_` or `-`",
+            )
+        })?;
+    let strict = function.get("strict").and_then(Value::as_bool) == Some(true);
+    // A function without parameters takes none: its arguments are `{}`.
+    let parameters = function
+        .get("parameters")
+        .filter(|p| !p.is_null())
+        .cloned()
+        .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
+    let arguments = match JsonSchema::compile(&parameters) {
+        Ok(schema) => JsonFormat::Schema(Arc::new(schema)),
+        // OpenAI does not promise that a non-strict function's arguments match its schema;
+        // they are still one JSON object.
+        Err(_) if !strict => JsonFormat::Object,
+        Err(e) => {
+            return Err(ApiError::invalid(
+                format!("{param}.function.parameters"),
+                format!("`{param}.function.parameters` (strict): {e}"),
+            ))
+        }
+    };
+    let mut definition = serde_json::Map::new();
+    definition.insert("name".into(), Value::from(name));
+    if let Some(d) = function.get("description").filter(|d| !d.is_null()) {
+        definition.insert("description".into(), d.clone());
+    }
+    definition.insert("parameters".into(), parameters);
+    Ok(FunctionTool {
+        name: name.to_string(),
+        definition: serde_json::json!({"type": "function", "function": definition}),
+        arguments,
+    })
+}
+
+/// An assistant turn's `tool_calls`, written back as the model would have written them.
+/// `index` is the message's, for error messages.
+pub fn past_calls_text(index: usize, calls: &Value) -> Result<String, ApiError> {
+    let param = format!("messages[{index}].tool_calls");
+    let calls = calls
+        .as_array()
+        .ok_or_else(|| ApiError::invalid(&param, "`tool_calls` must be a list"))?;
+    let mut texts = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let function = call
+            .get("function")
+            .filter(|_| call.get("type").is_none_or(|t| t == "function"))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{param}[{j}]"),
+                    "a tool call needs `type: function` and a `function`",
+                )
+            })?;
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("{param}[{j}].function.name"),
+                    "a tool call needs the function's `name`",
+                )
+            })?;
+        let arguments = function
+            .get("arguments")
+            .and_then(Value::as_str)
+            .unwrap_or("{}");
+        if serde_json::from_str::<Value>(arguments).is_err() {
+            return Err(ApiError::invalid(
+                format!("{param}[{j}].function.arguments"),
+                "a tool call's `arguments` must be a string of JSON",
+            ));
+        }
+        texts.push(call_text(name, arguments));
+    }
+    Ok(texts.join("\n"))
+}
+
+/// A tool's result, as the user turn that hands it back.
+pub fn tool_response_text(content: &str) -> String {
+    format!("<tool_response>\n{content}\n</tool_response>")
+}
+
+/// A call read out of the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedCall {
+    pub name: String,
+    /// The arguments object as the model wrote it (OpenAI sends them as a string).
+    pub arguments: String,
+}
+
+/// What the answer holds, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerPiece {
+    Text(String),
+    Call(ParsedCall),
+}
+
+#[derive(Deserialize)]
+struct CallBody<'a> {
+    name: String,
+    #[serde(borrow)]
+    arguments: &'a RawValue,
+}
+
+/// Reads calls out of an answer as it streams: text outside `<tool_call>` blocks comes out
+/// as it arrives (but for an end that may begin a tag), each block once it is closed.
+#[derive(Debug, Default)]
+pub struct ToolCallSplitter {
+    buffer: String,
+    in_call: bool,
+    calls: usize,
+    /// Whether the text so far after the last call is only whitespace (dropped).
+    after_call: bool,
+}
+
+impl ToolCallSplitter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the answer's next text; returns what it completes.
+    pub fn push(&mut self, text: &str) -> Vec<AnswerPiece> {
+        self.buffer.push_str(text);
+        let mut out = Vec::new();
+        loop {
+            if self.in_call {
+                // The first close tag that ends a valid call (an argument string may hold
+                // the tag's text); none yet: wait for more.
+                let found = self
+                    .buffer
+                    .match_indices(TOOL_CALL_CLOSE)
+                    .find_map(|(end, _)| {
+                        let body = self.buffer[..end].trim();
+                        let call = serde_json::from_str::<CallBody>(body).ok()?;
+                        let arguments = call.arguments.get();
+                        arguments.starts_with('{').then(|| {
+                            (
+                                end,
+                                ParsedCall {
+                                    name: call.name,
+                                    arguments: arguments.to_string(),
+                                },
+                            )
+                        })
+                    });
+                let Some((end, call)) = found else {
+                    break;
+                };
+                self.buffer.drain(..end + TOOL_CALL_CLOSE.len());
+                self.in_call = false;
+                self.calls += 1;
+                self.after_call = true;
+                out.push(AnswerPiece::Call(call));
+            } else if let Some(start) = self.buffer.find(TOOL_CALL_OPEN) {
+                let before: String = self.buffer.drain(..start).collect();
+                self.buffer.drain(..TOOL_CALL_OPEN.len());
+                self.text(&mut out, before);
+                self.in_call = true;
+            } else {
+                // Keep back an end that may be the start of a tag.
+                let keep = (1..TOOL_CALL_OPEN.len())
+                    .rev()
+                    .find(|&k| {
+                        self.buffer.len() >= k
+                            && self.buffer.is_char_boundary(self.buffer.len() - k)
+                            && TOOL_CALL_OPEN.starts_with(&self.buffer[self.buffer.len() - k..])
+                    })
+                    .unwrap_or(0);
+                let ready: String = self.buffer.drain(..self.buffer.len() - keep).collect();
+                self.text(&mut out, ready);
+                break;
+            }
+        }
+        out
+    }
+
+    /// The answer ended: what is left is text (a call cut short by `max_tokens` included).
+    pub fn finish(&mut self) -> Vec<AnswerPiece> {
+        let mut rest = std::mem::take(&mut self.buffer);
+        if std::mem::take(&mut self.in_call) {
+            rest.insert_str(0, TOOL_CALL_OPEN);
+        }
+        let mut out = Vec::new();
+        self.text(&mut out, rest);
+        out
+    }
+
+    /// How many calls were read.
+    pub fn calls(&self) -> usize {
+        self.calls
+    }
+
+    /// Text right after a call starts at its first character that is not whitespace (the
+    /// line breaks between calls are layout, not content).
+    fn text(&mut self, out: &mut Vec<AnswerPiece>, text: String) {
+        let text = if self.after_call {
+            let trimmed = text.trim_start();
+            if trimmed.is_empty() {
+                return;
+            }
+            self.after_call = false;
+            trimmed.to_string()
+        } else {
+            text
+        };
+        if !text.is_empty() {
+            out.push(AnswerPiece::Text(text));
+        }
+    }
+}
+
+/// A whole answer split into its text (`None` when there is none beside calls) and calls.
+pub fn split_answer(answer: &str) -> (Option<String>, Vec<ParsedCall>) {
+    let mut splitter = ToolCallSplitter::new();
+    let mut pieces = splitter.push(answer);
+    pieces.extend(splitter.finish());
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for piece in pieces {
+        match piece {
+            AnswerPiece::Text(t) => text.push_str(&t),
+            AnswerPiece::Call(c) => calls.push(c),
+        }
+    }
+    let text = if calls.is_empty() || !text.trim().is_empty() {
+        Some(text)
+    } else {
+        None
+    };
+    (text, calls)
+}
+
+/// A fresh id for a call (`call_` and 24 hex digits), as OpenAI's look.
+pub fn new_call_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let state = std::collections::hash_map::RandomState::new();
+    let mut id = String::from("call_");
+    for part in 0..2u64 {
+        let mut h = state.build_hasher();
+        h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+        h.write_u64(part);
+        id.push_str(&format!("{:012x}", h.finish() & 0xffff_ffff_ffff));
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn weather() -> Value {
+        json!({"type": "function", "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object",
+                "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+                "required": ["city"]}}})
+    }
+
+    fn strict_time() -> Value {
+        json!({"type": "function", "function": {
+            "name": "get_time", "strict": true,
+            "parameters": {"type": "object", "properties": {"zone": {"type": "string"}},
+                "required": ["zone"], "additionalProperties": false}}})
+    }
+
+    fn invalid_param(r: Result<Option<ToolSet>, ApiError>) -> (String, String) {
+        let e = r.unwrap_err();
+        (e.param.clone().unwrap_or_default(), e.message.clone())
+    }
+
+    #[test]
+    fn resolves_functions_and_choices() {
+        let tools = json!([weather(), strict_time()]);
+        let set = resolve_tools(Some(&tools), None, None).unwrap().unwrap();
+        assert_eq!(set.choice, ToolChoice::Auto);
+        assert!(set.parallel);
+        // Optional `unit` is outside the strict subset: any object, as OpenAI promises no more.
+        assert_eq!(set.functions[0].arguments, JsonFormat::Object);
+        assert!(matches!(set.functions[1].arguments, JsonFormat::Schema(_)));
+        assert_eq!(set.callable(), vec![0, 1]);
+        let named = json!({"type": "function", "function": {"name": "get_time"}});
+        let set = resolve_tools(Some(&tools), Some(&named), Some(&json!(false)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.choice, ToolChoice::Function(1));
+        assert_eq!(set.callable(), vec![1]);
+        assert!(!set.parallel);
+        let set = resolve_tools(Some(&tools), Some(&json!("required")), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.choice, ToolChoice::Required);
+        assert!(resolve_tools(Some(&tools), Some(&json!("none")), None)
+            .unwrap()
+            .is_none());
+        assert!(resolve_tools(None, None, None).unwrap().is_none());
+        assert!(resolve_tools(Some(&json!([])), Some(&json!("none")), None)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_function_without_parameters_takes_an_empty_object() {
+        let tools = json!([{"type": "function", "function": {"name": "now"}}]);
+        let set = resolve_tools(Some(&tools), None, None).unwrap().unwrap();
+        let JsonFormat::Schema(schema) = &set.functions[0].arguments else {
+            panic!("expected a schema");
+        };
+        use swarm_model::{JsonCheck, SchemaPrefix};
+        let mut check = SchemaPrefix::new(schema.clone());
+        assert!(check.push(b"{}") && check.is_complete());
+        assert!(!SchemaPrefix::new(schema.clone()).accepts(b"{\""));
+    }
+
+    #[test]
+    fn bad_tools_name_the_field() {
+        let tools = json!([weather()]);
+        for (tools, choice, param, words) in [
+            (json!({}), None, "tools", "must be a list"),
+            (
+                json!([{"type": "retrieval"}]),
+                None,
+                "tools[0].type",
+                "function",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "a b"}}]),
+                None,
+                "tools[0].function.name",
+                "letters",
+            ),
+            (
+                json!([weather(), weather()]),
+                None,
+                "tools[1].function.name",
+                "two functions",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "strict": true,
+                    "parameters": {"type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}, "required": ["x"]}}}]),
+                None,
+                "tools[0].function.parameters",
+                "`pattern` is not supported",
+            ),
+            (
+                tools.clone(),
+                Some(json!({"type": "function", "function": {"name": "nope"}})),
+                "tool_choice",
+                "`nope`",
+            ),
+            (
+                tools.clone(),
+                Some(json!("sometimes")),
+                "tool_choice",
+                "`sometimes`",
+            ),
+            (
+                json!([]),
+                Some(json!("required")),
+                "tool_choice",
+                "needs `tools`",
+            ),
+        ] {
+            let (p, message) = invalid_param(resolve_tools(Some(&tools), choice.as_ref(), None));
+            assert_eq!(p, param, "{message}");
+            assert!(message.contains(words), "{message}");
+        }
+        let (p, _) = invalid_param(resolve_tools(Some(&tools), None, Some(&json!("yes"))));
+        assert_eq!(p, "parallel_tool_calls");
+    }
+
+    #[test]
+    fn the_system_prompt_lists_every_function_and_the_format() {
+        let tools = json!([weather(), strict_time()]);
+        let set = resolve_tools(Some(&tools), Some(&json!("required")), None)
+            .unwrap()
+            .unwrap();
+        let text = set.system_prompt();
+        let listed: Vec<Value> = text
+            .split("<tools>\n")
+            .nth(1)
+            .and_then(|t| t.split("</tools>").next())
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0]["function"]["name"], "get_weather");
+        assert_eq!(listed[0]["function"]["description"], "Weather in a city");
+        assert_eq!(
+            listed[1]["function"]["parameters"]["required"],
+            json!(["zone"])
+        );
+        assert!(text.contains("<tool_call>\n{\"name\": \"<function name>\""));
+        assert!(text.ends_with("Answer with function calls only."));
+    }
+
+    #[test]
+    fn past_calls_are_written_as_the_model_writes_them() {
+        let calls = json!([
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}},
+            {"id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": " {\"zone\":\"CET\"} "}}
+        ]);
+        assert_eq!(
+            past_calls_text(3, &calls).unwrap(),
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
+             <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\":\"CET\"}}\n</tool_call>"
+        );
+        let bad = json!([{"type": "function", "function": {"name": "f", "arguments": "{oops"}}]);
+        let e = past_calls_text(3, &bad).unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("messages[3].tool_calls[0].function.arguments")
+        );
+        // What is written back reads back as the same calls.
+        let (text, parsed) = split_answer(&past_calls_text(0, &calls).unwrap());
+        assert_eq!(text, None);
+        assert_eq!(parsed[0].name, "get_weather");
+        assert_eq!(parsed[1].arguments, "{\"zone\":\"CET\"}");
+    }
+
+    #[test]
+    fn splits_text_and_calls() {
+        let answer = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {}}\n</tool_call>";
+        let (text, calls) = split_answer(answer);
+        assert_eq!(text.as_deref(), Some("Let me check.\n"));
+        assert_eq!(
+            calls,
+            vec![
+                ParsedCall {
+                    name: "get_weather".into(),
+                    arguments: "{\"city\": \"Paris\", \"unit\": \"c\"}".into()
+                },
+                ParsedCall {
+                    name: "get_time".into(),
+                    arguments: "{}".into()
+                },
+            ]
+        );
+        assert_eq!(
+            split_answer("plain <tool text"),
+            (Some("plain <tool text".into()), vec![])
+        );
+        // Cut short by max_tokens: the unfinished call stays text.
+        let cut = "<tool_call>\n{\"name\": \"get_weather\", \"argu";
+        assert_eq!(split_answer(cut), (Some(cut.into()), vec![]));
+        // A block that is not a call stays text.
+        let odd = "<tool_call>hello</tool_call>";
+        assert_eq!(split_answer(odd), (Some(odd.into()), vec![]));
+    }
+
+    #[test]
+    fn streaming_at_any_split_gives_the_same_pieces() {
+        let answer = "Sure ü.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"<tool_call>\"}}\n</tool_call>\nand <tool";
+        let whole = split_answer(answer);
+        let chars: Vec<(usize, char)> = answer.char_indices().collect();
+        for step in 1..6 {
+            let mut splitter = ToolCallSplitter::new();
+            let mut pieces = Vec::new();
+            for chunk in chars.chunks(step) {
+                let start = chunk[0].0;
+                let end = chunk.last().map(|(i, c)| i + c.len_utf8()).unwrap();
+                for piece in splitter.push(&answer[start..end]) {
+                    // Text comes out as soon as it cannot be the start of a tag.
+                    if let AnswerPiece::Text(t) = &piece {
+                        assert!(!t.contains("<tool_call>"), "{t:?}");
+                    }
+                    pieces.push(piece);
+                }
+            }
+            pieces.extend(splitter.finish());
+            let mut text = String::new();
+            let mut calls = Vec::new();
+            for p in pieces {
+                match p {
+                    AnswerPiece::Text(t) => text.push_str(&t),
+                    AnswerPiece::Call(c) => calls.push(c),
+                }
+            }
+            assert_eq!((Some(text), calls), whole, "step {step}");
+        }
+        assert_eq!(whole.1[0].arguments, "{\"a\": \"<tool_call>\"}");
+        assert_eq!(whole.0.as_deref(), Some("Sure ü.\nand <tool"));
+    }
+
+    #[test]
+    fn call_ids_differ() {
+        let a = new_call_id();
+        let b = new_call_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), "call_".len() + 24);
+    }
+}
