@@ -219,6 +219,116 @@ def json_schema_answers_fit_the_schema():
         assert person["city"] in ("Paris", "London", "Rome"), person
 
 
+WEATHER_TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather in a city", "strict": True,
+        "parameters": {"type": "object", "additionalProperties": False, "required": ["city"],
+                       "properties": {"city": {"type": "string"}}}}},
+    {"type": "function", "function": {"name": "get_time", "description": "The time now"}},
+]
+WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def assert_calls(message, names):
+    assert message.tool_calls, message
+    for call in message.tool_calls:
+        assert call.type == "function" and call.id.startswith("call_"), call
+        assert call.function.name in names, call
+        arguments = json.loads(call.function.arguments)
+        if call.function.name == "get_weather":
+            assert list(arguments) == ["city"] and isinstance(arguments["city"], str), arguments
+        else:
+            assert arguments == {}, arguments
+
+
+@check
+def tool_choice_required_calls_a_listed_function():
+    for temperature, seed in [(0, None), (1.0, 1), (1.0, 2)]:
+        r = client.chat.completions.create(model="swarm", messages=WEATHER_QUESTION,
+                                           tools=WEATHER_TOOLS, tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=96,
+                                           temperature=temperature, seed=seed)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        assert_calls(choice.message, {"get_weather", "get_time"})
+        assert len(choice.message.tool_calls) == 1, choice
+    # Parallel calls (the default): SmolLM2 was not trained to stop calling, and greedy, it
+    # calls until max_tokens; each call it finished is read out whole.
+    r = client.chat.completions.create(model="swarm", messages=WEATHER_QUESTION,
+                                       tools=WEATHER_TOOLS, tool_choice="required",
+                                       max_tokens=96, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason in ("tool_calls", "length"), choice
+    assert len(choice.message.tool_calls) >= 2, choice
+    assert_calls(choice.message, {"get_weather", "get_time"})
+    # A named function is the one called.
+    r = client.chat.completions.create(
+        model="swarm", messages=WEATHER_QUESTION, tools=WEATHER_TOOLS, max_tokens=96,
+        temperature=0, tool_choice={"type": "function", "function": {"name": "get_time"}},
+        parallel_tool_calls=False)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert [c.function.name for c in choice.message.tool_calls] == ["get_time"], choice
+    assert choice.message.content is None, choice
+
+
+@check
+def pydantic_tools_parse():
+    # `openai.pydantic_function_tool` and `.parse()`: the SDK's own strict schema, and its
+    # own parsing of the arguments into the model.
+    import pydantic
+
+    class GetWeather(pydantic.BaseModel):
+        city: str
+
+    r = client.chat.completions.parse(model="swarm", messages=WEATHER_QUESTION, max_tokens=96,
+                                      temperature=0, tool_choice="required",
+                                      parallel_tool_calls=False,
+                                      tools=[openai.pydantic_function_tool(GetWeather)])
+    call = r.choices[0].message.tool_calls[0]
+    assert isinstance(call.function.parsed_arguments, GetWeather), call
+
+
+@check
+def streamed_tool_calls_match_plain():
+    # Parallel calls: two or more, split out of the stream as they close.
+    args = dict(model="swarm", messages=WEATHER_QUESTION, tools=WEATHER_TOOLS,
+                tool_choice="required", max_tokens=96, temperature=0)
+    plain = client.chat.completions.create(**args).choices[0]
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(stream=True, **args):
+        for c in chunk.choices:
+            finish = c.finish_reason or finish
+            for d in c.delta.tool_calls or []:
+                call = calls.setdefault(d.index, {"name": "", "arguments": ""})
+                call["name"] += d.function.name or ""
+                call["arguments"] += d.function.arguments or ""
+    assert finish == plain.finish_reason, (finish, plain)
+    expected = [{"name": c.function.name, "arguments": c.function.arguments}
+                for c in plain.message.tool_calls]
+    assert [calls[i] for i in sorted(calls)] == expected, (calls, expected)
+
+
+@check
+def tool_results_come_back_in_the_conversation():
+    first = client.chat.completions.create(model="swarm", messages=WEATHER_QUESTION,
+                                           tools=WEATHER_TOOLS, tool_choice="required",
+                                           parallel_tool_calls=False, max_tokens=96,
+                                           temperature=0).choices[0].message
+    history = WEATHER_QUESTION + [first.model_dump(exclude_none=True)] + [
+        {"role": "tool", "tool_call_id": c.id, "content": "18 C and sunny"}
+        for c in first.tool_calls]
+    r = client.chat.completions.create(model="swarm", messages=history, tools=WEATHER_TOOLS,
+                                       max_tokens=48, temperature=0)
+    choice = r.choices[0]
+    # `auto`: the model may answer or call again; either way the answer is well formed.
+    assert choice.finish_reason in ("stop", "tool_calls", "length"), choice
+    if choice.message.tool_calls:
+        assert_calls(choice.message, {"get_weather", "get_time"})
+    else:
+        assert choice.message.content, choice
+
+
 @check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
