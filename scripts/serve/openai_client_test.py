@@ -273,6 +273,27 @@ def tool_choice_required_calls_a_listed_function():
 
 
 @check
+def non_strict_parameters_are_guided_too():
+    # Without `strict`, properties outside `required` are optional: the arguments hold the
+    # required one and at most the others, nothing else.
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The current weather in a city",
+        "parameters": {"type": "object", "required": ["city"], "properties": {
+            "city": {"type": "string"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}}]
+    for temperature, seed in [(0, None), (1.0, 1)]:
+        r = client.chat.completions.create(model="swarm", messages=WEATHER_QUESTION, tools=tools,
+                                           tool_choice="required", parallel_tool_calls=False,
+                                           max_tokens=64, temperature=temperature, seed=seed)
+        choice = r.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        arguments = json.loads(choice.message.tool_calls[0].function.arguments)
+        assert isinstance(arguments["city"], str), arguments
+        assert set(arguments) <= {"city", "unit"}, arguments
+        assert arguments.get("unit", "celsius") in ("celsius", "fahrenheit"), arguments
+
+
+@check
 def pydantic_tools_parse():
     # `openai.pydantic_function_tool` and `.parse()`: the SDK's own strict schema, and its
     # own parsing of the arguments into the model.

@@ -9,6 +9,13 @@
 //! `#/$defs/...` (not recursive). Annotations (`title`, `description`, `default`,
 //! `examples`) are accepted; any other keyword (`pattern`, `minimum`, `minItems`, ...) is
 //! refused by name rather than not enforced.
+//!
+//! [`JsonSchema::compile_lenient`] reads the schemas that function-calling clients send
+//! without `strict` (OpenAI promises nothing about those arguments): properties left out of
+//! `required` are optional, `additionalProperties` is read as false, an object without
+//! `properties` is any object, and keywords that only narrow values (`minimum`, `pattern`,
+//! `format`, `minItems`, ...) are not enforced. What it guides the model to write is then
+//! of the schema's shape, if not always within its bounds.
 
 use std::sync::Arc;
 
@@ -16,7 +23,7 @@ use serde_json::Value;
 
 use crate::error::{ModelError, Result};
 use crate::json_prefix::{number_byte, string_byte, NumberPart, StringByte, StringEscape};
-use crate::json_prefix::{JsonCheck, MAX_DEPTH, MAX_WHITESPACE_RUN};
+use crate::json_prefix::{JsonCheck, JsonPrefix, MAX_DEPTH, MAX_WHITESPACE_RUN};
 
 /// A compiled schema: nodes in an arena, so that a checker's state is a few indices.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,8 +34,11 @@ pub struct JsonSchema {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Node {
-    /// Properties in the order they are written: each key JSON-encoded, quotes included.
-    Object(Vec<(Vec<u8>, usize)>),
+    /// Properties in the order they are written: `required`'s first, then optional ones (by
+    /// name), which may be left out.
+    Object(Vec<Property>),
+    /// Any JSON object (a lenient schema's object without `properties`).
+    AnyObject,
     Array(usize),
     String,
     /// The allowed strings, JSON-encoded, quotes included.
@@ -40,6 +50,34 @@ enum Node {
     /// Members told apart by their first byte.
     Union(Vec<usize>),
 }
+
+#[derive(Debug, Clone, PartialEq)]
+struct Property {
+    /// JSON-encoded, quotes included.
+    key: Vec<u8>,
+    node: usize,
+    required: bool,
+}
+
+/// Keywords that only narrow the values of a shape: not enforced by a lenient schema.
+const NARROWING: [&str; 16] = [
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "minProperties",
+    "maxProperties",
+    "patternProperties",
+    "propertyNames",
+];
 
 /// `$ref`s followed in a row, at most: deeper is taken for recursion.
 const MAX_REF_DEPTH: usize = 32;
@@ -55,19 +93,33 @@ const ANNOTATIONS: [&str; 6] = [
 ];
 
 impl JsonSchema {
-    /// Compiles `schema`, whose root must be an object; an unsupported keyword or shape is
-    /// an error naming where it is (`#/properties/name/...`).
+    /// Compiles `schema` in OpenAI's strict subset, whose root must be an object; an
+    /// unsupported keyword or shape is an error naming where it is (`#/properties/name/...`).
     pub fn compile(schema: &Value) -> Result<Self> {
+        Self::compile_with(schema, false)
+    }
+
+    /// Compiles a schema sent without `strict` (a function's `parameters`): optional
+    /// properties, `additionalProperties` read as false, free-form objects, and narrowing
+    /// keywords ignored (see the module's documentation). Shapes it cannot guide (`oneOf`,
+    /// a member of `anyOf` of the same kind as an earlier one is dropped, `not`, ...) are
+    /// still errors.
+    pub fn compile_lenient(schema: &Value) -> Result<Self> {
+        Self::compile_with(schema, true)
+    }
+
+    fn compile_with(schema: &Value, lenient: bool) -> Result<Self> {
         let mut c = Compiler {
             root: schema,
             nodes: Vec::new(),
+            lenient,
         };
         let root = c.node(schema, "#", 0)?;
         let compiled = Self {
             nodes: c.nodes,
             root,
         };
-        if !matches!(compiled.nodes[root], Node::Object(_)) {
+        if !matches!(compiled.nodes[root], Node::Object(_) | Node::AnyObject) {
             return Err(invalid("#", "the root must be an object (`type: object`)"));
         }
         Ok(compiled)
@@ -81,6 +133,7 @@ fn invalid(path: &str, problem: impl std::fmt::Display) -> ModelError {
 struct Compiler<'a> {
     root: &'a Value,
     nodes: Vec<Node>,
+    lenient: bool,
 }
 
 impl Compiler<'_> {
@@ -119,7 +172,8 @@ impl Compiler<'_> {
                         | "$defs"
                         | "definitions"
                         | "strict"
-                );
+                )
+                || (self.lenient && NARROWING.contains(&key.as_str()));
             if !known {
                 return Err(invalid(path, format!("`{key}` is not supported")));
             }
@@ -172,11 +226,17 @@ impl Compiler<'_> {
     ) -> Result<usize> {
         let node = match t {
             "object" => {
-                if o.get("additionalProperties").is_some_and(|a| a != false) {
+                if !self.lenient && o.get("additionalProperties").is_some_and(|a| a != false) {
                     return Err(invalid(path, "`additionalProperties` must be false"));
                 }
                 let empty = serde_json::Map::new();
                 let properties = match o.get("properties") {
+                    // A free-form object.
+                    None if self.lenient
+                        && o.get("additionalProperties") != Some(&false.into()) =>
+                    {
+                        return Ok(self.push(Node::AnyObject))
+                    }
                     None => &empty,
                     Some(p) => p
                         .as_object()
@@ -196,19 +256,32 @@ impl Compiler<'_> {
                 };
                 // Keys are written in `required`'s order: the properties' own order is lost
                 // to JSON maps, and strict mode requires every one of them there.
-                if let Some(missing) = properties.keys().find(|k| !required.contains(&k.as_str())) {
+                let optional: Vec<&str> = properties
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| !required.contains(k))
+                    .collect();
+                if let (false, Some(missing)) = (self.lenient, optional.first()) {
                     return Err(invalid(
                         path,
                         format!("property `{missing}` must be in `required` (strict mode)"),
                     ));
                 }
-                let mut props = Vec::with_capacity(required.len());
-                for key in required {
+                let mut props = Vec::with_capacity(properties.len());
+                let keys = required
+                    .iter()
+                    .map(|k| (*k, true))
+                    .chain(optional.iter().map(|k| (*k, false)));
+                for (key, is_required) in keys {
                     let schema = properties.get(key).ok_or_else(|| {
                         invalid(path, format!("`required` names `{key}`, not a property"))
                     })?;
                     let id = self.node(schema, &format!("{path}/properties/{key}"), refs)?;
-                    props.push((encode(key), id));
+                    props.push(Property {
+                        key: encode(key),
+                        node: id,
+                        required: is_required,
+                    });
                 }
                 Node::Object(props)
             }
@@ -255,6 +328,16 @@ impl Compiler<'_> {
         if members.iter().any(|&m| self.nodes[m] == Node::Number) {
             members.retain(|&m| self.nodes[m] != Node::Integer);
         }
+        if self.lenient {
+            // The first member of each kind is the one guided.
+            let mut seen = Vec::new();
+            members.retain(|&m| {
+                let class = first_class(&self.nodes[m]);
+                let new = !seen.contains(&class);
+                seen.push(class);
+                new
+            });
+        }
         for (i, &a) in members.iter().enumerate() {
             for &b in &members[i + 1..] {
                 if first_class(&self.nodes[a]) == first_class(&self.nodes[b]) {
@@ -278,7 +361,7 @@ fn encode(s: &str) -> Vec<u8> {
 /// What a value of this node starts with: nodes of one class cannot share a union.
 fn first_class(node: &Node) -> u8 {
     match node {
-        Node::Object(_) => b'{',
+        Node::Object(_) | Node::AnyObject => b'{',
         Node::Array(_) => b'[',
         Node::String | Node::Enum(_) => b'"',
         Node::Number | Node::Integer => b'0',
@@ -300,7 +383,7 @@ pub struct SchemaPrefix {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Frame {
-    /// Property `prop` of object node `node`.
+    /// Object node `node` at property `prop` (see [`ObjectPhase`] for which).
     Object {
         node: usize,
         prop: usize,
@@ -312,12 +395,16 @@ enum Frame {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum ObjectPhase {
-    /// Before the key of `prop` (or `}` for an object with no properties).
-    Key,
-    /// `pos` bytes of `prop`'s encoded key matched.
-    InKey(usize),
+    /// Right after `{`: a key from `prop` (0) on, or `}` when no property is required.
+    Open,
+    /// `pos` bytes of a key matched, the same bytes as the first `pos` of `cand`'s key;
+    /// the key is one of `cand` and the properties after it, up to the next required one
+    /// (`prop` is where the candidates started).
+    Key { pos: usize, cand: usize },
+    /// After property `prop`'s key.
     Colon,
-    /// After `prop`'s value: `,` or `}`.
+    /// After property `prop`'s value: `,` (when a property follows) or `}` (when none that
+    /// follows is required).
     AfterValue,
 }
 
@@ -339,6 +426,8 @@ enum Lex {
         integer: bool,
     },
     Literal(&'static [u8]),
+    /// Inside a free-form object.
+    Free(JsonPrefix),
     Complete,
 }
 
@@ -400,6 +489,20 @@ impl JsonCheck for SchemaPrefix {
                 // The byte after the number is read as what follows it.
                 return self.push_byte(b);
             }
+            Lex::Free(mut object) => {
+                if !object.push_byte(b) {
+                    return false;
+                }
+                if object.is_complete() {
+                    if self.stack.is_empty() {
+                        self.lex = Lex::Complete;
+                        return true;
+                    }
+                    return self.value_done();
+                }
+                self.lex = Lex::Free(object);
+                return true;
+            }
             Lex::Complete => return false,
             other => self.lex = other,
         }
@@ -407,7 +510,7 @@ impl JsonCheck for SchemaPrefix {
             let in_key = matches!(
                 self.stack.last(),
                 Some(Frame::Object {
-                    phase: ObjectPhase::InKey(_),
+                    phase: ObjectPhase::Key { pos: 1.., .. },
                     ..
                 })
             );
@@ -442,52 +545,73 @@ impl JsonCheck for SchemaPrefix {
 
 impl SchemaPrefix {
     fn object_byte(&mut self, node: usize, prop: usize, phase: ObjectPhase, b: u8) -> bool {
-        let Node::Object(props) = &self.schema.nodes[node] else {
+        let schema = self.schema.clone();
+        let Node::Object(props) = &schema.nodes[node] else {
             return false;
         };
-        let frame = |phase| Frame::Object { node, prop, phase };
-        match phase {
-            ObjectPhase::Key if props.is_empty() => b == b'}' && self.close(),
-            ObjectPhase::Key | ObjectPhase::InKey(_) => {
-                let pos = match phase {
-                    ObjectPhase::InKey(p) => p,
-                    _ => 0,
-                };
-                let key = &props[prop].0;
-                if key.get(pos) != Some(&b) {
-                    return false;
-                }
-                let next = if pos + 1 == key.len() {
-                    ObjectPhase::Colon
-                } else {
-                    ObjectPhase::InKey(pos + 1)
-                };
-                self.set_top(frame(next));
-                true
-            }
+        // Whether a property from `from` on must still be written.
+        let required_from = |from: usize| props.iter().skip(from).any(|p| p.required);
+        let frame = |prop, phase| Frame::Object { node, prop, phase };
+        let (pos, cand) = match phase {
+            ObjectPhase::Open if b == b'}' => return !required_from(0) && self.close(),
+            ObjectPhase::Open => (0, 0),
+            ObjectPhase::Key { pos, cand } => (pos, cand),
             ObjectPhase::Colon => {
                 if b != b':' {
                     return false;
                 }
-                self.lex = Lex::Value(props[prop].1);
-                true
+                self.lex = Lex::Value(props[prop].node);
+                return true;
             }
             ObjectPhase::AfterValue => {
-                if prop + 1 < props.len() {
-                    if b != b',' {
-                        return false;
+                return match b {
+                    b',' if prop + 1 < props.len() => {
+                        self.set_top(frame(
+                            prop + 1,
+                            ObjectPhase::Key {
+                                pos: 0,
+                                cand: prop + 1,
+                            },
+                        ));
+                        true
                     }
-                    self.set_top(Frame::Object {
-                        node,
-                        prop: prop + 1,
-                        phase: ObjectPhase::Key,
-                    });
-                    true
-                } else {
-                    b == b'}' && self.close()
-                }
+                    b'}' => !required_from(prop + 1) && self.close(),
+                    _ => false,
+                };
             }
-        }
+        };
+        // The candidates: `cand` and the keys after it, up to the next required one (which
+        // may not be skipped), that start with the bytes matched so far.
+        let written = &props.get(cand).map_or(&[][..], |p| &p.key[..pos]);
+        let last = props
+            .iter()
+            .enumerate()
+            .skip(cand)
+            .find(|(_, p)| p.required)
+            .map_or(props.len().saturating_sub(1), |(i, _)| i);
+        let next = (cand..=last).filter(|&c| c < props.len()).find(|&c| {
+            let key = &props[c].key;
+            key.starts_with(written) && key.get(pos) == Some(&b)
+        });
+        let Some(next) = next else {
+            return false;
+        };
+        // Keys end with their closing quote, which no other key has at that place.
+        let phase = if props[next].key.len() == pos + 1 {
+            ObjectPhase::Colon
+        } else {
+            ObjectPhase::Key {
+                pos: pos + 1,
+                cand: next,
+            }
+        };
+        let prop = if phase == ObjectPhase::Colon {
+            next
+        } else {
+            prop
+        };
+        self.set_top(frame(prop, phase));
+        true
     }
 
     /// The first byte `b` of a value of `node`.
@@ -514,8 +638,14 @@ impl SchemaPrefix {
             (Node::Object(_), b'{') => self.open(Frame::Object {
                 node,
                 prop: 0,
-                phase: ObjectPhase::Key,
+                phase: ObjectPhase::Open,
             }),
+            (Node::AnyObject, b'{') => {
+                let mut object = JsonPrefix::new();
+                let started = object.push_byte(b);
+                self.lex = Lex::Free(object);
+                started
+            }
             (Node::Array(items), b'[') => self.open(Frame::Array {
                 items: *items,
                 open: true,
@@ -752,6 +882,76 @@ mod tests {
         );
         accepted(&s, "{ }");
         refused_at(&s, "{\"", 1);
+    }
+
+    fn lenient(schema: Value) -> Arc<JsonSchema> {
+        Arc::new(JsonSchema::compile_lenient(&schema).unwrap_or_else(|e| panic!("{schema}: {e}")))
+    }
+
+    /// A function's `parameters` as clients write them without `strict`.
+    fn weather() -> Value {
+        json!({"type": "object",
+            "properties": {
+                "city": {"type": "string", "minLength": 1},
+                "unit": {"type": "string", "enum": ["c", "f"]},
+                "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+            "required": ["city"]})
+    }
+
+    #[test]
+    fn optional_properties_may_be_left_out_in_order() {
+        let s = lenient(weather());
+        // `required` first, then the optional ones by name: days, unit.
+        for text in [
+            r#"{"city":"Paris"}"#,
+            r#"{"city":"Paris","days":3}"#,
+            r#"{"city":"Paris","unit":"c"}"#,
+            r#"{ "city": "Paris", "days": 3, "unit": "f" }"#,
+        ] {
+            accepted(&s, text);
+        }
+        refused_at(&s, "{}", 1); // `city` is required
+        refused_at(&s, r#"{"unit""#, 2); // required first
+        refused_at(&s, r#"{"city":"P","unit":"c","days""#, 22); // in order: none after unit
+        refused_at(&s, r#"{"city":"P",}"#, 12); // no trailing comma
+        refused_at(&s, r#"{"city":"P","days":3,"unit":"c","#, 31); // none left
+        refused_at(&s, r#"{"city":"P","days":"3""#, 19); // still an integer
+                                                         // All optional: the empty object, or any of them in order.
+        let s = lenient(
+            json!({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "boolean"}}}),
+        );
+        accepted(&s, "{}");
+        accepted(&s, r#"{"b":true}"#);
+        accepted(&s, r#"{"a":1,"b":false}"#);
+        refused_at(&s, r#"{"b":true,"a""#, 9);
+        // Strict mode still refuses optional properties and narrowing keywords.
+        assert!(JsonSchema::compile(&weather()).is_err());
+    }
+
+    #[test]
+    fn free_form_objects_take_any_object() {
+        let s = lenient(json!({"type": "object",
+            "properties": {"options": {"type": "object", "description": "anything"}, "n": {"type": "integer"}},
+            "required": ["options", "n"], "additionalProperties": true}));
+        accepted(&s, r#"{"options":{"x":[1,{"y":null}],"z":"}"},"n":2}"#);
+        accepted(&s, r#"{"options":{},"n":2}"#);
+        refused_at(&s, r#"{"options":[1]"#, 11);
+        let any = lenient(json!({"type": "object"}));
+        accepted(&any, r#"{"a": {"b": [true]}}"#);
+        refused_at(&any, r#"{"a":1}}"#, 7);
+        // Same-kind `anyOf` members: the first is guided.
+        let s = lenient(
+            json!({"type": "object", "properties": {"a": {"anyOf": [{"type": "string"}, {"enum": ["x"]}]}}, "required": ["a"]}),
+        );
+        accepted(&s, r#"{"a":"free text"}"#);
+        // What leniency cannot guide is still an error.
+        for schema in [
+            json!({"type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}),
+            json!({"type": "object", "properties": {"a": {"not": {"type": "string"}}}}),
+            json!({"type": "string"}),
+        ] {
+            assert!(JsonSchema::compile_lenient(&schema).is_err(), "{schema}");
+        }
     }
 
     #[test]

@@ -66,8 +66,9 @@ pub struct FunctionTool {
     pub name: String,
     /// The tool as the prompt lists it: `{"type": "function", "function": {...}}`.
     pub definition: Value,
-    /// What the arguments must be: an object of `parameters` when the schema is in the
-    /// subset [`JsonSchema`] compiles (always, for `strict` functions), else any object.
+    /// What the arguments must be: an object of `parameters` as [`JsonSchema`] compiles it
+    /// (strict, or leniently for functions without `strict`), else (a non-strict shape it
+    /// cannot guide) any object.
     pub arguments: JsonFormat,
 }
 
@@ -87,6 +88,22 @@ impl ToolSet {
             ToolChoice::Function(i) => vec![i],
             ToolChoice::Auto | ToolChoice::Required => (0..self.functions.len()).collect(),
         }
+    }
+
+    /// What the router reads of the tools in place of [`system_prompt`](Self::system_prompt):
+    /// each function's name and description, without the instructions around them, which
+    /// say nothing of the request's skill.
+    pub fn routing_text(&self) -> String {
+        self.functions
+            .iter()
+            .map(|f| {
+                let description = f.definition["function"]["description"]
+                    .as_str()
+                    .unwrap_or_default();
+                format!("{} {description}", f.name.replace(['_', '-'], " "))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The system text that lists the functions and the format of a call.
@@ -261,10 +278,15 @@ fn function_tool(i: usize, tool: &Value) -> Result<FunctionTool, ApiError> {
         .filter(|p| !p.is_null())
         .cloned()
         .unwrap_or_else(|| serde_json::json!({"type": "object", "properties": {}}));
-    let arguments = match JsonSchema::compile(&parameters) {
+    let compiled = if strict {
+        JsonSchema::compile(&parameters)
+    } else {
+        JsonSchema::compile_lenient(&parameters)
+    };
+    let arguments = match compiled {
         Ok(schema) => JsonFormat::Schema(Arc::new(schema)),
         // OpenAI does not promise that a non-strict function's arguments match its schema;
-        // they are still one JSON object.
+        // a shape the lenient compiler cannot guide still gets one JSON object.
         Err(_) if !strict => JsonFormat::Object,
         Err(e) => {
             return Err(ApiError::invalid(
@@ -531,8 +553,12 @@ mod tests {
         let set = resolve_tools(Some(&tools), None, None).unwrap().unwrap();
         assert_eq!(set.choice, ToolChoice::Auto);
         assert!(set.parallel);
-        // Optional `unit` is outside the strict subset: any object, as OpenAI promises no more.
-        assert_eq!(set.functions[0].arguments, JsonFormat::Object);
+        // Optional `unit`: guided leniently, by its schema.
+        assert!(matches!(set.functions[0].arguments, JsonFormat::Schema(_)));
+        let odd = json!([{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"a": {"oneOf": [{"type": "string"}]}}}}}]);
+        let set_odd = resolve_tools(Some(&odd), None, None).unwrap().unwrap();
+        assert_eq!(set_odd.functions[0].arguments, JsonFormat::Object);
         assert!(matches!(set.functions[1].arguments, JsonFormat::Schema(_)));
         assert_eq!(set.callable(), vec![0, 1]);
         let named = json!({"type": "function", "function": {"name": "get_time"}});

@@ -133,13 +133,19 @@ pub struct ValidatedRequest {
 }
 
 impl ValidatedRequest {
-    /// What the router classifies: every prompt of the request, each with all its turns.
+    /// What the router classifies: every prompt of the request, each with all its turns
+    /// (the tools' names and descriptions in place of their system prompt).
     pub fn text_for_routing(&self) -> String {
-        self.prompts
+        let text = self
+            .prompts
             .iter()
             .map(Prompt::text_for_routing)
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        match &self.params.tools {
+            Some(tools) => text.replacen(&tools.system_prompt(), &tools.routing_text(), 1),
+            None => text,
+        }
     }
 }
 
@@ -1007,6 +1013,12 @@ mod tests {
             .content
             .starts_with("Be brief.\n\nYou can call functions"));
         assert!(m[0].content.contains("\"name\":\"get_weather\""));
+        let routing = r.text_for_routing();
+        assert!(
+            routing.starts_with("Be brief.\n\nget weather \n"),
+            "{routing}"
+        );
+        assert!(!routing.contains("You can call functions"), "{routing}");
         assert_eq!(
             m[2].content,
             format!(
