@@ -127,8 +127,8 @@ enum Phase {
     Between {
         pos: usize,
     },
-    /// Inside the name: `pos` bytes of the names in `left` (indices into the tool set),
-    /// each JSON-encoded without its opening quote.
+    /// Inside the name: `pos` bytes written, which begin each of the names in `left`
+    /// (indices into the tool set).
     Name {
         pos: usize,
         left: Vec<usize>,
@@ -169,11 +169,15 @@ impl ToolCallGuide {
         }
     }
 
-    /// The name of `tool` as the call writes it after its opening quote.
-    fn encoded_name(&self, tool: usize) -> Vec<u8> {
-        let mut name = serde_json::to_vec(&self.tools.functions[tool].name).unwrap_or_default();
-        name.remove(0);
-        name
+    /// Byte `pos` of the name of `tool` as the call writes it after its opening quote: the
+    /// name (letters, digits, `_` and `-`: nothing to escape) and its closing quote.
+    fn name_byte(&self, tool: usize, pos: usize) -> Option<u8> {
+        let name = self.tools.functions[tool].name.as_bytes();
+        match pos.cmp(&name.len()) {
+            std::cmp::Ordering::Less => Some(name[pos]),
+            std::cmp::Ordering::Equal => Some(b'"'),
+            std::cmp::Ordering::Greater => None,
+        }
     }
 
     /// Literal `bytes` at `pos`: the next position, or `None` if `b` breaks it.
@@ -247,15 +251,17 @@ impl JsonCheck for ToolCallGuide {
             Phase::Name { pos, left } => {
                 let left: Vec<usize> = left
                     .into_iter()
-                    .filter(|&t| self.encoded_name(t).get(pos) == Some(&b))
+                    .filter(|&t| self.name_byte(t, pos) == Some(b))
                     .collect();
                 // Names hold no quotes: the one whose closing quote this is, is the call's.
-                if let Some(&tool) = left
-                    .iter()
-                    .find(|&&t| self.encoded_name(t).len() == pos + 1)
-                {
-                    self.phase = Phase::Middle { tool, pos: 0 };
-                    return true;
+                if b == b'"' {
+                    return match left.first() {
+                        Some(&tool) => {
+                            self.phase = Phase::Middle { tool, pos: 0 };
+                            true
+                        }
+                        None => false,
+                    };
                 }
                 if left.is_empty() {
                     return false;
