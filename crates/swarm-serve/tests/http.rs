@@ -724,6 +724,44 @@ async fn streamed_tool_calls_come_whole_with_their_index() {
 }
 
 #[tokio::test]
+async fn each_choice_reads_its_own_calls() {
+    let mut body = tools_request(true);
+    body["n"] = json!(2);
+    let (s, _, b) = send(&state(), post("/v1/chat/completions", body)).await;
+    assert_eq!(s, 200);
+    let data = sse_data(&b);
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    for choice in 0..2 {
+        let mine: Vec<&Value> = chunks
+            .iter()
+            .map(|c| &c["choices"][0])
+            .filter(|c| c["index"] == choice)
+            .collect();
+        let content: String = mine
+            .iter()
+            .filter_map(|c| c["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, "Checking. ", "choice {choice}");
+        let indices: Vec<&Value> = mine
+            .iter()
+            .filter_map(|c| c["delta"]["tool_calls"].as_array())
+            .flatten()
+            .map(|call| &call["index"])
+            .collect();
+        assert_eq!(indices, [&json!(0), &json!(1)], "choice {choice}");
+        let finish: Vec<&Value> = mine
+            .iter()
+            .map(|c| &c["finish_reason"])
+            .filter(|f| !f.is_null())
+            .collect();
+        assert_eq!(finish, [&json!("tool_calls")], "choice {choice}");
+    }
+}
+
+#[tokio::test]
 async fn errors_use_the_envelope() {
     let st = state();
     let (s, _, v) = send_json(
