@@ -549,8 +549,9 @@ pub enum JsonFormat {
 }
 
 /// What `response_format` asks for: `text` (or nothing) is plain text, `json_object` one
-/// JSON object, `json_schema` an object of its `json_schema.schema` (the subset
-/// [`JsonSchema`] compiles; anything else is a 400 that names it).
+/// JSON object, `json_schema` an object of its `json_schema.schema` (with `strict: true`,
+/// the strict subset [`JsonSchema`] compiles, anything else a 400 that names it; without,
+/// read leniently: optional properties, narrowing keywords not enforced).
 fn json_mode(format: Option<&Value>) -> Result<Option<JsonFormat>, ApiError> {
     let Some(format) = format.filter(|f| !f.is_null()) else {
         return Ok(None);
@@ -568,9 +569,19 @@ fn json_mode(format: Option<&Value>) -> Result<Option<JsonFormat>, ApiError> {
                         "`response_format.json_schema.schema` is missing",
                     )
                 })?;
-            let compiled = JsonSchema::compile(schema).map_err(|e| {
-                ApiError::invalid("response_format", format!("`response_format`: {e}"))
-            })?;
+            // `strict: true` (what the SDK's `parse` sends) is held to the strict subset; a
+            // schema without it is read leniently, as OpenAI only tries to follow it.
+            let strict = format
+                .get("json_schema")
+                .and_then(|j| j.get("strict"))
+                .and_then(Value::as_bool)
+                == Some(true);
+            let compiled = if strict {
+                JsonSchema::compile(schema)
+            } else {
+                JsonSchema::compile_lenient(schema)
+            }
+            .map_err(|e| ApiError::invalid("response_format", format!("`response_format`: {e}")))?;
             Ok(Some(JsonFormat::Schema(Arc::new(compiled))))
         }
         _ => Err(ApiError::invalid(
@@ -960,14 +971,28 @@ mod tests {
         .unwrap();
         let want = JsonSchema::compile(&serde_json::from_str(schema).unwrap()).unwrap();
         assert_eq!(asked, Some(JsonFormat::Schema(Arc::new(want))));
-        // A keyword it cannot enforce is named, with where it is.
-        let e = json(r#","response_format":{"type":"json_schema","json_schema":{"name":"A","schema":{"type":"object","properties":{"a":{"type":"string","format":"email"}},"required":["a"]}}}"#).unwrap_err();
+        // Strict: a keyword it cannot enforce is named, with where it is.
+        let email = r#"{"type":"object","properties":{"a":{"type":"string","format":"email"}},"required":["a"]}"#;
+        let e = json(&format!(
+            r#","response_format":{{"type":"json_schema","json_schema":{{"name":"A","strict":true,"schema":{email}}}}}"#
+        ))
+        .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
         assert!(
             e.message.contains("#/properties/a") && e.message.contains("format"),
             "{}",
             e.message
         );
+        // Not strict: read leniently (`format` not enforced, `b` optional).
+        let optional = r#"{"type":"object","properties":{"a":{"type":"string","format":"email"},"b":{"type":"integer"}},"required":["a"]}"#;
+        let lenient = json(&format!(
+            r#","response_format":{{"type":"json_schema","json_schema":{{"name":"A","schema":{optional}}}}}"#
+        ))
+        .unwrap();
+        let want = JsonSchema::compile_lenient(&serde_json::from_str(optional).unwrap()).unwrap();
+        assert_eq!(lenient, Some(JsonFormat::Schema(Arc::new(want))));
+        let e = json(r#","response_format":{"type":"json_schema","json_schema":{"name":"A","schema":{"type":"object","properties":{"a":{"oneOf":[{"type":"string"}]}}}}}"#).unwrap_err();
+        assert!(e.message.contains("`oneOf`"), "{}", e.message);
         let e = json(r#","response_format":{"type":"json_schema","json_schema":{"name":"A"}}"#)
             .unwrap_err();
         assert!(e.message.contains("schema` is missing"), "{}", e.message);
