@@ -294,6 +294,18 @@ def non_strict_parameters_are_guided_too():
 
 
 @check
+def legacy_functions_answer_with_function_call():
+    r = client.chat.completions.create(
+        model="swarm", messages=WEATHER_QUESTION, max_tokens=64, temperature=0,
+        functions=[t["function"] for t in WEATHER_TOOLS], function_call={"name": "get_weather"})
+    choice = r.choices[0]
+    assert choice.finish_reason == "function_call", choice
+    assert choice.message.function_call.name == "get_weather", choice
+    assert isinstance(json.loads(choice.message.function_call.arguments)["city"], str), choice
+    assert not choice.message.tool_calls, choice
+
+
+@check
 def pydantic_tools_parse():
     # `openai.pydantic_function_tool` and `.parse()`: the SDK's own strict schema, and its
     # own parsing of the arguments into the model.

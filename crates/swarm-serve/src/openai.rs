@@ -105,6 +105,12 @@ pub struct ChatCompletionRequest {
     /// Whether one answer may make several calls (default true).
     #[serde(default)]
     pub parallel_tool_calls: Option<Value>,
+    /// The legacy form of `tools`: `[{"name", "description", "parameters"}]`.
+    #[serde(default)]
+    pub functions: Option<Value>,
+    /// The legacy form of `tool_choice`: `none`, `auto` or `{"name": ...}`.
+    #[serde(default)]
+    pub function_call: Option<Value>,
     /// End-user id (logged).
     #[serde(default)]
     pub user: Option<String>,
@@ -194,6 +200,36 @@ pub struct ChatMessageOut {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<ToolCall>,
+    /// The legacy `functions` API's one call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall>,
+}
+
+impl ChatMessageOut {
+    /// The assistant's `answer`, with its calls read out when the request could make them
+    /// (`api`); and how many it made.
+    pub fn answer(answer: String, api: Option<crate::tools::ToolApi>) -> (Self, usize) {
+        use crate::tools::{split_answer, ToolApi};
+        let mut message = Self {
+            role: "assistant",
+            content: Some(answer),
+            tool_calls: Vec::new(),
+            function_call: None,
+        };
+        let Some(api) = api else {
+            return (message, 0);
+        };
+        let (content, calls) = split_answer(message.content.as_deref().unwrap_or_default());
+        let made = calls.len();
+        message.content = content;
+        match api {
+            ToolApi::Tools => message.tool_calls = calls.into_iter().map(ToolCall::new).collect(),
+            ToolApi::Functions => {
+                message.function_call = calls.into_iter().next().map(FunctionCall::from)
+            }
+        }
+        (message, made)
+    }
 }
 
 /// A function call in an answer.
@@ -213,16 +249,22 @@ impl ToolCall {
         Self {
             id: crate::tools::new_call_id(),
             kind: "function",
-            function: FunctionCall {
-                name: call.name,
-                arguments: call.arguments,
-            },
+            function: call.into(),
+        }
+    }
+}
+
+impl From<crate::tools::ParsedCall> for FunctionCall {
+    fn from(call: crate::tools::ParsedCall) -> Self {
+        Self {
+            name: call.name,
+            arguments: call.arguments,
         }
     }
 }
 
 /// The function called, and its arguments as a string of JSON (as OpenAI sends them).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FunctionCall {
     pub name: String,
     pub arguments: String,
@@ -269,6 +311,9 @@ pub struct ChatDelta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
+    /// The legacy `functions` API's call, whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub function_call: Option<FunctionCall>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -20,19 +20,16 @@ use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
 
-use crate::engine::{
-    Engine, Event, Failure, FinishReason, GenerateJob, PromptLogprobs, TokenLogprob,
-};
+use crate::engine::{Engine, Event, Failure, GenerateJob, PromptLogprobs, TokenLogprob};
 use crate::error::ApiError;
 use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOffset};
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessageOut, CompletionChoice,
-    CompletionLogprobs, CompletionRequest, CompletionResponse, ModelList, ToolCall, Usage,
+    CompletionLogprobs, CompletionRequest, CompletionResponse, ModelList, Usage,
 };
 use crate::router::Router;
 use crate::stream::{sse_response, StreamContext};
-use crate::tools::split_answer;
 use crate::validation::{self, Endpoint, Limits, ValidatedRequest};
 
 /// The header naming the elite that served a request.
@@ -506,7 +503,7 @@ async fn generate(
         prompt_tokens,
         include_usage: request.include_usage,
         logprobs: request.params.logprobs.is_some(),
-        tools: request.params.tools.is_some(),
+        tools: request.params.tools.as_ref().map(|t| t.api),
         metrics: state.metrics.clone(),
         start,
         timeout,
@@ -554,20 +551,12 @@ async fn generate(
                 .zip(&collected.logprobs)
                 .enumerate()
                 .map(|(i, ((answer, finish), logprobs))| {
-                    let (content, tool_calls) = if request.params.tools.is_some() {
-                        let (content, calls) = split_answer(&answer);
-                        (content, calls.into_iter().map(ToolCall::new).collect())
-                    } else {
-                        (Some(answer), Vec::new())
-                    };
+                    let api = request.params.tools.as_ref().map(|t| t.api);
+                    let (message, calls) = ChatMessageOut::answer(answer, api);
                     ChatChoice {
                         index: i as u32,
-                        finish_reason: tool_calls_finish(finish, tool_calls.len()),
-                        message: ChatMessageOut {
-                            role: "assistant",
-                            content,
-                            tool_calls,
-                        },
+                        finish_reason: api.map_or(finish, |a| a.finish_reason(finish, calls)),
+                        message,
                         logprobs: wants_logprobs.then(|| chat_logprobs(logprobs)),
                     }
                 })
@@ -611,15 +600,6 @@ async fn generate(
     };
     set_elite(&mut response, &route.elite);
     Ok(response)
-}
-
-/// `tool_calls` for an answer that ended by itself after calling functions.
-pub(crate) fn tool_calls_finish(finish: &'static str, calls: usize) -> &'static str {
-    if calls > 0 && finish == FinishReason::Stop.as_str() {
-        "tool_calls"
-    } else {
-        finish
-    }
 }
 
 fn set_elite(response: &mut Response, elite: &str) {

@@ -22,8 +22,8 @@ use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse,
     ToolCall, ToolCallDelta, Usage,
 };
-use crate::server::{failure_to_api, tool_calls_finish, CancelGuard};
-use crate::tools::{AnswerPiece, ParsedCall, ToolCallSplitter};
+use crate::server::{failure_to_api, CancelGuard};
+use crate::tools::{AnswerPiece, ParsedCall, ToolApi, ToolCallSplitter};
 use crate::validation::Endpoint;
 
 /// What every chunk of one answer shares.
@@ -39,9 +39,9 @@ pub struct StreamContext {
     /// Whether the request asked for log-probabilities (every text chunk then carries its
     /// tokens').
     pub logprobs: bool,
-    /// Whether the answer may call functions (its calls are then read out of its text and
-    /// sent as `tool_calls`).
-    pub tools: bool,
+    /// Whether the answer may call functions, and in which API: its calls are then read
+    /// out of its text and sent as `tool_calls` (or the legacy `function_call`).
+    pub tools: Option<ToolApi>,
     pub metrics: Arc<Metrics>,
     pub start: Instant,
     pub timeout: Option<Duration>,
@@ -143,12 +143,18 @@ impl StreamContext {
         self.chat_chunk(
             vec![ChatChunkChoice {
                 index: index as u32,
-                delta: ChatDelta {
-                    tool_calls: Some(vec![ToolCallDelta {
-                        index: call as u32,
-                        call: ToolCall::new(parsed),
-                    }]),
-                    ..ChatDelta::default()
+                delta: match self.tools {
+                    Some(ToolApi::Functions) => ChatDelta {
+                        function_call: Some(parsed.into()),
+                        ..ChatDelta::default()
+                    },
+                    _ => ChatDelta {
+                        tool_calls: Some(vec![ToolCallDelta {
+                            index: call as u32,
+                            call: ToolCall::new(parsed),
+                        }]),
+                        ..ChatDelta::default()
+                    },
                 },
                 logprobs: None,
                 finish_reason: None,
@@ -223,7 +229,7 @@ impl State {
                         self.ctx.start.elapsed().as_secs_f64(),
                     );
                 }
-                if self.ctx.tools {
+                if self.ctx.tools.is_some() {
                     let pieces = self.splitters[index].push(&text);
                     self.send_pieces(index, pieces, &logprobs);
                 } else if !text.is_empty() || (self.ctx.logprobs && !logprobs.is_empty()) {
@@ -241,10 +247,10 @@ impl State {
             }
             Some(Event::Done { finish, .. }) => {
                 let mut finish = finish.as_str();
-                if self.ctx.tools {
+                if let Some(api) = self.ctx.tools {
                     let rest = self.splitters[index].finish();
                     self.send_pieces(index, rest, &[]);
-                    finish = tool_calls_finish(finish, self.splitters[index].calls());
+                    finish = api.finish_reason(finish, self.splitters[index].calls());
                 }
                 let text = match self.ctx.endpoint {
                     Endpoint::Chat => None,
@@ -297,6 +303,13 @@ impl State {
                     &mut self.offsets[index],
                     None,
                 ),
+                // The legacy API has one call (the guide writes no more; this keeps the
+                // stream equal to the plain answer whatever the engine).
+                AnswerPiece::Call(_)
+                    if self.ctx.tools == Some(ToolApi::Functions) && number > 0 =>
+                {
+                    continue
+                }
                 AnswerPiece::Call(call) => {
                     number += 1;
                     self.ctx.tool_call(index, number - 1, call)
@@ -357,7 +370,7 @@ pub fn sse_response(
                     delta: ChatDelta {
                         role: Some("assistant"),
                         content: Some(String::new()),
-                        tool_calls: None,
+                        ..ChatDelta::default()
                     },
                     logprobs: None,
                     finish_reason: None,

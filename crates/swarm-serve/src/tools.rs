@@ -79,6 +79,8 @@ pub struct ToolSet {
     pub choice: ToolChoice,
     /// `parallel_tool_calls`: whether one answer may make more than one call.
     pub parallel: bool,
+    /// How the request asked, and so how the calls go back.
+    pub api: ToolApi,
 }
 
 impl ToolSet {
@@ -141,6 +143,55 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// How the request spells function calling, and so how the answer must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolApi {
+    /// `tools` and `tool_choice`: calls come back in `tool_calls`.
+    Tools,
+    /// The legacy `functions` and `function_call`: one call, back in `function_call`.
+    Functions,
+}
+
+impl ToolApi {
+    /// The request's field that lists the functions.
+    fn list(self) -> &'static str {
+        match self {
+            ToolApi::Tools => "tools",
+            ToolApi::Functions => "functions",
+        }
+    }
+
+    /// The request's field that chooses among them.
+    fn choice(self) -> &'static str {
+        match self {
+            ToolApi::Tools => "tool_choice",
+            ToolApi::Functions => "function_call",
+        }
+    }
+
+    /// What a choice may be, for error messages.
+    fn choices(self) -> &'static str {
+        match self {
+            ToolApi::Tools => {
+                "`none`, `auto`, `required` or {\"type\": \"function\", \"function\": {\"name\": ...}}"
+            }
+            ToolApi::Functions => "`none`, `auto` or {\"name\": ...}",
+        }
+    }
+}
+
+impl ToolApi {
+    /// `finish_reason` of an answer that made calls and ended by itself (`finish` is
+    /// `stop`); other answers keep theirs.
+    pub fn finish_reason(self, finish: &'static str, calls: usize) -> &'static str {
+        match self {
+            _ if calls == 0 || finish != "stop" => finish,
+            ToolApi::Tools => "tool_calls",
+            ToolApi::Functions => "function_call",
+        }
+    }
+}
+
 /// Resolves `tools`, `tool_choice` and `parallel_tool_calls`. `None` when the answer may
 /// not call anything: no tools, or `tool_choice: "none"`.
 pub fn resolve_tools(
@@ -148,83 +199,6 @@ pub fn resolve_tools(
     tool_choice: Option<&Value>,
     parallel: Option<&Value>,
 ) -> Result<Option<ToolSet>, ApiError> {
-    let tools = match tools {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(a)) => a.as_slice(),
-        Some(_) => return Err(ApiError::invalid("tools", "`tools` must be a list")),
-    };
-    let choice = tool_choice.filter(|c| !c.is_null());
-    if tools.is_empty() {
-        return match choice {
-            None => Ok(None),
-            Some(c) if c == "none" => Ok(None),
-            Some(_) => Err(ApiError::invalid(
-                "tool_choice",
-                "`tool_choice` needs `tools` to choose from",
-            )),
-        };
-    }
-    if tools.len() > MAX_TOOLS {
-        return Err(ApiError::invalid(
-            "tools",
-            format!(
-                "`tools` lists {} functions; at most {MAX_TOOLS} are allowed",
-                tools.len()
-            ),
-        ));
-    }
-    let mut functions: Vec<FunctionTool> = Vec::with_capacity(tools.len());
-    for (i, tool) in tools.iter().enumerate() {
-        let f = function_tool(i, tool)?;
-        if functions.iter().any(|g| g.name == f.name) {
-            return Err(ApiError::invalid(
-                format!("tools[{i}].function.name"),
-                format!("two functions are named `{}`", f.name),
-            ));
-        }
-        functions.push(f);
-    }
-    let choice = match choice {
-        None => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "none" => return Ok(None),
-            "auto" => ToolChoice::Auto,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    format!(
-                        "`tool_choice` is `{other}`; it must be `none`, `auto`, `required` or \
-                         {{\"type\": \"function\", \"function\": {{\"name\": ...}}}}"
-                    ),
-                ))
-            }
-        },
-        Some(c) => {
-            let name = c
-                .get("function")
-                .and_then(|f| f.get("name"))
-                .and_then(Value::as_str)
-                .filter(|_| c.get("type").is_none_or(|t| t == "function"))
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "tool_choice",
-                        "`tool_choice` must be `none`, `auto`, `required` or \
-                         {\"type\": \"function\", \"function\": {\"name\": ...}}",
-                    )
-                })?;
-            let index = functions
-                .iter()
-                .position(|f| f.name == name)
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "tool_choice",
-                        format!("`tool_choice` names `{name}`, which is not in `tools`"),
-                    )
-                })?;
-            ToolChoice::Function(index)
-        }
-    };
     let parallel = match parallel {
         None | Some(Value::Null) => true,
         Some(Value::Bool(b)) => *b,
@@ -235,39 +209,145 @@ pub fn resolve_tools(
             ))
         }
     };
+    resolve(ToolApi::Tools, tools, tool_choice, parallel)
+}
+
+/// Resolves the legacy `functions` and `function_call` (one call at most, as that API
+/// returns one).
+pub fn resolve_functions(
+    functions: Option<&Value>,
+    function_call: Option<&Value>,
+) -> Result<Option<ToolSet>, ApiError> {
+    resolve(ToolApi::Functions, functions, function_call, false)
+}
+
+fn resolve(
+    api: ToolApi,
+    list: Option<&Value>,
+    choice: Option<&Value>,
+    parallel: bool,
+) -> Result<Option<ToolSet>, ApiError> {
+    let (list_name, choice_name) = (api.list(), api.choice());
+    let list = match list {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(a)) => a.as_slice(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                list_name,
+                format!("`{list_name}` must be a list"),
+            ))
+        }
+    };
+    let choice = choice.filter(|c| !c.is_null());
+    if list.is_empty() {
+        return match choice {
+            None => Ok(None),
+            Some(c) if c == "none" => Ok(None),
+            Some(_) => Err(ApiError::invalid(
+                choice_name,
+                format!("`{choice_name}` needs `{list_name}` to choose from"),
+            )),
+        };
+    }
+    if list.len() > MAX_TOOLS {
+        return Err(ApiError::invalid(
+            list_name,
+            format!(
+                "`{list_name}` lists {} functions; at most {MAX_TOOLS} are allowed",
+                list.len()
+            ),
+        ));
+    }
+    let mut functions: Vec<FunctionTool> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let (param, function) = match api {
+            ToolApi::Tools => (format!("tools[{i}].function"), tool_function(i, item)?),
+            ToolApi::Functions => (format!("functions[{i}]"), item),
+        };
+        let f = function_tool(&param, function)?;
+        if functions.iter().any(|g| g.name == f.name) {
+            return Err(ApiError::invalid(
+                format!("{param}.name"),
+                format!("two functions are named `{}`", f.name),
+            ));
+        }
+        functions.push(f);
+    }
+    let unknown = |what: String| {
+        ApiError::invalid(
+            choice_name,
+            format!("`{choice_name}` is {what}; it must be {}", api.choices()),
+        )
+    };
+    let choice = match choice {
+        None => ToolChoice::Auto,
+        Some(Value::String(s)) => match (s.as_str(), api) {
+            ("none", _) => return Ok(None),
+            ("auto", _) => ToolChoice::Auto,
+            ("required", ToolApi::Tools) => ToolChoice::Required,
+            (other, _) => return Err(unknown(format!("`{other}`"))),
+        },
+        Some(c) => {
+            let name = match api {
+                ToolApi::Tools => c
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .filter(|_| c.get("type").is_none_or(|t| t == "function")),
+                ToolApi::Functions => c.get("name"),
+            }
+            .and_then(Value::as_str)
+            .ok_or_else(|| unknown("not one of those".to_string()))?;
+            let index = functions
+                .iter()
+                .position(|f| f.name == name)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        choice_name,
+                        format!("`{choice_name}` names `{name}`, which is not in `{list_name}`"),
+                    )
+                })?;
+            ToolChoice::Function(index)
+        }
+    };
     Ok(Some(ToolSet {
         functions,
         choice,
         parallel,
+        api,
     }))
 }
 
-/// `tools[i]`: `{"type": "function", "function": {"name", "description"?, "parameters"?,
-/// "strict"?}}`.
-fn function_tool(i: usize, tool: &Value) -> Result<FunctionTool, ApiError> {
-    let param = format!("tools[{i}]");
+/// `tools[i]`: `{"type": "function", "function": {...}}`; its `function`.
+fn tool_function(i: usize, tool: &Value) -> Result<&Value, ApiError> {
     if tool.get("type").and_then(Value::as_str) != Some("function") {
         return Err(ApiError::invalid(
-            format!("{param}.type"),
+            format!("tools[{i}].type"),
             "only tools of type `function` are supported",
         ));
     }
-    let function = tool
-        .get("function")
+    tool.get("function")
         .filter(|f| f.is_object())
         .ok_or_else(|| {
             ApiError::invalid(
-                format!("{param}.function"),
+                format!("tools[{i}].function"),
                 "a tool needs a `function` object",
             )
-        })?;
+        })
+}
+
+/// A function (`{"name", "description"?, "parameters"?, "strict"?}`), found at `param` in
+/// the request.
+fn function_tool(param: &str, function: &Value) -> Result<FunctionTool, ApiError> {
+    if !function.is_object() {
+        return Err(ApiError::invalid(param, "a function must be an object"));
+    }
     let name = function
         .get("name")
         .and_then(Value::as_str)
         .filter(|n| valid_name(n))
         .ok_or_else(|| {
             ApiError::invalid(
-                format!("{param}.function.name"),
+                format!("{param}.name"),
                 "a function's `name` must be 1 to 64 letters, digits, `_` or `-`",
             )
         })?;
@@ -290,8 +370,8 @@ fn function_tool(i: usize, tool: &Value) -> Result<FunctionTool, ApiError> {
         Err(_) if !strict => JsonFormat::Object,
         Err(e) => {
             return Err(ApiError::invalid(
-                format!("{param}.function.parameters"),
-                format!("`{param}.function.parameters` (strict): {e}"),
+                format!("{param}.parameters"),
+                format!("`{param}.parameters` (strict): {e}"),
             ))
         }
     };
@@ -326,28 +406,34 @@ pub fn past_calls_text(index: usize, calls: &Value) -> Result<String, ApiError> 
                     "a tool call needs `type: function` and a `function`",
                 )
             })?;
-        let name = function
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    format!("{param}[{j}].function.name"),
-                    "a tool call needs the function's `name`",
-                )
-            })?;
-        let arguments = function
-            .get("arguments")
-            .and_then(Value::as_str)
-            .unwrap_or("{}");
-        if serde_json::from_str::<Value>(arguments).is_err() {
-            return Err(ApiError::invalid(
-                format!("{param}[{j}].function.arguments"),
-                "a tool call's `arguments` must be a string of JSON",
-            ));
-        }
-        texts.push(call_text(name, arguments));
+        texts.push(past_call_text(&format!("{param}[{j}].function"), function)?);
     }
     Ok(texts.join("\n"))
+}
+
+/// One past call, `{"name", "arguments"}` (a tool call's `function`, or the legacy
+/// `function_call`) found at `param`, written back as the model would have written it.
+pub fn past_call_text(param: &str, function: &Value) -> Result<String, ApiError> {
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                format!("{param}.name"),
+                "a call needs the function's `name`",
+            )
+        })?;
+    let arguments = function
+        .get("arguments")
+        .and_then(Value::as_str)
+        .unwrap_or("{}");
+    if serde_json::from_str::<Value>(arguments).is_err() {
+        return Err(ApiError::invalid(
+            format!("{param}.arguments"),
+            "a call's `arguments` must be a string of JSON",
+        ));
+    }
+    Ok(call_text(name, arguments))
 }
 
 /// A tool's result, as the user turn that hands it back.

@@ -11,7 +11,9 @@ use crate::error::ApiError;
 use crate::openai::{
     ChatCompletionRequest, ChatMessageIn, CompletionRequest, PromptIn, StopSequences,
 };
-use crate::tools::{past_calls_text, resolve_tools, tool_response_text, ToolSet};
+use crate::tools::{
+    past_call_text, past_calls_text, resolve_functions, resolve_tools, tool_response_text, ToolSet,
+};
 
 /// The router's name, and the default when `model` is omitted.
 pub const ROUTER_MODEL: &str = "swarm";
@@ -383,11 +385,8 @@ fn resolve_messages(
             "system" | "user" | "assistant" | "tool" => m.role.clone(),
             // `developer` is the newer name of `system`; templates know only the latter.
             "developer" => "system".to_string(),
-            "function" => {
-                return Err(ApiError::unsupported(&format!(
-                    "messages[{i}].role=function"
-                )))
-            }
+            // The legacy form of `tool`.
+            "function" => "tool".to_string(),
             other => {
                 return Err(ApiError::invalid(
                     format!("messages[{i}].role"),
@@ -404,6 +403,12 @@ fn resolve_messages(
                 "tool_calls" | "function_call" | "audio" if is_empty_list(value) => {}
                 "tool_calls" if role == "assistant" => {
                     calls = Some(past_calls_text(i, value)?);
+                }
+                "function_call" if role == "assistant" => {
+                    calls = Some(past_call_text(
+                        &format!("messages[{i}].function_call"),
+                        value,
+                    )?);
                 }
                 // Results are matched to calls by their order; the id is not needed.
                 "tool_call_id" if role == "tool" => {}
@@ -615,6 +620,16 @@ pub fn validate_chat(
         r.tool_choice.as_ref(),
         r.parallel_tool_calls.as_ref(),
     )?;
+    let functions = resolve_functions(r.functions.as_ref(), r.function_call.as_ref())?;
+    let tools = match (tools, functions) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "functions",
+                "`functions` is the legacy form of `tools`; send one of them, not both",
+            ))
+        }
+        (tools, functions) => tools.or(functions),
+    };
     if let Some(tools) = &tools {
         add_tools_prompt(&mut messages, tools);
     }
@@ -811,8 +826,8 @@ mod tests {
     #[test]
     fn meaning_changing_fields_are_refused() {
         for extra in [
-            r#""functions":[{"name":"f"}]"#,
-            r#""function_call":"auto""#,
+            r#""modalities":["audio"]"#,
+            r#""prediction":{"type":"content","content":"x"}"#,
             r#""audio":{"voice":"alloy"}"#,
         ] {
             let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
@@ -1069,6 +1084,38 @@ mod tests {
     }
 
     #[test]
+    fn legacy_functions_are_tools_with_one_call() {
+        let body = r#"{"messages":[
+            {"role":"user","content":"Weather in Paris?"},
+            {"role":"assistant","content":null,"function_call":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}},
+            {"role":"function","name":"get_weather","content":"18 C"}],
+            "functions":[{"name":"get_weather","description":"Weather in a city","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}}],
+            "function_call":{"name":"get_weather"}}"#;
+        let r = chat(body).unwrap();
+        let tools = r.params.tools.as_ref().unwrap();
+        assert_eq!(tools.api, crate::tools::ToolApi::Functions);
+        assert_eq!(tools.choice, crate::tools::ToolChoice::Function(0));
+        assert!(!tools.parallel);
+        let Prompt::Chat(m) = &r.prompts[0] else {
+            panic!("a chat")
+        };
+        assert_eq!(
+            m[2].content,
+            crate::tools::call_text("get_weather", "{\"city\": \"Paris\"}")
+        );
+        assert_eq!(
+            (m[3].role.as_str(), m[3].content.as_str()),
+            ("user", "<tool_response>\n18 C\n</tool_response>")
+        );
+        let e = chat(r#"{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"f"}],"function_call":"required"}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("function_call"));
+        let e =
+            chat(r#"{"messages":[{"role":"user","content":"hi"}],"functions":[{"name":"a b"}]}"#)
+                .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("functions[0].name"));
+    }
+
+    #[test]
     fn tools_conflicts_and_bad_history_are_refused() {
         let tools = r#""tools":[{"type":"function","function":{"name":"f"}}]"#;
         let e = chat(&format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],{tools},"response_format":{{"type":"json_object"}}}}"#)).unwrap_err();
@@ -1082,8 +1129,11 @@ mod tests {
         );
         let e = chat(r#"{"messages":[{"role":"user","content":"hi","tool_calls":[{"type":"function","function":{"name":"f"}}]}]}"#).unwrap_err();
         assert_eq!(e.code, Some("unsupported_parameter"));
-        let e = chat(r#"{"messages":[{"role":"function","name":"f","content":"1"}]}"#).unwrap_err();
-        assert_eq!(e.code, Some("unsupported_parameter"));
+        let e = chat(&format!(
+            r#"{{"messages":[{{"role":"user","content":"hi"}}],{tools},"functions":[{{"name":"f"}}]}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("functions"));
         // Completions have no tools.
         let e = validate_completion(
             serde_json::from_str(&format!(r#"{{"prompt":"hi",{tools}}}"#)).unwrap(),

@@ -71,12 +71,13 @@ impl Engine for ScriptedEngine {
                 let _ = tx.send(Event::Echo { text, logprobs });
             }
             // Function calling: a sentence, then one call of each function it may call (two
-            // at most), sent a few characters at a time so that tags split across events.
+            // at most; one without parallel calls), sent a few characters at a time so that
+            // tags split across events.
             if let Some(tools) = &job.params.tools {
                 let calls: Vec<String> = tools
                     .callable()
                     .iter()
-                    .take(2)
+                    .take(if tools.parallel { 2 } else { 1 })
                     .enumerate()
                     .map(|(k, &f)| call_text(&tools.functions[f].name, &format!("{{\"n\": {k}}}")))
                     .collect();
@@ -762,6 +763,44 @@ async fn each_choice_reads_its_own_calls() {
 }
 
 #[tokio::test]
+async fn legacy_functions_answer_with_function_call() {
+    let body = |stream: bool| {
+        json!({"model": "elite-code", "messages": [{"role": "user", "content": "weather?"}],
+               "functions": [{"name": "get_weather"}, {"name": "get_time"}], "stream": stream})
+    };
+    let (s, _, v) = send_json(&state(), post("/v1/chat/completions", body(false))).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "function_call");
+    assert_eq!(choice["message"]["content"], "Checking. ");
+    assert_eq!(
+        choice["message"]["function_call"],
+        json!({"name": "get_weather", "arguments": "{\"n\": 0}"})
+    );
+    assert!(choice["message"].get("tool_calls").is_none());
+
+    let (_, _, b) = send(&state(), post("/v1/chat/completions", body(true))).await;
+    let data = sse_data(&b);
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .map(|c| &c["choices"][0]["delta"]["function_call"])
+        .filter(|c| !c.is_null())
+        .collect();
+    assert_eq!(calls, [&choice["message"]["function_call"]]);
+    assert!(chunks
+        .iter()
+        .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "function_call"
+    );
+}
+
+#[tokio::test]
 async fn errors_use_the_envelope() {
     let st = state();
     let (s, _, v) = send_json(
@@ -780,12 +819,12 @@ async fn errors_use_the_envelope() {
         &st,
         post(
             "/v1/chat/completions",
-            json!({"messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}),
+            json!({"messages": [{"role": "user", "content": "x"}], "audio": {"voice": "alloy"}}),
         ),
     )
     .await;
     assert_eq!(s, 400);
-    assert_eq!(v["error"]["param"], "functions");
+    assert_eq!(v["error"]["param"], "audio");
 
     let req = Request::post("/v1/chat/completions")
         .body(Body::from("{not json"))
