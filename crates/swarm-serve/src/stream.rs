@@ -288,12 +288,6 @@ impl State {
     /// first, or alone when all the text is held back.
     fn send_pieces(&mut self, index: usize, pieces: Vec<AnswerPiece>, logprobs: &[TokenLogprob]) {
         let mut logprobs = Some(logprobs).filter(|l| self.ctx.logprobs && !l.is_empty());
-        // The splitter has counted these pieces' calls already.
-        let new_calls = pieces
-            .iter()
-            .filter(|p| matches!(p, AnswerPiece::Call(_)))
-            .count();
-        let mut number = self.splitters[index].calls() - new_calls;
         for piece in pieces {
             let chunk = match piece {
                 AnswerPiece::Text(text) => self.ctx.delta(
@@ -305,15 +299,15 @@ impl State {
                 ),
                 // The legacy API has one call (the guide writes no more; this keeps the
                 // stream equal to the plain answer whatever the engine).
-                AnswerPiece::Call(_)
-                    if self.ctx.tools == Some(ToolApi::Functions) && number > 0 =>
+                AnswerPiece::Call { index: call, .. }
+                    if self.ctx.tools == Some(ToolApi::Functions) && call > 0 =>
                 {
                     continue
                 }
-                AnswerPiece::Call(call) => {
-                    number += 1;
-                    self.ctx.tool_call(index, number - 1, call)
-                }
+                AnswerPiece::Call {
+                    index: call,
+                    call: parsed,
+                } => self.ctx.tool_call(index, call, parsed),
             };
             self.pending.push_back(SseEvent::default().data(chunk));
         }

@@ -453,7 +453,11 @@ pub struct ParsedCall {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnswerPiece {
     Text(String),
-    Call(ParsedCall),
+    /// The answer's call number `index` (from 0).
+    Call {
+        index: usize,
+        call: ParsedCall,
+    },
 }
 
 #[derive(Deserialize)]
@@ -509,9 +513,12 @@ impl ToolCallSplitter {
                 };
                 self.buffer.drain(..end + TOOL_CALL_CLOSE.len());
                 self.in_call = false;
-                self.calls += 1;
                 self.after_call = true;
-                out.push(AnswerPiece::Call(call));
+                out.push(AnswerPiece::Call {
+                    index: self.calls,
+                    call,
+                });
+                self.calls += 1;
             } else if let Some(start) = self.buffer.find(TOOL_CALL_OPEN) {
                 let before: String = self.buffer.drain(..start).collect();
                 self.buffer.drain(..TOOL_CALL_OPEN.len());
@@ -580,7 +587,7 @@ pub fn split_answer(answer: &str) -> (Option<String>, Vec<ParsedCall>) {
     for piece in pieces {
         match piece {
             AnswerPiece::Text(t) => text.push_str(&t),
-            AnswerPiece::Call(c) => calls.push(c),
+            AnswerPiece::Call { call, .. } => calls.push(call),
         }
     }
     let text = if calls.is_empty() || !text.trim().is_empty() {
@@ -842,7 +849,7 @@ mod tests {
             for p in pieces {
                 match p {
                     AnswerPiece::Text(t) => text.push_str(&t),
-                    AnswerPiece::Call(c) => calls.push(c),
+                    AnswerPiece::Call { call, .. } => calls.push(call),
                 }
             }
             assert_eq!((Some(text), calls), whole, "step {step}");
