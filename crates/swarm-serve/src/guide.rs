@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use swarm_model::{JsonCheck, JsonPrefix, SchemaPrefix};
 
-use crate::tools::{ToolChoice, ToolSet, TOOL_CALL_OPEN};
+use crate::tools::{
+    ToolChoice, ToolSet, CALL_HEAD, CALL_MIDDLE, CALL_SEPARATOR, CALL_TAIL, TOOL_CALL_OPEN,
+};
 use crate::validation::JsonFormat;
 
 /// A check of an answer, with what the engine needs beyond [`JsonCheck`]: whether the turn
@@ -95,15 +97,6 @@ impl JsonCheck for JsonGuide {
     }
 }
 
-/// A call from its open tag to its name's opening quote.
-const CALL_HEAD: &[u8] = b"<tool_call>\n{\"name\": \"";
-/// Between two calls of one answer (`required` with parallel calls).
-const NEXT_CALL: &[u8] = b"\n<tool_call>\n{\"name\": \"";
-/// Between the name and the arguments.
-const CALL_MIDDLE: &[u8] = b", \"arguments\": ";
-/// After the arguments.
-const CALL_TAIL: &[u8] = b"}\n</tool_call>";
-
 /// Where a function-calling answer stands.
 #[derive(Debug, Clone)]
 pub struct ToolCallGuide {
@@ -123,12 +116,11 @@ enum Phase {
     Head {
         pos: usize,
     },
-    /// `pos` bytes of [`NEXT_CALL`] written; at 0 the answer may also end.
-    Between {
-        pos: usize,
-    },
-    /// Inside the name: `pos` bytes written, which begin each of the names in `left`
-    /// (indices into the tool set).
+    /// After a call, with more allowed (`required` with parallel calls): the answer ends,
+    /// or [`CALL_SEPARATOR`] and another call follow.
+    Between,
+    /// Inside the name (after [`CALL_HEAD`]): `pos` bytes written, which begin each of the
+    /// names in `left` (indices into the tool set).
     Name {
         pos: usize,
         left: Vec<usize>,
@@ -162,22 +154,10 @@ impl ToolCallGuide {
 
     /// Whether the turn may end: in free text, or between calls once one is written.
     pub fn may_end(&self) -> bool {
-        match self.phase {
-            Phase::Text { .. } | Phase::Ended => true,
-            Phase::Between { pos } => pos == 0,
-            _ => false,
-        }
-    }
-
-    /// Byte `pos` of the name of `tool` as the call writes it after its opening quote: the
-    /// name (letters, digits, `_` and `-`: nothing to escape) and its closing quote.
-    fn name_byte(&self, tool: usize, pos: usize) -> Option<u8> {
-        let name = self.tools.functions[tool].name.as_bytes();
-        match pos.cmp(&name.len()) {
-            std::cmp::Ordering::Less => Some(name[pos]),
-            std::cmp::Ordering::Equal => Some(b'"'),
-            std::cmp::Ordering::Greater => None,
-        }
+        matches!(
+            self.phase,
+            Phase::Text { .. } | Phase::Between | Phase::Ended
+        )
     }
 
     /// Literal `bytes` at `pos`: the next position, or `None` if `b` breaks it.
@@ -193,7 +173,7 @@ impl ToolCallGuide {
         } else if self.tools.choice == ToolChoice::Auto {
             Phase::Text { matched: 0 }
         } else {
-            Phase::Between { pos: 0 }
+            Phase::Between
         };
     }
 
@@ -226,7 +206,7 @@ impl JsonCheck for ToolCallGuide {
                 };
                 true
             }
-            Phase::Head { pos } => match Self::literal(CALL_HEAD, pos, b) {
+            Phase::Head { pos } => match Self::literal(CALL_HEAD.as_bytes(), pos, b) {
                 Some(next) if next == CALL_HEAD.len() => {
                     self.phase = self.name_starts();
                     true
@@ -237,39 +217,37 @@ impl JsonCheck for ToolCallGuide {
                 }
                 None => false,
             },
-            Phase::Between { pos } => match Self::literal(NEXT_CALL, pos, b) {
-                Some(next) if next == NEXT_CALL.len() => {
-                    self.phase = self.name_starts();
-                    true
+            Phase::Between => {
+                if CALL_SEPARATOR.as_bytes() != [b] {
+                    return false;
                 }
-                Some(next) => {
-                    self.phase = Phase::Between { pos: next };
-                    true
-                }
-                None => false,
-            },
+                self.phase = Phase::Head { pos: 0 };
+                true
+            }
             Phase::Name { pos, left } => {
-                let left: Vec<usize> = left
-                    .into_iter()
-                    .filter(|&t| self.name_byte(t, pos) == Some(b))
-                    .collect();
-                // Names hold no quotes: the one whose closing quote this is, is the call's.
-                if b == b'"' {
-                    return match left.first() {
-                        Some(&tool) => {
-                            self.phase = Phase::Middle { tool, pos: 0 };
+                let name = |t: usize| self.tools.functions[t].name.as_bytes();
+                // A name ends where the middle begins, with the name's closing quote (names
+                // hold no quotes).
+                if CALL_MIDDLE.as_bytes().first() == Some(&b) {
+                    return match left.into_iter().find(|&t| name(t).len() == pos) {
+                        Some(tool) => {
+                            self.phase = Phase::Middle { tool, pos: 1 };
                             true
                         }
                         None => false,
                     };
                 }
+                let left: Vec<usize> = left
+                    .into_iter()
+                    .filter(|&t| name(t).get(pos) == Some(&b))
+                    .collect();
                 if left.is_empty() {
                     return false;
                 }
                 self.phase = Phase::Name { pos: pos + 1, left };
                 true
             }
-            Phase::Middle { tool, pos } => match Self::literal(CALL_MIDDLE, pos, b) {
+            Phase::Middle { tool, pos } => match Self::literal(CALL_MIDDLE.as_bytes(), pos, b) {
                 Some(next) if next == CALL_MIDDLE.len() => {
                     self.phase =
                         Phase::Arguments(JsonGuide::new(&self.tools.functions[tool].arguments));
@@ -292,7 +270,7 @@ impl JsonCheck for ToolCallGuide {
                 };
                 true
             }
-            Phase::Tail { pos } => match Self::literal(CALL_TAIL, pos, b) {
+            Phase::Tail { pos } => match Self::literal(CALL_TAIL.as_bytes(), pos, b) {
                 Some(next) if next == CALL_TAIL.len() => {
                     self.call_written();
                     true

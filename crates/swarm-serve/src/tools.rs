@@ -34,18 +34,24 @@ pub const TOOL_CALL_CLOSE: &str = "</tool_call>";
 /// How many functions one request may list (OpenAI's limit).
 pub const MAX_TOOLS: usize = 128;
 
+/// A call up to its name (after the name's opening quote).
+pub const CALL_HEAD: &str = "<tool_call>\n{\"name\": \"";
+/// From the name's closing quote to the arguments.
+pub const CALL_MIDDLE: &str = "\", \"arguments\": ";
+/// After the arguments.
+pub const CALL_TAIL: &str = "}\n</tool_call>";
+/// Between two calls of one answer.
+pub const CALL_SEPARATOR: &str = "\n";
+
 /// A call's text, as the guide lets the model write it and as past calls are replayed:
-/// `<tool_call>\n{"name": NAME, "arguments": ARGUMENTS}\n</tool_call>`.
+/// `<tool_call>\n{"name": "NAME", "arguments": ARGUMENTS}\n</tool_call>`.
 pub fn call_text(name: &str, arguments: &str) -> String {
+    let quoted = serde_json::to_string(name).unwrap_or_else(|_| format!("\"{name}\""));
+    let inner = &quoted[1..quoted.len() - 1];
     format!(
-        "{TOOL_CALL_OPEN}\n{{\"name\": {}, \"arguments\": {}}}\n{TOOL_CALL_CLOSE}",
-        json_string(name),
+        "{CALL_HEAD}{inner}{CALL_MIDDLE}{}{CALL_TAIL}",
         arguments.trim()
     )
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| format!("\"{s}\""))
 }
 
 /// Which calls the answer may or must make.
@@ -408,7 +414,7 @@ pub fn past_calls_text(index: usize, calls: &Value) -> Result<String, ApiError> 
             })?;
         texts.push(past_call_text(&format!("{param}[{j}].function"), function)?);
     }
-    Ok(texts.join("\n"))
+    Ok(texts.join(CALL_SEPARATOR))
 }
 
 /// One past call, `{"name", "arguments"}` (a tool call's `function`, or the legacy
