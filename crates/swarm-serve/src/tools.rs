@@ -429,17 +429,19 @@ pub fn past_call_text(param: &str, function: &Value) -> Result<String, ApiError>
                 "a call needs the function's `name`",
             )
         })?;
-    let arguments = function
-        .get("arguments")
-        .and_then(Value::as_str)
-        .unwrap_or("{}");
-    if serde_json::from_str::<Value>(arguments).is_err() {
-        return Err(ApiError::invalid(
-            format!("{param}.arguments"),
-            "a call's `arguments` must be a string of JSON",
-        ));
-    }
-    Ok(call_text(name, arguments))
+    // OpenAI sends a string of JSON; some clients send the object itself.
+    let arguments = match function.get("arguments") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(Value::String(text)) if serde_json::from_str::<Value>(text).is_ok() => text.clone(),
+        Some(object @ Value::Object(_)) => object.to_string(),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                format!("{param}.arguments"),
+                "a call's `arguments` must be a string of JSON (or a JSON object)",
+            ))
+        }
+    };
+    Ok(call_text(name, &arguments))
 }
 
 /// A tool's result, as the user turn that hands it back.
@@ -786,6 +788,13 @@ mod tests {
             past_calls_text(3, &calls).unwrap(),
             "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>\n\
              <tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\":\"CET\"}}\n</tool_call>"
+        );
+        // Arguments given as the object itself are written as JSON.
+        let object =
+            json!([{"type": "function", "function": {"name": "f", "arguments": {"a": [1]}}}]);
+        assert_eq!(
+            past_calls_text(0, &object).unwrap(),
+            call_text("f", "{\"a\":[1]}")
         );
         let bad = json!([{"type": "function", "function": {"name": "f", "arguments": "{oops"}}]);
         let e = past_calls_text(3, &bad).unwrap_err();
