@@ -229,11 +229,16 @@ WEATHER_TOOLS = [
 WEATHER_QUESTION = [{"role": "user", "content": "What is the weather in Paris?"}]
 
 
-def assert_calls(message, names):
+def assert_calls(message, names, cut=False):
+    """Every call is of a listed function with arguments of its schema; with `cut` (the
+    answer ran out of tokens) the last call's arguments may be unfinished."""
     assert message.tool_calls, message
-    for call in message.tool_calls:
+    for k, call in enumerate(message.tool_calls):
         assert call.type == "function" and call.id.startswith("call_"), call
         assert call.function.name in names, call
+        if cut and k == len(message.tool_calls) - 1:
+            assert call.function.arguments.startswith("{"), call
+            continue
         arguments = json.loads(call.function.arguments)
         if call.function.name == "get_weather":
             assert list(arguments) == ["city"] and isinstance(arguments["city"], str), arguments
@@ -260,7 +265,7 @@ def tool_choice_required_calls_a_listed_function():
     choice = r.choices[0]
     assert choice.finish_reason in ("tool_calls", "length"), choice
     assert len(choice.message.tool_calls) >= 2, choice
-    assert_calls(choice.message, {"get_weather", "get_time"})
+    assert_calls(choice.message, {"get_weather", "get_time"}, cut=choice.finish_reason == "length")
     # A named function is the one called.
     r = client.chat.completions.create(
         model="swarm", messages=WEATHER_QUESTION, tools=WEATHER_TOOLS, max_tokens=96,
@@ -323,12 +328,39 @@ def pydantic_tools_parse():
 
 
 @check
+def stream_helper_sees_arguments_grow():
+    # The SDK's stream helper: `tool_calls.function.arguments.delta` events as the arguments
+    # are written, then `.done` with them parsed into the pydantic model.
+    import pydantic
+
+    class GetWeather(pydantic.BaseModel):
+        city: str
+
+    stream = getattr(client.chat.completions, "stream", None) or client.beta.chat.completions.stream
+    deltas, done = [], []
+    with stream(model="swarm", messages=WEATHER_QUESTION, max_tokens=96, temperature=0,
+                tool_choice="required", parallel_tool_calls=False,
+                tools=[openai.pydantic_function_tool(GetWeather)]) as events:
+        for event in events:
+            if event.type == "tool_calls.function.arguments.delta":
+                deltas.append(event.arguments_delta)
+            elif event.type == "tool_calls.function.arguments.done":
+                done.append(event)
+        final = events.get_final_completion()
+    assert len(deltas) > 1, deltas
+    assert len(done) == 1 and isinstance(done[0].parsed_arguments, GetWeather), done
+    call = final.choices[0].message.tool_calls[0]
+    assert call.function.arguments == "".join(deltas), (call, deltas)
+    assert isinstance(call.function.parsed_arguments, GetWeather), call
+
+
+@check
 def streamed_tool_calls_match_plain():
-    # Parallel calls: two or more, split out of the stream as they close.
+    # Parallel calls: two or more, their arguments streamed as the model writes them.
     args = dict(model="swarm", messages=WEATHER_QUESTION, tools=WEATHER_TOOLS,
                 tool_choice="required", max_tokens=96, temperature=0)
     plain = client.chat.completions.create(**args).choices[0]
-    calls, finish = {}, None
+    calls, parts, finish = {}, {}, None
     for chunk in client.chat.completions.create(stream=True, **args):
         for c in chunk.choices:
             finish = c.finish_reason or finish
@@ -336,7 +368,9 @@ def streamed_tool_calls_match_plain():
                 call = calls.setdefault(d.index, {"name": "", "arguments": ""})
                 call["name"] += d.function.name or ""
                 call["arguments"] += d.function.arguments or ""
+                parts[d.index] = parts.get(d.index, 0) + 1
     assert finish == plain.finish_reason, (finish, plain)
+    assert all(n > 1 for n in parts.values()), parts
     expected = [{"name": c.function.name, "arguments": c.function.arguments}
                 for c in plain.message.tool_calls]
     assert [calls[i] for i in sorted(calls)] == expected, (calls, expected)

@@ -207,9 +207,14 @@ pub struct ChatMessageOut {
 
 impl ChatMessageOut {
     /// The assistant's `answer`, with its calls read out when the request could make them
-    /// (`api`); and how many it made.
-    pub fn answer(answer: String, api: Option<crate::tools::ToolApi>) -> (Self, usize) {
-        use crate::tools::{split_answer, ToolApi};
+    /// (`api`), and its `finish_reason` (the engine's `finish`, or the API's reason for an
+    /// answer that ended after its calls).
+    pub fn answer(
+        answer: String,
+        api: Option<crate::tools::ToolApi>,
+        finish: &'static str,
+    ) -> (Self, &'static str) {
+        use crate::tools::{SplitAnswer, ToolApi};
         let mut message = Self {
             role: "assistant",
             content: Some(answer),
@@ -217,10 +222,14 @@ impl ChatMessageOut {
             function_call: None,
         };
         let Some(api) = api else {
-            return (message, 0);
+            return (message, finish);
         };
-        let (content, calls) = split_answer(message.content.as_deref().unwrap_or_default());
-        let made = calls.len();
+        let SplitAnswer {
+            text: content,
+            calls,
+            cut,
+        } = SplitAnswer::new(message.content.as_deref().unwrap_or_default());
+        let finish = api.finish_reason(finish, calls.len(), cut);
         message.content = content;
         match api {
             ToolApi::Tools => message.tool_calls = calls.into_iter().map(ToolCall::new).collect(),
@@ -228,7 +237,7 @@ impl ChatMessageOut {
                 message.function_call = calls.into_iter().next().map(FunctionCall::from)
             }
         }
-        (message, made)
+        (message, finish)
     }
 }
 
@@ -270,13 +279,63 @@ pub struct FunctionCall {
     pub arguments: String,
 }
 
-/// A function call in a streamed chunk: `index` is its place among the choice's calls.
-/// swarm sends each call whole, in one chunk.
+/// Part of a function call in a streamed chunk: `index` is its place among the choice's
+/// calls. A call's first part has its `id`, `type` and `function.name`; the parts after it
+/// only more `function.arguments`, to be appended (as OpenAI streams calls).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ToolCallDelta {
     pub index: u32,
-    #[serde(flatten)]
-    pub call: ToolCall,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub function: FunctionCallDelta,
+}
+
+impl ToolCallDelta {
+    /// Call number `index` begins, with a fresh id.
+    pub fn start(index: usize, name: String, arguments: String) -> Self {
+        Self {
+            index: index as u32,
+            id: Some(crate::tools::new_call_id()),
+            kind: Some("function"),
+            function: FunctionCallDelta::start(name, arguments),
+        }
+    }
+
+    /// More of call `index`'s arguments.
+    pub fn arguments(index: usize, arguments: String) -> Self {
+        Self {
+            index: index as u32,
+            id: None,
+            kind: None,
+            function: FunctionCallDelta::arguments(arguments),
+        }
+    }
+}
+
+/// Part of a streamed call: its name in the first part only.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FunctionCallDelta {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl FunctionCallDelta {
+    pub fn start(name: String, arguments: String) -> Self {
+        Self {
+            name: Some(name),
+            arguments,
+        }
+    }
+
+    pub fn arguments(arguments: String) -> Self {
+        Self {
+            name: None,
+            arguments,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -311,9 +370,9 @@ pub struct ChatDelta {
     pub content: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Vec<ToolCallDelta>>,
-    /// The legacy `functions` API's call, whole.
+    /// The legacy `functions` API's call: its name first, then its arguments in parts.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub function_call: Option<FunctionCall>,
+    pub function_call: Option<FunctionCallDelta>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -552,10 +552,10 @@ async fn generate(
                 .enumerate()
                 .map(|(i, ((answer, finish), logprobs))| {
                     let api = request.params.tools.as_ref().map(|t| t.api);
-                    let (message, calls) = ChatMessageOut::answer(answer, api);
+                    let (message, finish_reason) = ChatMessageOut::answer(answer, api, finish);
                     ChatChoice {
                         index: i as u32,
-                        finish_reason: api.map_or(finish, |a| a.finish_reason(finish, calls)),
+                        finish_reason,
                         message,
                         logprobs: wants_logprobs.then(|| chat_logprobs(logprobs)),
                     }

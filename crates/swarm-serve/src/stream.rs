@@ -20,10 +20,10 @@ use crate::logprobs::{chat_logprobs, completion_logprobs, echo_logprobs, TextOff
 use crate::metrics::Metrics;
 use crate::openai::{
     ChatChunkChoice, ChatCompletionChunk, ChatDelta, CompletionChoice, CompletionResponse,
-    ToolCall, ToolCallDelta, Usage,
+    FunctionCallDelta, ToolCallDelta, Usage,
 };
 use crate::server::{failure_to_api, CancelGuard};
-use crate::tools::{AnswerPiece, ParsedCall, ToolApi, ToolCallSplitter};
+use crate::tools::{AnswerPiece, ToolApi, ToolCallSplitter};
 use crate::validation::Endpoint;
 
 /// What every chunk of one answer shares.
@@ -138,24 +138,33 @@ impl StreamContext {
         )
     }
 
-    /// A chat chunk with choice `index`'s call number `call`, whole.
-    fn tool_call(&self, index: usize, call: usize, parsed: ParsedCall) -> String {
+    /// A chat chunk with part of choice `index`'s call number `call`: its start (`name`
+    /// given) or more of its arguments.
+    fn tool_call(
+        &self,
+        index: usize,
+        call: usize,
+        name: Option<String>,
+        arguments: String,
+    ) -> String {
+        let delta = match (self.tools, name) {
+            (Some(ToolApi::Functions), name) => ChatDelta {
+                function_call: Some(FunctionCallDelta { name, arguments }),
+                ..ChatDelta::default()
+            },
+            (_, Some(name)) => ChatDelta {
+                tool_calls: Some(vec![ToolCallDelta::start(call, name, arguments)]),
+                ..ChatDelta::default()
+            },
+            (_, None) => ChatDelta {
+                tool_calls: Some(vec![ToolCallDelta::arguments(call, arguments)]),
+                ..ChatDelta::default()
+            },
+        };
         self.chat_chunk(
             vec![ChatChunkChoice {
                 index: index as u32,
-                delta: match self.tools {
-                    Some(ToolApi::Functions) => ChatDelta {
-                        function_call: Some(parsed.into()),
-                        ..ChatDelta::default()
-                    },
-                    _ => ChatDelta {
-                        tool_calls: Some(vec![ToolCallDelta {
-                            index: call as u32,
-                            call: ToolCall::new(parsed),
-                        }]),
-                        ..ChatDelta::default()
-                    },
-                },
+                delta,
                 logprobs: None,
                 finish_reason: None,
             }],
@@ -250,7 +259,8 @@ impl State {
                 if let Some(api) = self.ctx.tools {
                     let rest = self.splitters[index].finish();
                     self.send_pieces(index, rest, &[]);
-                    finish = api.finish_reason(finish, self.splitters[index].calls());
+                    let splitter = &self.splitters[index];
+                    finish = api.finish_reason(finish, splitter.calls(), splitter.cut());
                 }
                 let text = match self.ctx.endpoint {
                     Endpoint::Chat => None,
@@ -299,15 +309,20 @@ impl State {
                 ),
                 // The legacy API has one call (the guide writes no more; this keeps the
                 // stream equal to the plain answer whatever the engine).
-                AnswerPiece::Call { index: call, .. }
+                AnswerPiece::CallStart { index: call, .. }
+                | AnswerPiece::Arguments { index: call, .. }
                     if self.ctx.tools == Some(ToolApi::Functions) && call > 0 =>
                 {
                     continue
                 }
-                AnswerPiece::Call {
+                AnswerPiece::CallStart {
                     index: call,
-                    call: parsed,
-                } => self.ctx.tool_call(index, call, parsed),
+                    name,
+                    arguments,
+                } => self.ctx.tool_call(index, call, Some(name), arguments),
+                AnswerPiece::Arguments { index: call, text } => {
+                    self.ctx.tool_call(index, call, None, text)
+                }
             };
             self.pending.push_back(SseEvent::default().data(chunk));
         }

@@ -188,10 +188,10 @@ impl ToolApi {
 
 impl ToolApi {
     /// `finish_reason` of an answer that made calls and ended by itself (`finish` is
-    /// `stop`); other answers keep theirs.
-    pub fn finish_reason(self, finish: &'static str, calls: usize) -> &'static str {
+    /// `stop`) after a whole one (not `cut` in one's arguments); other answers keep theirs.
+    pub fn finish_reason(self, finish: &'static str, calls: usize, cut: bool) -> &'static str {
         match self {
-            _ if calls == 0 || finish != "stop" => finish,
+            _ if calls == 0 || cut || finish != "stop" => finish,
             ToolApi::Tools => "tool_calls",
             ToolApi::Functions => "function_call",
         }
@@ -457,14 +457,21 @@ pub struct ParsedCall {
     pub arguments: String,
 }
 
-/// What the answer holds, in order.
+/// What the answer holds, in order, as it streams.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AnswerPiece {
     Text(String),
-    /// The answer's call number `index` (from 0).
-    Call {
+    /// The answer's call number `index` (from 0) begins: its name, and the first part of
+    /// its arguments (possibly empty).
+    CallStart {
         index: usize,
-        call: ParsedCall,
+        name: String,
+        arguments: String,
+    },
+    /// The next part of call `index`'s arguments.
+    Arguments {
+        index: usize,
+        text: String,
     },
 }
 
@@ -475,16 +482,51 @@ struct CallBody<'a> {
     arguments: &'a RawValue,
 }
 
-/// Reads calls out of an answer as it streams: text outside `<tool_call>` blocks comes out
-/// as it arrives (but for an end that may begin a tag), each block once it is closed.
+/// Where the splitter is in the answer.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Free text.
+    #[default]
+    Text,
+    /// After `<tool_call>`, while the text follows the call layout up to the arguments.
+    Head,
+    /// In a call's arguments (sent as they come): the JSON's nesting so far.
+    Arguments {
+        depth: usize,
+        in_string: bool,
+        escaped: bool,
+    },
+    /// After the arguments: how much of the layout's tail has been read.
+    Tail { matched: usize },
+    /// A block that left the layout: read whole at its first closing tag that ends a call.
+    Unstructured,
+}
+
+/// Reads calls out of an answer as it streams. Text outside `<tool_call>` blocks comes out as
+/// it arrives (but for an end that may begin a tag). A block in the layout the guide makes the
+/// model write (`call_text`) comes out as it is written: the call's name once it is complete,
+/// then its arguments piece by piece, so that a client sees long arguments grow as OpenAI's
+/// API streams them. A block in another layout (a model writing without the guide) comes out
+/// whole once its closing tag ends a call.
 #[derive(Debug, Default)]
 pub struct ToolCallSplitter {
+    /// Text not yet given out: in `Head` and `Unstructured` everything after `<tool_call>`.
     buffer: String,
-    in_call: bool,
+    phase: Phase,
     calls: usize,
+    /// Whether the answer ended in a call's arguments.
+    cut: bool,
     /// Whether the text so far after the last call is only whitespace (dropped).
     after_call: bool,
 }
+
+/// The layout from the opening tag to the call's name.
+fn head_layout() -> &'static str {
+    &CALL_HEAD[TOOL_CALL_OPEN.len()..]
+}
+
+/// A name longer than this is not waited for in the layout (OpenAI allows 64 characters).
+const MAX_NAME_BYTES: usize = 256;
 
 impl ToolCallSplitter {
     pub fn new() -> Self {
@@ -496,74 +538,234 @@ impl ToolCallSplitter {
         self.buffer.push_str(text);
         let mut out = Vec::new();
         loop {
-            if self.in_call {
-                // The first close tag that ends a valid call (an argument string may hold
-                // the tag's text); none yet: wait for more.
-                let found = self
-                    .buffer
-                    .match_indices(TOOL_CALL_CLOSE)
-                    .find_map(|(end, _)| {
-                        let body = self.buffer[..end].trim();
-                        let call = serde_json::from_str::<CallBody>(body).ok()?;
-                        let arguments = call.arguments.get();
-                        arguments.starts_with('{').then(|| {
-                            (
-                                end,
-                                ParsedCall {
-                                    name: call.name,
-                                    arguments: arguments.to_string(),
-                                },
-                            )
-                        })
-                    });
-                let Some((end, call)) = found else {
-                    break;
-                };
-                self.buffer.drain(..end + TOOL_CALL_CLOSE.len());
-                self.in_call = false;
-                self.after_call = true;
-                out.push(AnswerPiece::Call {
-                    index: self.calls,
-                    call,
-                });
-                self.calls += 1;
-            } else if let Some(start) = self.buffer.find(TOOL_CALL_OPEN) {
-                let before: String = self.buffer.drain(..start).collect();
-                self.buffer.drain(..TOOL_CALL_OPEN.len());
-                self.text(&mut out, before);
-                self.in_call = true;
-            } else {
-                // Keep back an end that may be the start of a tag.
-                let keep = (1..TOOL_CALL_OPEN.len())
-                    .rev()
-                    .find(|&k| {
-                        self.buffer.len() >= k
-                            && self.buffer.is_char_boundary(self.buffer.len() - k)
-                            && TOOL_CALL_OPEN.starts_with(&self.buffer[self.buffer.len() - k..])
-                    })
-                    .unwrap_or(0);
-                let ready: String = self.buffer.drain(..self.buffer.len() - keep).collect();
-                self.text(&mut out, ready);
+            let progressed = match self.phase {
+                Phase::Text => self.read_text(&mut out),
+                Phase::Head => self.read_head(&mut out),
+                Phase::Arguments { .. } => self.read_arguments(&mut out),
+                Phase::Tail { matched } => self.read_tail(matched),
+                Phase::Unstructured => self.read_unstructured(&mut out),
+            };
+            if !progressed {
                 break;
             }
         }
         out
     }
 
-    /// The answer ended: what is left is text (a call cut short by `max_tokens` included).
+    /// The answer ended. A call cut short in its arguments (by `max_tokens` or a stop
+    /// string) stays a call, with the arguments it has, as OpenAI's API leaves it; a block
+    /// cut before its arguments began is text.
     pub fn finish(&mut self) -> Vec<AnswerPiece> {
-        let mut rest = std::mem::take(&mut self.buffer);
-        if std::mem::take(&mut self.in_call) {
-            rest.insert_str(0, TOOL_CALL_OPEN);
-        }
         let mut out = Vec::new();
-        self.text(&mut out, rest);
+        let rest = std::mem::take(&mut self.buffer);
+        match std::mem::take(&mut self.phase) {
+            Phase::Head | Phase::Unstructured => {
+                self.text(&mut out, format!("{TOOL_CALL_OPEN}{rest}"));
+            }
+            Phase::Text => self.text(&mut out, rest),
+            // Nothing is kept back in the arguments.
+            Phase::Arguments { .. } => self.cut = true,
+            // The arguments are whole: what is missing is layout.
+            Phase::Tail { .. } => {}
+        }
         out
     }
 
-    /// How many calls were read.
+    /// How many calls were read (begun, for one cut short).
     pub fn calls(&self) -> usize {
         self.calls
+    }
+
+    /// Whether the answer, once ended (`finish`), was cut in a call's arguments.
+    pub fn cut(&self) -> bool {
+        self.cut
+    }
+
+    /// Free text up to the next opening tag, keeping back an end that may begin one.
+    fn read_text(&mut self, out: &mut Vec<AnswerPiece>) -> bool {
+        if let Some(start) = self.buffer.find(TOOL_CALL_OPEN) {
+            let before: String = self.buffer.drain(..start).collect();
+            self.buffer.drain(..TOOL_CALL_OPEN.len());
+            self.text(out, before);
+            self.phase = Phase::Head;
+            return true;
+        }
+        let keep = (1..TOOL_CALL_OPEN.len())
+            .rev()
+            .find(|&k| {
+                self.buffer.len() >= k
+                    && self.buffer.is_char_boundary(self.buffer.len() - k)
+                    && TOOL_CALL_OPEN.starts_with(&self.buffer[self.buffer.len() - k..])
+            })
+            .unwrap_or(0);
+        let ready: String = self.buffer.drain(..self.buffer.len() - keep).collect();
+        self.text(out, ready);
+        false
+    }
+
+    /// The block's start, `\n{"name": "NAME", "arguments": {`: once it is all there the call
+    /// begins; text that leaves it makes the block unstructured.
+    fn read_head(&mut self, out: &mut Vec<AnswerPiece>) -> bool {
+        let head = head_layout();
+        if head.starts_with(self.buffer.as_str()) {
+            return false;
+        }
+        if !self.buffer.starts_with(head) {
+            self.phase = Phase::Unstructured;
+            return true;
+        }
+        let rest = &self.buffer[head.len()..];
+        let Some(quote) = rest.find('"') else {
+            if rest.contains('\\') || rest.len() > MAX_NAME_BYTES {
+                self.phase = Phase::Unstructured;
+                return true;
+            }
+            return false;
+        };
+        let name = &rest[..quote];
+        let after = &rest[quote..];
+        let opening = arguments_opening();
+        if !after.starts_with(opening) {
+            if opening.starts_with(after) {
+                return false;
+            }
+            self.phase = Phase::Unstructured;
+            return true;
+        }
+        if name.contains('\\') {
+            self.phase = Phase::Unstructured;
+            return true;
+        }
+        let name = name.to_string();
+        // The arguments start at their `{`, which `read_arguments` reads.
+        let arguments_start = head.len() + quote + CALL_MIDDLE.len();
+        self.buffer.drain(..arguments_start);
+        out.push(AnswerPiece::CallStart {
+            index: self.calls,
+            name,
+            arguments: String::new(),
+        });
+        self.calls += 1;
+        self.phase = Phase::Arguments {
+            depth: 0,
+            in_string: false,
+            escaped: false,
+        };
+        true
+    }
+
+    /// The arguments, sent as far as they go, up to the `}` that closes them.
+    fn read_arguments(&mut self, out: &mut Vec<AnswerPiece>) -> bool {
+        let Phase::Arguments {
+            mut depth,
+            mut in_string,
+            mut escaped,
+        } = self.phase
+        else {
+            return false;
+        };
+        let mut end = None;
+        for (i, c) in self.buffer.char_indices() {
+            if in_string {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match c {
+                '"' => in_string = true,
+                '{' | '[' => depth += 1,
+                '}' | ']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth == 0 {
+                end = Some(i + c.len_utf8());
+                break;
+            }
+        }
+        let taken = end.unwrap_or(self.buffer.len());
+        let text: String = self.buffer.drain(..taken).collect();
+        let index = self.calls - 1;
+        if !text.is_empty() {
+            push_arguments(out, index, text);
+        }
+        match end {
+            Some(_) => {
+                self.phase = Phase::Tail { matched: 0 };
+                true
+            }
+            None => {
+                self.phase = Phase::Arguments {
+                    depth,
+                    in_string,
+                    escaped,
+                };
+                false
+            }
+        }
+    }
+
+    /// `}\n</tool_call>` after the arguments. Text that leaves it ends the call there and is
+    /// read as what follows the call.
+    fn read_tail(&mut self, matched: usize) -> bool {
+        let tail = &CALL_TAIL[matched..];
+        let common = tail
+            .bytes()
+            .zip(self.buffer.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        if common == tail.len() {
+            self.buffer.drain(..common);
+            self.end_call();
+            true
+        } else if common == self.buffer.len() {
+            self.buffer.clear();
+            self.phase = Phase::Tail {
+                matched: matched + common,
+            };
+            false
+        } else {
+            // `CALL_TAIL` is ASCII, so `common` is a character boundary.
+            self.buffer.drain(..common);
+            self.end_call();
+            true
+        }
+    }
+
+    /// A block out of the layout: the first closing tag that ends a valid call (an argument
+    /// string may hold the tag's text); none yet: wait for more.
+    fn read_unstructured(&mut self, out: &mut Vec<AnswerPiece>) -> bool {
+        let found = self
+            .buffer
+            .match_indices(TOOL_CALL_CLOSE)
+            .find_map(|(end, _)| {
+                let body = self.buffer[..end].trim();
+                let call = serde_json::from_str::<CallBody>(body).ok()?;
+                let arguments = call.arguments.get();
+                arguments
+                    .starts_with('{')
+                    .then(|| (end, call.name, arguments.to_string()))
+            });
+        let Some((end, name, arguments)) = found else {
+            return false;
+        };
+        self.buffer.drain(..end + TOOL_CALL_CLOSE.len());
+        out.push(AnswerPiece::CallStart {
+            index: self.calls,
+            name,
+            arguments,
+        });
+        self.calls += 1;
+        self.end_call();
+        true
+    }
+
+    fn end_call(&mut self) {
+        self.phase = Phase::Text;
+        self.after_call = true;
     }
 
     /// Text right after a call starts at its first character that is not whitespace (the
@@ -585,17 +787,74 @@ impl ToolCallSplitter {
     }
 }
 
+/// The layout from the name's closing quote to the arguments' opening brace.
+fn arguments_opening() -> &'static str {
+    static MIDDLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    MIDDLE.get_or_init(|| format!("{CALL_MIDDLE}{{"))
+}
+
+/// Adds arguments text to the call's last piece in `out` when there is one (one chunk per
+/// call per token), else as a piece of its own.
+fn push_arguments(out: &mut Vec<AnswerPiece>, index: usize, text: String) {
+    match out.last_mut() {
+        Some(AnswerPiece::CallStart {
+            index: i,
+            arguments,
+            ..
+        })
+        | Some(AnswerPiece::Arguments {
+            index: i,
+            text: arguments,
+        }) if *i == index => arguments.push_str(&text),
+        _ => out.push(AnswerPiece::Arguments { index, text }),
+    }
+}
+
 /// A whole answer split into its text (`None` when there is none beside calls) and calls.
 pub fn split_answer(answer: &str) -> (Option<String>, Vec<ParsedCall>) {
-    let mut splitter = ToolCallSplitter::new();
-    let mut pieces = splitter.push(answer);
-    pieces.extend(splitter.finish());
+    let split = SplitAnswer::new(answer);
+    (split.text, split.calls)
+}
+
+/// A whole answer's text and calls, and whether it was cut in a call's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitAnswer {
+    /// `None` when there is none beside calls.
+    pub text: Option<String>,
+    pub calls: Vec<ParsedCall>,
+    /// The last call's arguments are unfinished.
+    pub cut: bool,
+}
+
+impl SplitAnswer {
+    pub fn new(answer: &str) -> Self {
+        let mut splitter = ToolCallSplitter::new();
+        let mut pieces = splitter.push(answer);
+        pieces.extend(splitter.finish());
+        let (text, calls) = join_pieces(pieces);
+        Self {
+            text,
+            calls,
+            cut: splitter.cut(),
+        }
+    }
+}
+
+/// The text (`None` when there is none beside calls) and calls that `pieces` make up.
+pub fn join_pieces(pieces: Vec<AnswerPiece>) -> (Option<String>, Vec<ParsedCall>) {
     let mut text = String::new();
-    let mut calls = Vec::new();
+    let mut calls: Vec<ParsedCall> = Vec::new();
     for piece in pieces {
         match piece {
             AnswerPiece::Text(t) => text.push_str(&t),
-            AnswerPiece::Call { call, .. } => calls.push(call),
+            AnswerPiece::CallStart {
+                name, arguments, ..
+            } => calls.push(ParsedCall { name, arguments }),
+            AnswerPiece::Arguments { index, text } => {
+                if let Some(call) = calls.get_mut(index) {
+                    call.arguments.push_str(&text);
+                }
+            }
         }
     }
     let text = if calls.is_empty() || !text.trim().is_empty() {
@@ -831,9 +1090,24 @@ mod tests {
             split_answer("plain <tool text"),
             (Some("plain <tool text".into()), vec![])
         );
-        // Cut short by max_tokens: the unfinished call stays text.
+        // Cut short by max_tokens before its arguments: the unfinished block stays text.
         let cut = "<tool_call>\n{\"name\": \"get_weather\", \"argu";
         assert_eq!(split_answer(cut), (Some(cut.into()), vec![]));
+        // Cut in its arguments: a call with the arguments written so far.
+        let cut = "Hm.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Par";
+        let split = SplitAnswer::new(cut);
+        assert_eq!(split.text.as_deref(), Some("Hm."));
+        assert_eq!(split.calls[0].arguments, "{\"city\": \"Par");
+        assert!(split.cut);
+        // Cut in the layout after them: whole.
+        let cut = call_text("f", "{}");
+        let split = SplitAnswer::new(&cut[..cut.len() - 3]);
+        assert_eq!((split.calls.len(), split.cut), (1, false));
+        // The layout without its spaces (a model writing without the guide): read whole.
+        let tight = "<tool_call>{\"name\":\"f\",\"arguments\":{\"a\":[1,{}]}}</tool_call> ok";
+        let (text, calls) = split_answer(tight);
+        assert_eq!(text.as_deref(), Some("ok"));
+        assert_eq!(calls[0].arguments, "{\"a\":[1,{}]}");
         // A block that is not a call stays text.
         let odd = "<tool_call>hello</tool_call>";
         assert_eq!(split_answer(odd), (Some(odd.into()), vec![]));
@@ -859,18 +1133,64 @@ mod tests {
                 }
             }
             pieces.extend(splitter.finish());
-            let mut text = String::new();
-            let mut calls = Vec::new();
-            for p in pieces {
-                match p {
-                    AnswerPiece::Text(t) => text.push_str(&t),
-                    AnswerPiece::Call { call, .. } => calls.push(call),
-                }
-            }
-            assert_eq!((Some(text), calls), whole, "step {step}");
+            let (text, calls) = join_pieces(pieces);
+            assert_eq!((text, calls), whole, "step {step}");
         }
         assert_eq!(whole.1[0].arguments, "{\"a\": \"<tool_call>\"}");
         assert_eq!(whole.0.as_deref(), Some("Sure ü.\nand <tool"));
+    }
+
+    #[test]
+    fn arguments_come_out_as_they_are_written() {
+        let answer = call_text("get_weather", "{\"city\": \"Pa}ris\", \"days\": [1, 2]}");
+        let mut splitter = ToolCallSplitter::new();
+        let mut seen = Vec::new();
+        for (i, c) in answer.char_indices() {
+            for piece in splitter.push(&c.to_string()) {
+                seen.push((i, piece));
+            }
+        }
+        assert!(splitter.finish().is_empty());
+        let start = answer.find("{\"city").unwrap();
+        // The call begins once its name and the arguments' brace are written...
+        assert_eq!(
+            seen[0],
+            (
+                start,
+                AnswerPiece::CallStart {
+                    index: 0,
+                    name: "get_weather".into(),
+                    arguments: "{".into()
+                }
+            )
+        );
+        // ...then each character of the arguments comes out with the token that wrote it,
+        // a brace inside a string included, up to the brace that closes them.
+        let arguments: String = seen[1..]
+            .iter()
+            .map(|(i, piece)| match piece {
+                AnswerPiece::Arguments { index: 0, text } => {
+                    assert_eq!(
+                        answer[*i..].chars().next().map(String::from),
+                        Some(text.clone())
+                    );
+                    text.as_str()
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(arguments, "\"city\": \"Pa}ris\", \"days\": [1, 2]}");
+        assert_eq!(splitter.calls(), 1);
+        // One token that writes a call whole gives one piece.
+        let mut splitter = ToolCallSplitter::new();
+        assert_eq!(
+            splitter.push(&answer),
+            vec![AnswerPiece::CallStart {
+                index: 0,
+                name: "get_weather".into(),
+                arguments: "{\"city\": \"Pa}ris\", \"days\": [1, 2]}".into()
+            }]
+        );
     }
 
     #[test]

@@ -81,9 +81,11 @@ impl Engine for ScriptedEngine {
                     .enumerate()
                     .map(|(k, &f)| call_text(&tools.functions[f].name, &format!("{{\"n\": {k}}}")))
                     .collect();
+                // `max_tokens` cuts it, a "token" being 3 bytes.
                 let answer = format!("Checking. {}", calls.join("\n"));
-                let bytes = answer.as_bytes();
-                for piece in bytes.chunks(3) {
+                let pieces: Vec<&[u8]> = answer.as_bytes().chunks(3).collect();
+                let sent = pieces.len().min(job.params.max_tokens);
+                for piece in &pieces[..sent] {
                     let _ = tx.send(Event::Text {
                         text: String::from_utf8_lossy(piece).into_owned(),
                         tokens: 1,
@@ -91,8 +93,12 @@ impl Engine for ScriptedEngine {
                     });
                 }
                 let _ = tx.send(Event::Done {
-                    finish: FinishReason::Stop,
-                    completion_tokens: bytes.len().div_ceil(3),
+                    finish: if sent < pieces.len() {
+                        FinishReason::Length
+                    } else {
+                        FinishReason::Stop
+                    },
+                    completion_tokens: sent,
                 });
                 finished.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -691,8 +697,36 @@ async fn tool_calls_are_read_out_of_the_answer() {
     assert!(v["choices"][0]["message"].get("tool_calls").is_none());
 }
 
+/// A streamed choice's calls put together as clients do: the parts with one `index`, the
+/// first with the id, type and name, the rest appending arguments. Also how many parts each
+/// call came in.
+fn merged_calls<'a>(deltas: impl Iterator<Item = &'a Value>) -> Vec<(Value, usize)> {
+    let mut calls: Vec<(Value, usize)> = Vec::new();
+    for part in deltas {
+        let index = part["index"].as_u64().unwrap() as usize;
+        let arguments = part["function"]["arguments"].as_str().unwrap();
+        if index == calls.len() {
+            assert!(part["id"].as_str().unwrap().starts_with("call_"), "{part}");
+            assert_eq!(part["type"], "function");
+            assert!(part["function"]["name"].is_string(), "{part}");
+            calls.push((part.clone(), 1));
+        } else {
+            assert_eq!(index + 1, calls.len(), "parts of an earlier call: {part}");
+            for key in ["id", "type"] {
+                assert!(part.get(key).is_none(), "a later part with {key}: {part}");
+            }
+            assert!(part["function"].get("name").is_none(), "{part}");
+            let (call, parts) = &mut calls[index];
+            let so_far = call["function"]["arguments"].as_str().unwrap().to_string();
+            call["function"]["arguments"] = json!(so_far + arguments);
+            *parts += 1;
+        }
+    }
+    calls
+}
+
 #[tokio::test]
-async fn streamed_tool_calls_come_whole_with_their_index() {
+async fn streamed_tool_calls_come_as_their_arguments_are_written() {
     let (s, _, b) = send(&state(), post("/v1/chat/completions", tools_request(true))).await;
     assert_eq!(s, 200);
     let data = sse_data(&b);
@@ -705,23 +739,83 @@ async fn streamed_tool_calls_come_whole_with_their_index() {
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
         .collect();
     assert_eq!(content, "Checking. ");
-    let calls: Vec<&Value> = chunks
-        .iter()
-        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
-        .flatten()
-        .collect();
+    let calls = merged_calls(
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten(),
+    );
     assert_eq!(calls.len(), 2);
-    for (k, call) in calls.iter().enumerate() {
-        assert_eq!(call["index"], k);
-        assert!(call["id"].as_str().unwrap().starts_with("call_"));
-        assert_eq!(call["type"], "function");
+    for (k, (call, parts)) in calls.iter().enumerate() {
         assert_eq!(call["function"]["arguments"], format!("{{\"n\": {k}}}"));
+        // The engine sends 3 bytes at a time: the arguments come in several parts.
+        assert!(*parts > 1, "call {k} came in one part");
     }
-    assert_eq!(calls[1]["function"]["name"], "get_time");
+    assert_eq!(calls[1].0["function"]["name"], "get_time");
     // No chunk's content holds any of a call's text.
     assert!(!content.contains('<'));
     let last = chunks.last().unwrap();
     assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+    // The same calls as the plain answer.
+    let (_, _, plain) =
+        send_json(&state(), post("/v1/chat/completions", tools_request(false))).await;
+    let plain = plain["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .clone();
+    for (streamed, plain) in calls.iter().zip(&plain) {
+        assert_eq!(streamed.0["function"], plain["function"]);
+    }
+}
+
+/// A call cut short by `max_tokens` in its arguments is a call with the arguments written so
+/// far and `finish_reason: "length"`, streamed or not; cut before its arguments, it is text.
+#[tokio::test]
+async fn a_call_cut_short_keeps_its_arguments_so_far() {
+    // The answer up to the first call's arguments (its `{` included) is 20 tokens.
+    let body = |stream: bool, max_tokens: usize| {
+        let mut body = tools_request(stream);
+        body["max_tokens"] = json!(max_tokens);
+        body
+    };
+    let (s, _, v) = send_json(&state(), post("/v1/chat/completions", body(false, 21))).await;
+    assert_eq!(s, 200, "{v}");
+    let choice = &v["choices"][0];
+    assert_eq!(choice["finish_reason"], "length");
+    assert_eq!(choice["message"]["content"], "Checking. ");
+    let calls = choice["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0]["function"]["name"], "get_weather");
+    let arguments = calls[0]["function"]["arguments"].as_str().unwrap();
+    assert!(
+        arguments.starts_with('{') && arguments.len() < "{\"n\": 0}".len(),
+        "{arguments:?}"
+    );
+
+    let (_, _, b) = send(&state(), post("/v1/chat/completions", body(true, 21))).await;
+    let data = sse_data(&b);
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let streamed = merged_calls(
+        chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+            .flatten(),
+    );
+    assert_eq!(streamed.len(), 1);
+    assert_eq!(streamed[0].0["function"], calls[0]["function"]);
+    assert_eq!(
+        chunks.last().unwrap()["choices"][0]["finish_reason"],
+        "length"
+    );
+
+    // Cut in the name: the block is text.
+    let (_, _, v) = send_json(&state(), post("/v1/chat/completions", body(false, 10))).await;
+    let message = &v["choices"][0]["message"];
+    assert!(message.get("tool_calls").is_none(), "{message}");
+    assert!(message["content"].as_str().unwrap().contains("<tool_call>"));
 }
 
 #[tokio::test]
@@ -746,13 +840,21 @@ async fn each_choice_reads_its_own_calls() {
             .filter_map(|c| c["delta"]["content"].as_str())
             .collect();
         assert_eq!(content, "Checking. ", "choice {choice}");
-        let indices: Vec<&Value> = mine
+        // Each choice's calls count from 0, their parts in order.
+        let calls = merged_calls(
+            mine.iter()
+                .filter_map(|c| c["delta"]["tool_calls"].as_array())
+                .flatten(),
+        );
+        let arguments: Vec<&Value> = calls
             .iter()
-            .filter_map(|c| c["delta"]["tool_calls"].as_array())
-            .flatten()
-            .map(|call| &call["index"])
+            .map(|c| &c.0["function"]["arguments"])
             .collect();
-        assert_eq!(indices, [&json!(0), &json!(1)], "choice {choice}");
+        assert_eq!(
+            arguments,
+            [&json!("{\"n\": 0}"), &json!("{\"n\": 1}")],
+            "choice {choice}"
+        );
         let finish: Vec<&Value> = mine
             .iter()
             .map(|c| &c["finish_reason"])
@@ -785,12 +887,20 @@ async fn legacy_functions_answer_with_function_call() {
         .iter()
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
-    let calls: Vec<&Value> = chunks
+    let parts: Vec<&Value> = chunks
         .iter()
         .map(|c| &c["choices"][0]["delta"]["function_call"])
         .filter(|c| !c.is_null())
         .collect();
-    assert_eq!(calls, [&choice["message"]["function_call"]]);
+    // The name first, then the arguments in parts.
+    assert_eq!(parts[0]["name"], "get_weather");
+    assert!(parts[1..].iter().all(|p| p.get("name").is_none()));
+    assert!(parts.len() > 1);
+    let arguments: String = parts
+        .iter()
+        .map(|p| p["arguments"].as_str().unwrap())
+        .collect();
+    assert_eq!(arguments, "{\"n\": 0}");
     assert!(chunks
         .iter()
         .all(|c| c["choices"][0]["delta"].get("tool_calls").is_none()));
