@@ -1140,6 +1140,36 @@ mod tests {
         assert_eq!(whole.0.as_deref(), Some("Sure ü.\nand <tool"));
     }
 
+    /// Escaped quotes and backslashes, brackets in strings, nested arrays: wherever the
+    /// answer is cut into tokens, the arguments end at the brace that closes them.
+    #[test]
+    fn arguments_end_at_their_closing_brace_at_any_split() {
+        let tricky = r#"{"a": "x\"}\\", "b": [{"c": "}]"}, [1, {}]], "d": "\\"}"#;
+        let answer = format!("{}\n{}\ndone", call_text("f", tricky), call_text("g", "{}"));
+        let whole = split_answer(&answer);
+        assert_eq!(whole.1[0].arguments, tricky);
+        assert_eq!(whole.1[1].arguments, "{}");
+        assert_eq!(whole.0.as_deref(), Some("done"));
+        let bytes: Vec<(usize, char)> = answer.char_indices().collect();
+        for step in 1..9 {
+            let mut splitter = ToolCallSplitter::new();
+            let mut pieces = Vec::new();
+            for chunk in bytes.chunks(step) {
+                let start = chunk[0].0;
+                let end = chunk.last().map(|(i, c)| i + c.len_utf8()).unwrap();
+                pieces.extend(splitter.push(&answer[start..end]));
+            }
+            pieces.extend(splitter.finish());
+            assert!(!splitter.cut());
+            assert_eq!(join_pieces(pieces), whole, "step {step}");
+        }
+        // Text that leaves the layout after the arguments ends the call there.
+        let odd = "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": 1}} and more";
+        let (text, calls) = split_answer(odd);
+        assert_eq!(calls[0].arguments, "{\"a\": 1}");
+        assert_eq!(text.as_deref(), Some("and more"));
+    }
+
     #[test]
     fn arguments_come_out_as_they_are_written() {
         let answer = call_text("get_weather", "{\"city\": \"Pa}ris\", \"days\": [1, 2]}");
