@@ -357,7 +357,7 @@ impl SkillClassifier {
 
     /// Trains on the training split of `skills`' synthetic suites, each prompt read three
     /// ways: with its system prompt ([`routing_text`]), without ([`user_turns_text`]: clients
-    /// that send none), and without the labels of the prompt formats ([`task_text`]: clients
+    /// that send none), and without the labels of the prompt formats (`task_text`: clients
     /// that do not use them), so that the classifier learns the tasks rather than the formats;
     /// plus each prompt's gold answer as code ([`swarm_tasks::answer_code`]: requests made
     /// of a query, a command or a function, which the prompts themselves never show).

@@ -1,7 +1,7 @@
 //! OpenAI wire types, named as in the OpenAI API reference.
 //!
 //! Requests keep every field the official clients send; fields we do not implement land in
-//! `extra` and are judged by [`crate::validation`] (ignored with a warning, or a 400 when they
+//! `extra` and are judged by `validation` (ignored with a warning, or a 400 when they
 //! would change the meaning of the answer). Responses skip absent optional fields.
 
 use serde::{Deserialize, Serialize};

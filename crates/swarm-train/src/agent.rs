@@ -19,7 +19,7 @@ pub const MIN_ANSWER_TOKENS: usize = 64;
 
 /// Answers conversations with a [`Llama`] (greedy decoding), `batch_size` at a time.
 ///
-/// A prompt is kept whole while it leaves room for an answer of [`MIN_ANSWER_TOKENS`] (or
+/// A prompt is kept whole while it leaves room for an answer of `MIN_ANSWER_TOKENS` (or
 /// `max_new_tokens`, if fewer) in the model's positions; the answer then stops at the end of
 /// the context. A longer prompt is cut from the left (the latest turns are kept): a long
 /// multi-turn episode is then answered from its recent context, as chat front-ends do,

@@ -2,7 +2,7 @@
 //! anything, then streams one tensor at a time from every input through the method into an
 //! HF dir that appears only when complete.
 //!
-//! Within a tensor the merge works in chunks of [`CHUNK`] entries: each input's chunk is
+//! Within a tensor the merge works in chunks of `CHUNK` entries: each input's chunk is
 //! viewed in the mapped safetensors file (f32; other dtypes are read into an f32 buffer)
 //! and combined, several chunks at once on the rayon threads (each output entry computed as
 //! a sequential pass would), and the output block goes to the writer's thread, which writes

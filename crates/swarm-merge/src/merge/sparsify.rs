@@ -5,7 +5,7 @@
 //! expectation is DARE's `1/density`.
 //!
 //! Both are decided in one pass over a task vector that arrives in chunks (see
-//! [`Keep::plan_magnitude`], [`Keep::plan_random`]), and applied chunk by chunk afterwards
+//! `Keep::plan_magnitude`, `Keep::plan_random`), and applied chunk by chunk afterwards
 //! ([`Keep::apply`]), so a merge never needs a task vector whole. Magnitude trimming finds
 //! the k-th largest |δ| by a two-level radix select on the bits of |δ| (for non-negative
 //! floats the bit pattern orders like the value): a 65,536-bucket histogram of the top 16

@@ -80,7 +80,7 @@ impl FromStr for Split {
 
 /// The split a family + parameter key belongs to, by its hash (80 / 10 / 10). For families
 /// with many parameter settings; a family with few may miss a split by chance, which
-/// [`split_of_index`] rules out.
+/// `split_of_index` rules out.
 pub fn split_of(key: &str) -> Split {
     let digest = Sha256::digest(key.as_bytes());
     match digest[0] % 10 {
