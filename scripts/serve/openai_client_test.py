@@ -415,6 +415,63 @@ def non_strict_json_schema_is_read_leniently():
 
 
 @check
+def responses_api_answers_as_chat_does():
+    # The Responses API: the same greedy answer and token counts as chat completions, as
+    # `output_text`, plainly and streamed.
+    chat = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=16,
+                                          temperature=0)
+    question = QUESTION[0]["content"]
+    r = client.responses.create(model="swarm", input=question, max_output_tokens=16,
+                                temperature=0)
+    assert r.object == "response" and r.model == ELITE, r
+    assert r.output_text == chat.choices[0].message.content, (r.output_text, chat)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens, (r.usage, chat.usage)
+    assert r.usage.output_tokens == chat.usage.completion_tokens, (r.usage, chat.usage)
+    assert r.status == ("incomplete" if chat.choices[0].finish_reason == "length"
+                        else "completed"), r
+    deltas, final = [], None
+    for event in client.responses.create(model="swarm", input=question, max_output_tokens=16,
+                                         temperature=0, stream=True):
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type in ("response.completed", "response.incomplete"):
+            final = event.response
+    assert "".join(deltas) == r.output_text, (deltas, r.output_text)
+    assert final is not None and final.output_text == r.output_text, final
+
+
+@check
+def responses_api_calls_functions():
+    # Flat function tools; the call, then its output sent back as input items.
+    tools = [{"type": "function", "name": "get_weather", "strict": True,
+              "description": "The current weather in a city",
+              "parameters": {"type": "object", "additionalProperties": False,
+                             "required": ["city"], "properties": {"city": {"type": "string"}}}}]
+    question = [{"role": "user", "content": WEATHER_QUESTION[0]["content"]}]
+    r = client.responses.create(model="swarm", input=question, tools=tools,
+                                tool_choice="required", parallel_tool_calls=False,
+                                max_output_tokens=96, temperature=0)
+    calls = [item for item in r.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather", r.output
+    assert isinstance(json.loads(calls[0].arguments)["city"], str), calls
+    assert calls[0].call_id.startswith("call_"), calls
+    follow = client.responses.create(
+        model="swarm", tools=tools, max_output_tokens=32, temperature=0,
+        input=question + [calls[0], {"type": "function_call_output", "call_id": calls[0].call_id,
+                                     "output": "18 C and sunny"}])
+    assert follow.status in ("completed", "incomplete") and follow.output, follow
+    # The SDK's stream helper puts the call together from its argument deltas.
+    with client.responses.stream(model="swarm", input=question, tools=tools,
+                                 tool_choice="required", parallel_tool_calls=False,
+                                 max_output_tokens=96, temperature=0) as events:
+        deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+        final = events.get_final_response()
+    streamed = [item for item in final.output if item.type == "function_call"]
+    assert len(deltas) > 1 and "".join(deltas) == streamed[0].arguments, (deltas, streamed)
+    assert streamed[0].arguments == calls[0].arguments, (streamed, calls)
+
+
+@check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
         model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],

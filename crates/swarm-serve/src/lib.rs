@@ -37,6 +37,7 @@ mod metrics;
 mod model_engine;
 pub mod openai;
 mod registry;
+mod responses;
 mod router;
 mod server;
 mod stream;

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
 use tokio::sync::{mpsc, Semaphore};
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tracing::Instrument;
@@ -146,6 +147,7 @@ pub fn app(state: AppState) -> axum::Router {
     let api = axum::Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/health", get(health))
@@ -343,7 +345,18 @@ async fn chat_completions(
     ApiJson(body): ApiJson<ChatCompletionRequest>,
 ) -> Result<Response, ApiError> {
     let request = validation::validate_chat(body, &state.config.limits)?;
-    generate(state, id.0, request).await
+    generate(state, id.0, request, None).await
+}
+
+async fn responses(
+    State(state): State<AppState>,
+    axum::Extension(id): axum::Extension<RequestId>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let (chat, echo) = crate::responses::to_chat_request(body)?;
+    let mut request = validation::validate_chat(chat, &state.config.limits)?;
+    request.endpoint = Endpoint::Responses;
+    generate(state, id.0, request, Some(echo)).await
 }
 
 async fn completions(
@@ -352,7 +365,7 @@ async fn completions(
     ApiJson(body): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     let request = validation::validate_completion(body, &state.config.limits)?;
-    generate(state, id.0, request).await
+    generate(state, id.0, request, None).await
 }
 
 /// An engine failure as the client sees it.
@@ -360,6 +373,7 @@ pub fn failure_to_api(failure: Failure, endpoint: Endpoint, timeout: Option<Dura
     let param = match endpoint {
         Endpoint::Chat => "messages",
         Endpoint::Completion => "prompt",
+        Endpoint::Responses => "input",
     };
     match failure {
         Failure::PromptTooLong { tokens, limit } => ApiError::too_large(
@@ -402,11 +416,13 @@ pub(crate) fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Route, admit, submit one job per choice, then answer at once or as a stream.
+/// Route, admit, submit one job per choice, then answer at once or as a stream. `echo`:
+/// what a Responses API answer repeats of its request.
 async fn generate(
     state: AppState,
     request_id: String,
     request: ValidatedRequest,
+    echo: Option<crate::responses::ResponsesEcho>,
 ) -> Result<Response, ApiError> {
     let start = Instant::now();
     if state.draining.load(Ordering::SeqCst) {
@@ -488,14 +504,11 @@ async fn generate(
         }
     }
     let ctx = StreamContext {
-        id: format!(
-            "{}-{}",
-            match endpoint {
-                Endpoint::Chat => "chatcmpl",
-                Endpoint::Completion => "cmpl",
-            },
-            request_id
-        ),
+        id: match endpoint {
+            Endpoint::Chat => format!("chatcmpl-{request_id}"),
+            Endpoint::Completion => format!("cmpl-{request_id}"),
+            Endpoint::Responses => format!("resp_{request_id}"),
+        },
         created: unix_now(),
         elite: route.elite.clone(),
         endpoint,
@@ -510,7 +523,13 @@ async fn generate(
     };
     if request.stream {
         guard.finished = true;
-        let mut response = sse_response(ctx, receivers, permit, request_id);
+        let mut response = match (endpoint, echo, receivers.len()) {
+            (Endpoint::Responses, Some(echo), 1) => {
+                let rx = receivers.remove(0);
+                crate::responses::sse_response(ctx, echo, rx, permit, request_id)
+            }
+            _ => sse_response(ctx, receivers, permit, request_id),
+        };
         set_elite(&mut response, &route.elite);
         response.extensions_mut().insert(Streamed);
         // The stream records latency and tokens when it ends; count the request now.
@@ -539,6 +558,25 @@ async fn generate(
         .metrics
         .tokens(&route.elite, usage.prompt_tokens, usage.completion_tokens);
     let mut response = match endpoint {
+        Endpoint::Responses => {
+            let echo = echo.unwrap_or_default();
+            let answer = collected.texts.into_iter().next().unwrap_or_default();
+            let finish = collected.finishes.first().copied().unwrap_or("stop");
+            let tools = request.params.tools.is_some();
+            Json(
+                crate::responses::ResponseObject {
+                    id: &ctx.id,
+                    created_at: ctx.created,
+                    model: &route.elite,
+                    echo: &echo,
+                    output: crate::responses::output_items(&ctx.id, &answer, tools),
+                    finish: Some(finish),
+                    usage: Some((usage.prompt_tokens, usage.completion_tokens)),
+                }
+                .to_json(),
+            )
+            .into_response()
+        }
         Endpoint::Chat => Json(ChatCompletionResponse {
             id: ctx.id.clone(),
             object: "chat.completion",

@@ -92,7 +92,7 @@ impl StreamContext {
         // Text chunks carry log-probabilities when asked for, finish chunks none.
         let with_logprobs = self.logprobs && finish.is_none();
         match self.endpoint {
-            Endpoint::Chat => self.chat_chunk(
+            Endpoint::Chat | Endpoint::Responses => self.chat_chunk(
                 vec![ChatChunkChoice {
                     index: index as u32,
                     delta: ChatDelta {
@@ -174,7 +174,7 @@ impl StreamContext {
 
     fn usage_chunk(&self, usage: Usage) -> String {
         match self.endpoint {
-            Endpoint::Chat => self.chat_chunk(Vec::new(), Some(Some(usage))),
+            Endpoint::Chat | Endpoint::Responses => self.chat_chunk(Vec::new(), Some(Some(usage))),
             Endpoint::Completion => self.completion_chunk(Vec::new(), Some(usage)),
         }
     }
@@ -263,7 +263,7 @@ impl State {
                     finish = api.finish_reason(finish, splitter.calls(), splitter.cut());
                 }
                 let text = match self.ctx.endpoint {
-                    Endpoint::Chat => None,
+                    Endpoint::Chat | Endpoint::Responses => None,
                     Endpoint::Completion => Some(String::new()),
                 };
                 let chunk =
@@ -371,7 +371,7 @@ pub fn sse_response(
         merged.push(s);
     }
     let mut pending = VecDeque::new();
-    if ctx.endpoint == Endpoint::Chat {
+    if ctx.endpoint != Endpoint::Completion {
         for i in 0..n {
             let chunk = ctx.chat_chunk(
                 vec![ChatChunkChoice {

@@ -23,6 +23,8 @@ pub const ROUTER_MODEL: &str = "swarm";
 pub enum Endpoint {
     Chat,
     Completion,
+    /// The Responses API: a chat request in other words (`responses.rs`).
+    Responses,
 }
 
 impl Endpoint {
@@ -30,6 +32,7 @@ impl Endpoint {
         match self {
             Endpoint::Chat => "/v1/chat/completions",
             Endpoint::Completion => "/v1/completions",
+            Endpoint::Responses => "/v1/responses",
         }
     }
 }

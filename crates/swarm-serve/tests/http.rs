@@ -1202,3 +1202,113 @@ async fn request_ids_are_generated_when_absent() {
     .await;
     assert!(h["x-request-id"].to_str().unwrap().starts_with("req-"));
 }
+
+/// The Responses API: `input` and `instructions` in, `output` items and `usage` out; a cut
+/// answer is `incomplete` with the reason.
+#[tokio::test]
+async fn responses_answer_with_output_items() {
+    let body = json!({"model": "elite-code", "instructions": "Be brief.", "input": "hi there",
+                      "max_output_tokens": 3, "metadata": {"k": "v"}});
+    let (s, h, v) = send_json(&state(), post("/v1/responses", body)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-swarm-elite"], "elite-code");
+    assert_eq!(v["object"], "response");
+    assert!(v["id"].as_str().unwrap().starts_with("resp_"));
+    assert_eq!(v["model"], "elite-code");
+    assert_eq!(v["status"], "incomplete");
+    assert_eq!(v["incomplete_details"]["reason"], "max_output_tokens");
+    assert_eq!(v["instructions"], "Be brief.");
+    assert_eq!(v["metadata"], json!({"k": "v"}));
+    let output = v["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1);
+    assert_eq!(output[0]["type"], "message");
+    assert_eq!(output[0]["role"], "assistant");
+    let text = output[0]["content"][0]["text"].as_str().unwrap();
+    assert_eq!(text.split_whitespace().count(), 3, "{text:?}");
+    assert_eq!(v["usage"]["output_tokens"], 3);
+    // The scripted engine counts a prompt's words: the system turn's and the user's.
+    assert_eq!(v["usage"]["input_tokens"], 4);
+    assert_eq!(v["usage"]["total_tokens"], 7);
+
+    // Calls come as function_call items after the text that preceded them.
+    let body = json!({"model": "elite-code", "input": "weather?",
+                      "tools": [{"type": "function", "name": "get_weather"},
+                                {"type": "function", "name": "get_time"}]});
+    let (s, _, v) = send_json(&state(), post("/v1/responses", body)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "completed");
+    let output = v["output"].as_array().unwrap();
+    let kinds: Vec<&str> = output.iter().map(|i| i["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["message", "function_call", "function_call"]);
+    assert_eq!(output[0]["content"][0]["text"], "Checking. ");
+    assert_eq!(output[1]["name"], "get_weather");
+    assert_eq!(output[1]["arguments"], "{\"n\": 0}");
+    assert!(output[2]["call_id"].as_str().unwrap().starts_with("call_"));
+
+    // What cannot be honoured is a 400 in OpenAI's envelope, naming the field.
+    let body = json!({"input": "x", "previous_response_id": "resp_1"});
+    let (s, _, v) = send_json(&state(), post("/v1/responses", body)).await;
+    assert_eq!(s, 400);
+    assert_envelope(&v, "invalid_request_error");
+    assert_eq!(v["error"]["param"], "previous_response_id");
+    let (s, _, v) = send_json(
+        &state(),
+        post("/v1/responses", json!({"model": "nope", "input": "x"})),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+}
+
+/// Streamed, a response is typed events, numbered in order, each named after its type:
+/// `response.created` first, the items' events, `response.completed` last with the whole
+/// response, whose items the deltas add up to.
+#[tokio::test]
+async fn responses_stream_typed_events() {
+    let body = json!({"model": "elite-code", "input": "weather?", "stream": true,
+                      "tools": [{"type": "function", "name": "get_weather"},
+                                {"type": "function", "name": "get_time"}]});
+    let (s, h, b) = send(&state(), post("/v1/responses", body)).await;
+    assert_eq!(s, 200);
+    assert!(h["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = String::from_utf8_lossy(&b);
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    let events: Vec<Value> = sse_data(&b)
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(names.len(), events.len());
+    for (k, (name, event)) in names.iter().zip(&events).enumerate() {
+        assert_eq!(event["type"], *name);
+        assert_eq!(event["sequence_number"], k);
+    }
+    assert_eq!(names[0], "response.created");
+    assert_eq!(events[0]["response"]["status"], "in_progress");
+    assert_eq!(names[1], "response.in_progress");
+    assert_eq!(*names.last().unwrap(), "response.completed");
+    let done = &events.last().unwrap()["response"];
+    assert_eq!(done["status"], "completed");
+    assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    let output = done["output"].as_array().unwrap();
+    assert_eq!(output.len(), 3);
+    let mut built = vec![String::new(); output.len()];
+    for e in &events {
+        if let Some(delta) = e["delta"].as_str() {
+            built[e["output_index"].as_u64().unwrap() as usize].push_str(delta);
+        }
+    }
+    assert_eq!(built[0], output[0]["content"][0]["text"].as_str().unwrap());
+    assert_eq!(built[1], output[1]["arguments"].as_str().unwrap());
+    assert_eq!(built[2], "{\"n\": 1}");
+    // The arguments came in parts, as the engine wrote them.
+    let parts = events
+        .iter()
+        .filter(|e| e["type"] == "response.function_call_arguments.delta")
+        .count();
+    assert!(parts > 2, "{parts}");
+}
