@@ -13,6 +13,7 @@
 //! - [`GenomeSwarm`] / [`load_swarm_dir`]: a swarm directory (`swarm.json`, factors,
 //!   genomes) served as elites materialised from their genomes on demand or run straight
 //!   from the factors, as a [`ServingPolicy`] says.
+//! - `/v1/responses`: the Responses API, rewritten into a chat request (`responses.rs`).
 //! - [`Metrics`]: Prometheus text exposition at `/metrics`.
 //! - [`run`]: `swarm serve` end to end ([`ServeOptions`]).
 //!

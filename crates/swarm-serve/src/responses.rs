@@ -256,12 +256,14 @@ fn text_of_parts(parts: &Value, param: &str) -> Result<String, ApiError> {
         let kind = part.get("type").and_then(Value::as_str).unwrap_or("");
         match (kind, part.get("text").and_then(Value::as_str)) {
             ("input_text" | "output_text" | "text", Some(t)) => text.push_str(t),
-            _ => return Err(ApiError::invalid(
-                format!("{param}[{j}]"),
-                format!(
+            _ => {
+                return Err(ApiError::invalid(
+                    format!("{param}[{j}]"),
+                    format!(
                     "content parts of type `{kind}` are not supported: the elites read text only"
                 ),
-            )),
+                ))
+            }
         }
     }
     Ok(text)
