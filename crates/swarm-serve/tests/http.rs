@@ -1312,3 +1312,39 @@ async fn responses_stream_typed_events() {
         .count();
     assert!(parts > 2, "{parts}");
 }
+
+/// A Responses stream whose client goes away stops its generation, as a chat stream does,
+/// and the request is counted under its own route.
+#[tokio::test]
+async fn dropping_a_responses_stream_cancels_generation() {
+    let (st, engine) = state_with(
+        ScriptedEngine {
+            delay_ms: 10,
+            ..Default::default()
+        },
+        ServerConfig::default(),
+    );
+    let body = json!({"input": "x", "max_output_tokens": 1000, "stream": true});
+    let response = app(st.clone())
+        .oneshot(post("/v1/responses", body))
+        .await
+        .unwrap();
+    let mut data = response.into_body().into_data_stream();
+    let first = data.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("response.created"));
+    let _ = data.next().await;
+    drop(data);
+    for _ in 0..100 {
+        if engine.cancelled.load(Ordering::SeqCst) == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
+    assert_eq!(engine.finished.load(Ordering::SeqCst), 0);
+    assert_eq!(st.queue_depth(), 0);
+    let (_, _, metrics) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(metrics.contains("swarm_cancelled_total 1"));
+    assert!(metrics.contains("route=\"/v1/responses\""), "{metrics}");
+}
