@@ -39,6 +39,37 @@ pub struct ResponsesEcho {
     pub text: Value,
     pub metadata: Value,
     pub user: Value,
+    /// Where each message of the chat request came from (`instructions`, `input[3]`): errors
+    /// about a message name that field.
+    pub origins: Vec<String>,
+}
+
+impl ResponsesEcho {
+    /// An error about the chat request as one about the Responses request: `messages[k]...`
+    /// names the field message `k` came from, bare `messages` is `input`.
+    pub fn name_fields(&self, mut e: ApiError) -> ApiError {
+        let Some(param) = e.param.as_deref() else {
+            return e;
+        };
+        let Some(rest) = param.strip_prefix("messages") else {
+            return e;
+        };
+        let renamed = rest
+            .strip_prefix('[')
+            .and_then(|r| r.split_once(']'))
+            .and_then(|(k, tail)| {
+                let origin = self.origins.get(k.parse::<usize>().ok()?)?;
+                // `instructions` and a string `input` are a string: nothing inside to name.
+                Some(if origin.contains('[') {
+                    format!("{origin}{tail}")
+                } else {
+                    origin.clone()
+                })
+            })
+            .unwrap_or_else(|| format!("input{rest}"));
+        e.param = Some(renamed);
+        e
+    }
 }
 
 /// Fields that only a server that stores responses, runs them in the background or hosts
@@ -100,6 +131,7 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
         },
         metadata: body.get("metadata").cloned().unwrap_or(json!({})),
         user: body.get("user").cloned().unwrap_or(Value::Null),
+        origins: Vec::new(),
     };
     // Fields with a chat meaning of their own that a Responses request uses otherwise.
     for key in [
@@ -121,9 +153,13 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
         body.remove(key);
     }
     let mut messages = Vec::new();
+    let mut echo = echo;
     match &instructions {
         Value::Null => {}
-        Value::String(s) => messages.push(json!({"role": "system", "content": s})),
+        Value::String(s) => {
+            messages.push(json!({"role": "system", "content": s}));
+            echo.origins.push("instructions".into());
+        }
         _ => {
             return Err(ApiError::invalid(
                 "instructions",
@@ -131,7 +167,7 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
             ))
         }
     }
-    input_messages(input, &mut messages)?;
+    input_messages(input, &mut messages, &mut echo.origins)?;
     body.insert("messages".into(), Value::Array(messages));
     if !max_output_tokens.is_null() {
         body.insert("max_completion_tokens".into(), max_output_tokens);
@@ -151,10 +187,15 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
 }
 
 /// `input` as chat messages, appended to `messages`.
-fn input_messages(input: Value, messages: &mut Vec<Value>) -> Result<(), ApiError> {
+fn input_messages(
+    input: Value,
+    messages: &mut Vec<Value>,
+    origins: &mut Vec<String>,
+) -> Result<(), ApiError> {
     let items = match input {
         Value::String(s) => {
             messages.push(json!({"role": "user", "content": s}));
+            origins.push("input".into());
             return Ok(());
         }
         Value::Array(items) => items,
@@ -182,6 +223,7 @@ fn input_messages(input: Value, messages: &mut Vec<Value>) -> Result<(), ApiErro
                 })?;
                 let content = message_content(item.get("content"), &param)?;
                 messages.push(json!({"role": role, "content": content}));
+                origins.push(param);
             }
             Some("function_call") => {
                 let field = |key: &str| {
@@ -202,6 +244,7 @@ fn input_messages(input: Value, messages: &mut Vec<Value>) -> Result<(), ApiErro
                 });
                 if joined.is_none() {
                     messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call]}));
+                    origins.push(param);
                 }
             }
             Some("function_call_output") => {
@@ -224,6 +267,7 @@ fn input_messages(input: Value, messages: &mut Vec<Value>) -> Result<(), ApiErro
                     }
                 };
                 messages.push(json!({"role": "tool", "tool_call_id": call_id, "content": output}));
+                origins.push(param);
             }
             // A reasoning model's summary of its thoughts: not part of what the model reads.
             Some("reasoning") => {}
@@ -946,6 +990,27 @@ mod tests {
         }
         assert!(state.iter().all(|s| *s == "done"));
         assert_eq!(built[1], "{\"a\": [1, \"}\"]}");
+    }
+
+    #[test]
+    fn errors_about_messages_name_the_input_item() {
+        let (_, echo) = to_chat_request(json!({"instructions": "x", "input": [
+            {"role": "user", "content": "a"},
+            {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+            {"type": "function_call", "call_id": "d", "name": "g", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c", "output": "1"}]}))
+        .unwrap();
+        let named = |param: &str| {
+            echo.name_fields(ApiError::invalid(param, "bad"))
+                .param
+                .unwrap()
+        };
+        assert_eq!(named("messages[0].content"), "instructions");
+        assert_eq!(named("messages[1].content"), "input[0].content");
+        assert_eq!(named("messages[2].tool_calls[1]"), "input[1].tool_calls[1]");
+        assert_eq!(named("messages[3]"), "input[3]");
+        assert_eq!(named("messages"), "input");
+        assert_eq!(named("max_tokens"), "max_tokens");
     }
 
     #[test]

@@ -354,7 +354,8 @@ async fn responses(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let (chat, echo) = crate::responses::to_chat_request(body)?;
-    let mut request = validation::validate_chat(chat, &state.config.limits)?;
+    let mut request =
+        validation::validate_chat(chat, &state.config.limits).map_err(|e| echo.name_fields(e))?;
     request.endpoint = Endpoint::Responses;
     generate(state, id.0, request, Some(echo)).await
 }

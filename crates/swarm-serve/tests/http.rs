@@ -1257,6 +1257,18 @@ async fn responses_answer_with_output_items() {
     )
     .await;
     assert_eq!(s, 404, "{v}");
+    // An error about a message names the input item it came from.
+    let body = json!({"instructions": "x", "input": [{"role": "user", "content": "a"},
+                                                      {"role": "robot", "content": "b"}]});
+    let (s, _, v) = send_json(&state(), post("/v1/responses", body)).await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["param"]
+            .as_str()
+            .unwrap()
+            .starts_with("input[1]"),
+        "{v}"
+    );
 }
 
 /// Streamed, a response is typed events, numbered in order, each named after its type:
