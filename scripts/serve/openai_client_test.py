@@ -472,6 +472,26 @@ def responses_api_calls_functions():
 
 
 @check
+def responses_parse_fills_a_pydantic_model():
+    # `client.responses.parse(text_format=Person)`: the SDK sends `text.format` as a strict
+    # JSON schema and parses the answer into the model.
+    import typing
+
+    import pydantic
+
+    class Person(pydantic.BaseModel):
+        name: str
+        age: int
+        city: typing.Literal["Paris", "London", "Rome"]
+
+    r = client.responses.parse(model="swarm", max_output_tokens=96, temperature=0,
+                               input="Ann is 31 and lives in Paris. Reply with her as JSON.",
+                               text_format=Person)
+    assert r.status == "completed", r
+    assert isinstance(r.output_parsed, Person), r
+
+
+@check
 def seed_reproducibility():
     ask = lambda seed: client.chat.completions.create(  # noqa: E731
         model="swarm", messages=[{"role": "user", "content": "Tell me a story."}],
