@@ -22,8 +22,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use crate::engine::Event;
 use crate::error::ApiError;
 use crate::openai::ChatCompletionRequest;
-use crate::server::{failure_to_api, CancelGuard};
-use crate::stream::StreamContext;
+use crate::server::failure_to_api;
+use crate::stream::{StreamContext, StreamTally};
 use crate::tools::{new_call_id, AnswerPiece, ToolCallSplitter};
 
 /// What the response echoes of its request.
@@ -642,19 +642,12 @@ pub fn sse_response(
     let mut state = ResponseStream {
         builder: OutputBuilder::new(&ctx.id),
         splitter: ctx.tools.map(|_| ToolCallSplitter::new()),
-        guard: CancelGuard {
-            metrics: ctx.metrics.clone(),
-            finished: false,
-            request_id,
-        },
+        tally: StreamTally::new(&ctx, request_id),
         ctx,
         echo,
         rx,
         pending: VecDeque::new(),
         sequence: 0,
-        completion_tokens: 0,
-        first_text: true,
-        ended: false,
         _permit: permit,
     };
     let created = state.response(None);
@@ -665,7 +658,7 @@ pub fn sse_response(
             if let Some(ev) = st.pending.pop_front() {
                 return Some((Ok::<_, Infallible>(ev), st));
             }
-            if st.ended {
+            if st.tally.ended {
                 return None;
             }
             let event = st.rx.recv().await;
@@ -686,10 +679,7 @@ struct ResponseStream {
     splitter: Option<ToolCallSplitter>,
     pending: VecDeque<SseEvent>,
     sequence: u64,
-    completion_tokens: usize,
-    first_text: bool,
-    ended: bool,
-    guard: CancelGuard,
+    tally: StreamTally,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -702,7 +692,12 @@ impl ResponseStream {
             echo: &self.echo,
             output: self.builder.items.clone(),
             finish,
-            usage: finish.map(|_| (self.ctx.prompt_tokens as u64, self.completion_tokens as u64)),
+            usage: finish.map(|_| {
+                (
+                    self.ctx.prompt_tokens as u64,
+                    self.tally.completion_tokens as u64,
+                )
+            }),
         }
         .to_json()
     }
@@ -726,14 +721,7 @@ impl ResponseStream {
         let mut events = Vec::new();
         match event {
             Some(Event::Text { text, tokens, .. }) => {
-                self.completion_tokens += tokens;
-                if self.first_text {
-                    self.first_text = false;
-                    self.ctx.metrics.first_token(
-                        self.ctx.endpoint.route(),
-                        self.ctx.start.elapsed().as_secs_f64(),
-                    );
-                }
+                self.tally.text(tokens);
                 let pieces = match &mut self.splitter {
                     Some(splitter) => splitter.push(&text),
                     None => vec![AnswerPiece::Text(text)],
@@ -761,7 +749,7 @@ impl ResponseStream {
                 };
                 let response = self.response(Some(finish));
                 self.send(json!({"type": kind, "response": response}));
-                self.end(200);
+                self.tally.finish(200);
             }
             Some(Event::Started { .. }) | Some(Event::Echo { .. }) => {}
             Some(Event::Failed(f)) => {
@@ -774,38 +762,7 @@ impl ResponseStream {
 
     fn fail(&mut self, e: ApiError) {
         self.send(json!({"type": "error", "code": e.code, "message": e.message, "param": e.param}));
-        self.end(e.status.as_u16());
-    }
-
-    fn end(&mut self, status: u16) {
-        self.ended = true;
-        self.guard.finished = true;
-        let m = &self.ctx.metrics;
-        m.tokens(
-            &self.ctx.elite,
-            self.ctx.prompt_tokens as u64,
-            self.completion_tokens as u64,
-        );
-        if status != 200 {
-            m.request(self.ctx.endpoint.route(), status, &self.ctx.elite, 0.0);
-        }
-        tracing::info!(
-            elite = %self.ctx.elite, completion_tokens = self.completion_tokens,
-            seconds = self.ctx.start.elapsed().as_secs_f64(), "response stream finished"
-        );
-    }
-}
-
-impl Drop for ResponseStream {
-    fn drop(&mut self) {
-        // The client went away mid-stream: count the tokens generated for it all the same.
-        if !self.ended {
-            self.ctx.metrics.tokens(
-                &self.ctx.elite,
-                self.ctx.prompt_tokens as u64,
-                self.completion_tokens as u64,
-            );
-        }
+        self.tally.finish(e.status.as_u16());
     }
 }
 

@@ -180,6 +180,81 @@ impl StreamContext {
     }
 }
 
+/// What a stream counts, and reports to the metrics once it ends, or when its client goes
+/// away first (the request is then counted as cancelled, and its tokens all the same).
+pub(crate) struct StreamTally {
+    metrics: Arc<Metrics>,
+    elite: String,
+    route: &'static str,
+    start: Instant,
+    prompt_tokens: usize,
+    pub completion_tokens: usize,
+    first_text: bool,
+    /// Whether the stream has sent its last event.
+    pub ended: bool,
+    guard: CancelGuard,
+}
+
+impl StreamTally {
+    pub fn new(ctx: &StreamContext, request_id: String) -> Self {
+        Self {
+            metrics: ctx.metrics.clone(),
+            elite: ctx.elite.clone(),
+            route: ctx.endpoint.route(),
+            start: ctx.start,
+            prompt_tokens: ctx.prompt_tokens,
+            completion_tokens: 0,
+            first_text: true,
+            ended: false,
+            guard: CancelGuard {
+                metrics: ctx.metrics.clone(),
+                finished: false,
+                request_id,
+            },
+        }
+    }
+
+    /// `tokens` more were generated; the first ones time the first token.
+    pub fn text(&mut self, tokens: usize) {
+        self.completion_tokens += tokens;
+        if std::mem::take(&mut self.first_text) {
+            self.metrics
+                .first_token(self.route, self.start.elapsed().as_secs_f64());
+        }
+    }
+
+    /// The stream ended with `status` (200, or an error's sent as the last event).
+    pub fn finish(&mut self, status: u16) {
+        self.ended = true;
+        self.guard.finished = true;
+        self.metrics.tokens(
+            &self.elite,
+            self.prompt_tokens as u64,
+            self.completion_tokens as u64,
+        );
+        if status != 200 {
+            // Counted once more under the failing status: the 200 went out with the headers.
+            self.metrics.request(self.route, status, &self.elite, 0.0);
+        }
+        tracing::info!(
+            elite = %self.elite, completion_tokens = self.completion_tokens,
+            seconds = self.start.elapsed().as_secs_f64(), route = self.route, "stream finished"
+        );
+    }
+}
+
+impl Drop for StreamTally {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.metrics.tokens(
+                &self.elite,
+                self.prompt_tokens as u64,
+                self.completion_tokens as u64,
+            );
+        }
+    }
+}
+
 struct State {
     ctx: StreamContext,
     merged: SelectAll<BoxStream<'static, (usize, Event)>>,
@@ -189,33 +264,11 @@ struct State {
     offsets: Vec<TextOffset>,
     /// Per choice, its calls read out of its text (when the request has tools).
     splitters: Vec<ToolCallSplitter>,
-    completion_tokens: usize,
-    first_text: bool,
-    ended: bool,
-    guard: CancelGuard,
+    tally: StreamTally,
     _permit: OwnedSemaphorePermit,
 }
 
 impl State {
-    fn finish(&mut self, status: u16) {
-        self.ended = true;
-        self.guard.finished = true;
-        let m = &self.ctx.metrics;
-        m.tokens(
-            &self.ctx.elite,
-            self.ctx.prompt_tokens as u64,
-            self.completion_tokens as u64,
-        );
-        if status != 200 {
-            // Counted once more under the failing status: the 200 went out with the headers.
-            m.request(self.ctx.endpoint.route(), status, &self.ctx.elite, 0.0);
-        }
-        tracing::info!(
-            elite = %self.ctx.elite, completion_tokens = self.completion_tokens,
-            seconds = self.ctx.start.elapsed().as_secs_f64(), "stream finished"
-        );
-    }
-
     /// Turns one engine event into zero or more SSE events.
     fn on_event(&mut self, index: usize, event: Option<Event>) {
         match event {
@@ -230,14 +283,7 @@ impl State {
                 tokens,
                 logprobs,
             }) => {
-                self.completion_tokens += tokens;
-                if self.first_text {
-                    self.first_text = false;
-                    self.ctx.metrics.first_token(
-                        self.ctx.endpoint.route(),
-                        self.ctx.start.elapsed().as_secs_f64(),
-                    );
-                }
+                self.tally.text(tokens);
                 if self.ctx.tools.is_some() {
                     let pieces = self.splitters[index].push(&text);
                     self.send_pieces(index, pieces, &logprobs);
@@ -277,7 +323,7 @@ impl State {
                 let e = failure_to_api(f, self.ctx.endpoint, self.ctx.timeout);
                 self.pending
                     .push_back(SseEvent::default().data(e.body_json()));
-                self.finish(e.status.as_u16());
+                self.tally.finish(e.status.as_u16());
             }
             None => {
                 let e = failure_to_api(
@@ -287,7 +333,7 @@ impl State {
                 );
                 self.pending
                     .push_back(SseEvent::default().data(e.body_json()));
-                self.finish(500);
+                self.tally.finish(500);
             }
         }
     }
@@ -339,19 +385,6 @@ impl State {
     }
 }
 
-impl Drop for State {
-    fn drop(&mut self) {
-        // The client went away mid-stream: count the tokens generated for it all the same.
-        if !self.ended {
-            self.ctx.metrics.tokens(
-                &self.ctx.elite,
-                self.ctx.prompt_tokens as u64,
-                self.completion_tokens as u64,
-            );
-        }
-    }
-}
-
 /// The SSE response for a request whose jobs have all started.
 pub fn sse_response(
     ctx: StreamContext,
@@ -390,20 +423,13 @@ pub fn sse_response(
         }
     }
     let state = State {
-        guard: CancelGuard {
-            metrics: ctx.metrics.clone(),
-            finished: false,
-            request_id,
-        },
+        tally: StreamTally::new(&ctx, request_id),
         ctx,
         merged,
         pending,
         remaining: n,
         offsets: vec![TextOffset::default(); n],
         splitters: (0..n).map(|_| ToolCallSplitter::new()).collect(),
-        completion_tokens: 0,
-        first_text: true,
-        ended: false,
         _permit: permit,
     };
     let events = stream::unfold(state, |mut st| async move {
@@ -411,18 +437,20 @@ pub fn sse_response(
             if let Some(ev) = st.pending.pop_front() {
                 return Some((Ok::<_, Infallible>(ev), st));
             }
-            if st.ended {
+            if st.tally.ended {
                 return None;
             }
             if st.remaining == 0 {
                 if st.ctx.include_usage {
-                    let usage =
-                        Usage::new(st.ctx.prompt_tokens as u64, st.completion_tokens as u64);
+                    let usage = Usage::new(
+                        st.ctx.prompt_tokens as u64,
+                        st.tally.completion_tokens as u64,
+                    );
                     st.pending
                         .push_back(SseEvent::default().data(st.ctx.usage_chunk(usage)));
                 }
                 st.pending.push_back(SseEvent::default().data("[DONE]"));
-                st.finish(200);
+                st.tally.finish(200);
                 continue;
             }
             match st.merged.next().await {
