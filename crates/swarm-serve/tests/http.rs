@@ -1077,8 +1077,10 @@ async fn loading_gives_503_and_ready_follows() {
     );
 }
 
-#[tokio::test]
-async fn dropping_a_stream_cancels_generation() {
+/// Opens a stream on `path`, reads its first event (which holds `first`) and one more, then
+/// goes away: generation must stop, the queue empty, and the request count as cancelled.
+/// Returns the metrics text after it.
+async fn drop_a_stream(path: &str, body: Value, first: &str) -> String {
     let (st, engine) = state_with(
         ScriptedEngine {
             delay_ms: 10,
@@ -1086,15 +1088,10 @@ async fn dropping_a_stream_cancels_generation() {
         },
         ServerConfig::default(),
     );
-    let body =
-        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000, "stream": true});
-    let response = app(st.clone())
-        .oneshot(post("/v1/chat/completions", body))
-        .await
-        .unwrap();
+    let response = app(st.clone()).oneshot(post(path, body)).await.unwrap();
     let mut data = response.into_body().into_data_stream();
-    let first = data.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("assistant"));
+    let head = data.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&head).contains(first));
     let _ = data.next().await;
     drop(data);
     for _ in 0..100 {
@@ -1107,7 +1104,16 @@ async fn dropping_a_stream_cancels_generation() {
     assert_eq!(engine.finished.load(Ordering::SeqCst), 0);
     assert_eq!(st.queue_depth(), 0);
     let (_, _, metrics) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
-    assert!(String::from_utf8_lossy(&metrics).contains("swarm_cancelled_total 1"));
+    let metrics = String::from_utf8_lossy(&metrics).into_owned();
+    assert!(metrics.contains("swarm_cancelled_total 1"), "{metrics}");
+    metrics
+}
+
+#[tokio::test]
+async fn dropping_a_stream_cancels_generation() {
+    let body =
+        json!({"messages": [{"role": "user", "content": "x"}], "max_tokens": 1000, "stream": true});
+    drop_a_stream("/v1/chat/completions", body, "assistant").await;
 }
 
 #[tokio::test]
@@ -1329,34 +1335,7 @@ async fn responses_stream_typed_events() {
 /// and the request is counted under its own route.
 #[tokio::test]
 async fn dropping_a_responses_stream_cancels_generation() {
-    let (st, engine) = state_with(
-        ScriptedEngine {
-            delay_ms: 10,
-            ..Default::default()
-        },
-        ServerConfig::default(),
-    );
     let body = json!({"input": "x", "max_output_tokens": 1000, "stream": true});
-    let response = app(st.clone())
-        .oneshot(post("/v1/responses", body))
-        .await
-        .unwrap();
-    let mut data = response.into_body().into_data_stream();
-    let first = data.next().await.unwrap().unwrap();
-    assert!(String::from_utf8_lossy(&first).contains("response.created"));
-    let _ = data.next().await;
-    drop(data);
-    for _ in 0..100 {
-        if engine.cancelled.load(Ordering::SeqCst) == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
-    assert_eq!(engine.finished.load(Ordering::SeqCst), 0);
-    assert_eq!(st.queue_depth(), 0);
-    let (_, _, metrics) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    assert!(metrics.contains("swarm_cancelled_total 1"));
+    let metrics = drop_a_stream("/v1/responses", body, "response.created").await;
     assert!(metrics.contains("route=\"/v1/responses\""), "{metrics}");
 }
