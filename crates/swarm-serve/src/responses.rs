@@ -105,7 +105,7 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
     let tools = take("tools");
     let tool_choice = take("tool_choice");
     let text = take("text");
-    let echo = ResponsesEcho {
+    let mut echo = ResponsesEcho {
         instructions: instructions.clone(),
         max_output_tokens: max_output_tokens.clone(),
         temperature: body.get("temperature").cloned().unwrap_or(json!(1.0)),
@@ -153,7 +153,6 @@ pub fn to_chat_request(body: Value) -> Result<(ChatCompletionRequest, ResponsesE
         body.remove(key);
     }
     let mut messages = Vec::new();
-    let mut echo = echo;
     match &instructions {
         Value::Null => {}
         Value::String(s) => {
