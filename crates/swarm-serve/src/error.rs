@@ -139,6 +139,19 @@ impl ApiError {
         .with_code("not_found")
     }
 
+    /// 404: a stored response asked for; swarm stores none.
+    pub fn response_not_found(id: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "No response `{id}`: swarm stores no responses (answers are returned, not kept); \
+                 send the whole conversation in `input`"
+            ),
+        )
+        .with_code("not_found")
+    }
+
     /// 405.
     pub fn method_not_allowed() -> Self {
         Self::new(

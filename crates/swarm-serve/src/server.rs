@@ -148,6 +148,10 @@ pub fn app(state: AppState) -> axum::Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/responses", post(responses))
+        .route(
+            "/v1/responses/{id}",
+            get(stored_response).delete(stored_response),
+        )
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/health", get(health))
@@ -367,6 +371,11 @@ async fn completions(
 ) -> Result<Response, ApiError> {
     let request = validation::validate_completion(body, &state.config.limits)?;
     generate(state, id.0, request, None).await
+}
+
+/// `GET`/`DELETE /v1/responses/{id}`: nothing is stored, so every id is unknown.
+async fn stored_response(axum::extract::Path(id): axum::extract::Path<String>) -> ApiError {
+    ApiError::response_not_found(&id)
 }
 
 /// An engine failure as the client sees it.

@@ -1263,6 +1263,22 @@ async fn responses_answer_with_output_items() {
     )
     .await;
     assert_eq!(s, 404, "{v}");
+    // Nothing is stored: a stored response is a 404 that says so.
+    let (s, _, v) = send_json(
+        &state(),
+        Request::get("/v1/responses/resp_1")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stores no responses"),
+        "{v}"
+    );
     // An error about a message names the input item it came from.
     let body = json!({"instructions": "x", "input": [{"role": "user", "content": "a"},
                                                       {"role": "robot", "content": "b"}]});
