@@ -630,14 +630,18 @@ impl ResponseObject<'_> {
 
 /// The stream of one response: `response.created` and `response.in_progress`, the items'
 /// events as the answer is written, then `response.completed` (`response.incomplete` when
-/// `max_output_tokens` cut it) with the whole response, or an `error` event.
+/// `max_output_tokens` cut it) with the whole response, or an `error` event. A Responses
+/// request has one choice (it takes no `n`): `receivers` holds its one job.
 pub fn sse_response(
     ctx: StreamContext,
     echo: ResponsesEcho,
-    rx: mpsc::UnboundedReceiver<Event>,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     permit: OwnedSemaphorePermit,
     request_id: String,
 ) -> Response {
+    let Some(rx) = receivers.into_iter().next() else {
+        return ApiError::internal("a Responses request without a job").into_response();
+    };
     let mut state = ResponseStream {
         builder: OutputBuilder::new(&ctx.id),
         splitter: ctx.tools.map(|_| ToolCallSplitter::new()),

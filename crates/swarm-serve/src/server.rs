@@ -533,12 +533,17 @@ async fn generate(
     };
     if request.stream {
         guard.finished = true;
-        let mut response = match (endpoint, echo, receivers.len()) {
-            (Endpoint::Responses, Some(echo), 1) => {
-                let rx = receivers.remove(0);
-                crate::responses::sse_response(ctx, echo, rx, permit, request_id)
+        let mut response = match endpoint {
+            Endpoint::Responses => crate::responses::sse_response(
+                ctx,
+                echo.unwrap_or_default(),
+                receivers,
+                permit,
+                request_id,
+            ),
+            Endpoint::Chat | Endpoint::Completion => {
+                sse_response(ctx, receivers, permit, request_id)
             }
-            _ => sse_response(ctx, receivers, permit, request_id),
         };
         set_elite(&mut response, &route.elite);
         response.extensions_mut().insert(Streamed);

@@ -1113,28 +1113,34 @@ mod tests {
         assert_eq!(split_answer(odd), (Some(odd.into()), vec![]));
     }
 
+    /// `answer` pushed `step` characters at a time, then finished: every piece, and whether
+    /// it was cut in a call.
+    fn push_in_steps(answer: &str, step: usize) -> (Vec<AnswerPiece>, bool) {
+        let chars: Vec<(usize, char)> = answer.char_indices().collect();
+        let mut splitter = ToolCallSplitter::new();
+        let mut pieces = Vec::new();
+        for chunk in chars.chunks(step) {
+            let start = chunk[0].0;
+            let end = chunk.last().map(|(i, c)| i + c.len_utf8()).unwrap();
+            pieces.extend(splitter.push(&answer[start..end]));
+        }
+        pieces.extend(splitter.finish());
+        (pieces, splitter.cut())
+    }
+
     #[test]
     fn streaming_at_any_split_gives_the_same_pieces() {
         let answer = "Sure ü.\n<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": \"<tool_call>\"}}\n</tool_call>\nand <tool";
         let whole = split_answer(answer);
-        let chars: Vec<(usize, char)> = answer.char_indices().collect();
         for step in 1..6 {
-            let mut splitter = ToolCallSplitter::new();
-            let mut pieces = Vec::new();
-            for chunk in chars.chunks(step) {
-                let start = chunk[0].0;
-                let end = chunk.last().map(|(i, c)| i + c.len_utf8()).unwrap();
-                for piece in splitter.push(&answer[start..end]) {
-                    // Text comes out as soon as it cannot be the start of a tag.
-                    if let AnswerPiece::Text(t) = &piece {
-                        assert!(!t.contains("<tool_call>"), "{t:?}");
-                    }
-                    pieces.push(piece);
+            let (pieces, _) = push_in_steps(answer, step);
+            for piece in &pieces {
+                // Text comes out as soon as it cannot be the start of a tag.
+                if let AnswerPiece::Text(t) = piece {
+                    assert!(!t.contains("<tool_call>"), "{t:?}");
                 }
             }
-            pieces.extend(splitter.finish());
-            let (text, calls) = join_pieces(pieces);
-            assert_eq!((text, calls), whole, "step {step}");
+            assert_eq!(join_pieces(pieces), whole, "step {step}");
         }
         assert_eq!(whole.1[0].arguments, "{\"a\": \"<tool_call>\"}");
         assert_eq!(whole.0.as_deref(), Some("Sure ü.\nand <tool"));
@@ -1150,17 +1156,9 @@ mod tests {
         assert_eq!(whole.1[0].arguments, tricky);
         assert_eq!(whole.1[1].arguments, "{}");
         assert_eq!(whole.0.as_deref(), Some("done"));
-        let bytes: Vec<(usize, char)> = answer.char_indices().collect();
         for step in 1..9 {
-            let mut splitter = ToolCallSplitter::new();
-            let mut pieces = Vec::new();
-            for chunk in bytes.chunks(step) {
-                let start = chunk[0].0;
-                let end = chunk.last().map(|(i, c)| i + c.len_utf8()).unwrap();
-                pieces.extend(splitter.push(&answer[start..end]));
-            }
-            pieces.extend(splitter.finish());
-            assert!(!splitter.cut());
+            let (pieces, cut) = push_in_steps(&answer, step);
+            assert!(!cut);
             assert_eq!(join_pieces(pieces), whole, "step {step}");
         }
         // Text that leaves the layout after the arguments ends the call there.

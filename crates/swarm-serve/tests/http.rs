@@ -256,6 +256,16 @@ fn sse_data(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// A chat or completion stream's chunks, parsed, after checking that it ends with `[DONE]`.
+fn sse_chunks(body: &[u8]) -> Vec<Value> {
+    let data = sse_data(body);
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
 #[tokio::test]
 async fn lists_router_skills_and_elites() {
     let (s, _, v) = send_json(
@@ -438,12 +448,7 @@ async fn streams_chunks_usage_and_done() {
     assert_eq!(s, 200);
     assert_eq!(h["content-type"], "text/event-stream");
     assert_eq!(h["x-swarm-elite"], "elite-code");
-    let data = sse_data(&b);
-    assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = sse_chunks(&b);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(chunks
         .iter()
@@ -729,11 +734,7 @@ fn merged_calls<'a>(deltas: impl Iterator<Item = &'a Value>) -> Vec<(Value, usiz
 async fn streamed_tool_calls_come_as_their_arguments_are_written() {
     let (s, _, b) = send(&state(), post("/v1/chat/completions", tools_request(true))).await;
     assert_eq!(s, 200);
-    let data = sse_data(&b);
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = sse_chunks(&b);
     let content: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
@@ -793,11 +794,7 @@ async fn a_call_cut_short_keeps_its_arguments_so_far() {
     );
 
     let (_, _, b) = send(&state(), post("/v1/chat/completions", body(true, 21))).await;
-    let data = sse_data(&b);
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = sse_chunks(&b);
     let streamed = merged_calls(
         chunks
             .iter()
@@ -824,11 +821,7 @@ async fn each_choice_reads_its_own_calls() {
     body["n"] = json!(2);
     let (s, _, b) = send(&state(), post("/v1/chat/completions", body)).await;
     assert_eq!(s, 200);
-    let data = sse_data(&b);
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = sse_chunks(&b);
     for choice in 0..2 {
         let mine: Vec<&Value> = chunks
             .iter()
@@ -882,11 +875,7 @@ async fn legacy_functions_answer_with_function_call() {
     assert!(choice["message"].get("tool_calls").is_none());
 
     let (_, _, b) = send(&state(), post("/v1/chat/completions", body(true))).await;
-    let data = sse_data(&b);
-    let chunks: Vec<Value> = data[..data.len() - 1]
-        .iter()
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let chunks = sse_chunks(&b);
     let parts: Vec<&Value> = chunks
         .iter()
         .map(|c| &c["choices"][0]["delta"]["function_call"])
