@@ -1,8 +1,9 @@
 """Function calling through LangChain's `ChatOpenAI`, unchanged, against a running server.
 
-Usage: python langchain_tools_check.py BASE_URL
-  BASE_URL  e.g. http://127.0.0.1:8080/v1 (a server with no API key; `swarm serve --model
-            smollm2` for the numbers in docs/openai-compatibility.md)
+Usage: python langchain_tools_check.py BASE_URL [--responses]
+  BASE_URL     e.g. http://127.0.0.1:8080/v1 (a server with no API key; `swarm serve --model
+               smollm2` for the numbers in docs/openai-compatibility.md)
+  --responses  the same through the Responses API (`ChatOpenAI(use_responses_api=True)`)
 
 Needs `pip install langchain-openai` (not part of CI). Binds a tool the way agent code does
 (`bind_tools`, a Python function with a docstring), asks for a call (`tool_choice="any"`,
@@ -25,7 +26,7 @@ def get_weather(city: str) -> str:
 
 
 llm = ChatOpenAI(base_url=sys.argv[1], api_key="unused", model="swarm", temperature=0,
-                 max_tokens=64)
+                 max_tokens=64, use_responses_api="--responses" in sys.argv[2:])
 bound = llm.bind_tools([get_weather], tool_choice="any", parallel_tool_calls=False)
 question = [HumanMessage("What is the weather in Paris?")]
 
