@@ -268,6 +268,53 @@ impl KvCache {
         Ok(())
     }
 
+    /// A one-row cache holding the first `tokens` tokens of `row` (its left padding left
+    /// out), with room for at least `capacity` slots: how a server reuses the keys and values
+    /// of a prompt prefix it has already run (prefix caching). Slot `i` of the copy holds the
+    /// row's token `i`, whose keys were rotated for position `i`, so a forward pass on the
+    /// copy continues the sequence at position `tokens`, as it would have on the row.
+    pub fn copy_row(&self, row: usize, tokens: usize, capacity: usize) -> Result<KvCache> {
+        let Some(&pad) = self.padding.get(row) else {
+            return Err(ModelError::Generation(format!(
+                "row {row} copied from a cache of {} rows",
+                self.batch
+            )));
+        };
+        let held = self.len - pad;
+        if tokens > held {
+            return Err(ModelError::Generation(format!(
+                "{tokens} tokens copied from row {row}, which holds {held}"
+            )));
+        }
+        let capacity = capacity.max(tokens);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let Some((k, v)) = layer else {
+                layers.push(None);
+                continue;
+            };
+            let copy = |t: &Tensor| -> Result<Tensor> {
+                let (_, kv_heads, _, head_dim) = t.dims4()?;
+                let fresh =
+                    Tensor::zeros((1, kv_heads, capacity, head_dim), t.dtype(), t.device())?;
+                if tokens > 0 {
+                    let rows = t.narrow(0, row, 1)?.narrow(2, pad, tokens)?;
+                    fresh.slice_set(&rows.contiguous()?, 2, 0)?;
+                }
+                Ok(fresh)
+            };
+            layers.push(Some((copy(k)?, copy(v)?)));
+        }
+        Ok(KvCache {
+            layers,
+            batch: 1,
+            len: tokens,
+            capacity,
+            padding: vec![0],
+            storage: self.storage,
+        })
+    }
+
     /// Joins caches of the same model into one batch, rows in order. Rows of shorter caches
     /// get extra left padding so that all rows end at the same slot.
     pub fn concat(caches: &[KvCache]) -> Result<KvCache> {
@@ -390,5 +437,35 @@ mod tests {
         let first: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(first[0], 2.);
         assert!(j.select_rows(&[4]).is_err());
+    }
+
+    #[test]
+    fn copy_row_leaves_out_padding_and_keeps_the_source() {
+        let mut a = KvCache::new(1, 1, 8);
+        a.append(0, &kv(1, 2, 1.), &kv(1, 2, 1.)).unwrap();
+        a.advance(2);
+        let mut b = KvCache::new(1, 1, 8);
+        b.append(0, &kv(1, 1, 2.), &kv(1, 1, 3.)).unwrap();
+        b.advance(1);
+        let j = KvCache::concat(&[a, b]).unwrap();
+        assert_eq!(j.padding(), &[0, 1]);
+        let mut c = j.copy_row(1, 1, 4).unwrap();
+        assert_eq!((c.batch_size(), c.len(), c.padding()), (1, 1, &[0][..]));
+        assert!(c.capacity() >= 4);
+        let (k, v) = c.append(0, &kv(1, 1, 7.), &kv(1, 1, 7.)).unwrap();
+        let at = |t: &Tensor, slot: usize| -> f32 {
+            t.narrow(2, slot, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()[0]
+        };
+        assert_eq!((at(&k, 0), at(&v, 0), at(&k, 1)), (2., 3., 7.));
+        // The source is untouched by writes to the copy.
+        assert_eq!(j.seq_lens(), vec![2, 1]);
+        assert!(j.copy_row(1, 2, 4).is_err());
+        assert!(j.copy_row(2, 1, 4).is_err());
+        assert_eq!(j.copy_row(0, 0, 0).unwrap().len(), 0);
     }
 }

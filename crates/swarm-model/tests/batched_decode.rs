@@ -195,3 +195,50 @@ fn a_batch_of_33_gives_each_row_its_own_greedy_tokens() -> Result<()> {
     }
     Ok(())
 }
+
+/// Prefix caching: a row's first tokens copied out of a padded batch ([`KvCache::copy_row`])
+/// and continued with the rest of a longer prompt give the logits of that prompt prefilled
+/// from scratch, and decoding goes on to the same greedy tokens; the batch itself is not
+/// disturbed.
+#[test]
+fn a_copied_prefix_continues_like_the_whole_prompt() -> Result<()> {
+    let config = config();
+    let model = model(&config)?;
+    // Row 1 is the shorter prompt, so it sits behind left padding in the batch.
+    let prompts = prompts(3, config.vocab_size);
+    let (short, long) = (&prompts[1], &prompts[2]);
+    assert!(short.len() < long.len());
+    let mut batch = model.new_cache(3, 0);
+    model.prefill(&prompts, &mut batch)?;
+    // A new prompt that shares the short one's tokens and goes on past them, in two lengths
+    // of continuation: one token (the decode kernel) and several (matrix products and a mask).
+    for extra in [1usize, 9] {
+        let mut prompt = short.clone();
+        prompt.extend((0..extra).map(|i| ((i * 7 + 5) % config.vocab_size) as u32));
+        let alone = decode_alone(&model, &prompt, 6)?;
+
+        let mut cache = batch.copy_row(1, short.len(), prompt.len() + 6)?;
+        let suffix = Tensor::new(&prompt[short.len()..], &Device::Cpu)?.unsqueeze(0)?;
+        let mut logits = vec![rows(&model.forward_last(&suffix, &mut cache)?)?.remove(0)];
+        let mut tokens = Vec::new();
+        for _ in 0..6 {
+            let last = logits.last().map(|l| argmax(l)).unwrap_or(0);
+            tokens.push(last);
+            logits.push(rows(&model.decode(&[last], &mut cache)?)?.remove(0));
+        }
+        assert_eq!(tokens, alone.tokens, "{extra} tokens after the prefix");
+        for (got, want) in logits.iter().zip(&alone.logits) {
+            assert!(
+                max_diff(got, want) < 1e-4,
+                "{extra}: {}",
+                max_diff(got, want)
+            );
+        }
+    }
+    // The batch still decodes as before: its rows were only read.
+    assert_eq!(
+        batch.seq_lens(),
+        prompts.iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    Ok(())
+}
