@@ -9,6 +9,9 @@
 # requantised to F32 (the same dequantised weights swarm runs in f32) and Q8_0.
 #
 # Usage: scripts/llamacpp/bench.sh [work dir (/work/llamacpp)] [threads (2)]
+# LLAMACPP_CMAKE_FLAGS replaces -DGGML_NATIVE=ON (its own build dir): on an Intel VM with AMX
+# (2026-12-06) the native build's llama-bench crashed (segfault) on Q8_0, so there it ran with
+# "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON".
 # Needs: cmake (pip install cmake), a C++ compiler, the default model in swarm's cache
 # (any `swarm` command that loads it downloads it first).
 set -euo pipefail
@@ -35,12 +38,16 @@ PY
   curl -sSfL -o "llama_cpp_python-$VERSION.tar.gz" "$URL"
   tar xzf "llama_cpp_python-$VERSION.tar.gz"
 fi
-BIN="$SRC/build/bin"
+FLAGS=${LLAMACPP_CMAKE_FLAGS:--DGGML_NATIVE=ON}
+BUILD="$SRC/build"
+[ -z "${LLAMACPP_CMAKE_FLAGS:-}" ] || BUILD="$SRC/build-$(echo "$FLAGS" | md5sum | cut -c1-8)"
+BIN="$BUILD/bin"
 if [ ! -x "$BIN/llama-bench" ] || [ ! -x "$BIN/llama-quantize" ] ||
   [ ! -x "$BIN/llama-batched-bench" ]; then
-  cmake -S "$SRC" -B "$SRC/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
+  # shellcheck disable=SC2086 # FLAGS is a list of cmake flags
+  cmake -S "$SRC" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release $FLAGS -DLLAMA_CURL=OFF \
     -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF >/dev/null
-  cmake --build "$SRC/build" -j"$(nproc)" --target llama-bench llama-quantize \
+  cmake --build "$BUILD" -j"$(nproc)" --target llama-bench llama-quantize \
     llama-batched-bench >/dev/null
 fi
 for TYPE in F32 Q8_0; do

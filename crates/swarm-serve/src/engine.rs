@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::prefix_cache::PrefixCacheStats;
 use crate::validation::{Prompt, SamplingParams};
 
 /// One sequence to generate (one choice of one request).
@@ -116,6 +117,9 @@ pub enum Event {
     Done {
         finish: FinishReason,
         completion_tokens: usize,
+        /// Prompt tokens whose keys and values came from the prefix cache instead of a
+        /// prefill (`usage.prompt_tokens_details.cached_tokens`).
+        cached_tokens: usize,
     },
     Failed(Failure),
 }
@@ -141,6 +145,8 @@ pub struct EngineStatus {
     /// Elites materialised into dense weights so far (the warm ones and re-materialisations
     /// after an eviction included).
     pub materialisations: u64,
+    /// The prefix cache's hits and holdings.
+    pub prefix_cache: PrefixCacheStats,
 }
 
 /// Runs generation jobs. Implementations must not block the caller: `submit` queues the job

@@ -9,7 +9,9 @@
 //!   mix and picks the elite with the best expected score; `swarm/<skill>` and elite ids too.
 //! - [`Engine`]: jobs in, [`Event`]s out over a channel; dropping the receiver cancels.
 //! - [`ModelEngine`]: the real engine, continuous batching on swarm-model's `Llama`, elites
-//!   from an [`EliteCache`] (LRU of dense models within a memory budget).
+//!   from an [`EliteCache`] (LRU of dense models within a memory budget), and a
+//!   [`PrefixCache`] of finished sequences' keys and values, which later prompts that begin
+//!   with them reuse instead of prefilling again.
 //! - [`GenomeSwarm`] / [`load_swarm_dir`]: a swarm directory (`swarm.json`, factors,
 //!   genomes) served as elites materialised from their genomes on demand or run straight
 //!   from the factors, as a [`ServingPolicy`] says.
@@ -37,6 +39,7 @@ mod logprobs;
 mod metrics;
 mod model_engine;
 pub mod openai;
+mod prefix_cache;
 mod registry;
 mod responses;
 mod router;
@@ -62,6 +65,7 @@ pub use launch::{
 };
 pub use metrics::Metrics;
 pub use model_engine::{LoadedSwarm, ModelEngine, ModelEngineConfig};
+pub use prefix_cache::{PrefixCache, PrefixCacheStats, MIN_REUSED_TOKENS};
 pub use registry::{
     copies_swarm, copy_ids, model_bytes, single_model_swarm, EliteCache, EliteSource,
     ServingPolicy, SingleModel,

@@ -211,6 +211,16 @@ impl Metrics {
                 engine.resident_bytes,
             ),
             (
+                "swarm_prefix_cache_entries",
+                "Finished sequences whose keys and values the prefix cache holds.",
+                engine.prefix_cache.entries,
+            ),
+            (
+                "swarm_prefix_cache_bytes",
+                "Bytes of keys and values the prefix cache holds.",
+                engine.prefix_cache.bytes,
+            ),
+            (
                 "swarm_ready",
                 "1 when the engine is loaded and accepting jobs.",
                 usize::from(engine.ready),
@@ -228,6 +238,16 @@ impl Metrics {
                 "swarm_elite_materialisations_total",
                 "Elites materialised into dense weights (after an eviction again).",
                 engine.materialisations,
+            ),
+            (
+                "swarm_prefix_cache_hits_total",
+                "Prompts that continued a cached sequence instead of prefilling it.",
+                engine.prefix_cache.hits,
+            ),
+            (
+                "swarm_prefix_cache_reused_tokens_total",
+                "Prompt tokens taken from the prefix cache instead of prefilled.",
+                engine.prefix_cache.reused_tokens,
             ),
         ] {
             let _ = writeln!(
@@ -279,6 +299,12 @@ mod tests {
             &EngineStatus {
                 ready: true,
                 batch_size: 3,
+                prefix_cache: crate::PrefixCacheStats {
+                    hits: 4,
+                    reused_tokens: 900,
+                    entries: 2,
+                    bytes: 1 << 20,
+                },
                 ..Default::default()
             },
         );
@@ -295,6 +321,10 @@ mod tests {
         assert!(text.contains("swarm_batch_size 3"));
         assert!(text.contains("swarm_forward_passes_total 0"));
         assert!(text.contains("swarm_elite_materialisations_total 0"));
+        assert!(text.contains("swarm_prefix_cache_hits_total 4"));
+        assert!(text.contains("swarm_prefix_cache_reused_tokens_total 900"));
+        assert!(text.contains("swarm_prefix_cache_entries 2"));
+        assert!(text.contains("swarm_prefix_cache_bytes 1048576"));
         assert!(text.contains(r#"swarm_completion_tokens_total{elite="e1"} 5"#));
     }
 }

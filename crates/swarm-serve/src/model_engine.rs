@@ -49,6 +49,7 @@ use crate::engine::{
 };
 use crate::error::{Result, ServeError};
 use crate::guide::AnswerGuide;
+use crate::prefix_cache::PrefixCache;
 use crate::registry::EliteCache;
 use crate::validation::Prompt;
 
@@ -64,6 +65,9 @@ pub struct ModelEngineConfig {
     /// Prompt tokens prefilled between two decode steps (at least one job is always
     /// admitted), so that long prompts do not stall the running streams for long.
     pub max_prefill_tokens: usize,
+    /// Bytes of finished sequences' keys and values kept for prompts that begin with them
+    /// ([`PrefixCache`]); 0 turns prefix caching off.
+    pub prefix_cache_bytes: usize,
 }
 
 impl Default for ModelEngineConfig {
@@ -71,6 +75,7 @@ impl Default for ModelEngineConfig {
         Self {
             max_batch: 32,
             max_prefill_tokens: 2048,
+            prefix_cache_bytes: 256 << 20,
         }
     }
 }
@@ -186,7 +191,12 @@ struct Seq {
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
+    /// Prompt tokens taken from the prefix cache.
+    cached: usize,
+    /// Left the batch; `completed` when it ended with `Done` (not failed or cancelled), which
+    /// is when its keys and values are worth keeping.
     done: bool,
+    completed: bool,
 }
 
 /// One elite's rows in a batch, run by `model`.
@@ -365,6 +375,8 @@ struct Scheduler {
     batches: Vec<Batch>,
     /// Forward passes run so far (prefill and decode).
     forward_passes: u64,
+    /// Finished sequences' keys and values, by elite.
+    prefix: PrefixCache<KvCache>,
     status: Arc<Mutex<EngineStatus>>,
 }
 
@@ -390,6 +402,7 @@ impl Scheduler {
         let vocab = elites.config().vocab_size;
         let tokens = TokenTable::new(&loaded.tokenizer, vocab, &stop_ids);
         let s = Self {
+            prefix: PrefixCache::new(config.prefix_cache_bytes),
             config,
             elites,
             tokens,
@@ -421,6 +434,7 @@ impl Scheduler {
         st.waiting = self.waiting.len();
         st.elites_resident = self.elites.resident();
         st.resident_bytes = self.elites.resident_bytes();
+        st.prefix_cache = self.prefix.stats();
     }
 
     fn running(&self) -> usize {
@@ -557,7 +571,9 @@ impl Scheduler {
                 adjustments: (!adjustments.is_identity()).then_some(adjustments),
                 deadline: job.deadline,
                 next: 0,
+                cached: 0,
                 done: false,
+                completed: false,
             },
         ))
     }
@@ -594,7 +610,9 @@ impl Scheduler {
             let Some((elite, seq)) = self.waiting.pop_front() else {
                 break;
             };
-            if !admitted.is_empty() && seq.prompt.len() > budget {
+            // A prompt that continues a cached sequence prefills only the rest.
+            let to_prefill = seq.prompt.len() - self.prefix.reusable(&elite, &seq.prompt);
+            if !admitted.is_empty() && to_prefill > budget {
                 self.waiting.push_front((elite, seq));
                 break;
             }
@@ -616,7 +634,7 @@ impl Scheduler {
                 room -= 1;
                 new_elites.push(elite.clone());
             }
-            budget = budget.saturating_sub(seq.prompt.len());
+            budget = budget.saturating_sub(to_prefill);
             free -= 1;
             admitted.push((elite, seq));
         }
@@ -655,9 +673,30 @@ impl Scheduler {
                     continue;
                 }
             };
-            let group = Group { elite, model, seqs };
             // `get` serves an elite that is not resident from factors.
-            if self.elites.is_resident(&group.elite) {
+            let dense = self.elites.is_resident(&elite);
+            // Prompts that continue a cached sequence run one by one from its copy; the
+            // others are prefilled together.
+            let (continued, fresh): (Vec<Seq>, Vec<Seq>) = seqs
+                .into_iter()
+                .partition(|s| self.prefix.reusable(&elite, &s.prompt) > 0);
+            for seq in continued {
+                let group = Group {
+                    elite: elite.clone(),
+                    model: model.clone(),
+                    seqs: vec![seq],
+                };
+                self.prefill_after_prefix(group, !dense);
+            }
+            if fresh.is_empty() {
+                continue;
+            }
+            let group = Group {
+                elite,
+                model,
+                seqs: fresh,
+            };
+            if dense {
                 self.prefill(vec![group], false);
             } else {
                 factored.push(group);
@@ -697,11 +736,62 @@ impl Scheduler {
             .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?));
         drop(row_groups);
         self.forward_passes += 1;
-        let mut batch = Batch {
+        if factored && logits.is_ok() {
+            for g in &groups {
+                let prompt = g.seqs.iter().map(|s| s.prompt.len()).sum();
+                self.elites.record_prefill(&g.elite, prompt);
+            }
+        }
+        let batch = Batch {
             groups,
             cache,
             factored,
         };
+        self.start(batch, logits);
+    }
+
+    /// Prefills the one job of `group` from the cached sequence its prompt continues: a
+    /// copy of the cached keys and values, then one pass over the rest of the prompt (falls
+    /// back to a full prefill if the entry is gone).
+    fn prefill_after_prefix(&mut self, mut group: Group, factored: bool) {
+        let Some(seq) = group.seqs.first_mut() else {
+            return;
+        };
+        let capacity = (seq.prompt.len() + seq.max_new).min(self.max_positions);
+        let Some((prefix, reused)) = self.prefix.lookup(&group.elite, &seq.prompt) else {
+            self.prefill(vec![group], factored);
+            return;
+        };
+        seq.cached = reused;
+        let rest = &seq.prompt[reused..];
+        let run = || -> swarm_model::Result<(KvCache, Vec<Vec<f32>>)> {
+            let mut cache = prefix.copy_row(0, reused, capacity)?;
+            let ids = candle_core::Tensor::new(rest, group.model.device())?.unsqueeze(0)?;
+            let logits = group.model.forward_last(&ids, &mut cache)?;
+            Ok((cache, logits.to_dtype(DType::F32)?.to_vec2::<f32>()?))
+        };
+        let result = run();
+        let rest = rest.len();
+        self.forward_passes += 1;
+        if factored && result.is_ok() {
+            self.elites.record_prefill(&group.elite, rest);
+        }
+        let (cache, logits) = match result {
+            Ok((cache, logits)) => (cache, Ok(logits)),
+            Err(e) => (KvCache::new(0, 0, 0), Err(e)),
+        };
+        let batch = Batch {
+            groups: vec![group],
+            cache,
+            factored,
+        };
+        self.start(batch, logits);
+    }
+
+    /// Takes a prefilled batch's first tokens (`logits`: each row's last prompt position),
+    /// then joins its rows to the running batch they belong to. A failed pass fails its jobs.
+    fn start(&mut self, mut batch: Batch, logits: swarm_model::Result<Vec<Vec<f32>>>) {
+        let factored = batch.factored;
         let rows = match logits {
             Ok(rows) => rows,
             Err(e) => {
@@ -709,12 +799,6 @@ impl Scheduler {
                 return;
             }
         };
-        if factored {
-            for g in &batch.groups {
-                let prompt = g.seqs.iter().map(|s| s.prompt.len()).sum();
-                self.elites.record_prefill(&g.elite, prompt);
-            }
-        }
         let mut rows = rows.iter();
         for group in &mut batch.groups {
             for s in &mut group.seqs {
@@ -740,6 +824,7 @@ impl Scheduler {
                     let _ = s.tx.send(Event::Done {
                         finish: FinishReason::Length,
                         completion_tokens: 0,
+                        cached_tokens: s.cached,
                     });
                     s.done = true;
                     continue;
@@ -747,6 +832,7 @@ impl Scheduler {
                 self.step(s, row);
             }
         }
+        self.remember_completed(&batch);
         if let Err(e) = batch.compact() {
             Self::fail_batch(&mut batch, &e.to_string());
         }
@@ -908,8 +994,44 @@ impl Scheduler {
             let _ = seq.tx.send(Event::Done {
                 finish,
                 completion_tokens: seq.tokens.len(),
+                cached_tokens: seq.cached,
             });
             seq.done = true;
+            seq.completed = true;
+        }
+    }
+
+    /// Keeps the keys and values of `batch`'s rows that completed this step in the prefix
+    /// cache (before [`Batch::compact`] drops them): the tokens the row ran, prompt and
+    /// answer, which is what the next turn of its conversation begins with.
+    fn remember_completed(&mut self, batch: &Batch) {
+        let held = batch.cache.seq_lens();
+        let mut row = 0;
+        for group in &batch.groups {
+            for seq in &group.seqs {
+                let ran = held.get(row).copied().unwrap_or(0);
+                row += 1;
+                if !seq.completed || ran > seq.prompt.len() + seq.tokens.len() {
+                    continue;
+                }
+                let tokens: Vec<u32> = seq
+                    .prompt
+                    .iter()
+                    .chain(&seq.tokens)
+                    .copied()
+                    .take(ran)
+                    .collect();
+                if !self.prefix.wants(&group.elite, &tokens) {
+                    continue;
+                }
+                match batch.cache.copy_row(row - 1, ran, ran) {
+                    Ok(kv) => {
+                        let bytes = kv.size_in_bytes();
+                        self.prefix.insert(&group.elite, tokens, kv, bytes);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot keep a finished sequence's cache"),
+                }
+            }
         }
     }
 
@@ -959,6 +1081,7 @@ impl Scheduler {
                     for (s, row) in batch.seqs_mut().zip(&rows) {
                         self.step(s, row);
                     }
+                    self.remember_completed(batch);
                 }
                 Err(e) => Self::fail_batch(batch, &e.to_string()),
             }

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use crate::engine::Event;
 use crate::error::ApiError;
-use crate::openai::ChatCompletionRequest;
+use crate::openai::{ChatCompletionRequest, Usage};
 use crate::server::failure_to_api;
 use crate::stream::{StreamContext, StreamTally};
 use crate::tools::{new_call_id, AnswerPiece, ToolCallSplitter};
@@ -598,7 +598,7 @@ pub struct ResponseObject<'a> {
     pub output: Vec<Value>,
     /// `None` while in progress; the engine's finish reason once done.
     pub finish: Option<&'a str>,
-    pub usage: Option<(u64, u64)>,
+    pub usage: Option<Usage>,
 }
 
 impl ResponseObject<'_> {
@@ -608,10 +608,12 @@ impl ResponseObject<'_> {
             Some("length") => ("incomplete", json!({"reason": "max_output_tokens"})),
             Some(_) => ("completed", Value::Null),
         };
-        let usage = self.usage.map_or(Value::Null, |(input, output)| {
-            json!({"input_tokens": input, "input_tokens_details": {"cached_tokens": 0},
-                   "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
-                   "total_tokens": input + output})
+        let usage = self.usage.map_or(Value::Null, |u| {
+            json!({"input_tokens": u.prompt_tokens,
+                   "input_tokens_details": {"cached_tokens": u.prompt_tokens_details.cached_tokens},
+                   "output_tokens": u.completion_tokens,
+                   "output_tokens_details": {"reasoning_tokens": 0},
+                   "total_tokens": u.total_tokens})
         });
         let e = self.echo;
         json!({
@@ -695,12 +697,7 @@ impl ResponseStream {
             echo: &self.echo,
             output: self.builder.items.clone(),
             finish,
-            usage: finish.map(|_| {
-                (
-                    self.ctx.prompt_tokens as u64,
-                    self.tally.completion_tokens as u64,
-                )
-            }),
+            usage: finish.map(|_| self.tally.usage()),
         }
         .to_json()
     }
@@ -734,7 +731,12 @@ impl ResponseStream {
                 }
                 self.send_all(events);
             }
-            Some(Event::Done { finish, .. }) => {
+            Some(Event::Done {
+                finish,
+                cached_tokens,
+                ..
+            }) => {
+                self.tally.done(0, cached_tokens);
                 let (rest, cut) = match &mut self.splitter {
                     Some(splitter) => (splitter.finish(), splitter.cut()),
                     None => (Vec::new(), false),

@@ -524,6 +524,7 @@ async fn generate(
         endpoint,
         fingerprint: state.fingerprint.to_string(),
         prompt_tokens,
+        choices_per_prompt: request.n,
         include_usage: request.include_usage,
         logprobs: request.params.logprobs.is_some(),
         tools: request.params.tools.as_ref().map(|t| t.api),
@@ -567,7 +568,11 @@ async fn generate(
     guard.finished = true;
     drop(permit);
     let collected = result.map_err(|f| failure_to_api(f, endpoint, timeout))?;
-    let usage = Usage::new(prompt_tokens as u64, collected.completion_tokens as u64);
+    let usage = Usage::new(
+        prompt_tokens as u64,
+        collected.completion_tokens as u64,
+        collected.cached_tokens as u64,
+    );
     let wants_logprobs = request.params.logprobs.is_some();
     state
         .metrics
@@ -586,7 +591,7 @@ async fn generate(
                     echo: &echo,
                     output: crate::responses::output_items(&ctx.id, &answer, tools),
                     finish: Some(finish),
-                    usage: Some((usage.prompt_tokens, usage.completion_tokens)),
+                    usage: Some(usage),
                 }
                 .to_json(),
             )
@@ -673,6 +678,8 @@ struct Collected {
     /// Per choice, the echoed prompt's tokens, when `echo` and `logprobs` were asked for.
     prompt_logprobs: Vec<Option<PromptLogprobs>>,
     completion_tokens: usize,
+    /// Prompt tokens the prefix cache served, counted once per prompt.
+    cached_tokens: usize,
 }
 
 /// Reads every choice to its end; the first failure fails the request.
@@ -686,10 +693,11 @@ async fn collect_all(
         logprobs: Vec::with_capacity(receivers.len()),
         prompt_logprobs: Vec::with_capacity(receivers.len()),
         completion_tokens: 0,
+        cached_tokens: 0,
     };
     let mut first = true;
     // Choices run concurrently in the engine; reading them in order only orders the waits.
-    for mut rx in receivers {
+    for (index, mut rx) in receivers.into_iter().enumerate() {
         let mut text = String::new();
         let mut logprobs = Vec::new();
         let mut prompt_logprobs = None;
@@ -718,8 +726,12 @@ async fn collect_all(
                 Some(Event::Done {
                     finish,
                     completion_tokens,
+                    cached_tokens,
                 }) => {
                     out.completion_tokens += completion_tokens;
+                    if index % ctx.choices_per_prompt.max(1) == 0 {
+                        out.cached_tokens += cached_tokens;
+                    }
                     out.finishes.push(finish.as_str());
                     break;
                 }

@@ -35,6 +35,8 @@ pub struct StreamContext {
     pub endpoint: Endpoint,
     pub fingerprint: String,
     pub prompt_tokens: usize,
+    /// `n`: choices run per prompt, whose shared prompt usage counts once.
+    pub choices_per_prompt: usize,
     pub include_usage: bool,
     /// Whether the request asked for log-probabilities (every text chunk then carries its
     /// tokens').
@@ -188,7 +190,10 @@ pub(crate) struct StreamTally {
     route: &'static str,
     start: Instant,
     prompt_tokens: usize,
+    choices_per_prompt: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens the prefix cache served, counted once per prompt as `prompt_tokens` are.
+    cached_tokens: usize,
     first_text: bool,
     /// Whether the stream has sent its last event.
     pub ended: bool,
@@ -203,7 +208,9 @@ impl StreamTally {
             route: ctx.endpoint.route(),
             start: ctx.start,
             prompt_tokens: ctx.prompt_tokens,
+            choices_per_prompt: ctx.choices_per_prompt.max(1),
             completion_tokens: 0,
+            cached_tokens: 0,
             first_text: true,
             ended: false,
             guard: CancelGuard {
@@ -221,6 +228,22 @@ impl StreamTally {
             self.metrics
                 .first_token(self.route, self.start.elapsed().as_secs_f64());
         }
+    }
+
+    /// Choice `index` ended; the prefix cache served `cached_tokens` of its prompt.
+    pub fn done(&mut self, index: usize, cached_tokens: usize) {
+        if index % self.choices_per_prompt == 0 {
+            self.cached_tokens += cached_tokens;
+        }
+    }
+
+    /// The stream's `usage` so far.
+    pub fn usage(&self) -> Usage {
+        Usage::new(
+            self.prompt_tokens as u64,
+            self.completion_tokens as u64,
+            self.cached_tokens as u64,
+        )
     }
 
     /// The stream ended with `status` (200, or an error's sent as the last event).
@@ -300,7 +323,12 @@ impl State {
                     self.pending.push_back(SseEvent::default().data(chunk));
                 }
             }
-            Some(Event::Done { finish, .. }) => {
+            Some(Event::Done {
+                finish,
+                cached_tokens,
+                ..
+            }) => {
+                self.tally.done(index, cached_tokens);
                 let mut finish = finish.as_str();
                 if let Some(api) = self.ctx.tools {
                     let rest = self.splitters[index].finish();
@@ -442,10 +470,7 @@ pub fn sse_response(
             }
             if st.remaining == 0 {
                 if st.ctx.include_usage {
-                    let usage = Usage::new(
-                        st.ctx.prompt_tokens as u64,
-                        st.tally.completion_tokens as u64,
-                    );
+                    let usage = st.tally.usage();
                     st.pending
                         .push_back(SseEvent::default().data(st.ctx.usage_chunk(usage)));
                 }

@@ -68,6 +68,7 @@ fn engine_with(max_batch: usize, budget: usize, tokenizer: fn() -> Tokenizer) ->
         ModelEngineConfig {
             max_batch,
             max_prefill_tokens: 64,
+            ..ModelEngineConfig::default()
         },
         move || {
             let config = config();
@@ -157,6 +158,7 @@ async fn collect(
             Event::Done {
                 finish,
                 completion_tokens,
+                ..
             } => {
                 assert_eq!(tokens, completion_tokens);
                 return Ok((text, completion_tokens, finish));
@@ -608,6 +610,58 @@ async fn seeds_reproduce_and_differ() {
     );
     assert_eq!(a.0, b.0);
     assert_ne!(a.0, c.0);
+}
+
+/// The prompt tokens a job took from the prefix cache, and its text.
+async fn cached_and_text(mut rx: mpsc::UnboundedReceiver<Event>) -> (usize, String) {
+    let mut text = String::new();
+    while let Some(e) = rx.recv().await {
+        match e {
+            Event::Text { text: t, .. } => text.push_str(&t),
+            Event::Done { cached_tokens, .. } => return (cached_tokens, text),
+            Event::Failed(f) => panic!("{f:?}"),
+            Event::Started { .. } | Event::Echo { .. } => {}
+        }
+    }
+    panic!("channel closed");
+}
+
+/// A conversation's next turn (its prompt, the answer, and more) continues from the cached
+/// keys and values of the turn before, and answers exactly as a full prefill does; a prompt
+/// sharing only the first turn's prompt reuses that much; another elite reuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_turn_continues_from_the_prefix_cache() {
+    let e = engine(8);
+    wait_ready(&e).await;
+    let turn1: Vec<u32> = (0..40).map(|i| 3 + (i * 11) % 59).collect();
+    let (cached, text) = cached_and_text(e.submit(job(turn1.clone(), 10, 0.0, 0)).unwrap()).await;
+    let answer = greedy(&reference_model(), &turn1, 10);
+    assert_eq!((cached, text.as_str()), (0, answer.text.as_str()));
+    assert_eq!(answer.token_ids.len(), 10);
+
+    // The row ran the prompt and all of the answer but its last token.
+    let ran = turn1.len() + answer.token_ids.len() - 1;
+    let mut turn2 = turn1.clone();
+    turn2.extend(&answer.token_ids);
+    turn2.extend([7, 8, 9, 10, 11, 12]);
+    let (cached, text) = cached_and_text(e.submit(job(turn2.clone(), 12, 0.0, 0)).unwrap()).await;
+    assert_eq!(cached, ran);
+    assert_eq!(text, reference(&turn2, 12).0);
+
+    let mut other = turn1.clone();
+    other.extend([50, 51, 52, 53, 54]);
+    let (cached, text) = cached_and_text(e.submit(job(other.clone(), 8, 0.0, 0)).unwrap()).await;
+    assert_eq!(cached, turn1.len());
+    assert_eq!(text, reference(&other, 8).0);
+
+    let mut elsewhere = job(turn2, 4, 0.0, 0);
+    elsewhere.elite = "f".into();
+    let (cached, _) = cached_and_text(e.submit(elsewhere).unwrap()).await;
+    assert_eq!(cached, 0);
+    let stats = e.status().prefix_cache;
+    assert_eq!(stats.hits, 2);
+    assert_eq!(stats.reused_tokens, (ran + turn1.len()) as u64);
+    assert!(stats.entries >= 2 && stats.bytes > 0, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,6 +45,8 @@ impl Engine for ScriptedEngine {
             }));
             return Ok(rx);
         }
+        // As if the prefix cache held the first half of every prompt.
+        let cached_tokens = prompt_tokens / 2;
         let delay = Duration::from_millis(self.delay_ms);
         let cancelled = self.cancelled.clone();
         let finished = self.finished.clone();
@@ -99,6 +101,7 @@ impl Engine for ScriptedEngine {
                         FinishReason::Stop
                     },
                     completion_tokens: sent,
+                    cached_tokens,
                 });
                 finished.fetch_add(1, Ordering::SeqCst);
                 return;
@@ -120,6 +123,7 @@ impl Engine for ScriptedEngine {
                     let _ = tx.send(Event::Done {
                         finish: FinishReason::Stop,
                         completion_tokens: i + 1,
+                        cached_tokens,
                     });
                     finished.fetch_add(1, Ordering::SeqCst);
                     return;
@@ -152,6 +156,7 @@ impl Engine for ScriptedEngine {
             let _ = tx.send(Event::Done {
                 finish: FinishReason::Length,
                 completion_tokens: job.params.max_tokens,
+                cached_tokens,
             });
             finished.fetch_add(1, Ordering::SeqCst);
         });
@@ -323,7 +328,8 @@ async fn chat_answers_with_usage_and_the_serving_elite() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5})
+        json!({"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5,
+               "prompt_tokens_details": {"cached_tokens": 1}})
     );
     assert_eq!(
         v["choices"][0]["message"]["content"]
@@ -364,6 +370,8 @@ async fn completions_and_n_choices() {
     assert_eq!(v["choices"].as_array().unwrap().len(), 3);
     assert_eq!(v["usage"]["prompt_tokens"], 3);
     assert_eq!(v["usage"]["completion_tokens"], 6);
+    // The prompt's cached tokens count once too, like its tokens.
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
     // Choices use seeds 5, 6, 7: not all equal.
     let texts: Vec<&str> = v["choices"]
         .as_array()
@@ -389,6 +397,7 @@ async fn a_list_of_prompts_answers_each_as_if_alone() {
     // Each prompt once, however many choices: 3 + 2 words.
     assert_eq!(v["usage"]["prompt_tokens"], 5);
     assert_eq!(v["usage"]["completion_tokens"], 8);
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 1 + 1);
     // Prompt p's choice j has the seed it would have alone: seed + j.
     for (p, prompt) in ["one two three", "four five"].iter().enumerate() {
         let alone =
@@ -457,6 +466,7 @@ async fn streams_chunks_usage_and_done() {
     assert_eq!(usage["choices"].as_array().unwrap().len(), 0);
     assert_eq!(usage["usage"]["completion_tokens"], 4);
     assert_eq!(usage["usage"]["prompt_tokens"], 2);
+    assert_eq!(usage["usage"]["prompt_tokens_details"]["cached_tokens"], 1);
     let finish = &chunks[chunks.len() - 2];
     assert_eq!(finish["choices"][0]["finish_reason"], "length");
     assert!(finish["usage"].is_null());
@@ -1224,6 +1234,7 @@ async fn responses_answer_with_output_items() {
     // The scripted engine counts a prompt's words: the system turn's and the user's.
     assert_eq!(v["usage"]["input_tokens"], 4);
     assert_eq!(v["usage"]["total_tokens"], 7);
+    assert_eq!(v["usage"]["input_tokens_details"]["cached_tokens"], 2);
 
     // Calls come as function_call items after the text that preceded them.
     let body = json!({"model": "elite-code", "input": "weather?",
@@ -1317,6 +1328,11 @@ async fn responses_stream_typed_events() {
     let done = &events.last().unwrap()["response"];
     assert_eq!(done["status"], "completed");
     assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    let input = done["usage"]["input_tokens"].as_u64().unwrap();
+    assert_eq!(
+        done["usage"]["input_tokens_details"]["cached_tokens"],
+        input / 2
+    );
     let output = done["output"].as_array().unwrap();
     assert_eq!(output.len(), 3);
     let mut built = vec![String::new(); output.len()];

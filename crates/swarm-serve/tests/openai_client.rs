@@ -41,6 +41,7 @@ async fn official_openai_client() {
         ModelEngineConfig {
             max_batch: 32,
             max_prefill_tokens: 2048,
+            ..ModelEngineConfig::default()
         },
         move || {
             load_single_model(

@@ -66,6 +66,12 @@ pub struct ServeArgs {
     /// Largest `max_tokens` accepted.
     #[arg(long, env = "SWARM_MAX_TOKENS_LIMIT", default_value_t = 4096)]
     pub max_tokens_limit: usize,
+    /// Memory for the prefix cache, MiB: the keys and values of finished conversations, so
+    /// that a prompt continuing one (the next turn of a chat or an agent) prefills only what
+    /// is new. 0 turns it off (then equal requests give bitwise-equal answers; with it, a hit
+    /// may change the last bits of the logits).
+    #[arg(long, env = "SWARM_PREFIX_CACHE_MB", default_value_t = 256)]
+    pub prefix_cache_mb: usize,
     /// Memory budget for resident dense elites, MiB.
     #[arg(long, env = "SWARM_MEMORY_BUDGET_MB", default_value_t = 4096)]
     pub memory_budget_mb: usize,
@@ -140,6 +146,7 @@ impl ServeArgs {
             request_timeout,
             default_max_tokens,
             max_tokens_limit,
+            prefix_cache_mb,
             memory_budget_mb,
             elite_serving,
             router_data,
@@ -219,6 +226,7 @@ impl ServeArgs {
             engine: swarm_serve::ModelEngineConfig {
                 max_batch: a.max_batch,
                 max_prefill_tokens: a.max_prefill_tokens,
+                prefix_cache_bytes: a.prefix_cache_mb << 20,
             },
             server: swarm_serve::ServerConfig {
                 api_keys: a.api_keys()?,
