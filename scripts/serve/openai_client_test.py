@@ -502,6 +502,26 @@ def seed_reproducibility():
 
 
 @check
+def the_next_turn_reuses_the_cached_conversation():
+    # Turn 2 sends turn 1's prompt and answer again: the prefix cache holds their keys and
+    # values, so at least turn 1's prompt is reused (usage.prompt_tokens_details).
+    system = {"role": "system", "content": "You are a careful assistant for a travel agency. "
+              "Answer in one short sentence, name places precisely and never invent facts."}
+    turn1 = [system, {"role": "user", "content": "What is the capital of Italy?"}]
+    hits = metrics()["swarm_prefix_cache_hits_total"]
+    r1 = client.chat.completions.create(model="swarm", messages=turn1, max_tokens=16,
+                                        temperature=0)
+    turn2 = turn1 + [{"role": "assistant", "content": r1.choices[0].message.content},
+                     {"role": "user", "content": "And of Spain?"}]
+    r2 = client.chat.completions.create(model="swarm", messages=turn2, max_tokens=16,
+                                        temperature=0)
+    cached = r2.usage.prompt_tokens_details.cached_tokens
+    assert r1.usage.prompt_tokens <= cached < r2.usage.prompt_tokens, (r1.usage, r2.usage)
+    assert metrics()["swarm_prefix_cache_hits_total"] >= hits + 1
+    assert r2.choices[0].message.content, r2
+
+
+@check
 def n_choices():
     r = client.chat.completions.create(model="swarm", messages=QUESTION, max_tokens=4, n=2,
                                        temperature=1.0, seed=3)

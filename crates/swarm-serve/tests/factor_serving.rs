@@ -309,10 +309,20 @@ fn gated_engine(
     policy: ServingPolicy,
     budget: usize,
 ) -> (Arc<ModelEngine>, std::sync::mpsc::Sender<()>) {
+    gated_engine_with(dir, policy, budget, ModelEngineConfig::default())
+}
+
+/// [`gated_engine`] with its scheduler's settings.
+fn gated_engine_with(
+    dir: &Path,
+    policy: ServingPolicy,
+    budget: usize,
+    config: ModelEngineConfig,
+) -> (Arc<ModelEngine>, std::sync::mpsc::Sender<()>) {
     let (gate, wait) = std::sync::mpsc::channel::<()>();
     let opened = open_swarm(dir).unwrap();
     let loaded = opened.into_loaded(Device::Cpu, Precision::F32, budget, policy, Vec::new());
-    let engine = ModelEngine::start(ModelEngineConfig::default(), move || {
+    let engine = ModelEngine::start(config, move || {
         let _ = wait.recv();
         Ok(loaded)
     })
@@ -438,6 +448,56 @@ async fn elites_from_factors_share_one_forward_pass_per_step() {
     let mut joined = futures_util::future::join_all(receivers.into_iter().map(collect)).await;
     joined[0].0.insert_str(0, &head);
     assert_eq!(joined, alone);
+}
+
+/// Prefix caching with elites served from factors: a prompt that continues a finished
+/// sequence of its elite is prefilled from the cached keys and values and joins the mixed
+/// batch beside another elite's fresh row; both answer as they do with the cache off.
+#[tokio::test]
+async fn a_cached_prefix_joins_the_mixed_batch_and_answers_alike() {
+    let (s, ids) = build_swarm(Rank::Full);
+    let one = swarm_serve::model_bytes(&tiny_config(), Precision::F32);
+    let prefix: Vec<u32> = (0..40).map(|i| 3 + (i * 13) % 59).collect();
+    let mut continued = prefix.clone();
+    continued.extend([21, 22, 23, 24]);
+    let first = sampled(&ids[0], prefix, 6, 21);
+    let next = sampled(&ids[0], continued, 8, 22);
+    let beside = sampled(&ids[1], vec![9, 12, 40, 7], 8, 23);
+
+    let mut answers = Vec::new();
+    for cache_bytes in [0, 64 << 20] {
+        let config = ModelEngineConfig {
+            prefix_cache_bytes: cache_bytes,
+            ..ModelEngineConfig::default()
+        };
+        let (engine, gate) = gated_engine_with(&s.swarm, ServingPolicy::Factors, one, config);
+        gate.send(()).unwrap();
+        common::wait_ready(&engine).await;
+        collect(engine.submit(first.clone()).unwrap()).await;
+        let mut rx = engine.submit(next.clone()).unwrap();
+        let rx_beside = engine.submit(beside.clone()).unwrap();
+        let mut text = String::new();
+        let cached = loop {
+            match rx.recv().await.unwrap() {
+                Event::Text { text: t, .. } => text.push_str(&t),
+                Event::Done { cached_tokens, .. } => break cached_tokens,
+                Event::Started { .. } | Event::Echo { .. } => {}
+                e => panic!("{e:?}"),
+            }
+        };
+        let stats = engine.status().prefix_cache;
+        if cache_bytes == 0 {
+            assert_eq!((cached, stats.hits, stats.entries), (0, 0, 0));
+        } else {
+            // The first job's prompt at least (and its answer's first token, if `next`
+            // happens to go on with it).
+            assert!(cached >= 40, "{cached} tokens reused");
+            assert_eq!(stats.hits, 1);
+        }
+        assert_eq!(engine.status().elites_resident, 0);
+        answers.push((text, collect(rx_beside).await.0));
+    }
+    assert_eq!(answers[0], answers[1]);
 }
 
 #[tokio::test]
