@@ -729,7 +729,7 @@ async fn collect_all(
                     cached_tokens,
                 }) => {
                     out.completion_tokens += completion_tokens;
-                    if index % ctx.choices_per_prompt.max(1) == 0 {
+                    if index.is_multiple_of(ctx.choices_per_prompt.max(1)) {
                         out.cached_tokens += cached_tokens;
                     }
                     out.finishes.push(finish.as_str());

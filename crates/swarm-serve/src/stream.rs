@@ -232,7 +232,7 @@ impl StreamTally {
 
     /// Choice `index` ended; the prefix cache served `cached_tokens` of its prompt.
     pub fn done(&mut self, index: usize, cached_tokens: usize) {
-        if index % self.choices_per_prompt == 0 {
+        if index.is_multiple_of(self.choices_per_prompt) {
             self.cached_tokens += cached_tokens;
         }
     }
