@@ -4,13 +4,15 @@ An agent-like chat: a long system prompt (a tool catalogue), then TURNS user tur
 sent with the whole history so far (every earlier question and answer), as chat clients and
 agent frameworks do. Each turn is streamed; the script prints, per turn, the prompt's tokens,
 the tokens the server took from its prefix cache (`usage.prompt_tokens_details`), the time
-to the first token and to the last.
+to the first token and to the last, and a digest of the answer (equal digests: the same
+answer with the cache on and off).
 
 Usage: python prefix_cache_bench.py BASE_URL [TURNS (6)] [MAX_TOKENS (32)]
   BASE_URL  e.g. http://127.0.0.1:18282/v1 (scripts/serve/prefix_cache_bench.sh starts the
             servers and runs this against each)
 """
 
+import hashlib
 import sys
 import time
 
@@ -57,8 +59,8 @@ QUESTIONS = [
 
 client = openai.OpenAI(base_url=BASE, api_key="unused", max_retries=0, timeout=600)
 messages = [{"role": "system", "content": SYSTEM}]
-print("| turn | prompt tokens | cached | first token s | last token s |")
-print("|---:|---:|---:|---:|---:|")
+print("| turn | prompt tokens | cached | first token s | last token s | answer sha1 |")
+print("|---:|---:|---:|---:|---:|---|")
 for turn in range(TURNS):
     messages.append({"role": "user", "content": QUESTIONS[turn % len(QUESTIONS)]})
     start = time.perf_counter()
@@ -75,9 +77,11 @@ for turn in range(TURNS):
         if chunk.usage is not None:
             usage = chunk.usage
     total = time.perf_counter() - start
-    messages.append({"role": "assistant", "content": "".join(answer)})
+    answer = "".join(answer)
+    messages.append({"role": "assistant", "content": answer})
+    digest = hashlib.sha1(answer.encode()).hexdigest()[:8]
     details = usage.prompt_tokens_details
     cached = details.cached_tokens if details is not None else 0
     first_s = f"{first:.2f}" if first is not None else "-"
-    print(f"| {turn + 1} | {usage.prompt_tokens} | {cached} | {first_s} | {total:.2f} |",
-          flush=True)
+    print(f"| {turn + 1} | {usage.prompt_tokens} | {cached} | {first_s} | {total:.2f} "
+          f"| {digest} |", flush=True)
