@@ -30,6 +30,12 @@
 //! the mixed batch, its rows and the batch's, which is what decides when an elite served
 //! from factors is worth materialising. [`EngineStatus::forward_passes`] counts the passes
 //! run.
+//!
+//! Prefix caching: when a sequence completes, its row's keys and values (prompt and answer)
+//! are copied into a [`PrefixCache`] before the row leaves the batch. A prompt that begins
+//! with a cached sequence of its elite is admitted on its own: a copy of the cached keys and
+//! values ([`KvCache::copy_row`]), one pass over the rest of the prompt, then its row joins
+//! the running batch like any prefilled row.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
