@@ -11,9 +11,10 @@
 
 use std::collections::BTreeSet;
 
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
+use crate::kv_cache::KvCache;
 use crate::llama::Llama;
 use crate::sampling::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
@@ -104,6 +105,9 @@ pub struct Generated {
     pub text: String,
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were reused instead of prefilled (a
+    /// [`Session`](crate::Session)'s turn; 0 from [`generate`]).
+    pub cached_prompt_tokens: usize,
 }
 
 /// One streamed step of one sequence.
@@ -152,41 +156,17 @@ pub fn generate(
     let max_positions = model.config().max_position_embeddings;
     let mut seqs = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
-        let p = params_of(i)?;
-        if prompt.is_empty() {
-            return Err(ModelError::Generation(format!("prompt {i} is empty")));
-        }
-        if prompt.len() >= max_positions {
-            return Err(ModelError::Generation(format!(
-                "prompt {i} has {} tokens; the model takes at most {} positions, \
-                 leaving no room to generate",
-                prompt.len(),
-                max_positions
-            )));
-        }
-        let mut stop_ids: BTreeSet<u32> = p.stop_token_ids.iter().copied().collect();
-        if !p.ignore_eos {
-            stop_ids.extend(model.config().eos_token_ids.iter().copied());
-            stop_ids.extend(tokenizer.eos_token_id());
-        }
-        seqs.push(Sequence {
-            sampler: Sampler::new(p.sampling())?,
-            stop_ids,
-            stream: TextStream::new(p.stop_strings.clone())?,
-            max_new_tokens: p.max_new_tokens,
-            prompt_tokens: prompt.len(),
-            tokens: Vec::new(),
-            finish: None,
-        });
+        seqs.push(Sequence::new(
+            model,
+            tokenizer,
+            i,
+            prompt.len(),
+            params_of(i)?,
+        )?);
     }
 
     // Sequences asked for no tokens are done before any forward pass.
-    for s in &mut seqs {
-        if s.max_new_tokens == 0 {
-            s.finish = Some(FinishReason::Length);
-        }
-    }
-    let mut rows: Vec<usize> = (0..seqs.len())
+    let rows: Vec<usize> = (0..seqs.len())
         .filter(|&i| seqs[i].finish.is_none())
         .collect();
     if rows.is_empty() {
@@ -202,8 +182,32 @@ pub fn generate(
     let capacity = (longest_prompt + most_new).min(max_positions);
     let mut cache = model.new_cache(rows.len(), capacity);
     let batch_prompts: Vec<Vec<u32>> = rows.iter().map(|&i| prompts[i].clone()).collect();
-    let mut logits = model.prefill(&batch_prompts, &mut cache)?;
+    let logits = model.prefill(&batch_prompts, &mut cache)?;
+    decode(
+        model,
+        tokenizer,
+        &mut seqs,
+        rows,
+        &mut cache,
+        logits,
+        &mut on_token,
+    )?;
+    Ok(seqs.into_iter().map(Sequence::into_generated).collect())
+}
 
+/// Decodes the sequences `seqs[rows[r]]`, row `r` of `cache`, from the logits of their last
+/// prompt position until every one has finished. Finished rows leave the cache in batches;
+/// a single row stays in it, holding everything it ran.
+pub(crate) fn decode(
+    model: &Llama,
+    tokenizer: &Tokenizer,
+    seqs: &mut [Sequence],
+    mut rows: Vec<usize>,
+    cache: &mut KvCache,
+    mut logits: Tensor,
+    on_token: &mut impl FnMut(&TokenEvent) -> StreamControl,
+) -> Result<()> {
+    let max_positions = model.config().max_position_embeddings;
     loop {
         let rows_logits = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
         let seq_lens = cache.seq_lens();
@@ -245,23 +249,58 @@ pub fn generate(
             next_tokens = alive.iter().map(|&r| next_tokens[r]).collect();
             rows = alive.iter().map(|&r| rows[r]).collect();
         }
-        logits = model.decode(&next_tokens, &mut cache)?;
+        logits = model.decode(&next_tokens, cache)?;
     }
-    Ok(seqs.into_iter().map(Sequence::into_generated).collect())
+    Ok(())
 }
 
 /// The state of one prompt's generation.
-struct Sequence {
+pub(crate) struct Sequence {
     sampler: Sampler,
     stop_ids: BTreeSet<u32>,
     stream: TextStream,
     max_new_tokens: usize,
     prompt_tokens: usize,
-    tokens: Vec<u32>,
-    finish: Option<FinishReason>,
+    pub(crate) tokens: Vec<u32>,
+    pub(crate) finish: Option<FinishReason>,
 }
 
 impl Sequence {
+    /// Prompt `index` (of `prompt_len` tokens), checked against the model's context, to be
+    /// continued as `p` says. Asked for no tokens, it is finished already.
+    pub(crate) fn new(
+        model: &Llama,
+        tokenizer: &Tokenizer,
+        index: usize,
+        prompt_len: usize,
+        p: &GenerationParams,
+    ) -> Result<Self> {
+        let max_positions = model.config().max_position_embeddings;
+        if prompt_len == 0 {
+            return Err(ModelError::Generation(format!("prompt {index} is empty")));
+        }
+        if prompt_len >= max_positions {
+            return Err(ModelError::Generation(format!(
+                "prompt {index} has {prompt_len} tokens; the model takes at most \
+                 {max_positions} positions, leaving no room to generate"
+            )));
+        }
+        let mut stop_ids: BTreeSet<u32> = p.stop_token_ids.iter().copied().collect();
+        if !p.ignore_eos {
+            stop_ids.extend(model.config().eos_token_ids.iter().copied());
+            stop_ids.extend(tokenizer.eos_token_id());
+        }
+        Ok(Sequence {
+            sampler: Sampler::new(p.sampling())?,
+            stop_ids,
+            stream: TextStream::new(p.stop_strings.clone())?,
+            max_new_tokens: p.max_new_tokens,
+            prompt_tokens: prompt_len,
+            tokens: Vec::new(),
+            finish: (p.max_new_tokens == 0).then_some(FinishReason::Length),
+        })
+    }
+
     /// Records a sampled token and returns the text it makes final.
     fn push(&mut self, token: u32, tokenizer: &Tokenizer, at_context_end: bool) -> Result<String> {
         self.tokens.push(token);
@@ -281,13 +320,14 @@ impl Sequence {
         Ok(self.stream.take_safe())
     }
 
-    fn into_generated(self) -> Generated {
+    pub(crate) fn into_generated(self) -> Generated {
         let finish_reason = self.finish.unwrap_or(FinishReason::Length);
         Generated {
             token_ids: self.tokens,
             text: self.stream.into_text(),
             finish_reason,
             prompt_tokens: self.prompt_tokens,
+            cached_prompt_tokens: 0,
         }
     }
 }

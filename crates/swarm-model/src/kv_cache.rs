@@ -268,6 +268,27 @@ impl KvCache {
         Ok(())
     }
 
+    /// Forgets every slot from `len` on, in every row (a conversation continued from an
+    /// earlier point); the memory stays allocated and later tokens overwrite the slots.
+    /// Every row must keep its padding.
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len > self.len {
+            return Err(ModelError::Generation(format!(
+                "a cache of {} slots cannot be truncated to {len}",
+                self.len
+            )));
+        }
+        if let Some(&pad) = self.padding.iter().max() {
+            if pad > len {
+                return Err(ModelError::Generation(format!(
+                    "truncating to {len} slots would cut into a row's {pad} padding slots"
+                )));
+            }
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// A one-row cache holding the first `tokens` tokens of `row` (its left padding left
     /// out), with room for at least `capacity` slots: how a server reuses the keys and values
     /// of a prompt prefix it has already run (prefix caching). Slot `i` of the copy holds the
@@ -467,5 +488,35 @@ mod tests {
         assert!(j.copy_row(1, 2, 4).is_err());
         assert!(j.copy_row(2, 1, 4).is_err());
         assert_eq!(j.copy_row(0, 0, 0).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn truncate_keeps_padding_and_later_tokens_overwrite() {
+        let mut a = KvCache::new(1, 1, 8);
+        a.append(0, &kv(1, 3, 1.), &kv(1, 3, 1.)).unwrap();
+        a.advance(3);
+        let mut b = KvCache::new(1, 1, 8);
+        b.append(0, &kv(1, 1, 2.), &kv(1, 1, 2.)).unwrap();
+        b.advance(1);
+        let mut j = KvCache::concat(&[a, b]).unwrap();
+        assert!(j.truncate(4).is_err());
+        // Row 1 has two padding slots.
+        assert!(j.truncate(1).is_err());
+        j.truncate(2).unwrap();
+        assert_eq!(j.seq_lens(), vec![2, 0]);
+        let (k, _) = j.append(0, &kv(2, 1, 5.), &kv(2, 1, 5.)).unwrap();
+        assert_eq!(k.dims(), &[2, 2, 3, 4]);
+        let row0: Vec<f32> = k
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, 0, 1)
+            .unwrap()
+            .narrow(3, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(row0, vec![1., 1., 5.]);
     }
 }

@@ -38,6 +38,7 @@ mod pretrained;
 mod products;
 mod q8_0;
 mod sampling;
+mod session;
 mod simd;
 mod tokenizer;
 mod weights;
@@ -70,5 +71,6 @@ pub use pretrained::{
 pub use sampling::{
     argmax, token_logprobs, LogitAdjustments, Sampler, SamplingParams, TokenLogprobs,
 };
+pub use session::Session;
 pub use tokenizer::Tokenizer;
 pub use weights::{decode_le_to_f32, write_safetensors, SafetensorsFiles, TensorSource, Weights};

@@ -4,7 +4,7 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use swarm_model::{generate, ChatMessage, GenerationParams, StreamControl, TokenEvent};
+use swarm_model::{ChatMessage, GenerationParams, Session, StreamControl, TokenEvent};
 
 use crate::model_args::{LoadedModel, ModelArgs};
 
@@ -79,19 +79,21 @@ pub struct GenerateArgs {
     pub raw: bool,
 }
 
-/// Streams one answer to `out`, returning its text.
+/// Streams one answer to `out`, returning its text. `session` holds the conversation's keys
+/// and values: only what the prompt adds to what it ran is prefilled.
 fn answer(
     loaded: &LoadedModel,
-    prompt_ids: Vec<u32>,
+    session: &mut Session,
+    prompt_ids: &[u32],
     params: &GenerationParams,
     out: &mut impl Write,
 ) -> Result<String> {
     let mut write_error = None;
-    let results = generate(
+    let generated = session.generate(
         &loaded.model,
         &loaded.tokenizer,
-        &[prompt_ids],
-        std::slice::from_ref(params),
+        prompt_ids,
+        params,
         |event: &TokenEvent| {
             if let Err(e) = out
                 .write_all(event.text.as_bytes())
@@ -107,11 +109,12 @@ fn answer(
         return Err(e).context("cannot write the answer");
     }
     writeln!(out)?;
-    Ok(results
-        .into_iter()
-        .next()
-        .map(|g| g.text)
-        .unwrap_or_default())
+    tracing::debug!(
+        prompt_tokens = generated.prompt_tokens,
+        reused = generated.cached_prompt_tokens,
+        "answered"
+    );
+    Ok(generated.text)
 }
 
 fn conversation_ids(loaded: &LoadedModel, messages: &[ChatMessage]) -> Result<Vec<u32>> {
@@ -138,7 +141,13 @@ pub fn run_generate(args: &GenerateArgs) -> Result<()> {
         conversation_ids(&loaded, &messages)?
     };
     let params = args.sampling.params(&loaded);
-    answer(&loaded, ids, &params, &mut std::io::stdout().lock())?;
+    answer(
+        &loaded,
+        &mut Session::new(),
+        &ids,
+        &params,
+        &mut std::io::stdout().lock(),
+    )?;
     Ok(())
 }
 
@@ -173,6 +182,8 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
     }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();
+    // Each turn prefills only what it adds to the conversation.
+    let mut session = Session::new();
     loop {
         if interactive {
             eprint!("> ");
@@ -187,13 +198,14 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
             "/exit" | "/quit" => break,
             "/reset" => {
                 messages.retain(|m: &ChatMessage| m.role == "system");
+                session.reset();
                 continue;
             }
             _ => {}
         }
         messages.push(ChatMessage::user(line));
         let ids = conversation_ids(&loaded, &messages)?;
-        let reply = answer(&loaded, ids, &params, &mut stdout)?;
+        let reply = answer(&loaded, &mut session, &ids, &params, &mut stdout)?;
         messages.push(ChatMessage::assistant(reply));
     }
     Ok(())
