@@ -62,11 +62,18 @@ fn main() {
     swarm_model::configure_cpu_threads();
     swarm_model::configure_allocator();
     let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!(
+                "error: --log `{}` is not a log filter: {e} (e.g. `debug`, `swarm_model=debug`)",
+                cli.log
+            );
+            std::process::exit(2);
+        }
+    };
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cli.log)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
