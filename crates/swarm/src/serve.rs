@@ -254,3 +254,56 @@ pub fn run(args: &ServeArgs) -> anyhow::Result<()> {
     swarm_serve::run(options)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(flags: &[&str]) -> ServeArgs {
+        Cli::parse_from(std::iter::once("serve").chain(flags.iter().copied())).args
+    }
+
+    #[test]
+    fn the_config_file_fills_the_settings_the_flags_leave_at_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "port = 9100\nmax_batch = 8\nprefix_cache_mb = 0\n").unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let options = parse(&["--config", &path, "--max-batch", "16"])
+            .options()
+            .unwrap();
+        assert_eq!(options.addr.port(), 9100);
+        // A flag given on the command line wins over the file.
+        assert_eq!(options.engine.max_batch, 16);
+        assert_eq!(options.engine.prefix_cache_bytes, 0);
+        // Without either, the flags' defaults.
+        let options = parse(&[]).options().unwrap();
+        assert_eq!(options.addr.port(), 8080);
+        assert_eq!(options.engine.prefix_cache_bytes, 256 << 20);
+        assert_eq!(options.engine.max_batch, 32);
+    }
+
+    #[test]
+    fn a_config_file_that_does_not_parse_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "prefix_cache_mb = \"lots\"\n").unwrap();
+        let path = path.to_string_lossy().into_owned();
+        let err = parse(&["--config", &path]).options().unwrap_err();
+        assert!(format!("{err:#}").contains("serve.toml"), "{err:#}");
+        let err = parse(&["--config", "/nonexistent/serve.toml"])
+            .options()
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("/nonexistent/serve.toml"),
+            "{err:#}"
+        );
+    }
+}
