@@ -409,6 +409,16 @@ mod tests {
         (Tensor::ones((b, 2, t, 4), DType::F32, &Device::Cpu).unwrap() * fill as f64).unwrap()
     }
 
+    /// A one-layer cache of `rows` rows holding `tokens` tokens each, keys all `key` and
+    /// values all `value`.
+    fn filled(rows: usize, tokens: usize, key: f32, value: f32) -> KvCache {
+        let mut c = KvCache::new(1, rows, 8);
+        c.append(0, &kv(rows, tokens, key), &kv(rows, tokens, value))
+            .unwrap();
+        c.advance(tokens);
+        c
+    }
+
     #[test]
     fn appends_in_place_and_grows() {
         let mut c = KvCache::new(2, 1, 2);
@@ -439,13 +449,7 @@ mod tests {
 
     #[test]
     fn select_and_concat_keep_rows_aligned() {
-        let mut a = KvCache::new(1, 2, 8);
-        a.append(0, &kv(2, 3, 1.), &kv(2, 3, 1.)).unwrap();
-        a.advance(3);
-        let mut b = KvCache::new(1, 1, 8);
-        b.append(0, &kv(1, 1, 2.), &kv(1, 1, 2.)).unwrap();
-        b.advance(1);
-        let mut j = KvCache::concat(&[a, b]).unwrap();
+        let mut j = KvCache::concat(&[filled(2, 3, 1., 1.), filled(1, 1, 2., 2.)]).unwrap();
         assert_eq!(j.batch_size(), 3);
         assert_eq!(j.len(), 3);
         assert_eq!(j.padding(), &[0, 0, 2]);
@@ -462,13 +466,7 @@ mod tests {
 
     #[test]
     fn copy_row_leaves_out_padding_and_keeps_the_source() {
-        let mut a = KvCache::new(1, 1, 8);
-        a.append(0, &kv(1, 2, 1.), &kv(1, 2, 1.)).unwrap();
-        a.advance(2);
-        let mut b = KvCache::new(1, 1, 8);
-        b.append(0, &kv(1, 1, 2.), &kv(1, 1, 3.)).unwrap();
-        b.advance(1);
-        let j = KvCache::concat(&[a, b]).unwrap();
+        let j = KvCache::concat(&[filled(1, 2, 1., 1.), filled(1, 1, 2., 3.)]).unwrap();
         assert_eq!(j.padding(), &[0, 1]);
         let mut c = j.copy_row(1, 1, 4).unwrap();
         assert_eq!((c.batch_size(), c.len(), c.padding()), (1, 1, &[0][..]));
@@ -492,13 +490,7 @@ mod tests {
 
     #[test]
     fn truncate_keeps_padding_and_later_tokens_overwrite() {
-        let mut a = KvCache::new(1, 1, 8);
-        a.append(0, &kv(1, 3, 1.), &kv(1, 3, 1.)).unwrap();
-        a.advance(3);
-        let mut b = KvCache::new(1, 1, 8);
-        b.append(0, &kv(1, 1, 2.), &kv(1, 1, 2.)).unwrap();
-        b.advance(1);
-        let mut j = KvCache::concat(&[a, b]).unwrap();
+        let mut j = KvCache::concat(&[filled(1, 3, 1., 1.), filled(1, 1, 2., 2.)]).unwrap();
         assert!(j.truncate(4).is_err());
         // Row 1 has two padding slots.
         assert!(j.truncate(1).is_err());

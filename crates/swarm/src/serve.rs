@@ -270,12 +270,18 @@ mod tests {
         Cli::parse_from(std::iter::once("serve").chain(flags.iter().copied())).args
     }
 
-    #[test]
-    fn the_config_file_fills_the_settings_the_flags_leave_at_their_defaults() {
+    /// A `serve.toml` holding `text`, and its path (the dir lives as long as the guard).
+    fn config_file(text: &str) -> (tempfile::TempDir, String) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("serve.toml");
-        std::fs::write(&path, "port = 9100\nmax_batch = 8\nprefix_cache_mb = 0\n").unwrap();
+        std::fs::write(&path, text).unwrap();
         let path = path.to_string_lossy().into_owned();
+        (dir, path)
+    }
+
+    #[test]
+    fn the_config_file_fills_the_settings_the_flags_leave_at_their_defaults() {
+        let (_dir, path) = config_file("port = 9100\nmax_batch = 8\nprefix_cache_mb = 0\n");
         let options = parse(&["--config", &path, "--max-batch", "16"])
             .options()
             .unwrap();
@@ -292,10 +298,7 @@ mod tests {
 
     #[test]
     fn a_config_file_that_does_not_parse_is_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("serve.toml");
-        std::fs::write(&path, "prefix_cache_mb = \"lots\"\n").unwrap();
-        let path = path.to_string_lossy().into_owned();
+        let (_dir, path) = config_file("prefix_cache_mb = \"lots\"\n");
         let err = parse(&["--config", &path]).options().unwrap_err();
         assert!(format!("{err:#}").contains("serve.toml"), "{err:#}");
         let err = parse(&["--config", "/nonexistent/serve.toml"])
