@@ -409,6 +409,17 @@ mod tests {
         (Tensor::ones((b, 2, t, 4), DType::F32, &Device::Cpu).unwrap() * fill as f64).unwrap()
     }
 
+    /// The first value of head 0 at every slot of `row` of `t` (keys or values).
+    fn slot_values(t: &Tensor, row: usize) -> Vec<f32> {
+        let head = t.narrow(0, row, 1).unwrap().narrow(1, 0, 1).unwrap();
+        head.narrow(3, 0, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// A one-layer cache of `rows` rows holding `tokens` tokens each, keys all `key` and
     /// values all `value`.
     fn filled(rows: usize, tokens: usize, key: f32, value: f32) -> KvCache {
@@ -435,16 +446,7 @@ mod tests {
         assert_eq!(c.len(), 5);
         assert!(c.capacity() >= 5);
         let (k, _) = c.append(0, &kv(1, 1, 9.), &kv(1, 1, 9.)).unwrap();
-        let col: Vec<f32> = k
-            .narrow(1, 0, 1)
-            .unwrap()
-            .narrow(3, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(col, vec![0., 1., 2., 3., 4., 9.]);
+        assert_eq!(slot_values(&k, 0), vec![0., 1., 2., 3., 4., 9.]);
     }
 
     #[test]
@@ -472,15 +474,10 @@ mod tests {
         assert_eq!((c.batch_size(), c.len(), c.padding()), (1, 1, &[0][..]));
         assert!(c.capacity() >= 4);
         let (k, v) = c.append(0, &kv(1, 1, 7.), &kv(1, 1, 7.)).unwrap();
-        let at = |t: &Tensor, slot: usize| -> f32 {
-            t.narrow(2, slot, 1)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap()[0]
-        };
-        assert_eq!((at(&k, 0), at(&v, 0), at(&k, 1)), (2., 3., 7.));
+        assert_eq!(
+            (slot_values(&k, 0), slot_values(&v, 0)),
+            (vec![2., 7.], vec![3., 7.])
+        );
         // The source is untouched by writes to the copy.
         assert_eq!(j.seq_lens(), vec![2, 1]);
         assert!(j.copy_row(1, 2, 4).is_err());
@@ -498,17 +495,6 @@ mod tests {
         assert_eq!(j.seq_lens(), vec![2, 0]);
         let (k, _) = j.append(0, &kv(2, 1, 5.), &kv(2, 1, 5.)).unwrap();
         assert_eq!(k.dims(), &[2, 2, 3, 4]);
-        let row0: Vec<f32> = k
-            .narrow(0, 0, 1)
-            .unwrap()
-            .narrow(1, 0, 1)
-            .unwrap()
-            .narrow(3, 0, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        assert_eq!(row0, vec![1., 1., 5.]);
+        assert_eq!(slot_values(&k, 0), vec![1., 1., 5.]);
     }
 }
