@@ -519,6 +519,12 @@ def the_next_turn_reuses_the_cached_conversation():
     assert r1.usage.prompt_tokens <= cached < r2.usage.prompt_tokens, (r1.usage, r2.usage)
     assert metrics()["swarm_prefix_cache_hits_total"] >= hits + 1
     assert r2.choices[0].message.content, r2
+    # The same conversation through the Responses API renders the same prompt: its usage
+    # reports the reuse as input_tokens_details.
+    r3 = client.responses.create(model="swarm", instructions=system["content"],
+                                 input=turn2[1:], max_output_tokens=16, temperature=0)
+    assert r3.usage.input_tokens == r2.usage.prompt_tokens, (r3.usage, r2.usage)
+    assert r3.usage.input_tokens_details.cached_tokens >= cached, r3.usage
 
 
 @check
