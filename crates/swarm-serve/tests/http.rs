@@ -215,6 +215,10 @@ fn state() -> AppState {
     state_with(ScriptedEngine::default(), ServerConfig::default()).0
 }
 
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
 fn post(path: &str, body: Value) -> Request<Body> {
     Request::post(path)
         .header("content-type", "application/json")
@@ -273,11 +277,7 @@ fn sse_chunks(body: &[u8]) -> Vec<Value> {
 
 #[tokio::test]
 async fn lists_router_skills_and_elites() {
-    let (s, _, v) = send_json(
-        &state(),
-        Request::get("/v1/models").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (s, _, v) = send_json(&state(), get("/v1/models")).await;
     assert_eq!(s, 200);
     let ids: Vec<&str> = v["data"]
         .as_array()
@@ -298,13 +298,7 @@ async fn lists_router_skills_and_elites() {
     assert_eq!(v["data"][3]["parent"], "toy-base");
     assert_eq!(v["data"][3]["owned_by"], "toy");
     assert_eq!(v["data"][3]["swarm"]["scores"]["coding"], 0.9);
-    let (s, _, v) = send_json(
-        &state(),
-        Request::get("/v1/models/swarm/coding")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = send_json(&state(), get("/v1/models/swarm/coding")).await;
     assert_eq!(
         (s, v["id"].as_str()),
         (StatusCode::OK, Some("swarm/coding"))
@@ -951,20 +945,10 @@ async fn errors_use_the_envelope() {
     assert_eq!(s, 413);
     assert_eq!(v["error"]["param"], "prompt");
 
-    let (s, _, v) = send_json(
-        &st,
-        Request::get("/v2/nothing").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (s, _, v) = send_json(&st, get("/v2/nothing")).await;
     assert_eq!(s, 404);
     assert_envelope(&v, "invalid_request_error");
-    let (s, _, v) = send_json(
-        &st,
-        Request::get("/v1/chat/completions")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = send_json(&st, get("/v1/chat/completions")).await;
     assert_eq!(s, 405);
     assert_envelope(&v, "invalid_request_error");
 }
@@ -1001,7 +985,7 @@ async fn api_keys() {
     assert_envelope(&v, "authentication_error");
     assert_eq!(send_json(&st, models(Some("Bearer sk-bad"))).await.0, 401);
     assert_eq!(send_json(&st, models(Some("Bearer sk-good"))).await.0, 200);
-    let (s, _, _) = send(&st, Request::get("/health").body(Body::empty()).unwrap()).await;
+    let (s, _, _) = send(&st, get("/health")).await;
     assert_eq!(s, 200);
 }
 
@@ -1048,7 +1032,7 @@ async fn loading_gives_503_and_ready_follows() {
     let engine = ScriptedEngine::default();
     engine.not_ready.store(true, Ordering::SeqCst);
     let (st, engine) = state_with(engine, ServerConfig::default());
-    let (s, h, v) = send_json(&st, Request::get("/ready").body(Body::empty()).unwrap()).await;
+    let (s, h, v) = send_json(&st, get("/ready")).await;
     assert_eq!(s, 503);
     assert!(h.contains_key("retry-after"));
     assert_envelope(&v, "server_error");
@@ -1061,19 +1045,9 @@ async fn loading_gives_503_and_ready_follows() {
     )
     .await;
     assert_eq!(s, 503);
-    assert_eq!(
-        send(&st, Request::get("/health").body(Body::empty()).unwrap())
-            .await
-            .0,
-        200
-    );
+    assert_eq!(send(&st, get("/health")).await.0, 200);
     engine.not_ready.store(false, Ordering::SeqCst);
-    assert_eq!(
-        send(&st, Request::get("/ready").body(Body::empty()).unwrap())
-            .await
-            .0,
-        200
-    );
+    assert_eq!(send(&st, get("/ready")).await.0, 200);
 }
 
 /// Opens a stream on `path`, reads its first event (which holds `first`) and one more, then
@@ -1102,7 +1076,7 @@ async fn drop_a_stream(path: &str, body: Value, first: &str) -> String {
     assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
     assert_eq!(engine.finished.load(Ordering::SeqCst), 0);
     assert_eq!(st.queue_depth(), 0);
-    let (_, _, metrics) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let (_, _, metrics) = send(&st, get("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert!(metrics.contains("swarm_cancelled_total 1"), "{metrics}");
     metrics
@@ -1152,7 +1126,7 @@ async fn metrics_count_requests_by_route_status_and_elite() {
         ),
     )
     .await;
-    let (s, h, b) = send(&st, Request::get("/metrics").body(Body::empty()).unwrap()).await;
+    let (s, h, b) = send(&st, get("/metrics")).await;
     assert_eq!(s, 200);
     assert!(h["content-type"]
         .to_str()
@@ -1200,11 +1174,7 @@ async fn cors_preflight() {
 
 #[tokio::test]
 async fn request_ids_are_generated_when_absent() {
-    let (_, h, _) = send(
-        &state(),
-        Request::get("/health").body(Body::empty()).unwrap(),
-    )
-    .await;
+    let (_, h, _) = send(&state(), get("/health")).await;
     assert!(h["x-request-id"].to_str().unwrap().starts_with("req-"));
 }
 
@@ -1264,13 +1234,7 @@ async fn responses_answer_with_output_items() {
     .await;
     assert_eq!(s, 404, "{v}");
     // Nothing is stored: a stored response is a 404 that says so.
-    let (s, _, v) = send_json(
-        &state(),
-        Request::get("/v1/responses/resp_1")
-            .body(Body::empty())
-            .unwrap(),
-    )
-    .await;
+    let (s, _, v) = send_json(&state(), get("/v1/responses/resp_1")).await;
     assert_eq!(s, 404, "{v}");
     assert!(
         v["error"]["message"]
