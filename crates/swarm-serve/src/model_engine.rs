@@ -197,7 +197,8 @@ struct Seq {
     deadline: Option<Instant>,
     /// The token sampled last, to feed at the next decode step.
     next: u32,
-    /// Prompt tokens taken from the prefix cache.
+    /// Prompt tokens taken from the prefix cache (while waiting for admission: how many it
+    /// could take).
     cached: usize,
     /// Left the batch; `completed` when it ended with `Done` (not failed or cancelled), which
     /// is when its keys and values are worth keeping.
@@ -613,11 +614,14 @@ impl Scheduler {
         let mut pinned: Vec<String> = Vec::new();
         let mut passed_over = VecDeque::new();
         while free > 0 {
-            let Some((elite, seq)) = self.waiting.pop_front() else {
+            let Some((elite, mut seq)) = self.waiting.pop_front() else {
                 break;
             };
-            // A prompt that continues a cached sequence prefills only the rest.
-            let to_prefill = seq.prompt.len() - self.prefix.reusable(&elite, &seq.prompt);
+            // A prompt that continues a cached sequence prefills only the rest (the scan is
+            // done once here; the entry itself is looked up again at its prefill, since
+            // sequences that finish in the prefills before it can change the cache).
+            seq.cached = self.prefix.reusable(&elite, &seq.prompt);
+            let to_prefill = seq.prompt.len() - seq.cached;
             if !admitted.is_empty() && to_prefill > budget {
                 self.waiting.push_front((elite, seq));
                 break;
@@ -683,9 +687,8 @@ impl Scheduler {
             let dense = self.elites.is_resident(&elite);
             // Prompts that continue a cached sequence run one by one from its copy; the
             // others are prefilled together.
-            let (continued, fresh): (Vec<Seq>, Vec<Seq>) = seqs
-                .into_iter()
-                .partition(|s| self.prefix.reusable(&elite, &s.prompt) > 0);
+            let (continued, fresh): (Vec<Seq>, Vec<Seq>) =
+                seqs.into_iter().partition(|s| s.cached > 0);
             for seq in continued {
                 let group = Group {
                     elite: elite.clone(),
@@ -765,6 +768,7 @@ impl Scheduler {
         };
         let capacity = (seq.prompt.len() + seq.max_new).min(self.max_positions);
         let Some((prefix, reused)) = self.prefix.lookup(&group.elite, &seq.prompt) else {
+            seq.cached = 0;
             self.prefill(vec![group], factored);
             return;
         };
