@@ -313,7 +313,9 @@ async fn run_async(
             path: options.addr.to_string(),
             source,
         })?;
-    tracing::info!(addr = %options.addr, serving, "serving (503 on /ready until loaded)");
+    // The bound address, not the asked one: `--port 0` takes a free port, and this says which.
+    let addr = listener.local_addr().unwrap_or(options.addr);
+    tracing::info!(%addr, serving, "serving (503 on /ready until loaded)");
     let drain_timeout = options.drain_timeout;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(serve(listener, state, async move {

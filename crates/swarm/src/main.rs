@@ -72,9 +72,13 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Colours only for a person at a terminal: a log sent to a file or a pipe stays plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .with_target(false)
         .init();
     let result = match &cli.command {
