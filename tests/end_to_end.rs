@@ -58,9 +58,9 @@ fn path_str(path: &Path) -> Result<&str, Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
 }
 
-/// `swarm bootstrap --preset micro` into `dir/world`, then a three-generation CycleQD run on
-/// it into `dir/agent`: the swarm directory `swarm serve` and `swarm export` read.
-fn micro_swarm(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+/// `swarm bootstrap --preset micro` into `dir/world`, and a run config of three CycleQD
+/// generations on it (`dir/micro.toml`) whose swarm goes to `dir/agent`. Returns the config.
+fn micro_world_and_config(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let world = dir.join("world");
     run_ok(&[
         "bootstrap",
@@ -71,7 +71,6 @@ fn micro_swarm(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
         "--no-eval",
         "--quiet",
     ])?;
-    let agent = dir.join("agent");
     let config = dir.join("micro.toml");
     let experts: String = ["coding", "database", "os"]
         .iter()
@@ -98,15 +97,17 @@ fn micro_swarm(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
              {experts}\n{skills}\n[qd]\ngenerations = 3\n\n[model]\nrank = 4\n\
              max_new_tokens = 8\n\n[baselines]\nenabled = false\n",
             dir.join("run"),
-            agent,
+            dir.join("agent"),
             world.join("base"),
         ),
     )?;
-    let printed = run_ok(&["evolve", "--config", path_str(&config)?, "--quiet"])?;
-    assert!(
-        printed.contains("3 generations done"),
-        "evolve's summary: {printed}"
-    );
+    Ok(config)
+}
+
+/// Checks what `swarm evolve` leaves behind in `dir` (see [`micro_world_and_config`]) and
+/// returns the swarm directory.
+fn assert_evolved(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let agent = dir.join("agent");
     for file in ["swarm.json", "genomes.safetensors", "factors.safetensors"] {
         assert!(agent.join(file).is_file(), "evolve wrote no {file}");
     }
@@ -117,6 +118,20 @@ fn micro_swarm(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
     Ok(agent)
 }
 
+/// The elite ids of a swarm directory, as its `swarm.json` lists them.
+fn elite_ids(agent: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(agent.join("swarm.json"))?)?;
+    let ids: Vec<String> = manifest["elites"]
+        .as_array()
+        .ok_or("swarm.json has no elites")?
+        .iter()
+        .filter_map(|elite| elite["id"].as_str().map(str::to_string))
+        .collect();
+    assert!(!ids.is_empty(), "the swarm has no elites: {manifest}");
+    Ok(ids)
+}
+
 /// A running `swarm serve`, stopped with SIGTERM when dropped if the test has not.
 struct Server {
     child: Child,
@@ -125,10 +140,11 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `swarm serve` on a free port and waits until `/ready` answers 200.
-    fn start(args: &[&str]) -> Result<Server, Box<dyn std::error::Error>> {
+    /// Starts `swarm <command>` (`serve` or `up`) on a free port and waits until `/ready`
+    /// answers 200.
+    fn start(command: &str, args: &[&str]) -> Result<Server, Box<dyn std::error::Error>> {
         let mut child = swarm()
-            .arg("serve")
+            .arg(command)
             .args(["--port", "0"])
             .args(args)
             .stdout(Stdio::null())
@@ -147,7 +163,7 @@ impl Server {
         let addr = loop {
             let line = log
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .map_err(|_| "swarm serve printed no address in 120 s")?;
+                .map_err(|_| "the server printed no address in 120 s")?;
             if let Some(addr) = line
                 .split_whitespace()
                 .find_map(|word| word.strip_prefix("addr="))
@@ -158,7 +174,7 @@ impl Server {
         let server = Server { child, addr, log };
         while server.get("/ready")?.status != 200 {
             if Instant::now() > deadline {
-                return Err("swarm serve was not ready in 120 s".into());
+                return Err("the server was not ready in 120 s".into());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -183,7 +199,7 @@ impl Server {
                 return Ok(status);
             }
             if Instant::now() > deadline {
-                return Err("swarm serve did not exit within 60 s of SIGTERM".into());
+                return Err("the server did not exit within 60 s of SIGTERM".into());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -267,18 +283,19 @@ fn http(
 #[test]
 fn a_micro_world_is_evolved_served_and_exported() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let agent = micro_swarm(dir.path())?;
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(agent.join("swarm.json"))?)?;
-    let elites: Vec<&str> = manifest["elites"]
-        .as_array()
-        .ok_or("swarm.json has no elites")?
-        .iter()
-        .filter_map(|elite| elite["id"].as_str())
-        .collect();
-    assert!(!elites.is_empty(), "the swarm has no elites: {manifest}");
+    let config = micro_world_and_config(dir.path())?;
+    let printed = run_ok(&["evolve", "--config", path_str(&config)?, "--quiet"])?;
+    assert!(
+        printed.contains("3 generations done"),
+        "evolve's summary: {printed}"
+    );
+    let agent = assert_evolved(dir.path())?;
+    let elites = elite_ids(&agent)?;
 
-    let server = Server::start(&["--swarm", path_str(&agent)?, "--max-tokens-limit", "64"])?;
+    let server = Server::start(
+        "serve",
+        &["--swarm", path_str(&agent)?, "--max-tokens-limit", "64"],
+    )?;
 
     // The router, one entry per skill and every elite of swarm.json.
     let models = server.get("/v1/models")?;
@@ -291,7 +308,7 @@ fn a_micro_world_is_evolved_served_and_exported() -> TestResult {
         .collect();
     for id in ["swarm", "swarm/coding", "swarm/database", "swarm/os"]
         .into_iter()
-        .chain(elites.iter().copied())
+        .chain(elites.iter().map(String::as_str))
     {
         assert!(listed.iter().any(|l| l == id), "{id} not in {listed:?}");
     }
@@ -310,7 +327,7 @@ fn a_micro_world_is_evolved_served_and_exported() -> TestResult {
     let answer = chat.json()?;
     let served = answer["model"].as_str().ok_or("no model in the answer")?;
     assert!(
-        elites.contains(&served),
+        elites.iter().any(|e| e == served),
         "{served} is not an elite of the swarm"
     );
     assert_eq!(chat.header("x-swarm-elite"), Some(served));
@@ -376,6 +393,49 @@ fn a_micro_world_is_evolved_served_and_exported() -> TestResult {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
     assert_eq!(std::fs::read(export.join("model.safetensors"))?, before);
+    Ok(())
+}
+
+#[test]
+fn up_evolves_the_config_then_serves_its_swarm() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = micro_world_and_config(dir.path())?;
+    let server = Server::start("up", &["--config", path_str(&config)?, "--quiet"])?;
+    let agent = assert_evolved(dir.path())?;
+    let chat = server.post(
+        "/v1/chat/completions",
+        &serde_json::json!({
+            "messages": [{"role": "user", "content": "ls -la"}],
+            "max_tokens": 4,
+        }),
+    )?;
+    assert_eq!(chat.status, 200, "{}", chat.body);
+    let served = chat.header("x-swarm-elite").ok_or("no x-swarm-elite")?;
+    assert!(
+        elite_ids(&agent)?.iter().any(|e| e == served),
+        "{served} is not an elite of {}",
+        agent.display()
+    );
+    let status = server.terminate()?;
+    assert!(
+        status.success(),
+        "swarm up exited with {status} after SIGTERM"
+    );
+
+    // Once the swarm is there, `up` serves it as it is: nothing is evolved again.
+    let genomes = std::fs::read(agent.join("genomes.safetensors"))?;
+    let again = run(&[
+        "up",
+        "--config",
+        path_str(&config)?,
+        "--no-serve",
+        "--quiet",
+    ])?;
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{said}");
+    assert!(said.contains("[2/3] swarm: found"), "{said}");
+    assert!(said.contains("not the toy world's"), "{said}");
+    assert_eq!(std::fs::read(agent.join("genomes.safetensors"))?, genomes);
     Ok(())
 }
 
