@@ -439,6 +439,62 @@ fn up_evolves_the_config_then_serves_its_swarm() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn a_merge_is_scored_by_eval() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    micro_world_and_config(dir.path())?;
+    let world = dir.path().join("world");
+    let merge = dir.path().join("ties.yaml");
+    std::fs::write(
+        &merge,
+        format!(
+            "merge_method: ties\nbase_model: {base:?}\nmodels:\n\
+             \x20 - model: {coding:?}\n    parameters: {{weight: 1.0, density: 0.5}}\n\
+             \x20 - model: {os:?}\n    parameters: {{weight: 1.0, density: 0.5}}\n\
+             parameters: {{normalize: true}}\ndtype: float32\n",
+            base = world.join("base"),
+            coding = world.join("coding"),
+            os = world.join("os"),
+        ),
+    )?;
+    let merged = dir.path().join("merged");
+    let printed = run_ok(&["merge", path_str(&merge)?, "--out", path_str(&merged)?])?;
+    assert!(printed.contains("(ties)"), "merge's summary: {printed}");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(merged.join(file).is_file(), "the merge has no {file}");
+    }
+
+    // The merged model, scored by running what it writes in the sandbox.
+    let episodes = dir.path().join("episodes.jsonl");
+    run_ok(&[
+        "eval",
+        "--model",
+        path_str(&merged)?,
+        "--skill",
+        "os",
+        "--limit",
+        "3",
+        "--max-tokens",
+        "16",
+        "--out",
+        path_str(&episodes)?,
+    ])?;
+    let rows: Vec<Value> = std::fs::read_to_string(&episodes)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row["skill"], "os");
+        assert!(
+            row["passed"].is_boolean() && row["score"].is_number(),
+            "{row}"
+        );
+        assert!(row["reason"].is_string(), "{row}");
+    }
+    Ok(())
+}
+
 /// Asserts that `swarm args...` failed with `code` and a message containing each of `needles`,
 /// without a panic.
 fn assert_refused(args: &[&str], code: i32, needles: &[&str]) -> TestResult {
