@@ -191,8 +191,18 @@ impl Server {
 
     /// SIGTERM, then the exit status: a drained server exits on its own.
     fn terminate(mut self) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
+        self.signal_term()?;
+        self.wait_for_exit()
+    }
+
+    fn signal_term(&self) -> TestResult {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;
+        Ok(())
+    }
+
+    /// Waits (60 s at most) for the server to exit, and returns how.
+    fn wait_for_exit(&mut self) -> Result<std::process::ExitStatus, Box<dyn std::error::Error>> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -205,9 +215,15 @@ impl Server {
         }
     }
 
-    /// The log lines printed so far.
-    fn log_lines(&self) -> Vec<String> {
+    /// The log lines printed so far and not read yet.
+    fn log_so_far(&self) -> Vec<String> {
         self.log.try_iter().collect()
+    }
+
+    /// The log lines not read yet, to the end: call once the server has exited (the reader
+    /// sees the end of the pipe then).
+    fn log_to_end(&self) -> Vec<String> {
+        self.log.iter().collect()
     }
 }
 
@@ -346,7 +362,7 @@ fn a_micro_world_is_evolved_served_and_exported() -> TestResult {
     assert_eq!(refused.json()?["error"]["param"], "max_tokens");
 
     // SIGTERM drains and exits cleanly.
-    let log_before_stop = server.log_lines();
+    let log_before_stop = server.log_so_far();
     let status = server.terminate()?;
     assert!(
         status.success(),
@@ -492,6 +508,120 @@ fn a_merge_is_scored_by_eval() -> TestResult {
         );
         assert!(row["reason"].is_string(), "{row}");
     }
+    Ok(())
+}
+
+/// Reads one chunk of an HTTP/1.1 chunked body; `None` at its end.
+fn read_chunk(reader: &mut impl BufRead) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let mut size_line = String::new();
+    reader.read_line(&mut size_line)?;
+    let size = usize::from_str_radix(size_line.trim(), 16)
+        .map_err(|e| format!("chunk size {size_line:?}: {e}"))?;
+    let mut chunk = vec![0; size + 2];
+    reader.read_exact(&mut chunk)?;
+    chunk.truncate(size);
+    Ok((size > 0).then(|| String::from_utf8_lossy(&chunk).into_owned()))
+}
+
+#[test]
+fn sigterm_lets_a_running_stream_finish_and_refuses_new_work() -> TestResult {
+    // SmolLM2 (what CI's setup caches) is slow enough on the CPU that an answer of 48 tokens
+    // is still being written when the signal comes.
+    let server = Server::start("serve", &["--model", "smollm2"])?;
+    let body = serde_json::json!({
+        "messages": [{"role": "user", "content": "Count from 1 to 100."}],
+        "max_tokens": 48,
+        "temperature": 0,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        // Never end early: SmolLM2's <|endoftext|> (0) and <|im_end|> (2) are banned.
+        "logit_bias": {"0": -100, "2": -100},
+    })
+    .to_string();
+    let mut stream = TcpStream::connect(server.addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        server.addr,
+        body.len()
+    )?;
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        if reader.read_line(&mut head)? == 0 {
+            return Err(format!("the connection closed in the headers: {head:?}").into());
+        }
+    }
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "{head}"
+    );
+
+    // The first token has come: now the signal.
+    let mut events = String::new();
+    while !events.contains("\"content\"") {
+        events.push_str(&read_chunk(&mut reader)?.ok_or("the stream ended before a token")?);
+    }
+    server.signal_term()?;
+
+    // New work is refused while the stream runs on: the listener is closed (connection
+    // refused), or a connection that got in is answered 503.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match server.get("/ready") {
+            Err(_) => break,
+            Ok(response) if response.status == 503 => break,
+            Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(response) => {
+                return Err(format!("/ready still {} after SIGTERM", response.status).into())
+            }
+        }
+    }
+
+    // The running stream is not cut: every token, the usage chunk and [DONE].
+    while let Some(chunk) = read_chunk(&mut reader)? {
+        events.push_str(&chunk);
+    }
+    let data: Vec<&str> = events
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .collect();
+    assert_eq!(data.last(), Some(&"[DONE]"), "{events}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d))
+        .collect::<Result<_, _>>()?;
+    let usage = chunks
+        .iter()
+        .find_map(|c| c.get("usage").filter(|u| !u.is_null()))
+        .ok_or("no usage chunk")?;
+    assert_eq!(usage["completion_tokens"], 48, "{events}");
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "length"),
+        "{events}"
+    );
+
+    let mut server = server;
+    let status = server.wait_for_exit()?;
+    assert!(status.success(), "swarm serve exited with {status}");
+    // The signal came while the answer was being written, and the drain waited for it.
+    let log = server.log_to_end();
+    let at = |text: &str| log.iter().position(|line| line.contains(text));
+    let (draining, finished, bye) = (
+        at("draining running requests"),
+        at("stream finished"),
+        at("drained; bye"),
+    );
+    assert!(
+        draining.is_some() && draining < finished && finished < bye,
+        "{log:#?}"
+    );
     Ok(())
 }
 
