@@ -228,11 +228,13 @@ fn metric_route(path: &str) -> &'static str {
     match path {
         "/v1/chat/completions" => "/v1/chat/completions",
         "/v1/completions" => "/v1/completions",
+        "/v1/responses" => "/v1/responses",
         "/v1/models" => "/v1/models",
         "/health" => "/health",
         "/ready" => "/ready",
         "/metrics" => "/metrics",
         p if p.starts_with("/v1/models/") => "/v1/models/{id}",
+        p if p.starts_with("/v1/responses/") => "/v1/responses/{id}",
         _ => "other",
     }
 }
@@ -408,13 +410,26 @@ pub(crate) struct CancelGuard {
     pub metrics: Arc<Metrics>,
     pub finished: bool,
     pub request_id: String,
+    /// Where a request the client abandons is counted: route, elite, and since when.
+    pub route: &'static str,
+    pub elite: String,
+    pub start: Instant,
 }
+
+/// The status an abandoned request is counted under: nginx's "client closed request".
+pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if !self.finished {
             tracing::info!(id = %self.request_id, "client went away: generation cancelled");
             self.metrics.cancelled();
+            self.metrics.request(
+                self.route,
+                CLIENT_CLOSED_REQUEST,
+                &self.elite,
+                self.start.elapsed().as_secs_f64(),
+            );
         }
     }
 }
@@ -484,6 +499,9 @@ async fn generate(
         metrics: state.metrics.clone(),
         finished: false,
         request_id: request_id.clone(),
+        route: endpoint.route(),
+        elite: route.elite.clone(),
+        start,
     };
     // Every job first reports its prompt (or why it was refused): refusals keep their status.
     // Usage counts each prompt once, however many choices it has.
@@ -547,14 +565,9 @@ async fn generate(
             }
         };
         set_elite(&mut response, &route.elite);
+        // The stream counts the request when it ends: its status may still turn to an
+        // error's, and its latency runs to the last byte.
         response.extensions_mut().insert(Streamed);
-        // The stream records latency and tokens when it ends; count the request now.
-        state.metrics.request(
-            endpoint.route(),
-            200,
-            &route.elite,
-            start.elapsed().as_secs_f64(),
-        );
         return Ok(response);
     }
     let collect = collect_all(&ctx, receivers);
@@ -567,7 +580,15 @@ async fn generate(
     };
     guard.finished = true;
     drop(permit);
-    let collected = result.map_err(|f| failure_to_api(f, endpoint, timeout))?;
+    let collected = match result {
+        Ok(collected) => collected,
+        Err(failure) => {
+            // The elite ran: its timeout or failure is counted under it, and named.
+            let mut response = failure_to_api(failure, endpoint, timeout).into_response();
+            set_elite(&mut response, &route.elite);
+            return Ok(response);
+        }
+    };
     let usage = Usage::new(
         prompt_tokens as u64,
         collected.completion_tokens as u64,

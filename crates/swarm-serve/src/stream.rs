@@ -217,6 +217,9 @@ impl StreamTally {
                 metrics: ctx.metrics.clone(),
                 finished: false,
                 request_id,
+                route: ctx.endpoint.route(),
+                elite: ctx.elite.clone(),
+                start: ctx.start,
             },
         }
     }
@@ -246,7 +249,9 @@ impl StreamTally {
         )
     }
 
-    /// The stream ended with `status` (200, or an error's sent as the last event).
+    /// The stream ended with `status` (200, or an error's sent as the last event): the
+    /// request is counted under it (the 200 of the headers said only that it began), with
+    /// its latency to the last event.
     pub fn finish(&mut self, status: u16) {
         self.ended = true;
         self.guard.finished = true;
@@ -255,10 +260,12 @@ impl StreamTally {
             self.prompt_tokens as u64,
             self.completion_tokens as u64,
         );
-        if status != 200 {
-            // Counted once more under the failing status: the 200 went out with the headers.
-            self.metrics.request(self.route, status, &self.elite, 0.0);
-        }
+        self.metrics.request(
+            self.route,
+            status,
+            &self.elite,
+            self.start.elapsed().as_secs_f64(),
+        );
         tracing::info!(
             elite = %self.elite, completion_tokens = self.completion_tokens,
             seconds = self.start.elapsed().as_secs_f64(), route = self.route, "stream finished"

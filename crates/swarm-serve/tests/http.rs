@@ -114,6 +114,11 @@ impl Engine for ScriptedEngine {
                     cancelled.fetch_add(1, Ordering::SeqCst);
                     return;
                 }
+                // Past the request's deadline the job stops, as the real engine's do.
+                if job.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    let _ = tx.send(Event::Failed(Failure::Timeout));
+                    return;
+                }
                 state = state
                     .wrapping_mul(6_364_136_223_846_793_005)
                     .wrapping_add(1);
@@ -1079,6 +1084,17 @@ async fn drop_a_stream(path: &str, body: Value, first: &str) -> String {
     let (_, _, metrics) = send(&st, get("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics).into_owned();
     assert!(metrics.contains("swarm_cancelled_total 1"), "{metrics}");
+    // Counted once, under nginx's 499 (client closed request), not under the 200 that the
+    // headers carried.
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("swarm_requests_total{") && l.contains(path))
+        .collect();
+    assert_eq!(counted.len(), 1, "{metrics}");
+    assert!(
+        counted[0].contains(r#"status="499""#) && counted[0].ends_with(" 1"),
+        "{metrics}"
+    );
     metrics
 }
 
@@ -1111,6 +1127,12 @@ async fn dropping_a_plain_request_cancels_generation() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(engine.cancelled.load(Ordering::SeqCst), 1);
+    let (_, _, metrics) = send(&st, get("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"swarm_requests_total{route="/v1/chat/completions",status="499","#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -1126,6 +1148,8 @@ async fn metrics_count_requests_by_route_status_and_elite() {
         ),
     )
     .await;
+    let body = json!({"model": "elite-sql", "input": "x", "max_output_tokens": 2});
+    send(&st, post("/v1/responses", body)).await;
     let (s, h, b) = send(&st, get("/metrics")).await;
     assert_eq!(s, 200);
     assert!(h["content-type"]
@@ -1145,9 +1169,85 @@ async fn metrics_count_requests_by_route_status_and_elite() {
         ),
         "{text}"
     );
-    assert!(text.contains(r#"swarm_completion_tokens_total{elite="elite-sql"} 2"#));
+    assert!(text.contains(r#"swarm_completion_tokens_total{elite="elite-sql"} 4"#));
+    assert!(
+        text.contains(
+            r#"swarm_requests_total{route="/v1/responses",status="200",elite="elite-sql"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains(r#"route="other""#), "{text}");
     assert!(text.contains("swarm_time_to_first_token_seconds_count"));
     assert!(text.contains("swarm_elites_resident 1"));
+}
+
+#[tokio::test]
+async fn a_request_is_counted_once_with_its_final_status_and_elite() {
+    let (st, _) = state_with(
+        ScriptedEngine {
+            delay_ms: 20,
+            ..Default::default()
+        },
+        ServerConfig {
+            request_timeout: Some(Duration::from_millis(150)),
+            ..Default::default()
+        },
+    );
+    let ask = |max_tokens: u64, stream: bool| {
+        post(
+            "/v1/chat/completions",
+            json!({"model": "elite-sql", "messages": [{"role": "user", "content": "x"}],
+                   "max_tokens": max_tokens, "stream": stream}),
+        )
+    };
+    // Past the deadline: a 504 that names the elite that ran.
+    let (s, h, v) = send_json(&st, ask(50, false)).await;
+    assert_eq!(s, 504, "{v}");
+    assert_envelope(&v, "timeout_error");
+    assert_eq!(h["x-swarm-elite"], "elite-sql");
+    // A stream's headers went out with 200; it ends with the timeout's error event.
+    let (s, _, b) = send(&st, ask(50, true)).await;
+    assert_eq!(s, 200);
+    let last = sse_data(&b);
+    assert!(last.iter().any(|d| d.contains("timeout_error")), "{last:?}");
+    // A stream that ends well, after about 40 ms.
+    let (s, _, _) = send(&st, ask(2, true)).await;
+    assert_eq!(s, 200);
+
+    let (_, _, b) = send(&st, get("/metrics")).await;
+    let text = String::from_utf8_lossy(&b);
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in {text}"))
+            .to_string()
+    };
+    // Each request once: the timed-out stream under 504 (not also under 200).
+    assert_eq!(
+        line(
+            r#"swarm_requests_total{route="/v1/chat/completions",status="504",elite="elite-sql"}"#
+        ),
+        r#"swarm_requests_total{route="/v1/chat/completions",status="504",elite="elite-sql"} 2"#
+    );
+    assert_eq!(
+        line(
+            r#"swarm_requests_total{route="/v1/chat/completions",status="200",elite="elite-sql"}"#
+        ),
+        r#"swarm_requests_total{route="/v1/chat/completions",status="200",elite="elite-sql"} 1"#
+    );
+    assert_eq!(
+        line(r#"swarm_request_duration_seconds_count{route="/v1/chat/completions"}"#),
+        r#"swarm_request_duration_seconds_count{route="/v1/chat/completions"} 3"#
+    );
+    // Latency runs to the end of each stream: the two 150 ms timeouts and the short stream
+    // add up to at least 0.3 s (a count at the headers would be near 0).
+    let sum: f64 = line(r#"swarm_request_duration_seconds_sum{route="/v1/chat/completions"}"#)
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(sum >= 0.3, "{sum}");
 }
 
 #[tokio::test]
