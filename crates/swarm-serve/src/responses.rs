@@ -46,11 +46,21 @@ pub struct ResponsesEcho {
 
 impl ResponsesEcho {
     /// An error about the chat request as one about the Responses request: `messages[k]...`
-    /// names the field message `k` came from, bare `messages` is `input`.
+    /// names the field message `k` came from, bare `messages` is `input`, and the chat
+    /// fields this API calls otherwise take its names, in `param` and in the message.
     pub fn name_fields(&self, mut e: ApiError) -> ApiError {
+        for (chat, responses) in RENAMED {
+            e.message = e
+                .message
+                .replace(&format!("`{chat}`"), &format!("`{responses}`"));
+        }
         let Some(param) = e.param.as_deref() else {
             return e;
         };
+        if let Some((_, responses)) = RENAMED.iter().find(|(chat, _)| *chat == param) {
+            e.param = Some(responses.to_string());
+            return e;
+        }
         let Some(rest) = param.strip_prefix("messages") else {
             return e;
         };
@@ -71,6 +81,13 @@ impl ResponsesEcho {
         e
     }
 }
+
+/// Chat fields that [`to_chat_request`] fills from Responses fields of another name.
+const RENAMED: [(&str, &str); 3] = [
+    ("messages", "input"),
+    ("max_completion_tokens", "max_output_tokens"),
+    ("response_format", "text.format"),
+];
 
 /// Fields that only a server that stores responses, runs them in the background or hosts
 /// prompts could honour.
@@ -973,6 +990,19 @@ mod tests {
         assert_eq!(named("messages[3]"), "input[3]");
         assert_eq!(named("messages"), "input");
         assert_eq!(named("max_tokens"), "max_tokens");
+        assert_eq!(named("max_completion_tokens"), "max_output_tokens");
+        assert_eq!(named("response_format"), "text.format");
+        // The message speaks of the same fields.
+        let e = echo.name_fields(ApiError::invalid(
+            "max_completion_tokens",
+            "`max_completion_tokens` must be at least 1",
+        ));
+        assert_eq!(e.message, "`max_output_tokens` must be at least 1");
+        let e = echo.name_fields(ApiError::invalid(
+            "messages",
+            "`messages` must not be empty",
+        ));
+        assert_eq!(e.message, "`input` must not be empty");
     }
 
     #[test]

@@ -422,6 +422,13 @@ fn resolve_messages(
                 _ => {}
             }
         }
+        // Only an assistant turn may lack content (a turn of tool calls has none).
+        if role != "assistant" && m.content.as_ref().is_none_or(Value::is_null) {
+            return Err(ApiError::invalid(
+                format!("messages[{i}].content"),
+                format!("a `{}` message needs `content`", m.role),
+            ));
+        }
         let text = message_text(i, &m.content)?;
         if role == "tool" {
             let result = tool_response_text(&text);
@@ -863,6 +870,11 @@ mod tests {
         }
         let e = chat(r#"{"messages":[]}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages"));
+        for message in [r#"{"role":"user"}"#, r#"{"role":"system","content":null}"#] {
+            let e = chat(&format!(r#"{{"messages":[{message}]}}"#)).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("messages[0].content"), "{message}");
+            assert!(e.message.contains("needs `content`"), "{}", e.message);
+        }
         let e = chat(r#"{"messages":[{"role":"robot","content":"x"}]}"#).unwrap_err();
         assert_eq!(e.param.as_deref(), Some("messages[0].role"));
         let e = chat(
