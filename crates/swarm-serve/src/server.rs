@@ -390,16 +390,17 @@ pub fn failure_to_api(failure: Failure, endpoint: Endpoint, timeout: Option<Dura
     match failure {
         Failure::PromptTooLong { tokens, limit } => ApiError::too_large(
             Some(param),
-            format!("the prompt has {tokens} tokens; this model's limit is {limit} (prompt plus max_tokens)"),
+            format!(
+                "the prompt has {tokens} tokens; this model's context takes at most {limit} \
+                 (an answer that reaches the context's end stops there, finish_reason `length`)"
+            ),
         ),
         Failure::Invalid(m) => ApiError::invalid(param, m),
         Failure::InvalidField { param, message } => ApiError::invalid(param, message),
         Failure::InvalidToken(t) => {
             ApiError::invalid("prompt", format!("token id {t} is not in the vocabulary"))
         }
-        Failure::Timeout => {
-            ApiError::timeout(timeout.map(|t| t.as_secs_f64()).unwrap_or_default())
-        }
+        Failure::Timeout => ApiError::timeout(timeout.map(|t| t.as_secs_f64()).unwrap_or_default()),
         Failure::Unavailable(m) => ApiError::unavailable(m),
         Failure::Internal(m) => ApiError::internal(m),
     }

@@ -949,6 +949,11 @@ async fn errors_use_the_envelope() {
     let (s, _, v) = send_json(&st, post("/v1/completions", json!({"prompt": long}))).await;
     assert_eq!(s, 413);
     assert_eq!(v["error"]["param"], "prompt");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1500 tokens") && message.contains("at most 1000"),
+        "{message}"
+    );
 
     let (s, _, v) = send_json(&st, get("/v2/nothing")).await;
     assert_eq!(s, 404);
