@@ -756,6 +756,12 @@ fn bad_input_is_refused_with_a_message_that_names_it() -> TestResult {
         1,
         &["--elite-serving", "sometimes"],
     )?;
+    // Flags clap judges: its usage error, exit 2.
+    assert_refused(
+        &["generate", "--prompt", "hi", "--max-tokens", "0"],
+        2,
+        &["--max-tokens"],
+    )?;
     // A log filter that is not one: a usage error (exit 2), as clap's own.
     assert_refused(
         &["generate", "--log", "swarm=[", "--prompt", "hi"],

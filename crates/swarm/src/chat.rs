@@ -11,8 +11,9 @@ use crate::model_args::{LoadedModel, ModelArgs};
 /// Sampling flags shared by `chat` and `generate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SamplingArgs {
-    /// Most new tokens per answer.
-    #[arg(long, default_value_t = 256)]
+    /// Most new tokens per answer (at least 1).
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_tokens: usize,
     /// 0 is greedy (deterministic) decoding.
     #[arg(long, default_value_t = 0.0)]

@@ -30,8 +30,9 @@ pub struct EvalArgs {
     /// Seed of synthetic suites.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Most new tokens per answer.
-    #[arg(long, default_value_t = 256)]
+    /// Most new tokens per answer (at least 1).
+    #[arg(long, default_value_t = 256,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_tokens: usize,
     /// Conversations generated together in one batch.
     #[arg(long, default_value_t = 16)]
