@@ -625,6 +625,43 @@ fn sigterm_lets_a_running_stream_finish_and_refuses_new_work() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn chat_forgets_the_oldest_turns_when_the_context_is_full() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    micro_world_and_config(dir.path())?;
+    let base = dir.path().join("world/base");
+    // The micro model has 256 positions: three messages of 60 words overflow it, and one
+    // of 300 words cannot fit at all.
+    let message = "select ".repeat(60);
+    let input = format!(
+        "{message}\n{message}\n{message}\n{}\nbye\n",
+        "ls ".repeat(300)
+    );
+    let mut child = swarm()
+        .args(["chat", "--model", path_str(&base)?, "--max-tokens", "4"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("no stdin pipe")?
+        .write_all(input.as_bytes())?;
+    let output = child.wait_with_output()?;
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("the conversation outgrew the model's 256 positions: forgot its"),
+        "{said}"
+    );
+    assert!(said.contains("that message alone does not fit"), "{said}");
+    // Four answers (one line each, perhaps empty): three messages and "bye".
+    let answers = String::from_utf8_lossy(&output.stdout).lines().count();
+    assert!(answers >= 4, "{answers} answers");
+    Ok(())
+}
+
 /// Asserts that `swarm args...` failed with `code` and a message containing each of `needles`,
 /// without a panic.
 fn assert_refused(args: &[&str], code: i32, needles: &[&str]) -> TestResult {

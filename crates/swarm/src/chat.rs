@@ -205,11 +205,54 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
             _ => {}
         }
         messages.push(ChatMessage::user(line));
-        let ids = conversation_ids(&loaded, &messages)?;
+        let Some(ids) = fit_conversation(&loaded, &mut messages)? else {
+            messages.pop();
+            eprintln!(
+                "(that message alone does not fit in the model's {} positions; not sent)",
+                loaded.model.config().max_position_embeddings
+            );
+            continue;
+        };
         let reply = answer(&loaded, &mut session, &ids, &params, &mut stdout)?;
         messages.push(ChatMessage::assistant(reply));
     }
     Ok(())
+}
+
+/// The conversation's token ids, once it fits in the model's context with room for at least
+/// one new token: the oldest turns after the system prompt are forgotten until it does (and
+/// the user is told). `None` when even the last message alone, after the system prompt,
+/// does not fit.
+fn fit_conversation(
+    loaded: &LoadedModel,
+    messages: &mut Vec<ChatMessage>,
+) -> Result<Option<Vec<u32>>> {
+    let limit = loaded.model.config().max_position_embeddings;
+    let system = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    let mut forgotten = 0;
+    loop {
+        let ids = conversation_ids(loaded, messages)?;
+        if ids.len() < limit {
+            if forgotten > 0 {
+                eprintln!(
+                    "(the conversation outgrew the model's {limit} positions: forgot its \
+                     {forgotten} oldest messages)"
+                );
+            }
+            return Ok(Some(ids));
+        }
+        // Keep the system prompt and the new message; forget the oldest exchange between
+        // (a user message and the answers to it), so that the rest still opens with the user.
+        if messages.len() <= system + 1 {
+            return Ok(None);
+        }
+        messages.remove(system);
+        forgotten += 1;
+        while messages.len() > system + 1 && messages[system].role != "user" {
+            messages.remove(system);
+            forgotten += 1;
+        }
+    }
 }
 
 #[cfg(test)]
