@@ -205,7 +205,7 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
             _ => {}
         }
         messages.push(ChatMessage::user(line));
-        let Some(ids) = fit_conversation(&loaded, &mut messages)? else {
+        let Some(ids) = fit_conversation(&loaded, &mut messages, params.max_new_tokens)? else {
             messages.pop();
             eprintln!(
                 "(that message alone does not fit in the model's {} positions; not sent)",
@@ -219,20 +219,22 @@ pub fn run_chat(args: &ChatArgs) -> Result<()> {
     Ok(())
 }
 
-/// The conversation's token ids, once it fits in the model's context with room for at least
-/// one new token: the oldest turns after the system prompt are forgotten until it does (and
-/// the user is told). `None` when even the last message alone, after the system prompt,
-/// does not fit.
+/// The conversation's token ids, once it fits in the model's context with room for the
+/// answer (`max_tokens`, or half the context if that is less): the oldest turns after the
+/// system prompt are forgotten until it does (and the user is told). `None` when even the
+/// last message alone, after the system prompt, does not fit.
 fn fit_conversation(
     loaded: &LoadedModel,
     messages: &mut Vec<ChatMessage>,
+    max_tokens: usize,
 ) -> Result<Option<Vec<u32>>> {
     let limit = loaded.model.config().max_position_embeddings;
+    let room = max_tokens.clamp(1, (limit / 2).max(1));
     let system = usize::from(messages.first().is_some_and(|m| m.role == "system"));
     let mut forgotten = 0;
     loop {
         let ids = conversation_ids(loaded, messages)?;
-        if ids.len() < limit {
+        if ids.len() + room <= limit {
             if forgotten > 0 {
                 eprintln!(
                     "(the conversation outgrew the model's {limit} positions: forgot its \
