@@ -21,11 +21,22 @@ use serde_json::Value;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// Variables that say where things are (caches, data, tools): the binary under test keeps
+/// them. Every other `SWARM_*` variable is a setting that could change what a test sees.
+const LOCATIONS: [&str; 5] = [
+    "SWARM_CACHE_DIR",
+    "SWARM_DATA_DIR",
+    "SWARM_SMOLLM2_GGUF",
+    "SWARM_PYTHON",
+    "SWARM_BWRAP",
+];
+
 /// The binary under test, with a plain log (no colours) and no inherited settings.
 fn swarm() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_swarm"));
     for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("SWARM_") {
+        let name = key.to_string_lossy();
+        if name.starts_with("SWARM_") && !LOCATIONS.contains(&name.as_ref()) {
             command.env_remove(&key);
         }
     }
