@@ -118,6 +118,26 @@ fn held_out_accuracy_per_skill() {
         }
     }
     assert!(below.is_empty(), "under {TARGET}: {below:?}");
+    // Free-form requests, written by hand as people type them, with no prompt format of
+    // swarm-tasks. Reported, not held to the target: the synthetic training prompts do not
+    // reach them (docs/performance.md, "The router's classifier", has the numbers and what
+    // was tried); `--router-data` trains the router on a deployment's own requests.
+    let free_form = include_str!("data/free_form_requests.tsv");
+    for skill in Skill::ALL {
+        let texts: Vec<String> = free_form
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_once('\t'))
+            .filter(|(s, _)| *s == skill.name())
+            .map(|(_, t)| t.to_string())
+            .collect();
+        let (ok, n) = accuracy(&clf, skill, &texts);
+        println!(
+            "| free-form requests (hand-written; reported only) | as typed | {} | {:.1}% | {n} |",
+            skill.name(),
+            100.0 * ok as f64 / n.max(1) as f64
+        );
+    }
     // Speed: classify the whole synthetic test split.
     let started = Instant::now();
     for t in &test {
