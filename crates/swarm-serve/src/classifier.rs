@@ -13,6 +13,10 @@
 //! length, so a long schema or docstring weighs no more than a one-line question. Features
 //! are hashed into a fixed table (FNV-1a) so the model is a flat array whatever the
 //! vocabulary.
+//!
+//! For the synthetic skills, two such models are pooled: one trained on the skills' prompt
+//! formats, one on requests typed as people type them (`router_requests.tsv`); see
+//! [`SkillClassifier::with_requests`].
 
 use std::collections::BTreeMap;
 
@@ -46,6 +50,10 @@ pub struct SkillClassifier {
     /// `BUCKETS` rows of `skills.len()` weights (feature-major: a feature's weights for every
     /// skill are adjacent, one cache line per look-up).
     weights: Vec<f32>,
+    /// A second model of the same skills, trained on free-form requests: its posterior is
+    /// pooled with this one's (see [`SkillClassifier::with_requests`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    requests: Option<Box<SkillClassifier>>,
 }
 
 fn fnv1a(parts: &[&[u8]]) -> usize {
@@ -238,7 +246,25 @@ impl SkillClassifier {
             skills,
             bias: bias.into_iter().map(|b| b as f32).collect(),
             weights: v,
+            requests: None,
         })
+    }
+
+    /// Pools this classifier with `requests`, a classifier of the same skills trained on
+    /// free-form requests: the posterior becomes their normalised geometric mean (log-linear
+    /// pooling, equal weights). Why: a model trained on prompts of one form reads every
+    /// request it has not seen the like of as the skill whose prompts look plainest, and a
+    /// few dozen requests alone cannot learn the forms; pooled, each settles what it knows
+    /// and defers where it is unsure (docs/performance.md, "The router's classifier").
+    pub fn with_requests(mut self, requests: SkillClassifier) -> Result<Self> {
+        if requests.skills != self.skills {
+            return Err(ServeError::Config(format!(
+                "the requests' classifier knows the skills {:?}, not {:?}",
+                requests.skills, self.skills
+            )));
+        }
+        self.requests = Some(Box::new(requests));
+        Ok(self)
     }
 
     /// The skills known, in the order of [`SkillClassifier::mix`].
@@ -247,9 +273,22 @@ impl SkillClassifier {
     }
 
     /// The posterior over skills (sums to 1). With no features (empty text) it is the
-    /// softmax of the biases.
+    /// softmax of the biases (pooled with the requests' model's, if any).
     pub fn mix(&self, text: &str) -> Vec<(String, f64)> {
         let x = encode(text);
+        let mut posterior = self.posterior(&x);
+        if let Some(requests) = &self.requests {
+            // Log-linear pooling: the mean of the log-probabilities, normalised.
+            for (p, q) in posterior.iter_mut().zip(requests.posterior(&x)) {
+                *p = 0.5 * (p.max(f64::MIN_POSITIVE).ln() + q.max(f64::MIN_POSITIVE).ln());
+            }
+            softmax(&mut posterior);
+        }
+        self.skills.iter().cloned().zip(posterior).collect()
+    }
+
+    /// This model's own posterior over its skills for an encoded text.
+    fn posterior(&self, x: &Encoded) -> Vec<f64> {
         let k = self.skills.len();
         let mut sums = vec![0f32; k];
         for &f in &x.feats {
@@ -264,7 +303,7 @@ impl SkillClassifier {
             .map(|(s, b)| f64::from(*b) + f64::from(x.scale) * f64::from(*s))
             .collect();
         softmax(&mut scores);
-        self.skills.iter().cloned().zip(scores).collect()
+        scores
     }
 
     /// The most likely skill.
@@ -360,7 +399,9 @@ impl SkillClassifier {
     /// that send none), and without the labels of the prompt formats (`task_text`: clients
     /// that do not use them), so that the classifier learns the tasks rather than the formats;
     /// plus each prompt's gold answer as code ([`swarm_tasks::answer_code`]: requests made
-    /// of a query, a command or a function, which the prompts themselves never show).
+    /// of a query, a command or a function, which the prompts themselves never show). Pooled
+    /// with a model of the hand-written free-form requests of these skills
+    /// ([`free_form_requests`], [`SkillClassifier::with_requests`]) when every skill has some.
     pub fn train_on(skills: &[swarm_tasks::Skill], per_skill: usize, seed: u64) -> Result<Self> {
         let readings: [fn(&[swarm_tasks::ChatMessage]) -> String; 3] =
             [routing_text, user_turns_text, task_text];
@@ -377,8 +418,25 @@ impl SkillClassifier {
                 }
             }
         }
-        Self::train(data.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2)
+        let formats = Self::train(data.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2)?;
+        let requests: Vec<(&str, &str)> = free_form_requests()
+            .filter(|(skill, _)| skills.iter().any(|k| k.name() == *skill))
+            .collect();
+        match Self::train(requests, DEFAULT_L2) {
+            Ok(requests) if requests.skills == formats.skills => formats.with_requests(requests),
+            // Skills without hand-written requests: the formats' model alone.
+            _ => Ok(formats),
+        }
     }
+}
+
+/// Requests as people type them, written by hand per skill (`router_requests.tsv`):
+/// `(skill, text)`.
+pub fn free_form_requests() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("router_requests.tsv")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('\t'))
 }
 
 #[cfg(test)]
@@ -449,5 +507,48 @@ mod tests {
             "database"
         );
         assert_eq!(a.mix("SELECT 1"), b.mix("SELECT 1"));
+    }
+
+    #[test]
+    fn a_requests_model_is_pooled_as_the_geometric_mean() {
+        let c = corpus();
+        let formats =
+            SkillClassifier::train(c.iter().map(|(s, t)| (*s, t.as_str())), DEFAULT_L2).unwrap();
+        let requests = SkillClassifier::train(
+            [
+                ("coding", "implement binary search"),
+                ("database", "how many orders per customer"),
+                ("os", "kill the process on port 80"),
+            ],
+            DEFAULT_L2,
+        )
+        .unwrap();
+        let text = "how many orders per customer";
+        let (p, q) = (formats.mix(text), requests.mix(text));
+        let pooled = formats.clone().with_requests(requests).unwrap().mix(text);
+        let unnormalised: Vec<f64> = p.iter().zip(&q).map(|(a, b)| (a.1 * b.1).sqrt()).collect();
+        let z: f64 = unnormalised.iter().sum();
+        for ((skill, got), want) in pooled.iter().zip(&unnormalised) {
+            assert!(
+                (got - want / z).abs() < 1e-9,
+                "{skill}: {got} vs {}",
+                want / z
+            );
+        }
+        assert_eq!(
+            pooled.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+            formats.skills()
+        );
+        // A model of other skills cannot be pooled.
+        let two = SkillClassifier::train([("coding", "f"), ("os", "ls")], DEFAULT_L2).unwrap();
+        let e = formats.with_requests(two).unwrap_err().to_string();
+        assert!(e.contains("skills"), "{e}");
+    }
+
+    #[test]
+    fn the_synthetic_skills_router_pools_the_free_form_requests() {
+        let clf = SkillClassifier::train_on_skills(30, 0).unwrap();
+        assert!(clf.requests.is_some());
+        assert!(free_form_requests().count() >= 150);
     }
 }

@@ -49,8 +49,8 @@ mod tools;
 mod validation;
 
 pub use classifier::{
-    routing_text, synthetic_examples, synthetic_prompts, user_turns_text, SkillClassifier,
-    DEFAULT_L2,
+    free_form_requests, routing_text, synthetic_examples, synthetic_prompts, user_turns_text,
+    SkillClassifier, DEFAULT_L2,
 };
 pub use engine::{
     Engine, EngineStatus, Event, Failure, FinishReason, GenerateJob, PromptLogprobs, TokenLogprob,
