@@ -69,9 +69,8 @@ fn path_str(path: &Path) -> Result<&str, Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
 }
 
-/// `swarm bootstrap --preset micro` into `dir/world`, and a run config of three CycleQD
-/// generations on it (`dir/micro.toml`) whose swarm goes to `dir/agent`. Returns the config.
-fn micro_world_and_config(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+/// `swarm bootstrap --preset micro` into `dir/world` (a second); returns that dir.
+fn micro_world(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let world = dir.join("world");
     run_ok(&[
         "bootstrap",
@@ -82,6 +81,13 @@ fn micro_world_and_config(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Err
         "--no-eval",
         "--quiet",
     ])?;
+    Ok(world)
+}
+
+/// [`micro_world`], and a run config of three CycleQD generations on it (`dir/micro.toml`)
+/// whose swarm goes to `dir/agent`. Returns the config.
+fn micro_world_and_config(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let world = micro_world(dir)?;
     let config = dir.join("micro.toml");
     let experts: String = ["coding", "database", "os"]
         .iter()
@@ -702,16 +708,7 @@ fn assert_refused(args: &[&str], code: i32, needles: &[&str]) -> TestResult {
 #[test]
 fn bad_input_is_refused_with_a_message_that_names_it() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let world = dir.path().join("world");
-    run_ok(&[
-        "bootstrap",
-        "--preset",
-        "micro",
-        "--out",
-        path_str(&world)?,
-        "--no-eval",
-        "--quiet",
-    ])?;
+    let world = micro_world(dir.path())?;
     let base = world.join("base");
 
     // A model dir that is not there.
