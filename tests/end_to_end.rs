@@ -69,7 +69,7 @@ fn path_str(path: &Path) -> Result<&str, Box<dyn std::error::Error>> {
         .ok_or_else(|| format!("{} is not UTF-8", path.display()).into())
 }
 
-/// `swarm bootstrap --preset micro` into `dir/world` (a second); returns that dir.
+/// `swarm bootstrap --preset micro` into `dir/world` (about a second); returns that dir.
 fn micro_world(dir: &Path) -> Result<PathBuf, Box<dyn std::error::Error>> {
     let world = dir.join("world");
     run_ok(&[
