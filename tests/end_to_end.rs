@@ -643,6 +643,36 @@ fn sigterm_lets_a_running_stream_finish_and_refuses_new_work() -> TestResult {
 }
 
 #[test]
+fn bench_prints_a_row_per_batch_size() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let base = micro_world(dir.path())?.join("base");
+    let printed = run_ok(&[
+        "bench",
+        "--model",
+        path_str(&base)?,
+        "--batch",
+        "1,2",
+        "--prompt-tokens",
+        "16",
+        "--decode-tokens",
+        "8",
+    ])?;
+    for batch in ["1", "2"] {
+        let row = printed
+            .lines()
+            .find(|l| l.starts_with(&format!("| {batch} |")))
+            .ok_or_else(|| format!("no row for batch {batch} in {printed}"))?;
+        // prefill tok/s, decode tok/s: positive numbers.
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        for cell in &cells[2..4] {
+            let rate: f64 = cell.parse()?;
+            assert!(rate > 0.0, "{row}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn chat_forgets_the_oldest_turns_when_the_context_is_full() -> TestResult {
     let dir = tempfile::tempdir()?;
     micro_world_and_config(dir.path())?;
