@@ -497,6 +497,16 @@ fn a_merge_is_scored_by_eval() -> TestResult {
         assert!(merged.join(file).is_file(), "the merge has no {file}");
     }
 
+    // The suites it can be scored on.
+    let suites = run_ok(&["eval", "--list"])?;
+    for skill in ["coding", "database", "os"] {
+        assert!(
+            suites
+                .lines()
+                .any(|l| l.starts_with(skill) && l.contains("synthetic")),
+            "{suites}"
+        );
+    }
     // The merged model, scored by running what it writes in the sandbox.
     let episodes = dir.path().join("episodes.jsonl");
     run_ok(&[

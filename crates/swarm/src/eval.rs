@@ -15,8 +15,11 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub model: ModelArgs,
     /// The skill: coding, database or os.
+    #[arg(long, required_unless_present = "list")]
+    pub skill: Option<Skill>,
+    /// Print every suite (skill, name, splits, source) and exit.
     #[arg(long)]
-    pub skill: Skill,
+    pub list: bool,
     /// The suite (e.g. synthetic, humaneval, mbpp, spider, intercode-sql, agentbench,
     /// nl2bash); `--list` prints them all.
     #[arg(long, default_value = "synthetic")]
@@ -42,21 +45,45 @@ pub struct EvalArgs {
     pub out: Option<PathBuf>,
 }
 
+/// Every suite, a line each: skill, name, splits and where it comes from.
+fn suite_list() -> String {
+    SUITES
+        .iter()
+        .map(|s| {
+            let splits: Vec<&str> = s.splits.iter().map(|p| p.name()).collect();
+            format!(
+                "{:<9} {:<14} {:<23} {}\n",
+                s.skill.name(),
+                s.name,
+                splits.join(","),
+                s.description
+            )
+        })
+        .collect()
+}
+
 /// `swarm eval`.
 pub fn run(args: &EvalArgs) -> Result<()> {
+    let skill = match (args.list, args.skill) {
+        (false, Some(skill)) => skill,
+        _ => {
+            print!("{}", suite_list());
+            return Ok(());
+        }
+    };
     let known = SUITES
         .iter()
-        .any(|s| s.skill == args.skill && s.name == args.suite);
+        .any(|s| s.skill == skill && s.name == args.suite);
     if !known {
         let names: Vec<_> = SUITES
             .iter()
-            .filter(|s| s.skill == args.skill)
+            .filter(|s| s.skill == skill)
             .map(|s| s.name)
             .collect();
         anyhow::bail!(
             "no suite `{}` for skill {}; available: {}",
             args.suite,
-            args.skill,
+            skill,
             names.join(", ")
         );
     }
@@ -69,7 +96,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.batch_size,
     );
     let suite = SuiteRequest {
-        skill: args.skill,
+        skill,
         suite: args.suite.clone(),
         split: args.split,
         limit: args.limit.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
@@ -78,7 +105,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "eval-{}-{}-{}.jsonl",
-            args.skill, args.suite, args.split
+            skill, args.suite, args.split
         ))
     });
     let mut request = EvalRequest::new(suite);
