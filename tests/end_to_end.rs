@@ -835,6 +835,16 @@ fn bad_input_is_refused_with_a_message_that_names_it() -> TestResult {
         &["swarm.json"],
     )?;
 
+    // A port another program holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port().to_string();
+    assert_refused(
+        &["serve", "--model", path_str(&base)?, "--port", &port],
+        1,
+        &["cannot listen on", &format!("127.0.0.1:{port}")],
+    )?;
+    drop(taken);
+
     // A policy that is not one, before anything is loaded.
     assert_refused(
         &["serve", "--elite-serving", "sometimes"],

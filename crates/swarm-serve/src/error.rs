@@ -29,6 +29,12 @@ pub enum ServeError {
     /// file and what is wrong; transparent, so that error chains do not print it twice).
     #[error(transparent)]
     SwarmFiles(#[from] swarm_merge::MergeError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config: {0}")]
     Config(String),
     #[error("engine: {0}")]

@@ -309,8 +309,8 @@ async fn run_async(
     let state = AppState::new(Arc::new(engine), router, options.server.clone());
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
-        .map_err(|source| ServeError::Io {
-            path: options.addr.to_string(),
+        .map_err(|source| ServeError::Listen {
+            addr: options.addr,
             source,
         })?;
     // The bound address, not the asked one: `--port 0` takes a free port, and this says which.
