@@ -475,8 +475,7 @@ fn up_evolves_the_config_then_serves_its_swarm() -> TestResult {
 #[test]
 fn a_merge_is_scored_by_eval() -> TestResult {
     let dir = tempfile::tempdir()?;
-    micro_world_and_config(dir.path())?;
-    let world = dir.path().join("world");
+    let world = micro_world(dir.path())?;
     let merge = dir.path().join("ties.yaml");
     std::fs::write(
         &merge,
@@ -685,8 +684,7 @@ fn bench_prints_a_row_per_batch_size() -> TestResult {
 #[test]
 fn chat_forgets_the_oldest_turns_when_the_context_is_full() -> TestResult {
     let dir = tempfile::tempdir()?;
-    micro_world_and_config(dir.path())?;
-    let base = dir.path().join("world/base");
+    let base = micro_world(dir.path())?.join("base");
     // The micro model has 256 positions: three messages of 60 words overflow it, and one
     // of 300 words cannot fit at all.
     let message = "select ".repeat(60);

@@ -40,13 +40,22 @@ impl WorldBootstrap {
     }
 
     /// The model dirs of `plan` (base first, then the experts) that lie in this world's
-    /// directory and are not on disk. A model counts as present when its `config.json` is
-    /// there: swarm-model writes a model dir into a staging dir and renames it into place.
-    pub fn missing(&self, plan: &RunPlan) -> Vec<PathBuf> {
+    /// directory: none for a config of other models.
+    pub fn models_in_world(&self, plan: &RunPlan) -> Vec<PathBuf> {
         std::iter::once(&plan.base.reference)
             .chain(plan.experts.iter().map(|e| &e.reference))
             .map(PathBuf::from)
-            .filter(|p| p.starts_with(&self.dir) && !p.join("config.json").is_file())
+            .filter(|p| p.starts_with(&self.dir))
+            .collect()
+    }
+
+    /// The [`models_in_world`](Self::models_in_world) that are not on disk. A model counts
+    /// as present when its `config.json` is there: swarm-model writes a model dir into a
+    /// staging dir and renames it into place.
+    pub fn missing(&self, plan: &RunPlan) -> Vec<PathBuf> {
+        self.models_in_world(plan)
+            .into_iter()
+            .filter(|p| !p.join("config.json").is_file())
             .collect()
     }
 

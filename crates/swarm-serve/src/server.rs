@@ -406,31 +406,59 @@ pub fn failure_to_api(failure: Failure, endpoint: Endpoint, timeout: Option<Dura
     }
 }
 
-/// Counts a request as cancelled if it is dropped before it finishes (client gone).
+/// Counts a request once, under its route and elite, with its latency: under the status
+/// it ended with ([`CancelGuard::count`]), or as cancelled, status 499, if it is dropped
+/// before (the client went away).
 pub(crate) struct CancelGuard {
-    pub metrics: Arc<Metrics>,
+    metrics: Arc<Metrics>,
+    /// Set once the request is counted, or left to a caller that counts it otherwise (the
+    /// metrics middleware counts the answers that are not streamed).
     pub finished: bool,
-    pub request_id: String,
-    /// Where a request the client abandons is counted: route, elite, and since when.
-    pub route: &'static str,
-    pub elite: String,
-    pub start: Instant,
+    request_id: String,
+    route: &'static str,
+    elite: String,
+    start: Instant,
 }
 
 /// The status an abandoned request is counted under: nginx's "client closed request".
 pub(crate) const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl CancelGuard {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        request_id: String,
+        route: &'static str,
+        elite: String,
+        start: Instant,
+    ) -> Self {
+        Self {
+            metrics,
+            finished: false,
+            request_id,
+            route,
+            elite,
+            start,
+        }
+    }
+
+    /// Counts the request under `status`, with its latency until now.
+    pub fn count(&mut self, status: u16) {
+        self.finished = true;
+        self.metrics.request(
+            self.route,
+            status,
+            &self.elite,
+            self.start.elapsed().as_secs_f64(),
+        );
+    }
+}
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
         if !self.finished {
             tracing::info!(id = %self.request_id, "client went away: generation cancelled");
             self.metrics.cancelled();
-            self.metrics.request(
-                self.route,
-                CLIENT_CLOSED_REQUEST,
-                &self.elite,
-                self.start.elapsed().as_secs_f64(),
-            );
+            self.count(CLIENT_CLOSED_REQUEST);
         }
     }
 }
@@ -496,14 +524,13 @@ async fn generate(
             receivers.push(rx);
         }
     }
-    let mut guard = CancelGuard {
-        metrics: state.metrics.clone(),
-        finished: false,
-        request_id: request_id.clone(),
-        route: endpoint.route(),
-        elite: route.elite.clone(),
+    let mut guard = CancelGuard::new(
+        state.metrics.clone(),
+        request_id.clone(),
+        endpoint.route(),
+        route.elite.clone(),
         start,
-    };
+    );
     // Every job first reports its prompt (or why it was refused): refusals keep their status.
     // Usage counts each prompt once, however many choices it has.
     let mut prompt_tokens = 0usize;

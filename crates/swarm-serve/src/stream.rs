@@ -213,14 +213,13 @@ impl StreamTally {
             cached_tokens: 0,
             first_text: true,
             ended: false,
-            guard: CancelGuard {
-                metrics: ctx.metrics.clone(),
-                finished: false,
+            guard: CancelGuard::new(
+                ctx.metrics.clone(),
                 request_id,
-                route: ctx.endpoint.route(),
-                elite: ctx.elite.clone(),
-                start: ctx.start,
-            },
+                ctx.endpoint.route(),
+                ctx.elite.clone(),
+                ctx.start,
+            ),
         }
     }
 
@@ -254,18 +253,12 @@ impl StreamTally {
     /// its latency to the last event.
     pub fn finish(&mut self, status: u16) {
         self.ended = true;
-        self.guard.finished = true;
         self.metrics.tokens(
             &self.elite,
             self.prompt_tokens as u64,
             self.completion_tokens as u64,
         );
-        self.metrics.request(
-            self.route,
-            status,
-            &self.elite,
-            self.start.elapsed().as_secs_f64(),
-        );
+        self.guard.count(status);
         tracing::info!(
             elite = %self.elite, completion_tokens = self.completion_tokens,
             seconds = self.start.elapsed().as_secs_f64(), route = self.route, "stream finished"

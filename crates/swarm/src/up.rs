@@ -43,12 +43,10 @@ pub fn run(args: &UpArgs) -> anyhow::Result<()> {
     };
 
     // 1. The toy world, where the config's models are in it.
-    let models =
-        std::iter::once(&plan.base.reference).chain(plan.experts.iter().map(|e| &e.reference));
-    if !models.clone().any(|m| Path::new(m).starts_with(&world.dir)) {
+    if world.models_in_world(&plan).is_empty() {
         eprintln!(
-            "[1/3] models: the config's own ({}), not the toy world's",
-            models.map(String::as_str).collect::<Vec<_>>().join(", ")
+            "[1/3] models: the config's own (base {}), not the toy world's",
+            plan.base.reference
         );
     } else if world.missing(&plan).is_empty() {
         eprintln!("[1/3] toy world: found in {}", world.dir.display());
